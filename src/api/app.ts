@@ -1,0 +1,87 @@
+import multipart from '@fastify/multipart';
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
+import { ServiceError, invalidRequest } from '../errors.js';
+import type { FileService } from '../files/files.js';
+import { newId } from '../ids.js';
+import type { JobService } from '../jobs/jobs.js';
+import type { ModelService } from '../models/models.js';
+import type { Organization, OrgService } from '../orgs/orgs.js';
+import { sendError } from './errors.js';
+import { filesRoutes } from './files.js';
+import { jobsRoutes } from './jobs.js';
+import { modelsRoutes } from './models.js';
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    /** The organization the request's API key belongs to; set before any /v1 handler runs. */
+    org: Organization;
+  }
+}
+
+export interface Services {
+  orgs: OrgService;
+  files: FileService;
+  models: ModelService;
+  jobs: JobService;
+}
+
+export interface ApiOptions {
+  maxUploadBytes: number;
+  logger: FastifyServerOptions['logger'];
+}
+
+export function buildApi(services: Services, options: ApiOptions): FastifyInstance {
+  const app = Fastify({
+    logger: options.logger,
+    genReqId: () => newId('req_'),
+    // ft: model ids are long and full of colons; the default 100-character limit on a path parameter is too short.
+    maxParamLength: 500,
+  });
+
+  app.addHook('onRequest', async (request, reply) => {
+    reply.header('x-request-id', request.id);
+  });
+
+  // POST /cancel, /pause and /resume come with no body at all; an empty JSON body means "no arguments".
+  app.removeContentTypeParser('application/json');
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (_request, body, done) => {
+    if (body === '') return done(null, undefined);
+    try {
+      done(null, JSON.parse(body as string));
+    } catch (error) {
+      done(invalidRequest(`We could not parse the JSON body of your request: ${(error as Error).message}`), undefined);
+    }
+  });
+
+  app.register(multipart, {
+    limits: { fileSize: options.maxUploadBytes, files: 1, fields: 8, parts: 10 },
+  });
+
+  app.setErrorHandler((error, _request, reply) => sendError(reply, error, options.maxUploadBytes));
+  app.setNotFoundHandler((request, reply) =>
+    sendError(reply, new ServiceError('not_found', `Invalid URL (${request.method} ${request.url})`), options.maxUploadBytes),
+  );
+
+  app.register(
+    async (v1) => {
+      v1.decorateRequest('org', undefined as unknown as Organization);
+      v1.addHook('onRequest', async (request) => {
+        const header = request.headers.authorization;
+        const key = header?.match(/^Bearer\s+(\S+)\s*$/i)?.[1];
+        if (!key) {
+          throw new ServiceError(
+            'authentication',
+            "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+          );
+        }
+        request.org = await services.orgs.authenticate(key);
+      });
+      v1.register(filesRoutes(services.files, options.maxUploadBytes));
+      v1.register(modelsRoutes(services.models));
+      v1.register(jobsRoutes(services.jobs));
+    },
+    { prefix: '/v1' },
+  );
+
+  return app;
+}

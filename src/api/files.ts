@@ -1,0 +1,83 @@
+import type { FastifyInstance } from 'fastify';
+import { z } from 'zod';
+import type { StagedBlob } from '../files/blob-store.js';
+import type { FileService } from '../files/files.js';
+import { ServiceError, invalidRequest } from '../errors.js';
+import { listBody, pageQuery, parseWith } from './parse.js';
+
+const expiresAfter = z.object({
+  anchor: z.literal('created_at', "expires_after[anchor] must be 'created_at'"),
+  seconds: z.coerce.number().int().min(3600).max(2592000),
+});
+
+export const filesRoutes = (files: FileService, maxUploadBytes: number) => async (app: FastifyInstance) => {
+  app.post('/files', async (request) => {
+    if (!request.isMultipart()) {
+      throw invalidRequest(
+        "Upload files as multipart/form-data with the fields 'file' and 'purpose'.",
+        'file',
+        'unsupported_content_type',
+      );
+    }
+    const declared = Number(request.headers['content-length']);
+    if (declared > maxUploadBytes) {
+      throw new ServiceError('too_large', `The file is larger than this server accepts (${maxUploadBytes} bytes).`, {
+        param: 'file',
+        code: 'file_too_large',
+      });
+    }
+    let staged: StagedBlob | undefined;
+    let filename = '';
+    const fields: Record<string, string> = {};
+    try {
+      for await (const part of request.parts()) {
+        if (part.type === 'field') {
+          fields[part.fieldname] = String(part.value);
+          continue;
+        }
+        if (part.fieldname !== 'file' || staged) {
+          part.file.resume();
+          throw invalidRequest(`Unexpected file field '${part.fieldname}': send exactly one file, as the field 'file'.`, 'file');
+        }
+        filename = part.filename;
+        staged = await files.receive(part.file);
+      }
+      if (!staged) throw invalidRequest("Missing required parameter: 'file'.", 'file');
+      const hasExpiry = 'expires_after[anchor]' in fields || 'expires_after[seconds]' in fields;
+      const expiry = hasExpiry
+        ? parseWith(expiresAfter, { anchor: fields['expires_after[anchor]'], seconds: fields['expires_after[seconds]'] })
+        : undefined;
+      return await files.create(request.org.id, {
+        filename,
+        purpose: fields.purpose,
+        content: staged,
+        expiresAfterSeconds: expiry?.seconds,
+      });
+    } finally {
+      await staged?.discard();
+    }
+  });
+
+  app.get('/files', async (request) => {
+    const query = request.query as Record<string, unknown>;
+    const page = await files.list(request.org.id, {
+      ...pageQuery(query, { max: 10000, default: 10000 }),
+      purpose: typeof query.purpose === 'string' ? query.purpose : undefined,
+    });
+    return listBody(page);
+  });
+
+  app.get<{ Params: { id: string } }>('/files/:id', async (request) => files.get(request.org.id, request.params.id));
+
+  app.get<{ Params: { id: string } }>('/files/:id/content', async (request, reply) => {
+    const { file, stream } = await files.content(request.org.id, request.params.id);
+    return reply
+      .type('application/octet-stream')
+      .header('content-length', file.bytes)
+      .header('content-disposition', `attachment; filename="${encodeURIComponent(file.filename)}"`)
+      .send(stream);
+  });
+
+  app.delete<{ Params: { id: string } }>('/files/:id', async (request) => files.delete(request.org.id, request.params.id));
+};
+

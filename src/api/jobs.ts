@@ -1,0 +1,59 @@
+import type { FastifyInstance } from 'fastify';
+import { createJobRequest } from '../jobs/job-request.js';
+import type { JobService } from '../jobs/jobs.js';
+import type { UserAction } from '../jobs/status.js';
+import { listBody, pageQuery, parseWith, requireObjectBody } from './parse.js';
+
+type JobParams = { Params: { id: string } };
+
+export const jobsRoutes = (jobs: JobService) => async (app: FastifyInstance) => {
+  app.post('/fine_tuning/jobs', async (request) =>
+    jobs.create(request.org.id, parseWith(createJobRequest, requireObjectBody(request.body))),
+  );
+
+  app.get('/fine_tuning/jobs', async (request) => {
+    const query = request.query as Record<string, unknown>;
+    const page = await jobs.list(request.org.id, {
+      ...pageQuery({ after: query.after, limit: query.limit }, { max: 100, default: 20 }),
+      metadata: metadataFilter(query),
+    });
+    return listBody(page);
+  });
+
+  app.get<JobParams>('/fine_tuning/jobs/:id', async (request) => jobs.get(request.org.id, request.params.id));
+
+  for (const action of ['cancel', 'pause', 'resume'] as const satisfies readonly UserAction[]) {
+    app.post<JobParams>(`/fine_tuning/jobs/:id/${action}`, async (request) =>
+      jobs.act(request.org.id, request.params.id, action),
+    );
+  }
+
+  app.get<JobParams>('/fine_tuning/jobs/:id/events', async (request) => {
+    const query = request.query as Record<string, unknown>;
+    const page = await jobs.listEvents(
+      request.org.id,
+      request.params.id,
+      pageQuery({ after: query.after, limit: query.limit }, { max: 100, default: 20 }),
+    );
+    return listBody(page);
+  });
+
+  app.get<JobParams>('/fine_tuning/jobs/:id/checkpoints', async (request) => {
+    const query = request.query as Record<string, unknown>;
+    const page = await jobs.listCheckpoints(
+      request.org.id,
+      request.params.id,
+      pageQuery({ after: query.after, limit: query.limit }, { max: 100, default: 10 }),
+    );
+    return listBody(page);
+  });
+};
+
+/** `metadata[key]=value` query pairs, as the SDK sends the `metadata` filter. */
+function metadataFilter(query: Record<string, unknown>): Record<string, string> | undefined {
+  const pairs = Object.entries(query).flatMap(([name, value]) => {
+    const key = /^metadata\[(.+)\]$/.exec(name)?.[1];
+    return key !== undefined && typeof value === 'string' ? [[key, value] as const] : [];
+  });
+  return pairs.length ? Object.fromEntries(pairs) : undefined;
+}

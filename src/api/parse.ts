@@ -1,0 +1,48 @@
+import { z } from 'zod';
+import { invalidRequest } from '../errors.js';
+import type { PageRequest } from '../store/pages.js';
+
+/** Parses a body or query with a schema; the first problem becomes a 400 naming its field. */
+export function parseWith<T extends z.ZodTypeAny>(schema: T, input: unknown): z.infer<T> {
+  const result = schema.safeParse(input);
+  if (result.success) return result.data;
+  const issue = result.error.issues[0]!;
+  if (issue.code === 'unrecognized_keys') {
+    const name = [...issue.path, issue.keys[0]].join('.');
+    throw invalidRequest(`Unrecognized request argument supplied: ${name}`, name);
+  }
+  const param = issue.path.join('.') || null;
+  if (issue.code === 'invalid_type' && issue.input === undefined) {
+    throw invalidRequest(`Missing required parameter: '${param}'.`, param);
+  }
+  throw invalidRequest(param ? `Invalid '${param}': ${issue.message}` : issue.message, param);
+}
+
+export function requireObjectBody(body: unknown): Record<string, unknown> {
+  if (body === undefined || body === null || typeof body !== 'object' || Array.isArray(body)) {
+    throw invalidRequest('The request body must be a JSON object.');
+  }
+  return body as Record<string, unknown>;
+}
+
+const cursorQuery = (maxLimit: number, defaultLimit: number) =>
+  z.object({
+    after: z.string().min(1).optional(),
+    limit: z.coerce.number().int().min(1).max(maxLimit).default(defaultLimit),
+    order: z.enum(['asc', 'desc']).default('desc'),
+  });
+
+export function pageQuery(query: unknown, limits: { max: number; default: number }): PageRequest {
+  return parseWith(cursorQuery(limits.max, limits.default), query);
+}
+
+/** OpenAI's list envelope; first_id and last_id are what the SDK and people page with. */
+export function listBody<T extends { id: string }>(page: { data: T[]; hasMore: boolean }) {
+  return {
+    object: 'list' as const,
+    data: page.data,
+    first_id: page.data[0]?.id ?? null,
+    last_id: page.data.at(-1)?.id ?? null,
+    has_more: page.hasMore,
+  };
+}

@@ -1,0 +1,36 @@
+import type { Command } from 'commander';
+import { DEFAULT_MAX_UPLOAD_BYTES, parseByteSize, resolveHome } from '../config.js';
+import { startServer } from '../server.js';
+
+export function serveCommand(program: Command): void {
+  program
+    .command('serve')
+    .description('start the server (SQLite and blobs in the home folder unless told otherwise)')
+    .option('--host <host>', 'address to listen on', '127.0.0.1')
+    .option('--port <port>', 'port to listen on', (v) => Number.parseInt(v, 10), 8000)
+    .option('--home <dir>', 'home folder (default $TUNELAB_HOME or ~/.tunelab)')
+    .option('--database <url>', 'a postgres:// URL instead of the SQLite file in the home folder', process.env.TUNELAB_DATABASE_URL)
+    .option(
+      '--max-upload-size <size>',
+      'largest accepted upload, e.g. 512MB or 2GB',
+      parseByteSize,
+      process.env.TUNELAB_MAX_UPLOAD_SIZE ? parseByteSize(process.env.TUNELAB_MAX_UPLOAD_SIZE) : DEFAULT_MAX_UPLOAD_BYTES,
+    )
+    .action(async (options: { host: string; port: number; home?: string; database?: string; maxUploadSize: number }) => {
+      const server = await startServer({
+        home: resolveHome(options.home),
+        host: options.host,
+        port: options.port,
+        database: options.database,
+        maxUploadBytes: options.maxUploadSize,
+        logger: { level: process.env.TUNELAB_LOG_LEVEL ?? 'info' },
+      });
+      server.app.log.info(`tunelab serving ${server.home.root} at ${server.baseURL}`);
+      const stop = async () => {
+        await server.close();
+        process.exit(0);
+      };
+      process.once('SIGINT', stop);
+      process.once('SIGTERM', stop);
+    });
+}

@@ -1,0 +1,40 @@
+import os from 'node:os';
+import path from 'node:path';
+
+/** Where everything lives, per design.md's storage layout. */
+export interface HomeLayout {
+  root: string;
+  database: string;
+  blobs: string;
+  models: string;
+  adapters: string;
+  work: string;
+  apiKeyFile: string;
+}
+
+export function resolveHome(flag?: string): string {
+  return path.resolve(flag ?? process.env.TUNELAB_HOME ?? path.join(os.homedir(), '.tunelab'));
+}
+
+export function homeLayout(root: string): HomeLayout {
+  return {
+    root,
+    database: path.join(root, 'tunelab.db'),
+    blobs: path.join(root, 'blobs'),
+    models: path.join(root, 'models'),
+    adapters: path.join(root, 'adapters'),
+    work: path.join(root, 'work'),
+    apiKeyFile: path.join(root, 'api-key'),
+  };
+}
+
+export const DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024 * 1024;
+
+/** "512MB", "1.5GB", "1048576": sizes as a person writes them on the command line or in the environment. */
+export function parseByteSize(text: string): number {
+  const match = /^\s*(\d+(?:\.\d+)?)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$/i.exec(text);
+  if (!match) throw new Error(`Not a size: "${text}" (write it like 512MB or 1GB)`);
+  const units: Record<string, number> = { b: 1, kb: 1e3, kib: 1024, mb: 1e6, mib: 1024 ** 2, gb: 1e9, gib: 1024 ** 3 };
+  const unit = (match[2] ?? 'b').toLowerCase();
+  return Math.floor(Number(match[1]) * units[unit]!);
+}

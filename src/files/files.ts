@@ -1,0 +1,150 @@
+import type { Readable } from 'node:stream';
+import type { FileDeleted, FileObject as OpenAIFileObject } from 'openai/resources/files';
+import { invalidRequest, noSuch } from '../errors.js';
+import { newId, unixSeconds } from '../ids.js';
+import { type PageRequest, type Page, pageBySeq } from '../store/pages.js';
+import type { FileTable } from '../store/schema.js';
+import type { Db } from '../store/store.js';
+import type { BlobStore, StagedBlob } from './blob-store.js';
+import type { Selectable } from 'kysely';
+
+/** The purposes a client may upload with (OpenAI's list); `fine-tune-results` is ours to write. */
+export const UPLOAD_PURPOSES = ['fine-tune', 'assistants', 'batch', 'vision', 'user_data', 'evals'] as const;
+export type Purpose = (typeof UPLOAD_PURPOSES)[number] | 'fine-tune-results';
+
+export interface NewFile {
+  filename: string;
+  purpose: string | undefined;
+  content: StagedBlob;
+  expiresAfterSeconds?: number | undefined;
+}
+
+type FileRow = Selectable<FileTable>;
+
+export class FileService {
+  constructor(
+    private readonly db: Db,
+    private readonly blobs: BlobStore,
+  ) {}
+
+  /** Receives the bytes of an upload before its form fields are known (they may come after the file). */
+  receive(content: Readable): Promise<StagedBlob> {
+    return this.blobs.stage(content);
+  }
+
+  /** Stores an upload: the row is written only after the bytes are committed, and nothing is kept on a refusal. */
+  async create(orgId: string, file: NewFile): Promise<FileObject> {
+    try {
+      const purpose = checkPurpose(file.purpose);
+      if (file.content.bytes === 0) throw invalidRequest(`File '${file.filename}' is empty.`, 'file');
+      if (purpose === 'fine-tune' && !file.filename.toLowerCase().endsWith('.jsonl')) {
+        throw invalidRequest(
+          `Invalid file format for Fine-Tuning API: '${file.filename}' must be a .jsonl file (one JSON example per line).`,
+          'file',
+        );
+      }
+      const now = unixSeconds();
+      const row: FileRow = {
+        seq: 0,
+        id: newId('file-'),
+        org_id: orgId,
+        filename: file.filename,
+        purpose,
+        bytes: file.content.bytes,
+        sha256: file.content.sha256,
+        status: 'uploaded',
+        status_details: null,
+        created_at: now,
+        expires_at: file.expiresAfterSeconds === undefined ? null : now + file.expiresAfterSeconds,
+      };
+      await file.content.commit(row.id);
+      const { seq: _seq, ...values } = row;
+      try {
+        await this.db.insertInto('files').values(values).execute();
+      } catch (error) {
+        await this.blobs.remove(row.id);
+        throw error;
+      }
+      return toFileObject(row);
+    } finally {
+      await file.content.discard();
+    }
+  }
+
+  async list(orgId: string, request: PageRequest & { purpose?: string | undefined }): Promise<Page<FileObject>> {
+    let scope = this.visible(orgId);
+    if (request.purpose !== undefined) scope = scope.where('purpose', '=', request.purpose);
+    const page = await pageBySeq(scope, request);
+    return { data: page.data.map(toFileObject), hasMore: page.hasMore };
+  }
+
+  async get(orgId: string, id: string, param: string | null = null): Promise<FileObject> {
+    const row = await this.visible(orgId).where('id', '=', id).executeTakeFirst();
+    if (!row) throw noSuch('File', id, param);
+    return toFileObject(row);
+  }
+
+  async content(orgId: string, id: string): Promise<{ file: FileObject; stream: Readable }> {
+    const file = await this.get(orgId, id);
+    return { file, stream: this.blobs.read(id) };
+  }
+
+  async delete(orgId: string, id: string): Promise<FileDeleted> {
+    await this.get(orgId, id);
+    await this.db.deleteFrom('files').where('id', '=', id).execute();
+    await this.blobs.remove(id);
+    return { id, object: 'file', deleted: true };
+  }
+
+  async deleteExpired(now = unixSeconds()): Promise<void> {
+    const expired = await this.db.deleteFrom('files').where('expires_at', '<=', now).returning('id').execute();
+    for (const { id } of expired) await this.blobs.remove(id);
+  }
+
+  /** On start: drop half-received uploads and any blob whose row was never written. */
+  async sweep(): Promise<void> {
+    const rows = await this.db.selectFrom('files').select('id').execute();
+    await this.blobs.sweep(new Set(rows.map((r) => r.id)));
+    await this.deleteExpired();
+  }
+
+  private visible(orgId: string) {
+    return this.db
+      .selectFrom('files')
+      .selectAll()
+      .where('org_id', '=', orgId)
+      .where((eb) => eb.or([eb('expires_at', 'is', null), eb('expires_at', '>', unixSeconds())]));
+  }
+}
+
+function checkPurpose(purpose: string | undefined): Purpose {
+  if (purpose === undefined || purpose === '') throw invalidRequest("Missing required parameter: 'purpose'.", 'purpose');
+  if (!(UPLOAD_PURPOSES as readonly string[]).includes(purpose)) {
+    throw invalidRequest(
+      `Invalid value for 'purpose': '${purpose}'. Supported values are: ${UPLOAD_PURPOSES.map((p) => `'${p}'`).join(', ')}.`,
+      'purpose',
+      'invalid_value',
+    );
+  }
+  return purpose as Purpose;
+}
+
+/** OpenAI's file object; the spec writes absent details and expiry as null, where the SDK's type says optional. */
+export type FileObject = Omit<OpenAIFileObject, 'status_details' | 'expires_at'> & {
+  status_details: string | null;
+  expires_at: number | null;
+};
+
+function toFileObject(row: FileRow): FileObject {
+  return {
+    id: row.id,
+    object: 'file',
+    bytes: row.bytes,
+    created_at: row.created_at,
+    filename: row.filename,
+    purpose: row.purpose as FileObject['purpose'],
+    status: row.status,
+    status_details: row.status_details,
+    expires_at: row.expires_at,
+  };
+}

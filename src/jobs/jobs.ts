@@ -1,0 +1,299 @@
+import { randomInt } from 'node:crypto';
+import type { Selectable } from 'kysely';
+import type {
+  FineTuningJob as OpenAIFineTuningJob,
+  FineTuningJobEvent,
+} from 'openai/resources/fine-tuning/jobs/jobs';
+import type { FineTuningJobCheckpoint } from 'openai/resources/fine-tuning/jobs/checkpoints';
+import { ServiceError, invalidRequest, noSuch } from '../errors.js';
+import type { FileService } from '../files/files.js';
+import { newId, unixSeconds } from '../ids.js';
+import type { BaseModelRegistry } from '../models/base-models.js';
+import { type Page, type PageRequest, pageBySeq } from '../store/pages.js';
+import type { JobEventTable, JobTable } from '../store/schema.js';
+import type { Db } from '../store/store.js';
+import type { CreateJobRequest, SupervisedHyperparameters } from './job-request.js';
+import { type JobStatus, type UserAction, USER_ACTIONS, canMove, isFinished } from './status.js';
+
+/** OpenAI's job object, with `paused` among the statuses as the spec has it. */
+export type FineTuningJob = Omit<OpenAIFineTuningJob, 'status'> & {
+  status: JobStatus;
+  user_provided_suffix: string | null;
+};
+
+export interface NewEvent {
+  level?: JobEventTable['level'];
+  message: string;
+  type?: JobEventTable['type'];
+  data?: Record<string, unknown> | null;
+}
+
+type JobRow = Selectable<JobTable>;
+
+const AUTO_HYPERPARAMETERS = { batch_size: 'auto', learning_rate_multiplier: 'auto', n_epochs: 'auto' } as const;
+
+export class JobService {
+  constructor(
+    private readonly db: Db,
+    private readonly files: FileService,
+    private readonly baseModels: BaseModelRegistry,
+  ) {}
+
+  async create(orgId: string, request: CreateJobRequest): Promise<FineTuningJob> {
+    const method = normalizeMethod(request);
+    if (!this.baseModels.get(request.model)) {
+      const known = this.baseModels.list().map((m) => m.name);
+      throw invalidRequest(
+        `Model ${request.model} is not available for fine-tuning or does not exist. ` +
+          (known.length ? `Available base models: ${known.join(', ')}.` : 'No base models are registered (tunelab models add).'),
+        'model',
+        'model_not_available',
+      );
+    }
+    await this.checkTrainingData(orgId, request.training_file, 'training_file');
+    if (request.validation_file) await this.checkTrainingData(orgId, request.validation_file, 'validation_file');
+    if (request.integrations?.length) {
+      throw invalidRequest(
+        `Integrations (${request.integrations.map((i) => i.type).join(', ')}) are not supported: tunelab sends no training data off this server.`,
+        'integrations',
+      );
+    }
+
+    const now = unixSeconds();
+    const job: JobRow = {
+      seq: 0,
+      id: newId('ftjob-'),
+      org_id: orgId,
+      model: request.model,
+      training_file: request.training_file,
+      validation_file: request.validation_file ?? null,
+      suffix: request.suffix ?? null,
+      seed: request.seed ?? randomInt(0, 2147483647),
+      status: 'validating_files',
+      method: JSON.stringify(method),
+      error: null,
+      fine_tuned_model: null,
+      trained_tokens: null,
+      result_files: '[]',
+      estimated_finish: null,
+      metadata: request.metadata ? JSON.stringify(request.metadata) : null,
+      created_at: now,
+      finished_at: null,
+    };
+    const { seq: _seq, ...values } = job;
+    await this.db.transaction().execute(async (trx) => {
+      await trx.insertInto('jobs').values(values).execute();
+      const pairs = Object.entries(request.metadata ?? {});
+      if (pairs.length) {
+        await trx.insertInto('job_metadata').values(pairs.map(([key, value]) => ({ job_id: job.id, key, value }))).execute();
+      }
+      await trx
+        .insertInto('job_events')
+        .values(
+          [
+            { message: `Created fine-tuning job: ${job.id}` },
+            {
+              message: job.validation_file
+                ? `Validating training file: ${job.training_file} and validation file: ${job.validation_file}`
+                : `Validating training file: ${job.training_file}`,
+            },
+          ].map((event) => eventRow(job.id, event, now)),
+        )
+        .execute();
+    });
+    return toJob(job);
+  }
+
+  async list(
+    orgId: string,
+    request: PageRequest & { metadata?: Record<string, string> | undefined },
+  ): Promise<Page<FineTuningJob>> {
+    let scope = this.db.selectFrom('jobs').selectAll().where('org_id', '=', orgId);
+    for (const [key, value] of Object.entries(request.metadata ?? {})) {
+      scope = scope.where(({ exists, selectFrom }) =>
+        exists(
+          selectFrom('job_metadata')
+            .select('job_id')
+            .whereRef('job_metadata.job_id', '=', 'jobs.id')
+            .where('key', '=', key)
+            .where('value', '=', value),
+        ),
+      );
+    }
+    const page = await pageBySeq(scope, request);
+    return { data: page.data.map(toJob), hasMore: page.hasMore };
+  }
+
+  async get(orgId: string, id: string): Promise<FineTuningJob> {
+    return toJob(await this.row(orgId, id));
+  }
+
+  /** Cancel, pause or resume, as the person asked; refused with the reason when the job cannot. */
+  async act(orgId: string, id: string, action: UserAction): Promise<FineTuningJob> {
+    const job = await this.row(orgId, id);
+    const { from, to, done, message } = USER_ACTIONS[action];
+    const status = job.status as JobStatus;
+    if (!(from as readonly JobStatus[]).includes(status)) {
+      throw invalidRequest(
+        `Job ${id} is ${status}: only a job that is ${from.join(' or ')} can be ${done}.`,
+        'fine_tuning_job_id',
+        'invalid_job_status',
+      );
+    }
+    return this.move(job.id, status, to, { message });
+  }
+
+  /**
+   * Moves a job along the state machine and records why, in one transaction. The update is
+   * conditional on the status read, so two movers racing cannot both win.
+   */
+  async move(
+    jobId: string,
+    from: JobStatus,
+    to: JobStatus,
+    event: NewEvent,
+    changes: Partial<Pick<JobRow, 'error' | 'fine_tuned_model' | 'trained_tokens' | 'result_files' | 'estimated_finish'>> = {},
+  ): Promise<FineTuningJob> {
+    if (!canMove(from, to)) throw new ServiceError('conflict', `A job cannot go from ${from} to ${to}.`);
+    const now = unixSeconds();
+    return this.db.transaction().execute(async (trx) => {
+      const updated = await trx
+        .updateTable('jobs')
+        .set({
+          ...changes,
+          status: to,
+          ...(isFinished(to) ? { finished_at: now, estimated_finish: null } : {}),
+        })
+        .where('id', '=', jobId)
+        .where('status', '=', from)
+        .returningAll()
+        .executeTakeFirst();
+      if (!updated) throw new ServiceError('conflict', `Job ${jobId} is no longer ${from}; try again.`);
+      await trx.insertInto('job_events').values(eventRow(jobId, event, now)).execute();
+      return toJob(updated);
+    });
+  }
+
+  async appendEvent(jobId: string, event: NewEvent): Promise<void> {
+    await this.db.insertInto('job_events').values(eventRow(jobId, event, unixSeconds())).execute();
+  }
+
+  async listEvents(orgId: string, jobId: string, request: PageRequest): Promise<Page<FineTuningJobEvent>> {
+    await this.row(orgId, jobId);
+    const page = await pageBySeq(this.db.selectFrom('job_events').selectAll().where('job_id', '=', jobId), request);
+    return {
+      hasMore: page.hasMore,
+      data: page.data.map((e) => ({
+        id: e.id,
+        object: 'fine_tuning.job.event',
+        created_at: e.created_at,
+        level: e.level,
+        message: e.message,
+        type: e.type,
+        data: e.data === null ? {} : JSON.parse(e.data),
+      })),
+    };
+  }
+
+  async listCheckpoints(orgId: string, jobId: string, request: PageRequest): Promise<Page<FineTuningJobCheckpoint>> {
+    await this.row(orgId, jobId);
+    const page = await pageBySeq(this.db.selectFrom('job_checkpoints').selectAll().where('job_id', '=', jobId), request);
+    return {
+      hasMore: page.hasMore,
+      data: page.data.map((c) => ({
+        id: c.id,
+        object: 'fine_tuning.job.checkpoint',
+        created_at: c.created_at,
+        fine_tuned_model_checkpoint: c.fine_tuned_model_checkpoint,
+        fine_tuning_job_id: c.job_id,
+        step_number: c.step_number,
+        metrics: JSON.parse(c.metrics),
+      })),
+    };
+  }
+
+  private async row(orgId: string, id: string): Promise<JobRow> {
+    const row = await this.db.selectFrom('jobs').selectAll().where('id', '=', id).where('org_id', '=', orgId).executeTakeFirst();
+    if (!row) throw noSuch('FineTuningJob', id, 'fine_tuning_job_id');
+    return row;
+  }
+
+  private async checkTrainingData(orgId: string, fileId: string, param: 'training_file' | 'validation_file') {
+    const file = await this.files.get(orgId, fileId, param).catch((error: unknown) => {
+      if (error instanceof ServiceError && error.kind === 'not_found') {
+        throw invalidRequest(`Invalid ${param}: no such file ${fileId}.`, param, `invalid_${param}`);
+      }
+      throw error;
+    });
+    if (file.purpose !== 'fine-tune') {
+      throw invalidRequest(
+        `Invalid ${param}: ${fileId} was uploaded with purpose '${file.purpose}'; fine-tuning needs purpose 'fine-tune'.`,
+        param,
+        `invalid_${param}`,
+      );
+    }
+  }
+}
+
+type Method = { type: 'supervised'; supervised: { hyperparameters: SupervisedHyperparameters } };
+
+/**
+ * One place for the hyperparameters: the legacy top-level field and `method` say the same
+ * thing, and the job shows both. Methods the engine cannot train yet are refused here.
+ */
+function normalizeMethod(request: CreateJobRequest): Method {
+  const type = request.method?.type ?? 'supervised';
+  if (type !== 'supervised') {
+    throw invalidRequest(
+      `Fine-tuning method '${type}' is not supported yet: tunelab's engine trains 'supervised' fine-tunes only.`,
+      'method.type',
+      'unsupported_method',
+    );
+  }
+  const fromMethod = request.method?.type === 'supervised' ? request.method.supervised?.hyperparameters : undefined;
+  if (fromMethod && request.hyperparameters) {
+    throw invalidRequest(
+      "Give hyperparameters in 'method.supervised.hyperparameters' or in the deprecated top-level 'hyperparameters', not both.",
+      'hyperparameters',
+    );
+  }
+  return { type: 'supervised', supervised: { hyperparameters: { ...AUTO_HYPERPARAMETERS, ...(fromMethod ?? request.hyperparameters) } } };
+}
+
+function eventRow(jobId: string, event: NewEvent, createdAt: number) {
+  return {
+    id: newId('ftevent-'),
+    job_id: jobId,
+    created_at: createdAt,
+    level: event.level ?? 'info',
+    message: event.message,
+    type: event.type ?? 'message',
+    data: event.data ? JSON.stringify(event.data) : null,
+  };
+}
+
+function toJob(row: JobRow): FineTuningJob {
+  const method = JSON.parse(row.method) as Method;
+  return {
+    id: row.id,
+    object: 'fine_tuning.job',
+    created_at: row.created_at,
+    finished_at: row.finished_at,
+    model: row.model,
+    fine_tuned_model: row.fine_tuned_model,
+    organization_id: row.org_id,
+    status: row.status as JobStatus,
+    error: row.error === null ? null : JSON.parse(row.error),
+    hyperparameters: method.supervised.hyperparameters,
+    method,
+    result_files: JSON.parse(row.result_files),
+    trained_tokens: row.trained_tokens,
+    training_file: row.training_file,
+    validation_file: row.validation_file,
+    seed: row.seed,
+    estimated_finish: row.estimated_finish,
+    integrations: [],
+    metadata: row.metadata === null ? null : JSON.parse(row.metadata),
+    user_provided_suffix: row.suffix,
+  };
+}

@@ -1,0 +1,70 @@
+import fsp from 'node:fs/promises';
+import type { Model, ModelDeleted } from 'openai/resources/models';
+import { ServiceError } from '../errors.js';
+import type { FineTunedModelTable } from '../store/schema.js';
+import type { Db } from '../store/store.js';
+import type { BaseModelRegistry } from './base-models.js';
+
+export const modelNotFound = (id: string, param: string | null = 'model') =>
+  new ServiceError('not_found', `The model \`${id}\` does not exist or you do not have access to it.`, {
+    param,
+    code: 'model_not_found',
+  });
+
+/** What `/v1/models` shows an organization: every base model, and its own fine-tunes and checkpoints. */
+export class ModelService {
+  constructor(
+    private readonly db: Db,
+    readonly baseModels: BaseModelRegistry,
+  ) {}
+
+  async list(orgId: string): Promise<Model[]> {
+    const base = this.baseModels.list().map(
+      (m): Model => ({ id: m.name, object: 'model', created: m.created, owned_by: 'system' }),
+    );
+    const tuned = await this.owned(orgId).orderBy('created_at', 'asc').orderBy('id', 'asc').execute();
+    return [...base, ...tuned.map(toModel)];
+  }
+
+  async retrieve(orgId: string, id: string): Promise<Model> {
+    const base = this.baseModels.get(id);
+    if (base) return { id: base.name, object: 'model', created: base.created, owned_by: 'system' };
+    const row = await this.owned(orgId).where('id', '=', id).executeTakeFirst();
+    if (!row) throw modelNotFound(id);
+    return toModel(row);
+  }
+
+  /** Records a model a job produced; the folder it names becomes the model's to delete. */
+  async registerFineTuned(model: FineTunedModelTable): Promise<Model> {
+    await this.db.insertInto('fine_tuned_models').values(model).execute();
+    return toModel(model);
+  }
+
+  async delete(orgId: string, id: string): Promise<ModelDeleted> {
+    if (this.baseModels.get(id)) {
+      throw new ServiceError(
+        'permission',
+        `Base model \`${id}\` cannot be deleted through the API; an administrator removes it from the server's models folder.`,
+        { param: 'model' },
+      );
+    }
+    const row = await this.owned(orgId).where('id', '=', id).executeTakeFirst();
+    if (!row) throw modelNotFound(id);
+    await this.db.deleteFrom('fine_tuned_models').where('id', '=', id).execute();
+    // A checkpoint and the final model may share a folder; it goes with the last model naming it.
+    const sharing = await this.db.selectFrom('fine_tuned_models').select('id').where('path', '=', row.path).executeTakeFirst();
+    if (!sharing) await fsp.rm(row.path, { recursive: true, force: true });
+    return { id, object: 'model', deleted: true };
+  }
+
+  private owned(orgId: string) {
+    return this.db.selectFrom('fine_tuned_models').selectAll().where('org_id', '=', orgId);
+  }
+}
+
+const toModel = (row: FineTunedModelTable): Model => ({
+  id: row.id,
+  object: 'model',
+  created: row.created_at,
+  owned_by: row.org_id,
+});

@@ -1,0 +1,85 @@
+import fs from 'node:fs';
+import type { FastifyInstance, FastifyServerOptions } from 'fastify';
+import { type Services, buildApi } from './api/app.js';
+import { DEFAULT_MAX_UPLOAD_BYTES, type HomeLayout, homeLayout } from './config.js';
+import { LocalBlobStore } from './files/blob-store.js';
+import { FileService } from './files/files.js';
+import { JobService } from './jobs/jobs.js';
+import { BaseModelRegistry } from './models/base-models.js';
+import { ModelService } from './models/models.js';
+import { OrgService } from './orgs/orgs.js';
+import { type Store, openStore } from './store/store.js';
+
+export interface ServerOptions {
+  home: string;
+  host?: string;
+  /** 0 picks a free port. */
+  port?: number;
+  /** A `postgres://` URL; the SQLite file in the home folder when absent. */
+  database?: string | undefined;
+  maxUploadBytes?: number;
+  logger?: FastifyServerOptions['logger'];
+}
+
+export interface RunningServer {
+  /** Where the OpenAI SDK points: `http://host:port/v1`. */
+  baseURL: string;
+  home: HomeLayout;
+  services: Services;
+  app: FastifyInstance;
+  close(): Promise<void>;
+}
+
+const EXPIRED_FILES_SWEEP_MS = 10 * 60 * 1000;
+
+/** Opens (or creates) a home folder and serves it. */
+export async function startServer(options: ServerOptions): Promise<RunningServer> {
+  const home = homeLayout(options.home);
+  fs.mkdirSync(home.root, { recursive: true });
+  const store = await openStore(options.database ?? home.database);
+  try {
+    return await serve(store, home, options);
+  } catch (error) {
+    await store.close();
+    throw error;
+  }
+}
+
+async function serve(store: Store, home: HomeLayout, options: ServerOptions): Promise<RunningServer> {
+  const orgs = new OrgService(store.db);
+  const files = new FileService(store.db, new LocalBlobStore(home.blobs));
+  const baseModels = new BaseModelRegistry(home.models);
+  const services: Services = {
+    orgs,
+    files,
+    models: new ModelService(store.db, baseModels),
+    jobs: new JobService(store.db, files, baseModels),
+  };
+  const maxUploadBytes = options.maxUploadBytes ?? DEFAULT_MAX_UPLOAD_BYTES;
+  const app = buildApi(services, { maxUploadBytes, logger: options.logger ?? false });
+
+  if (await orgs.isEmpty()) {
+    const { key, organization } = await orgs.createKey('personal');
+    fs.writeFileSync(home.apiKeyFile, `${key}\n`, { mode: 0o600 });
+    fs.chmodSync(home.apiKeyFile, 0o600);
+    app.log.info(`Created organization "${organization.name}" (${organization.id}); its API key is in ${home.apiKeyFile}`);
+  }
+  await files.sweep();
+  const sweeper = setInterval(() => {
+    files.deleteExpired().catch((error) => app.log.error({ err: error }, 'deleting expired files failed'));
+  }, EXPIRED_FILES_SWEEP_MS);
+  sweeper.unref();
+
+  const address = await app.listen({ host: options.host ?? '127.0.0.1', port: options.port ?? 8000 });
+  return {
+    baseURL: `${address.replace('[::1]', 'localhost')}/v1`,
+    home,
+    services,
+    app,
+    close: async () => {
+      clearInterval(sweeper);
+      await app.close();
+      await store.close();
+    },
+  };
+}

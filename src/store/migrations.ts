@@ -1,0 +1,123 @@
+import type { CreateTableBuilder, Kysely, Migration } from 'kysely';
+
+export type Dialect = 'sqlite' | 'postgres';
+
+/**
+ * Versioned migrations, applied in name order and recorded by Kysely's migrator in
+ * `kysely_migration`. Never edit one that has shipped: add the next.
+ */
+export function migrations(dialect: Dialect): Record<string, Migration> {
+  // The one column type the two databases spell differently.
+  const withSeq = <T extends string>(table: CreateTableBuilder<T, never>) =>
+    dialect === 'postgres'
+      ? table.addColumn('seq', 'serial', (c) => c.primaryKey())
+      : table.addColumn('seq', 'integer', (c) => c.primaryKey().autoIncrement());
+
+  return {
+    '0001_initial': {
+      async up(db: Kysely<any>) {
+        await db.schema
+          .createTable('organizations')
+          .addColumn('id', 'text', (c) => c.primaryKey())
+          .addColumn('name', 'text', (c) => c.notNull().unique())
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .execute();
+
+        await db.schema
+          .createTable('api_keys')
+          .addColumn('id', 'text', (c) => c.primaryKey())
+          .addColumn('org_id', 'text', (c) => c.notNull().references('organizations.id'))
+          .addColumn('key_hash', 'text', (c) => c.notNull().unique())
+          .addColumn('key_prefix', 'text', (c) => c.notNull())
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .execute();
+
+        await withSeq(db.schema.createTable('files'))
+          .addColumn('id', 'text', (c) => c.notNull().unique())
+          .addColumn('org_id', 'text', (c) => c.notNull().references('organizations.id'))
+          .addColumn('filename', 'text', (c) => c.notNull())
+          .addColumn('purpose', 'text', (c) => c.notNull())
+          .addColumn('bytes', 'bigint', (c) => c.notNull())
+          .addColumn('sha256', 'text', (c) => c.notNull())
+          .addColumn('status', 'text', (c) => c.notNull())
+          .addColumn('status_details', 'text')
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .addColumn('expires_at', 'bigint')
+          .execute();
+        await db.schema.createIndex('files_by_org').on('files').columns(['org_id', 'seq']).execute();
+
+        await withSeq(db.schema.createTable('jobs'))
+          .addColumn('id', 'text', (c) => c.notNull().unique())
+          .addColumn('org_id', 'text', (c) => c.notNull().references('organizations.id'))
+          .addColumn('model', 'text', (c) => c.notNull())
+          .addColumn('training_file', 'text', (c) => c.notNull())
+          .addColumn('validation_file', 'text')
+          .addColumn('suffix', 'text')
+          .addColumn('seed', 'bigint', (c) => c.notNull())
+          .addColumn('status', 'text', (c) => c.notNull())
+          .addColumn('method', 'text', (c) => c.notNull())
+          .addColumn('error', 'text')
+          .addColumn('fine_tuned_model', 'text')
+          .addColumn('trained_tokens', 'bigint')
+          .addColumn('result_files', 'text', (c) => c.notNull())
+          .addColumn('estimated_finish', 'bigint')
+          .addColumn('metadata', 'text')
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .addColumn('finished_at', 'bigint')
+          .execute();
+        await db.schema.createIndex('jobs_by_org').on('jobs').columns(['org_id', 'seq']).execute();
+        await db.schema.createIndex('jobs_by_status').on('jobs').columns(['status', 'seq']).execute();
+
+        await db.schema
+          .createTable('job_metadata')
+          .addColumn('job_id', 'text', (c) => c.notNull().references('jobs.id'))
+          .addColumn('key', 'text', (c) => c.notNull())
+          .addColumn('value', 'text', (c) => c.notNull())
+          .addPrimaryKeyConstraint('job_metadata_pk', ['job_id', 'key'])
+          .execute();
+        await db.schema.createIndex('job_metadata_by_pair').on('job_metadata').columns(['key', 'value']).execute();
+
+        await withSeq(db.schema.createTable('job_events'))
+          .addColumn('id', 'text', (c) => c.notNull().unique())
+          .addColumn('job_id', 'text', (c) => c.notNull().references('jobs.id'))
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .addColumn('level', 'text', (c) => c.notNull())
+          .addColumn('message', 'text', (c) => c.notNull())
+          .addColumn('type', 'text', (c) => c.notNull())
+          .addColumn('data', 'text')
+          .execute();
+        await db.schema.createIndex('job_events_by_job').on('job_events').columns(['job_id', 'seq']).execute();
+
+        await withSeq(db.schema.createTable('job_checkpoints'))
+          .addColumn('id', 'text', (c) => c.notNull().unique())
+          .addColumn('job_id', 'text', (c) => c.notNull().references('jobs.id'))
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .addColumn('fine_tuned_model_checkpoint', 'text', (c) => c.notNull())
+          .addColumn('step_number', 'integer', (c) => c.notNull())
+          .addColumn('metrics', 'text', (c) => c.notNull())
+          .execute();
+        await db.schema
+          .createIndex('job_checkpoints_by_job')
+          .on('job_checkpoints')
+          .columns(['job_id', 'seq'])
+          .execute();
+
+        await db.schema
+          .createTable('fine_tuned_models')
+          .addColumn('id', 'text', (c) => c.primaryKey())
+          .addColumn('org_id', 'text', (c) => c.notNull().references('organizations.id'))
+          .addColumn('job_id', 'text', (c) => c.notNull().references('jobs.id'))
+          .addColumn('base_model', 'text', (c) => c.notNull())
+          .addColumn('kind', 'text', (c) => c.notNull())
+          .addColumn('path', 'text', (c) => c.notNull())
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .execute();
+        await db.schema
+          .createIndex('fine_tuned_models_by_org')
+          .on('fine_tuned_models')
+          .columns(['org_id', 'created_at'])
+          .execute();
+      },
+    },
+  };
+}

@@ -1,0 +1,113 @@
+import type { Generated } from 'kysely';
+
+/**
+ * Tables as the query layer sees them. Everything is stored in types both SQLite and PostgreSQL
+ * hold the same way: text, integers, JSON as text. `seq` is an insertion counter that orders
+ * lists and makes `after=<id>` cursors exact even when two rows share a created_at second.
+ */
+export interface Database {
+  organizations: OrganizationTable;
+  api_keys: ApiKeyTable;
+  files: FileTable;
+  jobs: JobTable;
+  job_metadata: JobMetadataTable;
+  job_events: JobEventTable;
+  job_checkpoints: JobCheckpointTable;
+  fine_tuned_models: FineTunedModelTable;
+}
+
+export interface OrganizationTable {
+  id: string;
+  name: string;
+  created_at: number;
+}
+
+export interface ApiKeyTable {
+  id: string;
+  org_id: string;
+  /** sha256 of the key: keys are long random strings, so a fast hash is as safe as a slow one. */
+  key_hash: string;
+  /** The first characters, so a person can tell keys apart in a listing. */
+  key_prefix: string;
+  created_at: number;
+}
+
+export interface FileTable {
+  seq: Generated<number>;
+  id: string;
+  org_id: string;
+  filename: string;
+  purpose: string;
+  bytes: number;
+  sha256: string;
+  status: 'uploaded' | 'processed' | 'error';
+  status_details: string | null;
+  created_at: number;
+  expires_at: number | null;
+}
+
+export interface JobTable {
+  seq: Generated<number>;
+  id: string;
+  org_id: string;
+  model: string;
+  training_file: string;
+  validation_file: string | null;
+  suffix: string | null;
+  seed: number;
+  status: string;
+  /** JSON: the normalized `method` object, hyperparameters included. */
+  method: string;
+  /** JSON: `{code, message, param}` or null. */
+  error: string | null;
+  fine_tuned_model: string | null;
+  trained_tokens: number | null;
+  /** JSON: array of file ids. */
+  result_files: string;
+  estimated_finish: number | null;
+  /** JSON: the metadata object as given, or null. */
+  metadata: string | null;
+  created_at: number;
+  finished_at: number | null;
+}
+
+/** One row per metadata pair, so `metadata[k]=v` filters are plain indexed SQL on both databases. */
+export interface JobMetadataTable {
+  job_id: string;
+  key: string;
+  value: string;
+}
+
+export interface JobEventTable {
+  seq: Generated<number>;
+  id: string;
+  job_id: string;
+  created_at: number;
+  level: 'info' | 'warn' | 'error';
+  message: string;
+  type: 'message' | 'metrics';
+  /** JSON or null. */
+  data: string | null;
+}
+
+export interface JobCheckpointTable {
+  seq: Generated<number>;
+  id: string;
+  job_id: string;
+  created_at: number;
+  fine_tuned_model_checkpoint: string;
+  step_number: number;
+  /** JSON: the metrics at that step. */
+  metrics: string;
+}
+
+export interface FineTunedModelTable {
+  id: string;
+  org_id: string;
+  job_id: string;
+  base_model: string;
+  kind: 'fine-tune' | 'checkpoint';
+  /** Folder of the adapter (PEFT layout) or of the full model. */
+  path: string;
+  created_at: number;
+}
