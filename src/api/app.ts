@@ -35,7 +35,7 @@ export function buildApi(services: Services, options: ApiOptions): FastifyInstan
     logger: options.logger,
     genReqId: () => newId('req_'),
     // ft: model ids are long and full of colons; the default 100-character limit on a path parameter is too short.
-    maxParamLength: 500,
+    routerOptions: { maxParamLength: 500 },
   });
 
   app.addHook('onRequest', async (request, reply) => {

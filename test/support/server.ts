@@ -1,0 +1,50 @@
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import OpenAI from 'openai';
+import { type RunningServer, type ServerOptions, startServer } from '../../src/server.js';
+import { writeModelFolder } from './model-folder.js';
+
+export const DATASETS = path.resolve(import.meta.dirname, '../../../shared/datasets');
+export const BASE_MODEL = 'tiny-qwen3';
+
+export interface TestServer {
+  server: RunningServer;
+  /** The SDK, holding the key of the organization created on first start ("personal"). */
+  client: OpenAI;
+  home: string;
+  clientFor(key: string): OpenAI;
+  /** Stops the server; the home folder stays until `cleanup`. */
+  stop(): Promise<void>;
+  cleanup(): Promise<void>;
+}
+
+export const tempHome = () => fs.mkdtempSync(path.join(os.tmpdir(), 'tunelab-test-'));
+
+/** A real server on an ephemeral loopback port over a temporary home with one base model registered. */
+export async function startTestServer(options: Partial<ServerOptions> = {}): Promise<TestServer> {
+  const home = options.home ?? tempHome();
+  const server = await startServer({ home, port: 0, ...options });
+  if (!server.services.models.baseModels.get(BASE_MODEL)) {
+    server.services.models.baseModels.add(writeModelFolder(path.join(home, 'model-sources', BASE_MODEL)), BASE_MODEL);
+  }
+  const clientFor = (apiKey: string) => new OpenAI({ baseURL: server.baseURL, apiKey, maxRetries: 0 });
+  let stopped = false;
+  const stop = async () => {
+    if (!stopped) await server.close();
+    stopped = true;
+  };
+  return {
+    server,
+    home,
+    client: clientFor(fs.readFileSync(path.join(home, 'api-key'), 'utf8').trim()),
+    clientFor,
+    stop,
+    cleanup: async () => {
+      await stop();
+      fs.rmSync(home, { recursive: true, force: true });
+    },
+  };
+}
+
+export const weatherJokes = () => fs.createReadStream(path.join(DATASETS, 'weather-jokes.jsonl'));
