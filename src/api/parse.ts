@@ -6,7 +6,7 @@ import type { PageRequest } from '../store/pages.js';
 export function parseWith<T extends z.ZodTypeAny>(schema: T, input: unknown): z.infer<T> {
   const result = schema.safeParse(input);
   if (result.success) return result.data;
-  const issue = result.error.issues[0]!;
+  const issue = mostSpecific(result.error.issues[0]!);
   if (issue.code === 'unrecognized_keys') {
     const name = [...issue.path, issue.keys[0]].join('.');
     throw invalidRequest(`Unrecognized request argument supplied: ${name}`, name);
@@ -16,6 +16,16 @@ export function parseWith<T extends z.ZodTypeAny>(schema: T, input: unknown): z.
     throw invalidRequest(`Missing required parameter: '${param}'.`, param);
   }
   throw invalidRequest(param ? `Invalid '${param}': ${issue.message}` : issue.message, param);
+}
+
+/**
+ * For a value that matched no branch of a union ("auto" or a number), the branch that came
+ * closest says more than "Invalid input": a number out of range, say, rather than not "auto".
+ */
+function mostSpecific(issue: z.core.$ZodIssue): z.core.$ZodIssue {
+  if (issue.code !== 'invalid_union') return issue;
+  const closest = issue.errors.flat().find((i) => i.code !== 'invalid_value');
+  return closest ? { ...closest, path: [...issue.path, ...closest.path] } : issue;
 }
 
 export function requireObjectBody(body: unknown): Record<string, unknown> {
