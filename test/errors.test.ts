@@ -120,6 +120,7 @@ describe('errors in OpenAI form', () => {
     [{ suffix: 'has space' }, 'suffix', '1 to 64 characters'],
     [{ suffix: '' }, 'suffix', '1 to 64 characters'],
     [{ seed: -1 }, 'seed', 'Invalid'],
+    [{ seed: 'seven' }, 'seed', 'expected number, received string'],
     [{ hyperparameters: { n_epochs: 0 } }, 'hyperparameters.n_epochs', 'Invalid'],
     [{ hyperparameters: { n_epochs: 2.5 } }, 'hyperparameters.n_epochs', 'whole number'],
     [{ hyperparameters: { batch_size: 1000 } }, 'hyperparameters.batch_size', 'Invalid'],

@@ -12,7 +12,8 @@ export function parseWith<T extends z.ZodTypeAny>(schema: T, input: unknown): z.
     throw invalidRequest(`Unrecognized request argument supplied: ${name}`, name);
   }
   const param = issue.path.join('.') || null;
-  if (issue.code === 'invalid_type' && issue.input === undefined) {
+  const given = issue.path.reduce<unknown>((value, key) => (value as Record<PropertyKey, unknown> | undefined)?.[key], input);
+  if (issue.code === 'invalid_type' && given === undefined) {
     throw invalidRequest(`Missing required parameter: '${param}'.`, param);
   }
   throw invalidRequest(param ? `Invalid '${param}': ${issue.message}` : issue.message, param);
