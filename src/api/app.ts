@@ -36,6 +36,8 @@ export function buildApi(services: Services, options: ApiOptions): FastifyInstan
     genReqId: () => newId('req_'),
     // ft: model ids are long and full of colons; the default 100-character limit on a path parameter is too short.
     routerOptions: { maxParamLength: 500 },
+    // A client refused mid-upload may still be sending; on shutdown such sockets are cut, not waited for.
+    forceCloseConnections: true,
   });
 
   app.addHook('onRequest', async (request, reply) => {

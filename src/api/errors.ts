@@ -58,5 +58,7 @@ export function sendError(reply: FastifyReply, error: unknown, maxUploadBytes: n
   }
   // The SDK retries 409 and 5xx; everything else is the request's own fault and will fail again.
   if (status < 500 && status !== 409) reply.header('x-should-retry', 'false');
+  // Refused before the body was read: the rest of it is not wanted, so the connection ends with this answer.
+  if (status === 413) reply.header('connection', 'close');
   return reply.code(status).send({ error: body });
 }

@@ -1,0 +1,64 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BASE_MODEL, type TestServer, startTestServer, weatherJokes } from './support/server.js';
+
+let t: TestServer;
+let trainingFile: string;
+const jobIds: string[] = [];
+
+beforeAll(async () => {
+  t = await startTestServer();
+  trainingFile = (await t.client.files.create({ file: weatherJokes(), purpose: 'fine-tune' })).id;
+  for (let i = 0; i < 150; i++) {
+    jobIds.push((await t.client.fineTuning.jobs.create({ model: BASE_MODEL, training_file: trainingFile })).id);
+  }
+});
+afterAll(() => t.cleanup());
+
+describe('auto-pagination with for await', () => {
+  it('walks 150 jobs newest first, 20 a page, each once', async () => {
+    const seen: string[] = [];
+    for await (const job of t.client.fineTuning.jobs.list()) seen.push(job.id);
+    expect(seen).toEqual([...jobIds].reverse());
+
+    const first = await t.client.fineTuning.jobs.list();
+    expect(first.data).toHaveLength(20);
+    expect(first.has_more).toBe(true);
+    const last = await t.client.fineTuning.jobs.list({ after: jobIds[1]!, limit: 20 });
+    expect(last.data.map((j) => j.id)).toEqual([jobIds[0]]);
+    expect(last.has_more).toBe(false);
+    const past = await t.client.fineTuning.jobs.list({ after: jobIds[0]!, limit: 20 });
+    expect(past.data).toEqual([]);
+    expect(past.has_more).toBe(false);
+  });
+
+  it('walks 150 events of one job newest first', async () => {
+    const jobId = jobIds[0]!;
+    for (let step = 1; step <= 148; step++) {
+      await t.server.services.jobs.appendEvent(jobId, {
+        message: `Step ${step}/148: training loss=${(2 / step).toFixed(2)}`,
+        type: 'metrics',
+        data: { step, total_steps: 148, train_loss: 2 / step },
+      });
+    }
+    const messages: string[] = [];
+    for await (const event of t.client.fineTuning.jobs.listEvents(jobId, { limit: 7 })) messages.push(event.message);
+    expect(messages).toHaveLength(150);
+    expect(messages[0]).toBe('Step 148/148: training loss=0.01');
+    expect(messages.at(-1)).toBe(`Created fine-tuning job: ${jobId}`);
+    const newest = await t.client.fineTuning.jobs.listEvents(jobId, { limit: 1 });
+    expect(newest.data[0]).toMatchObject({ type: 'metrics', data: { step: 148, total_steps: 148 } });
+  });
+
+  it('pages files in either order', async () => {
+    for (let i = 0; i < 4; i++) await t.client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
+    const all = (await t.client.files.list()).data.map((f) => f.id);
+    expect(all).toHaveLength(5);
+    const desc: string[] = [];
+    for await (const f of t.client.files.list({ limit: 2 })) desc.push(f.id);
+    expect(desc).toEqual(all);
+    const asc: string[] = [];
+    for await (const f of t.client.files.list({ limit: 2, order: 'asc' })) asc.push(f.id);
+    expect(asc).toEqual([...all].reverse());
+    expect(asc[0]).toBe(trainingFile);
+  });
+});

@@ -1,0 +1,54 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import SqliteDatabase from 'better-sqlite3';
+import { afterAll, describe, expect, it } from 'vitest';
+import { BASE_MODEL, type TestServer, startTestServer, tempHome, weatherJokes } from './support/server.js';
+
+const home = tempHome();
+const servers: TestServer[] = [];
+afterAll(async () => {
+  for (const s of servers) await s.stop();
+  fs.rmSync(home, { recursive: true, force: true });
+});
+
+describe('a restarted server keeps everything', () => {
+  it('creates the personal organization and a private key file on first start only', async () => {
+    const first = await startTestServer({ home });
+    servers.push(first);
+    const keyFile = path.join(home, 'api-key');
+    expect(fs.statSync(keyFile).mode & 0o777).toBe(0o600);
+    const key = fs.readFileSync(keyFile, 'utf8');
+    expect(key).toMatch(/^sk-tl-[A-Za-z0-9]{40}\n$/);
+
+    const file = await first.client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
+    const job = await first.client.fineTuning.jobs.create({ model: BASE_MODEL, training_file: file.id, suffix: 'kept' });
+    await first.stop();
+
+    const second = await startTestServer({ home });
+    servers.push(second);
+    expect(fs.readFileSync(keyFile, 'utf8')).toBe(key);
+    expect(second.client.apiKey).toBe(key.trim());
+    expect(await second.client.files.retrieve(file.id)).toEqual(file);
+    expect(await (await second.client.files.content(file.id)).text()).toBe(fs.readFileSync(path.join(home, 'blobs', file.id), 'utf8'));
+    expect(await second.client.fineTuning.jobs.retrieve(job.id)).toEqual(job);
+    expect((await second.client.fineTuning.jobs.listEvents(job.id)).data).toHaveLength(2);
+    expect((await second.client.models.retrieve(BASE_MODEL)).id).toBe(BASE_MODEL);
+    await second.stop();
+
+    const database = new SqliteDatabase(path.join(home, 'tunelab.db'), { readonly: true });
+    expect(database.pragma('journal_mode', { simple: true })).toBe('wal');
+    expect(database.prepare('select count(*) as n from organizations').get()).toEqual({ n: 1 });
+    expect(database.prepare('select name from kysely_migration').all()).toEqual([{ name: '0001_initial' }]);
+    database.close();
+  });
+
+  it('drops on start what an earlier process left half-written', async () => {
+    fs.writeFileSync(path.join(home, 'blobs', '.incoming', 'abandoned'), 'partial');
+    fs.writeFileSync(path.join(home, 'blobs', 'file-orphanWithoutARow000000'), 'no row names me');
+    const third = await startTestServer({ home });
+    servers.push(third);
+    expect(fs.readdirSync(path.join(home, 'blobs', '.incoming'))).toEqual([]);
+    expect(fs.existsSync(path.join(home, 'blobs', 'file-orphanWithoutARow000000'))).toBe(false);
+    expect((await third.client.files.list()).data).toHaveLength(1);
+  });
+});
