@@ -1,0 +1,57 @@
+/**
+ * The README's first command: a tunelab server on a fresh home folder, and the guide's example
+ * run against it through the official SDK, offline. Until the engine lands the job stops at
+ * validating_files, and the base model is a placeholder folder in Hugging Face layout.
+ */
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { writeModelFolder } from '../test/support/model-folder.js';
+
+const root = path.resolve(import.meta.dirname, '..');
+const cli = path.join(root, 'dist/cli/main.js');
+const home = fs.mkdtempSync(path.join(os.tmpdir(), 'tunelab-demo-'));
+const port = 18000 + Math.floor(Math.random() * 1000);
+const baseURL = `http://127.0.0.1:${port}/v1`;
+
+const run = (args: string[], env: NodeJS.ProcessEnv = {}) =>
+  new Promise<void>((resolve, reject) => {
+    const child = spawn(process.execPath, args, { stdio: 'inherit', env: { ...process.env, ...env } });
+    child.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`${args.join(' ')} exited with ${code}`))));
+  });
+
+console.log(`# tunelab serve --home ${home} --port ${port}`);
+const server = spawn(process.execPath, [cli, 'serve', '--home', home, '--port', String(port)], {
+  env: { ...process.env, TUNELAB_LOG_LEVEL: 'warn' },
+  stdio: 'inherit',
+});
+const stop = () => server.exitCode === null && server.kill('SIGTERM');
+process.on('exit', stop);
+
+try {
+  const keyFile = path.join(home, 'api-key');
+  for (let waited = 0; !(await fetch(`${baseURL}/models`).then(() => true, () => false)); waited += 100) {
+    if (waited > 15000) throw new Error('the server did not start');
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  const apiKey = fs.readFileSync(keyFile, 'utf8').trim();
+  console.log(`API key written to ${keyFile}\n`);
+
+  const modelFolder = writeModelFolder(path.join(home, 'downloads', 'qwen3-tiny'));
+  console.log('# tunelab models add <folder> --name qwen3-tiny');
+  await run([cli, 'models', 'add', modelFolder, '--name', 'qwen3-tiny', '--home', home]);
+
+  const dataset = path.resolve(root, '../shared/datasets/weather-jokes.jsonl');
+  console.log(`\n# the guide, through the official openai SDK (OPENAI_BASE_URL=${baseURL})`);
+  await run([path.join(root, 'node_modules/tsx/dist/cli.mjs'), path.join(root, 'examples/guide.ts'), dataset, 'qwen3-tiny'], {
+    OPENAI_BASE_URL: baseURL,
+    OPENAI_API_KEY: apiKey,
+  });
+
+  console.log('\n# tunelab jobs list');
+  await run([cli, 'jobs', 'list', '--home', home], { TUNELAB_BASE_URL: baseURL });
+  console.log(`\nDone. The home folder is ${home}; the job waits in validating_files until the dataset doctor and engine land.`);
+} finally {
+  stop();
+}
