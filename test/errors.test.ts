@@ -7,7 +7,7 @@ let key: string;
 let trainingFile: string;
 beforeAll(async () => {
   t = await startTestServer();
-  key = t.client.apiKey;
+  key = t.client.apiKey!;
   trainingFile = (await t.client.files.create({ file: weatherJokes(), purpose: 'fine-tune' })).id;
 });
 afterAll(() => t.cleanup());
@@ -142,7 +142,7 @@ describe('errors in OpenAI form', () => {
     expect(error).toBeInstanceOf(OpenAI.BadRequestError);
     expect(error?.param).toBe(param);
     expect(error?.message).toContain(message);
-    expect(error?.headers.get('x-should-retry')).toBe('false');
+    expect(error?.headers?.get('x-should-retry')).toBe('false');
   });
 
   it('refuses a job on a file uploaded for another purpose, and a job without a model', async () => {

@@ -110,7 +110,7 @@ describe("the guide's calls through the official SDK", () => {
     });
     expect(job.seed).toBe(42);
     expect(job.hyperparameters).toEqual({ n_epochs: 'auto', batch_size: 4, learning_rate_multiplier: 0.5 });
-    expect(job.user_provided_suffix).toBeNull();
+    expect(job).toHaveProperty('user_provided_suffix', null);
   });
 
   it('cancels a job once, then refuses with a 400 the SDK does not retry', async () => {

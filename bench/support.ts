@@ -1,0 +1,61 @@
+import { type ChildProcess, execSync, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+/** The built server as a separate process, as in production: the load comes from another process. */
+export interface BenchServer {
+  process: ChildProcess;
+  baseURL: string;
+  apiKey: string;
+  home: string;
+  /** Resident memory of the server process, in bytes. */
+  rss(): number;
+  stop(): Promise<void>;
+}
+
+const CLI = path.resolve(import.meta.dirname, '../dist/cli/main.js');
+
+export async function startBenchServer(extraArgs: string[] = []): Promise<BenchServer> {
+  const home = fs.mkdtempSync(path.join(os.tmpdir(), 'tunelab-bench-'));
+  const port = 19000 + Math.floor(Math.random() * 1000);
+  const child = spawn(process.execPath, [CLI, 'serve', '--home', home, '--port', String(port), ...extraArgs], {
+    env: { ...process.env, TUNELAB_LOG_LEVEL: 'warn' },
+    stdio: ['ignore', 'inherit', 'inherit'],
+  });
+  const baseURL = `http://127.0.0.1:${port}/v1`;
+  for (let waited = 0; !(await fetch(`${baseURL}/models`).then(() => true, () => false)); waited += 50) {
+    if (waited > 20000) throw new Error('the server did not start');
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  return {
+    process: child,
+    baseURL,
+    home,
+    apiKey: fs.readFileSync(path.join(home, 'api-key'), 'utf8').trim(),
+    rss: () => Number(/VmRSS:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${child.pid}/status`, 'utf8'))![1]) * 1024,
+    stop: async () => {
+      child.kill('SIGTERM');
+      await new Promise((resolve) => child.once('exit', resolve));
+      fs.rmSync(home, { recursive: true, force: true });
+    },
+  };
+}
+
+export function machine() {
+  return {
+    cpus: `${os.cpus().length} x ${os.cpus()[0]?.model ?? 'unknown'}`,
+    memory_gib: Math.round(os.totalmem() / 2 ** 30),
+    node: process.version,
+    os: `${os.type()} ${os.release()}`,
+    commit: execSync('git rev-parse --short HEAD', { encoding: 'utf8' }).trim(),
+    date: new Date().toISOString(),
+  };
+}
+
+export function writeResult(name: string, result: Record<string, unknown>): void {
+  const file = path.resolve(import.meta.dirname, 'results', `${name}.json`);
+  fs.writeFileSync(file, `${JSON.stringify(result, null, 2)}\n`);
+  console.log(JSON.stringify(result, null, 2));
+  console.log(`written to ${path.relative(process.cwd(), file)}`);
+}
