@@ -57,6 +57,9 @@ export function buildApi(services: Services, options: ApiOptions): FastifyInstan
 
   app.register(multipart, {
     limits: { fileSize: options.maxUploadBytes, files: 1, fields: 8, parts: 10 },
+    // Larger buffers between the socket, the parser and the disk: fewer hand-offs per 100 MB upload.
+    highWaterMark: 256 * 1024,
+    fileHwm: 256 * 1024,
   });
 
   app.setErrorHandler((error, _request, reply) => sendError(reply, error, options.maxUploadBytes));

@@ -52,7 +52,7 @@ export class LocalBlobStore implements BlobStore {
           }
         },
         // flush: fsync before close, so a committed blob survives a power cut as its row does.
-        fs.createWriteStream(temporary, { flags: 'wx', flush: true }),
+        fs.createWriteStream(temporary, { flags: 'wx', flush: true, highWaterMark: 256 * 1024 }),
       );
     } catch (error) {
       await fsp.rm(temporary, { force: true });
