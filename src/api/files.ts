@@ -10,6 +10,8 @@ const expiresAfter = z.object({
   seconds: z.coerce.number().int().min(3600).max(2592000),
 });
 
+const filesPage = pageQuery({ max: 10000, default: 10000 });
+
 export const filesRoutes = (files: FileService, maxUploadBytes: number) => async (app: FastifyInstance) => {
   app.post('/files', async (request) => {
     if (!request.isMultipart()) {
@@ -61,7 +63,7 @@ export const filesRoutes = (files: FileService, maxUploadBytes: number) => async
   app.get('/files', async (request) => {
     const query = request.query as Record<string, unknown>;
     const page = await files.list(request.org.id, {
-      ...pageQuery(query, { max: 10000, default: 10000 }),
+      ...filesPage(query),
       purpose: typeof query.purpose === 'string' ? query.purpose : undefined,
     });
     return listBody(page);

@@ -6,6 +6,10 @@ import { listBody, pageQuery, parseWith, requireObjectBody } from './parse.js';
 
 type JobParams = { Params: { id: string } };
 
+const jobsPage = pageQuery({ max: 100, default: 20 });
+const eventsPage = pageQuery({ max: 100, default: 20 });
+const checkpointsPage = pageQuery({ max: 100, default: 10 });
+
 export const jobsRoutes = (jobs: JobService) => async (app: FastifyInstance) => {
   app.post('/fine_tuning/jobs', async (request) =>
     jobs.create(request.org.id, parseWith(createJobRequest, requireObjectBody(request.body))),
@@ -14,7 +18,8 @@ export const jobsRoutes = (jobs: JobService) => async (app: FastifyInstance) => 
   app.get('/fine_tuning/jobs', async (request) => {
     const query = request.query as Record<string, unknown>;
     const page = await jobs.list(request.org.id, {
-      ...pageQuery({ after: query.after, limit: query.limit }, { max: 100, default: 20 }),
+      // Jobs are always newest first, as OpenAI lists them.
+      ...jobsPage({ after: query.after, limit: query.limit }),
       metadata: metadataFilter(query),
     });
     return listBody(page);
@@ -30,11 +35,7 @@ export const jobsRoutes = (jobs: JobService) => async (app: FastifyInstance) => 
 
   app.get<JobParams>('/fine_tuning/jobs/:id/events', async (request) => {
     const query = request.query as Record<string, unknown>;
-    const page = await jobs.listEvents(
-      request.org.id,
-      request.params.id,
-      pageQuery({ after: query.after, limit: query.limit }, { max: 100, default: 20 }),
-    );
+    const page = await jobs.listEvents(request.org.id, request.params.id, eventsPage({ after: query.after, limit: query.limit }));
     return listBody(page);
   });
 
@@ -43,7 +44,7 @@ export const jobsRoutes = (jobs: JobService) => async (app: FastifyInstance) => 
     const page = await jobs.listCheckpoints(
       request.org.id,
       request.params.id,
-      pageQuery({ after: query.after, limit: query.limit }, { max: 100, default: 10 }),
+      checkpointsPage({ after: query.after, limit: query.limit }),
     );
     return listBody(page);
   });

@@ -36,15 +36,17 @@ export function requireObjectBody(body: unknown): Record<string, unknown> {
   return body as Record<string, unknown>;
 }
 
-const cursorQuery = (maxLimit: number, defaultLimit: number) =>
-  z.object({
+/**
+ * The cursor parameters of a list endpoint. Built once per endpoint, not per request: building
+ * a schema costs more than using it.
+ */
+export function pageQuery(limits: { max: number; default: number }): (query: unknown) => PageRequest {
+  const schema = z.object({
     after: z.string().min(1).optional(),
-    limit: z.coerce.number().int().min(1).max(maxLimit).default(defaultLimit),
+    limit: z.coerce.number().int().min(1).max(limits.max).default(limits.default),
     order: z.enum(['asc', 'desc']).default('desc'),
   });
-
-export function pageQuery(query: unknown, limits: { max: number; default: number }): PageRequest {
-  return parseWith(cursorQuery(limits.max, limits.default), query);
+  return (query) => parseWith(schema, query);
 }
 
 /** OpenAI's list envelope; first_id and last_id are what the SDK and people page with. */
