@@ -1,11 +1,34 @@
 import { defineConfig } from 'vitest/config';
+import { findPostgresBin } from './test/support/postgres.js';
+
+/** The tests that go through the store run once on SQLite and once on PostgreSQL, where one is at hand. */
+const STORE_TESTS = ['guide', 'errors', 'isolation', 'pagination', 'restart', 'uploads'].map((name) => `test/${name}.test.ts`);
+const postgresAvailable = Boolean(process.env.TUNELAB_TEST_POSTGRES_URL || findPostgresBin());
+if (!postgresAvailable) {
+  console.warn('PostgreSQL not found (apt-get install postgresql, or set TUNELAB_TEST_POSTGRES_URL): store tests run on SQLite only.');
+}
 
 export default defineConfig({
   test: {
-    include: ['test/**/*.test.ts'],
     testTimeout: 60_000,
     hookTimeout: 60_000,
-    // Two cores: one file at a time keeps timings honest and servers from starving each other.
+    // Two cores: one file at a time keeps servers from starving each other.
     fileParallelism: false,
+    projects: [
+      { extends: true, test: { name: 'sqlite', include: ['test/**/*.test.ts'] } },
+      ...(postgresAvailable
+        ? [
+            {
+              extends: true as const,
+              test: {
+                name: 'postgres',
+                include: STORE_TESTS,
+                env: { TUNELAB_TEST_DATABASE: 'postgres' },
+                globalSetup: ['test/support/postgres-setup.ts'],
+              },
+            },
+          ]
+        : []),
+    ],
   },
 });

@@ -2,6 +2,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import OpenAI from 'openai';
+import pg from 'pg';
+import { inject } from 'vitest';
 import { type RunningServer, type ServerOptions, startServer } from '../../src/server.js';
 import { writeModelFolder } from './model-folder.js';
 
@@ -21,10 +23,31 @@ export interface TestServer {
 
 export const tempHome = () => fs.mkdtempSync(path.join(os.tmpdir(), 'tunelab-test-'));
 
+/** True in the `postgres` test project, where the store is a PostgreSQL database instead of the SQLite file. */
+export const onPostgres = process.env.TUNELAB_TEST_DATABASE === 'postgres';
+
+const databases = new Map<string, string>();
+
+/** One fresh database per home folder, so a restarted server finds its own data again. */
+async function postgresFor(home: string): Promise<string> {
+  let url = databases.get(home);
+  if (!url) {
+    const name = `tunelab_${path.basename(home).replace(/[^a-zA-Z0-9]/g, '_').toLowerCase()}`;
+    const admin = new pg.Client({ connectionString: inject('postgresUrl') });
+    await admin.connect();
+    await admin.query(`create database ${name}`);
+    await admin.end();
+    url = inject('postgresUrl').replace(/\/postgres\?/, `/${name}?`);
+    databases.set(home, url);
+  }
+  return url;
+}
+
 /** A real server on an ephemeral loopback port over a temporary home with one base model registered. */
 export async function startTestServer(options: Partial<ServerOptions> = {}): Promise<TestServer> {
   const home = options.home ?? tempHome();
-  const server = await startServer({ home, port: 0, ...options });
+  const database = onPostgres ? await postgresFor(home) : undefined;
+  const server = await startServer({ home, port: 0, database, ...options });
   if (!server.services.models.baseModels.get(BASE_MODEL)) {
     server.services.models.baseModels.add(writeModelFolder(path.join(home, 'model-sources', BASE_MODEL)), BASE_MODEL);
   }
