@@ -2,7 +2,7 @@ import type { Readable } from 'node:stream';
 import type { FileDeleted, FileObject as OpenAIFileObject } from 'openai/resources/files';
 import { invalidRequest, noSuch } from '../errors.js';
 import { newId, unixSeconds } from '../ids.js';
-import { type PageRequest, type Page, pageBySeq } from '../store/pages.js';
+import { type Page, type PageRequest, mapPage, pageBySeq } from '../store/pages.js';
 import type { FileTable } from '../store/schema.js';
 import type { Db } from '../store/store.js';
 import type { BlobStore, StagedBlob } from './blob-store.js';
@@ -19,7 +19,7 @@ export interface NewFile {
   expiresAfterSeconds?: number | undefined;
 }
 
-type FileRow = Selectable<FileTable>;
+type NewFileRow = Omit<Selectable<FileTable>, 'seq'>;
 
 export class FileService {
   constructor(
@@ -44,8 +44,7 @@ export class FileService {
         );
       }
       const now = unixSeconds();
-      const row: FileRow = {
-        seq: 0,
+      const row: NewFileRow = {
         id: newId('file-'),
         org_id: orgId,
         filename: file.filename,
@@ -58,9 +57,8 @@ export class FileService {
         expires_at: file.expiresAfterSeconds === undefined ? null : now + file.expiresAfterSeconds,
       };
       await file.content.commit(row.id);
-      const { seq: _seq, ...values } = row;
       try {
-        await this.db.insertInto('files').values(values).execute();
+        await this.db.insertInto('files').values(row).execute();
       } catch (error) {
         await this.blobs.remove(row.id);
         throw error;
@@ -74,8 +72,7 @@ export class FileService {
   async list(orgId: string, request: PageRequest & { purpose?: string | undefined }): Promise<Page<FileObject>> {
     let scope = this.visible(orgId);
     if (request.purpose !== undefined) scope = scope.where('purpose', '=', request.purpose);
-    const page = await pageBySeq(scope, request);
-    return { data: page.data.map(toFileObject), hasMore: page.hasMore };
+    return mapPage(await pageBySeq(scope, request), toFileObject);
   }
 
   async get(orgId: string, id: string, param: string | null = null): Promise<FileObject> {
@@ -135,7 +132,7 @@ export type FileObject = Omit<OpenAIFileObject, 'status_details' | 'expires_at'>
   expires_at: number | null;
 };
 
-function toFileObject(row: FileRow): FileObject {
+function toFileObject(row: NewFileRow): FileObject {
   return {
     id: row.id,
     object: 'file',

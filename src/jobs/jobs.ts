@@ -9,8 +9,8 @@ import { ServiceError, invalidRequest, noSuch } from '../errors.js';
 import type { FileService } from '../files/files.js';
 import { newId, unixSeconds } from '../ids.js';
 import type { BaseModelRegistry } from '../models/base-models.js';
-import { type Page, type PageRequest, pageBySeq } from '../store/pages.js';
-import type { JobEventTable, JobTable } from '../store/schema.js';
+import { type Page, type PageRequest, mapPage, pageBySeq } from '../store/pages.js';
+import type { JobCheckpointTable, JobEventTable, JobTable } from '../store/schema.js';
 import type { Db } from '../store/store.js';
 import type { CreateJobRequest, SupervisedHyperparameters } from './job-request.js';
 import { type JobStatus, type UserAction, USER_ACTIONS, canMove, isFinished } from './status.js';
@@ -28,7 +28,7 @@ export interface NewEvent {
   data?: Record<string, unknown> | null;
 }
 
-type JobRow = Selectable<JobTable>;
+type JobRow = Omit<Selectable<JobTable>, 'seq'>;
 
 const AUTO_HYPERPARAMETERS = { batch_size: 'auto', learning_rate_multiplier: 'auto', n_epochs: 'auto' } as const;
 
@@ -61,7 +61,6 @@ export class JobService {
 
     const now = unixSeconds();
     const job: JobRow = {
-      seq: 0,
       id: newId('ftjob-'),
       org_id: orgId,
       model: request.model,
@@ -80,9 +79,8 @@ export class JobService {
       created_at: now,
       finished_at: null,
     };
-    const { seq: _seq, ...values } = job;
     await this.db.transaction().execute(async (trx) => {
-      await trx.insertInto('jobs').values(values).execute();
+      await trx.insertInto('jobs').values(job).execute();
       const pairs = Object.entries(request.metadata ?? {});
       if (pairs.length) {
         await trx.insertInto('job_metadata').values(pairs.map(([key, value]) => ({ job_id: job.id, key, value }))).execute();
@@ -120,8 +118,7 @@ export class JobService {
         ),
       );
     }
-    const page = await pageBySeq(scope, request);
-    return { data: page.data.map(toJob), hasMore: page.hasMore };
+    return mapPage(await pageBySeq(scope, request), toJob);
   }
 
   async get(orgId: string, id: string): Promise<FineTuningJob> {
@@ -180,36 +177,15 @@ export class JobService {
 
   async listEvents(orgId: string, jobId: string, request: PageRequest): Promise<Page<FineTuningJobEvent>> {
     await this.row(orgId, jobId);
-    const page = await pageBySeq(this.db.selectFrom('job_events').selectAll().where('job_id', '=', jobId), request);
-    return {
-      hasMore: page.hasMore,
-      data: page.data.map((e) => ({
-        id: e.id,
-        object: 'fine_tuning.job.event',
-        created_at: e.created_at,
-        level: e.level,
-        message: e.message,
-        type: e.type,
-        data: e.data === null ? {} : JSON.parse(e.data),
-      })),
-    };
+    return mapPage(await pageBySeq(this.db.selectFrom('job_events').selectAll().where('job_id', '=', jobId), request), toEvent);
   }
 
   async listCheckpoints(orgId: string, jobId: string, request: PageRequest): Promise<Page<FineTuningJobCheckpoint>> {
     await this.row(orgId, jobId);
-    const page = await pageBySeq(this.db.selectFrom('job_checkpoints').selectAll().where('job_id', '=', jobId), request);
-    return {
-      hasMore: page.hasMore,
-      data: page.data.map((c) => ({
-        id: c.id,
-        object: 'fine_tuning.job.checkpoint',
-        created_at: c.created_at,
-        fine_tuned_model_checkpoint: c.fine_tuned_model_checkpoint,
-        fine_tuning_job_id: c.job_id,
-        step_number: c.step_number,
-        metrics: JSON.parse(c.metrics),
-      })),
-    };
+    return mapPage(
+      await pageBySeq(this.db.selectFrom('job_checkpoints').selectAll().where('job_id', '=', jobId), request),
+      toCheckpoint,
+    );
   }
 
   private async row(orgId: string, id: string): Promise<JobRow> {
@@ -297,3 +273,23 @@ function toJob(row: JobRow): FineTuningJob {
     user_provided_suffix: row.suffix,
   };
 }
+
+const toEvent = (e: Selectable<JobEventTable>): FineTuningJobEvent => ({
+  id: e.id,
+  object: 'fine_tuning.job.event',
+  created_at: e.created_at,
+  level: e.level,
+  message: e.message,
+  type: e.type,
+  data: e.data === null ? {} : JSON.parse(e.data),
+});
+
+const toCheckpoint = (c: Selectable<JobCheckpointTable>): FineTuningJobCheckpoint => ({
+  id: c.id,
+  object: 'fine_tuning.job.checkpoint',
+  created_at: c.created_at,
+  fine_tuned_model_checkpoint: c.fine_tuned_model_checkpoint,
+  fine_tuning_job_id: c.job_id,
+  step_number: c.step_number,
+  metrics: JSON.parse(c.metrics),
+});

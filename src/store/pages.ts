@@ -31,3 +31,8 @@ export async function pageBySeq<Row extends { id: string; seq: number }>(
   const rows = await query.orderBy('seq', request.order).limit(request.limit + 1).execute();
   return { data: rows.slice(0, request.limit), hasMore: rows.length > request.limit };
 }
+
+export const mapPage = <A, B>(page: Page<A>, convert: (item: A) => B): Page<B> => ({
+  data: page.data.map(convert),
+  hasMore: page.hasMore,
+});
