@@ -49,6 +49,29 @@ describe('auto-pagination with for await', () => {
     expect(newest.data[0]).toMatchObject({ type: 'metrics', data: { step: 148, total_steps: 148 } });
   });
 
+  it("pages a job's checkpoints, newest first, in OpenAI's shape", async () => {
+    const jobId = jobIds[1]!;
+    for (const step of [10, 20, 30]) {
+      await t.server.services.jobs.addCheckpoint(jobId, {
+        stepNumber: step,
+        model: `ft:${BASE_MODEL}:personal::${jobId.slice(-8)}:ckpt-step-${step}`,
+        metrics: { step, train_loss: 1 / step, train_mean_token_accuracy: 0.5 },
+      });
+    }
+    const steps: number[] = [];
+    for await (const checkpoint of t.client.fineTuning.jobs.checkpoints.list(jobId, { limit: 2 })) steps.push(checkpoint.step_number);
+    expect(steps).toEqual([30, 20, 10]);
+    const [newest] = (await t.client.fineTuning.jobs.checkpoints.list(jobId, { limit: 1 })).data;
+    expect(newest).toMatchObject({
+      object: 'fine_tuning.job.checkpoint',
+      fine_tuning_job_id: jobId,
+      fine_tuned_model_checkpoint: `ft:${BASE_MODEL}:personal::${jobId.slice(-8)}:ckpt-step-30`,
+      step_number: 30,
+      metrics: { step: 30, train_loss: 1 / 30, train_mean_token_accuracy: 0.5 },
+    });
+    expect(newest!.id).toMatch(/^ftckpt_/);
+  });
+
   it('pages files in either order', async () => {
     for (let i = 0; i < 4; i++) await t.client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
     const all = (await t.client.files.list()).data.map((f) => f.id);

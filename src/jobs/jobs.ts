@@ -175,6 +175,23 @@ export class JobService {
     await this.db.insertInto('job_events').values(eventRow(jobId, event, unixSeconds())).execute();
   }
 
+  /** Records a checkpoint the engine saved, under the model name it can be used by. */
+  async addCheckpoint(
+    jobId: string,
+    checkpoint: { stepNumber: number; model: string; metrics: Record<string, number> },
+  ): Promise<FineTuningJobCheckpoint> {
+    const row = {
+      id: newId('ftckpt_'),
+      job_id: jobId,
+      created_at: unixSeconds(),
+      fine_tuned_model_checkpoint: checkpoint.model,
+      step_number: checkpoint.stepNumber,
+      metrics: JSON.stringify(checkpoint.metrics),
+    };
+    await this.db.insertInto('job_checkpoints').values(row).execute();
+    return toCheckpoint(row);
+  }
+
   async listEvents(orgId: string, jobId: string, request: PageRequest): Promise<Page<FineTuningJobEvent>> {
     await this.row(orgId, jobId);
     return mapPage(await pageBySeq(this.db.selectFrom('job_events').selectAll().where('job_id', '=', jobId), request), toEvent);
@@ -284,7 +301,7 @@ const toEvent = (e: Selectable<JobEventTable>): FineTuningJobEvent => ({
   data: e.data === null ? {} : JSON.parse(e.data),
 });
 
-const toCheckpoint = (c: Selectable<JobCheckpointTable>): FineTuningJobCheckpoint => ({
+const toCheckpoint = (c: Omit<Selectable<JobCheckpointTable>, 'seq'>): FineTuningJobCheckpoint => ({
   id: c.id,
   object: 'fine_tuning.job.checkpoint',
   created_at: c.created_at,
