@@ -7,9 +7,9 @@ export interface HomeLayout {
   database: string;
   blobs: string;
   models: string;
-  adapters: string;
-  work: string;
   apiKeyFile: string;
+  /** Where the server last listened, for the CLI on the same machine. */
+  baseUrlFile: string;
 }
 
 export function resolveHome(flag?: string): string {
@@ -22,9 +22,8 @@ export function homeLayout(root: string): HomeLayout {
     database: path.join(root, 'tunelab.db'),
     blobs: path.join(root, 'blobs'),
     models: path.join(root, 'models'),
-    adapters: path.join(root, 'adapters'),
-    work: path.join(root, 'work'),
     apiKeyFile: path.join(root, 'api-key'),
+    baseUrlFile: path.join(root, 'base-url'),
   };
 }
 

@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import type { AddressInfo } from 'node:net';
 import type { FastifyInstance, FastifyServerOptions } from 'fastify';
 import { type Services, buildApi } from './api/app.js';
 import { DEFAULT_MAX_UPLOAD_BYTES, type HomeLayout, homeLayout } from './config.js';
@@ -32,6 +33,13 @@ export interface RunningServer {
 
 const EXPIRED_FILES_SWEEP_MS = 10 * 60 * 1000;
 
+/** Written whole under a temporary name, then renamed: a reader never sees half a key. */
+function writePrivate(file: string, content: string): void {
+  const temporary = `${file}.${process.pid}.tmp`;
+  fs.writeFileSync(temporary, content, { mode: 0o600 });
+  fs.renameSync(temporary, file);
+}
+
 /** Opens (or creates) a home folder and serves it. */
 export async function startServer(options: ServerOptions): Promise<RunningServer> {
   const home = homeLayout(options.home);
@@ -59,9 +67,9 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   const app = buildApi(services, { maxUploadBytes, logger: options.logger ?? false });
 
   if (await orgs.isEmpty()) {
-    const { key, organization } = await orgs.createKey('personal');
-    fs.writeFileSync(home.apiKeyFile, `${key}\n`, { mode: 0o600 });
-    fs.chmodSync(home.apiKeyFile, 0o600);
+    // The file is written before the key commits: a start cut short leaves an empty organization
+    // table, and the next start makes both again.
+    const { organization } = await orgs.createKey('personal', (key) => writePrivate(home.apiKeyFile, `${key}\n`));
     app.log.info(`Created organization "${organization.name}" (${organization.id}); its API key is in ${home.apiKeyFile}`);
   }
   await files.sweep();
@@ -70,9 +78,15 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   }, EXPIRED_FILES_SWEEP_MS);
   sweeper.unref();
 
-  const address = await app.listen({ host: options.host ?? '127.0.0.1', port: options.port ?? 8000 });
+  const host = options.host ?? '127.0.0.1';
+  await app.listen({ host, port: options.port ?? 8000 });
+  const { port } = app.server.address() as AddressInfo;
+  // A server listening on every address is reached locally on loopback.
+  const reachable = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host;
+  const baseURL = `http://${reachable}:${port}/v1`;
+  writePrivate(home.baseUrlFile, `${baseURL}\n`);
   return {
-    baseURL: `${address.replace('[::1]', 'localhost')}/v1`,
+    baseURL,
     home,
     services,
     app,

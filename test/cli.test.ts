@@ -34,7 +34,8 @@ async function tunelab(...args: string[]): Promise<{ code: number; stdout: strin
 beforeAll(async () => {
   const port = await freePort();
   const { OPENAI_API_KEY: _k, OPENAI_BASE_URL: _u, TUNELAB_API_KEY: _t, ...rest } = process.env;
-  env = { ...rest, TUNELAB_BASE_URL: `http://127.0.0.1:${port}/v1` };
+  // No base URL in the environment: the CLI finds the server through the home folder.
+  env = rest;
   server = spawn(process.execPath, [CLI, 'serve', '--home', home, '--port', String(port)], { env, stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
   server.stdout!.on('data', (chunk) => (log += chunk));
@@ -100,14 +101,14 @@ describe('the tunelab command', () => {
     const key = created.stdout.trim();
     expect(key).toMatch(/^sk-tl-/);
     const acme = await promisify(execFile)(process.execPath, [CLI, 'files', 'list', '--json'], {
-      env: { ...env, TUNELAB_API_KEY: key },
+      env: { ...env, TUNELAB_API_KEY: key, TUNELAB_HOME: home },
     });
     expect(JSON.parse(acme.stdout)).toEqual([]);
   });
 
   it('says what is wrong with a bad API key', async () => {
     const result = await promisify(execFile)(process.execPath, [CLI, 'jobs', 'list'], {
-      env: { ...env, TUNELAB_API_KEY: 'sk-tl-wrong' },
+      env: { ...env, TUNELAB_API_KEY: 'sk-tl-wrong', TUNELAB_HOME: home },
     }).catch((error: { code: number; stderr: string }) => error);
     expect(result).toMatchObject({ code: 1, stderr: expect.stringContaining('Incorrect API key provided') });
   });

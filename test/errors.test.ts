@@ -40,6 +40,7 @@ describe('errors in OpenAI form', () => {
     const file = await rejection(t.client.files.retrieve('file-doesnotexist'));
     expect(file).toBeInstanceOf(OpenAI.NotFoundError);
     expect(file?.message).toContain('No such File object: file-doesnotexist');
+    expect(file?.param).toBe('file_id');
     expect(await rejection(t.client.files.content('file-doesnotexist'))).toBeInstanceOf(OpenAI.NotFoundError);
     expect(await rejection(t.client.files.delete('file-doesnotexist'))).toBeInstanceOf(OpenAI.NotFoundError);
     expect(await rejection(t.client.fineTuning.jobs.retrieve('ftjob-nope'))).toBeInstanceOf(OpenAI.NotFoundError);
@@ -119,13 +120,13 @@ describe('errors in OpenAI form', () => {
     [{ suffix: 'x'.repeat(65) }, 'suffix', '1 to 64 characters'],
     [{ suffix: 'has space' }, 'suffix', '1 to 64 characters'],
     [{ suffix: '' }, 'suffix', '1 to 64 characters'],
-    [{ seed: -1 }, 'seed', 'Invalid'],
+    [{ seed: -1 }, 'seed', 'expected number to be >=0'],
     [{ seed: 'seven' }, 'seed', 'expected number, received string'],
-    [{ hyperparameters: { n_epochs: 0 } }, 'hyperparameters.n_epochs', 'Invalid'],
+    [{ hyperparameters: { n_epochs: 0 } }, 'hyperparameters.n_epochs', 'expected number to be >=1'],
     [{ hyperparameters: { n_epochs: 2.5 } }, 'hyperparameters.n_epochs', 'whole number'],
-    [{ hyperparameters: { batch_size: 1000 } }, 'hyperparameters.batch_size', 'Invalid'],
-    [{ hyperparameters: { learning_rate_multiplier: 0 } }, 'hyperparameters.learning_rate_multiplier', 'Invalid'],
-    [{ hyperparameters: { n_epochs: 'many' } }, 'hyperparameters.n_epochs', 'Invalid'],
+    [{ hyperparameters: { batch_size: 1000 } }, 'hyperparameters.batch_size', 'expected number to be <=256'],
+    [{ hyperparameters: { learning_rate_multiplier: 0 } }, 'hyperparameters.learning_rate_multiplier', 'expected number to be >0'],
+    [{ hyperparameters: { n_epochs: 'many' } }, 'hyperparameters.n_epochs', 'expected number, received string'],
     [{ method: { type: 'dpo', dpo: { hyperparameters: { beta: 0.1 } } } }, 'method.type', "'dpo' is not supported yet"],
     [{ method: { type: 'reinforcement' } }, 'method.type', "'reinforcement' is not supported yet"],
     [
@@ -158,9 +159,51 @@ describe('errors in OpenAI form', () => {
     await t.client.files.delete(batch.id);
   });
 
+  it('answers what Fastify and the form parser refuse as 400s in OpenAI form, never as retried 500s', async () => {
+    const form = (parts: string[], boundary = 'b0undary') => ({
+      body: parts.map((p) => `--${boundary}\r\n${p}\r\n`).join('') + `--${boundary}--\r\n`,
+      headers: { 'content-type': `multipart/form-data; boundary=${boundary}` },
+    });
+    const field = (name: string, value: string) => `Content-Disposition: form-data; name="${name}"\r\n\r\n${value}`;
+    const cases = {
+      'too many fields': form(Array.from({ length: 12 }, (_, i) => field(`f${i}`, 'x'))),
+      'two files': form([
+        'Content-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n{}',
+        'Content-Disposition: form-data; name="file"; filename="b.jsonl"\r\n\r\n{}',
+      ]),
+      'a cut-off form': {
+        body: `--b0undary\r\n${field('purpose', 'fine-tune')}\r\n--b0undary\r\nContent-Disposition: form-data; name="file"; filename="a.jsonl"\r\n\r\n{"messa`,
+        headers: { 'content-type': 'multipart/form-data; boundary=b0undary' },
+      },
+      'no boundary': { body: 'nothing', headers: { 'content-type': 'multipart/form-data' } },
+    };
+    for (const [name, request] of Object.entries(cases)) {
+      const response = await raw('POST', '/files', request);
+      expect({ name, status: response.status }).toEqual({ name, status: 400 });
+      expect(Object.keys(response.body.error).sort()).toEqual(['code', 'message', 'param', 'type']);
+      expect(response.headers.get('x-should-retry')).toBe('false');
+    }
+    expect((await t.client.files.list()).data.map((f) => f.id)).toEqual([trainingFile]);
+
+    const proto = await raw('POST', '/fine_tuning/jobs', {
+      body: '{"__proto__": {"x": 1}, "model": "m", "training_file": "f"}',
+      headers: { 'content-type': 'application/json' },
+    });
+    expect(proto.status).toBe(400);
+  });
+
+  it('answers an undecodable URL in OpenAI form, with a request id', async () => {
+    const response = await raw('GET', '/files/%E0%A4%A');
+    expect(response.status).toBe(400);
+    expect(response.body.error).toMatchObject({ type: 'invalid_request_error', message: expect.stringContaining('URL') });
+    expect(response.headers.get('x-request-id')).toMatch(/^req_/);
+  });
+
   it('refuses out-of-range list parameters', async () => {
     const error = await rejection(t.client.fineTuning.jobs.list({ limit: 0 }));
     expect(error).toMatchObject({ status: 400, param: 'limit' });
     expect(await rejection(t.client.fineTuning.jobs.list({ after: 'ftjob-unknown' }))).toMatchObject({ status: 400, param: 'after' });
+    const purposes = await raw('GET', '/files?purpose=fine-tune&purpose=batch');
+    expect(purposes).toMatchObject({ status: 400, body: { error: { param: 'purpose' } } });
   });
 });

@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import OpenAI from 'openai';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { BASE_MODEL, DATASETS, type TestServer, startTestServer, weatherJokes } from './support/server.js';
 
 let t: TestServer;
@@ -39,15 +39,25 @@ describe("the guide's calls through the official SDK", () => {
     expect(fs.existsSync(path.join(t.home, 'blobs', file.id))).toBe(false);
   });
 
-  it('sets an expiry when asked, and hides the file once it has passed', async () => {
+  it('sets an expiry when asked, hides the file once it has passed, and then deletes its bytes', async () => {
     const file = await t.client.files.create({
       file: weatherJokes(),
       purpose: 'fine-tune',
       expires_after: { anchor: 'created_at', seconds: 3600 },
     });
     expect(file.expires_at).toBe(file.created_at + 3600);
-    await t.server.services.files.deleteExpired(file.created_at + 3600);
-    await expect(t.client.files.retrieve(file.id)).rejects.toBeInstanceOf(OpenAI.NotFoundError);
+    expect((await t.client.files.retrieve(file.id)).id).toBe(file.id);
+    // The server runs in this process: moving its clock an hour on is enough.
+    vi.useFakeTimers({ toFake: ['Date'], now: (file.created_at + 3601) * 1000 });
+    try {
+      await expect(t.client.files.retrieve(file.id)).rejects.toBeInstanceOf(OpenAI.NotFoundError);
+      expect((await t.client.files.list()).data.map((f) => f.id)).not.toContain(file.id);
+      expect(fs.existsSync(path.join(t.home, 'blobs', file.id))).toBe(true);
+      await t.server.services.files.deleteExpired();
+      expect(fs.existsSync(path.join(t.home, 'blobs', file.id))).toBe(false);
+    } finally {
+      vi.useRealTimers();
+    }
   });
 
   it('creates a job with suffix, hyperparameters and a validation file, and shows it as OpenAI does', async () => {

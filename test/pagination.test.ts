@@ -72,6 +72,17 @@ describe('auto-pagination with for await', () => {
     expect(newest!.id).toMatch(/^ftckpt_/);
   });
 
+  it('keeps its place when the client deletes each file as it pages', async () => {
+    for (let i = 0; i < 5; i++) await t.client.files.create({ file: weatherJokes(), purpose: 'batch' });
+    const deleted: string[] = [];
+    for await (const file of t.client.files.list({ purpose: 'batch', limit: 2 })) {
+      await t.client.files.delete(file.id);
+      deleted.push(file.id);
+    }
+    expect(deleted).toHaveLength(5);
+    expect((await t.client.files.list({ purpose: 'batch' })).data).toEqual([]);
+  });
+
   it('pages files in either order', async () => {
     for (let i = 0; i < 4; i++) await t.client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
     const all = (await t.client.files.list()).data.map((f) => f.id);

@@ -79,6 +79,14 @@ describe('uploads are stored whole or not at all', () => {
     expect((await t.client.files.list()).data).toEqual([]);
   });
 
+  it('stores a file of exactly the limit when its size is declared up front', async () => {
+    const content = 'x'.repeat(LIMIT - 1) + '\n';
+    const file = await t.client.files.create({ file: new File([content], 'exact.jsonl'), purpose: 'fine-tune' });
+    expect(file.bytes).toBe(LIMIT);
+    await t.client.files.delete(file.id);
+    expect(storedBlobs()).toEqual([]);
+  });
+
   it('stores a streamed file just under the limit byte for byte', async () => {
     const content = jsonl(LIMIT - 2 * line.length);
     async function* chunks() {

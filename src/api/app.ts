@@ -38,6 +38,7 @@ export function buildApi(services: Services, options: ApiOptions): FastifyInstan
     routerOptions: { maxParamLength: 500 },
     // A client refused mid-upload may still be sending; on shutdown such sockets are cut, not waited for.
     forceCloseConnections: true,
+    frameworkErrors: (error, _request, reply) => sendError(reply, error, options.maxUploadBytes),
   });
 
   app.addHook('onRequest', async (request, reply) => {

@@ -27,21 +27,28 @@ function fromFastify(error: FastifyError, maxUploadBytes: number): [number, Erro
   });
   switch (error.code) {
     case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
-    case 'FST_INVALID_MULTIPART_CONTENT_TYPE':
       return [400, body(`Unsupported Content-Type for this request: ${error.message}`, null, 'unsupported_content_type')];
+    case 'FST_ERR_BAD_URL':
+      return [400, body(`The URL could not be decoded: ${error.message}`)];
     case 'FST_ERR_CTP_BODY_TOO_LARGE':
       return [413, body('The request body is too large.', null, 'request_too_large')];
     case 'FST_REQ_FILE_TOO_LARGE':
       return [413, body(`The file is larger than this server accepts (${maxUploadBytes} bytes).`, 'file', 'file_too_large')];
     case 'FST_FILES_LIMIT':
     case 'FST_PARTS_LIMIT':
+    case 'FST_FIELDS_LIMIT':
       return [400, body('Upload one file per request, with the fields file and purpose.', 'file')];
     default:
-      return undefined;
+      // Anything else Fastify refuses as the client's fault keeps its status, in OpenAI's body.
+      return error.statusCode !== undefined && error.statusCode >= 400 && error.statusCode < 500
+        ? [error.statusCode, body(error.message)]
+        : undefined;
   }
 }
 
 export function sendError(reply: FastifyReply, error: unknown, maxUploadBytes: number): FastifyReply {
+  // Set here too: errors the router raises before any hook runs still carry the id.
+  reply.header('x-request-id', reply.request.id);
   let status: number;
   let body: ErrorBody;
   if (error instanceof ServiceError) {

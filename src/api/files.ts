@@ -11,6 +11,9 @@ const expiresAfter = z.object({
 });
 
 const filesPage = pageQuery({ max: 10000, default: 10000 });
+const purposeFilter = z.object({ purpose: z.string().optional() });
+/** Room for the form's own bytes around the file: boundaries, part headers, the purpose field. */
+const FORM_OVERHEAD_BYTES = 64 * 1024;
 
 export const filesRoutes = (files: FileService, maxUploadBytes: number) => async (app: FastifyInstance) => {
   app.post('/files', async (request) => {
@@ -21,8 +24,9 @@ export const filesRoutes = (files: FileService, maxUploadBytes: number) => async
         'unsupported_content_type',
       );
     }
+    // Refused before reading when the declared body is past the limit by more than a form's fields could take.
     const declared = Number(request.headers['content-length']);
-    if (declared > maxUploadBytes) {
+    if (declared > maxUploadBytes + FORM_OVERHEAD_BYTES) {
       throw new ServiceError('too_large', `The file is larger than this server accepts (${maxUploadBytes} bytes).`, {
         param: 'file',
         code: 'file_too_large',
@@ -37,9 +41,9 @@ export const filesRoutes = (files: FileService, maxUploadBytes: number) => async
           fields[part.fieldname] = String(part.value);
           continue;
         }
-        if (part.fieldname !== 'file' || staged) {
+        if (part.fieldname !== 'file') {
           part.file.resume();
-          throw invalidRequest(`Unexpected file field '${part.fieldname}': send exactly one file, as the field 'file'.`, 'file');
+          throw invalidRequest(`Unexpected file field '${part.fieldname}': send the file as the field 'file'.`, 'file');
         }
         filename = part.filename;
         staged = await files.receive(part.file);
@@ -55,16 +59,22 @@ export const filesRoutes = (files: FileService, maxUploadBytes: number) => async
         content: staged,
         expiresAfterSeconds: expiry?.seconds,
       });
+    } catch (error) {
+      // busboy reports a malformed form as a plain Error, with neither the `code` of a system error
+      // (a full disk is ours, not the client's) nor the status of Fastify's and ours.
+      if (error instanceof Error && !('code' in error) && !('statusCode' in error)) {
+        throw invalidRequest(`The multipart form could not be read: ${error.message}`, 'file');
+      }
+      throw error;
     } finally {
       await staged?.discard();
     }
   });
 
   app.get('/files', async (request) => {
-    const query = request.query as Record<string, unknown>;
     const page = await files.list(request.org.id, {
-      ...filesPage(query),
-      purpose: typeof query.purpose === 'string' ? query.purpose : undefined,
+      ...filesPage(request.query),
+      ...parseWith(purposeFilter, request.query),
     });
     return listBody(page);
   });

@@ -51,7 +51,7 @@ export class LocalBlobStore implements BlobStore {
             yield chunk;
           }
         },
-        // flush: fsync before close, so a committed blob survives a power cut as its row does.
+        // flush: fsync before close; with the folder synced on commit, a blob is on disk before its row is written.
         fs.createWriteStream(temporary, { flags: 'wx', flush: true, highWaterMark: 256 * 1024 }),
       );
     } catch (error) {
@@ -66,6 +66,12 @@ export class LocalBlobStore implements BlobStore {
       commit: async (id) => {
         await fsp.rename(temporary, this.pathOf(id));
         settled = true;
+        const folder = await fsp.open(this.root, 'r');
+        try {
+          await folder.sync();
+        } finally {
+          await folder.close();
+        }
       },
       discard: async () => {
         if (settled) return;

@@ -55,6 +55,7 @@ export class FileService {
         status_details: null,
         created_at: now,
         expires_at: file.expiresAfterSeconds === undefined ? null : now + file.expiresAfterSeconds,
+        deleted_at: null,
       };
       await file.content.commit(row.id);
       try {
@@ -72,10 +73,11 @@ export class FileService {
   async list(orgId: string, request: PageRequest & { purpose?: string | undefined }): Promise<Page<FileObject>> {
     let scope = this.visible(orgId);
     if (request.purpose !== undefined) scope = scope.where('purpose', '=', request.purpose);
-    return mapPage(await pageBySeq(scope, request), toFileObject);
+    const everOwned = this.db.selectFrom('files').select(['id', 'seq']).where('org_id', '=', orgId);
+    return mapPage(await pageBySeq(scope, request, everOwned), toFileObject);
   }
 
-  async get(orgId: string, id: string, param: string | null = null): Promise<FileObject> {
+  async get(orgId: string, id: string, param = 'file_id'): Promise<FileObject> {
     const row = await this.visible(orgId).where('id', '=', id).executeTakeFirst();
     if (!row) throw noSuch('File', id, param);
     return toFileObject(row);
@@ -88,19 +90,25 @@ export class FileService {
 
   async delete(orgId: string, id: string): Promise<FileDeleted> {
     await this.get(orgId, id);
-    await this.db.deleteFrom('files').where('id', '=', id).execute();
+    await this.db.updateTable('files').set({ deleted_at: unixSeconds() }).where('id', '=', id).execute();
     await this.blobs.remove(id);
     return { id, object: 'file', deleted: true };
   }
 
   async deleteExpired(now = unixSeconds()): Promise<void> {
-    const expired = await this.db.deleteFrom('files').where('expires_at', '<=', now).returning('id').execute();
+    const expired = await this.db
+      .updateTable('files')
+      .set({ deleted_at: now })
+      .where('deleted_at', 'is', null)
+      .where('expires_at', '<=', now)
+      .returning('id')
+      .execute();
     for (const { id } of expired) await this.blobs.remove(id);
   }
 
-  /** On start: drop half-received uploads and any blob whose row was never written. */
+  /** On start: drop half-received uploads and any blob no live row names. */
   async sweep(): Promise<void> {
-    const rows = await this.db.selectFrom('files').select('id').execute();
+    const rows = await this.db.selectFrom('files').select('id').where('deleted_at', 'is', null).execute();
     await this.blobs.sweep(new Set(rows.map((r) => r.id)));
     await this.deleteExpired();
   }
@@ -110,6 +118,7 @@ export class FileService {
       .selectFrom('files')
       .selectAll()
       .where('org_id', '=', orgId)
+      .where('deleted_at', 'is', null)
       .where((eb) => eb.or([eb('expires_at', 'is', null), eb('expires_at', '>', unixSeconds())]));
   }
 }

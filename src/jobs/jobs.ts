@@ -151,7 +151,7 @@ export class JobService {
     event: NewEvent,
     changes: Partial<Pick<JobRow, 'error' | 'fine_tuned_model' | 'trained_tokens' | 'result_files' | 'estimated_finish'>> = {},
   ): Promise<FineTuningJob> {
-    if (!canMove(from, to)) throw new ServiceError('conflict', `A job cannot go from ${from} to ${to}.`);
+    if (!canMove(from, to)) throw new Error(`A job cannot go from ${from} to ${to}.`);
     const now = unixSeconds();
     return this.db.transaction().execute(async (trx) => {
       const updated = await trx
@@ -165,7 +165,8 @@ export class JobService {
         .where('status', '=', from)
         .returningAll()
         .executeTakeFirst();
-      if (!updated) throw new ServiceError('conflict', `Job ${jobId} is no longer ${from}; try again.`);
+      // 409: the SDK retries, and the retry reads the job as it now is.
+      if (!updated) throw new ServiceError('conflict', `Job ${jobId} was changed by another request while it was ${from}.`);
       await trx.insertInto('job_events').values(eventRow(jobId, event, now)).execute();
       return toJob(updated);
     });

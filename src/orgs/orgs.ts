@@ -26,8 +26,11 @@ export class OrgService {
     return row === undefined;
   }
 
-  /** Makes a key for the organization `name`, creating the organization when it is new. */
-  async createKey(orgName: string): Promise<CreatedKey> {
+  /**
+   * Makes a key for the organization `name`, creating the organization when it is new.
+   * `beforeCommit` runs inside the transaction: if it throws, neither key nor organization is kept.
+   */
+  async createKey(orgName: string, beforeCommit?: (key: string) => void): Promise<CreatedKey> {
     if (!ORG_NAME.test(orgName)) {
       throw invalidRequest(
         `Organization name "${orgName}" must be 1 to 64 characters of lowercase letters, digits, "-" and "_".`,
@@ -46,6 +49,7 @@ export class OrgService {
         .insertInto('api_keys')
         .values({ id: newId('key_'), org_id: org.id, key_hash: hashKey(key), key_prefix: key.slice(0, 10), created_at: now })
         .execute();
+      beforeCommit?.(key);
       return org;
     });
     return { key, organization };

@@ -43,6 +43,7 @@ export function migrations(dialect: Dialect): Record<string, Migration> {
           .addColumn('status_details', 'text')
           .addColumn('created_at', 'bigint', (c) => c.notNull())
           .addColumn('expires_at', 'bigint')
+          .addColumn('deleted_at', 'bigint')
           .execute();
         await db.schema.createIndex('files_by_org').on('files').columns(['org_id', 'seq']).execute();
 
@@ -66,7 +67,6 @@ export function migrations(dialect: Dialect): Record<string, Migration> {
           .addColumn('finished_at', 'bigint')
           .execute();
         await db.schema.createIndex('jobs_by_org').on('jobs').columns(['org_id', 'seq']).execute();
-        await db.schema.createIndex('jobs_by_status').on('jobs').columns(['status', 'seq']).execute();
 
         await db.schema
           .createTable('job_metadata')

@@ -16,15 +16,17 @@ export interface Page<T> {
 /**
  * Keyset pagination over `seq`: one indexed range scan however deep the page, and exact
  * under concurrent inserts. `scope` is the query already narrowed to what the caller may see,
- * so a cursor id from another organization is simply not found.
+ * so a cursor id from another organization is simply not found. `cursors` may be wider than
+ * `scope`: a client deleting items as it pages still names them as cursors.
  */
 export async function pageBySeq<Row extends { id: string; seq: number }>(
   scope: SelectQueryBuilder<any, any, Row>,
   request: PageRequest,
+  cursors: SelectQueryBuilder<any, any, { id: string; seq: number }> = scope,
 ): Promise<Page<Row>> {
   let query = scope;
   if (request.after !== undefined) {
-    const cursor = await scope.where('id', '=', request.after).executeTakeFirst();
+    const cursor = await cursors.where('id', '=', request.after).executeTakeFirst();
     if (!cursor) throw invalidRequest(`Invalid 'after': ${request.after} is not an item of this list.`, 'after');
     query = query.where('seq', request.order === 'desc' ? '<' : '>', cursor.seq);
   }

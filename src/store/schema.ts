@@ -44,6 +44,8 @@ export interface FileTable {
   status_details: string | null;
   created_at: number;
   expires_at: number | null;
+  /** Deleted rows stay, without their bytes, so a client paging past one still finds its place. */
+  deleted_at: number | null;
 }
 
 export interface JobTable {

@@ -10,7 +10,6 @@ export type Db = Kysely<Database>;
 
 export interface Store {
   db: Db;
-  dialect: Dialect;
   close(): Promise<void>;
 }
 
@@ -29,7 +28,7 @@ export async function openStore(location: string): Promise<Store> {
     await db.destroy();
     throw new Error(`Could not migrate the database at ${location}: ${String(error)}`);
   }
-  return { db, dialect, close: () => db.destroy() };
+  return { db, close: () => db.destroy() };
 }
 
 function sqliteDialect(file: string) {
