@@ -27,6 +27,8 @@ export interface BlobStore {
   sweep(keep: ReadonlySet<string>): Promise<void>;
 }
 
+const EARLY_SYNC_BYTES = 8 * 1024 * 1024;
+
 export class LocalBlobStore implements BlobStore {
   private readonly incoming: string;
 
@@ -41,6 +43,11 @@ export class LocalBlobStore implements BlobStore {
     const temporary = path.join(this.incoming, randomToken(16));
     const hash = createHash('sha256');
     let bytes = 0;
+    const file = await fsp.open(temporary, 'wx');
+    // The bytes must be on disk before the row names them. Syncing what has arrived every few
+    // megabytes, while more arrives, leaves the final sync only the tail to wait for.
+    let syncing: Promise<void> | undefined;
+    let syncedUpTo = 0;
     try {
       await pipeline(
         content,
@@ -49,12 +56,17 @@ export class LocalBlobStore implements BlobStore {
             hash.update(chunk);
             bytes += chunk.length;
             yield chunk;
+            if (!syncing && bytes - syncedUpTo >= EARLY_SYNC_BYTES) {
+              syncedUpTo = bytes;
+              syncing = file.datasync().finally(() => (syncing = undefined));
+            }
           }
         },
-        // flush: fsync before close; with the folder synced on commit, a blob is on disk before its row is written.
-        fs.createWriteStream(temporary, { flags: 'wx', flush: true, highWaterMark: 256 * 1024 }),
+        file.createWriteStream({ highWaterMark: 256 * 1024, flush: true }),
       );
     } catch (error) {
+      await syncing?.catch(() => {});
+      await file.close().catch(() => {});
       await fsp.rm(temporary, { force: true });
       throw error;
     }
