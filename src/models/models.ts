@@ -15,7 +15,7 @@ export const modelNotFound = (id: string, param: string | null = 'model') =>
 export class ModelService {
   constructor(
     private readonly db: Db,
-    readonly baseModels: BaseModelRegistry,
+    private readonly baseModels: BaseModelRegistry,
   ) {}
 
   async list(orgId: string): Promise<Model[]> {

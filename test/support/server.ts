@@ -4,6 +4,7 @@ import path from 'node:path';
 import OpenAI from 'openai';
 import pg from 'pg';
 import { inject } from 'vitest';
+import { BaseModelRegistry } from '../../src/models/base-models.js';
 import { type RunningServer, type ServerOptions, startServer } from '../../src/server.js';
 import { writeModelFolder } from './model-folder.js';
 
@@ -48,9 +49,8 @@ export async function startTestServer(options: Partial<ServerOptions> = {}): Pro
   const home = options.home ?? tempHome();
   const database = onPostgres ? await postgresFor(home) : undefined;
   const server = await startServer({ home, port: 0, database, ...options });
-  if (!server.services.models.baseModels.get(BASE_MODEL)) {
-    server.services.models.baseModels.add(writeModelFolder(path.join(home, 'model-sources', BASE_MODEL)), BASE_MODEL);
-  }
+  const registry = new BaseModelRegistry(server.home.models);
+  if (!registry.get(BASE_MODEL)) registry.add(writeModelFolder(path.join(home, 'model-sources', BASE_MODEL)), BASE_MODEL);
   const clientFor = (apiKey: string) => new OpenAI({ baseURL: server.baseURL, apiKey, maxRetries: 0 });
   let stopped = false;
   const stop = async () => {
