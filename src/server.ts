@@ -4,6 +4,7 @@ import type { FastifyInstance, FastifyServerOptions } from 'fastify';
 import { type Services, buildApi } from './api/app.js';
 import { DEFAULT_MAX_UPLOAD_BYTES, type HomeLayout, homeLayout } from './config.js';
 import { LocalBlobStore } from './files/blob-store.js';
+import { writePrivateFile } from './files/durable.js';
 import { FileService } from './files/files.js';
 import { JobService } from './jobs/jobs.js';
 import { BaseModelRegistry } from './models/base-models.js';
@@ -32,13 +33,6 @@ export interface RunningServer {
 }
 
 const EXPIRED_FILES_SWEEP_MS = 10 * 60 * 1000;
-
-/** Written whole under a temporary name, then renamed: a reader never sees half a key. */
-function writePrivate(file: string, content: string): void {
-  const temporary = `${file}.${process.pid}.tmp`;
-  fs.writeFileSync(temporary, content, { mode: 0o600 });
-  fs.renameSync(temporary, file);
-}
 
 /** Opens (or creates) a home folder and serves it. */
 export async function startServer(options: ServerOptions): Promise<RunningServer> {
@@ -69,7 +63,7 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   if (await orgs.isEmpty()) {
     // The file is written before the key commits: a start cut short leaves an empty organization
     // table, and the next start makes both again.
-    const { organization } = await orgs.createKey('personal', (key) => writePrivate(home.apiKeyFile, `${key}\n`));
+    const { organization } = await orgs.createKey('personal', (key) => writePrivateFile(home.apiKeyFile, `${key}\n`));
     app.log.info(`Created organization "${organization.name}" (${organization.id}); its API key is in ${home.apiKeyFile}`);
   }
   await files.sweep();
@@ -84,7 +78,7 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   // A server listening on every address is reached locally on loopback.
   const reachable = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host;
   const baseURL = `http://${reachable}:${port}/v1`;
-  writePrivate(home.baseUrlFile, `${baseURL}\n`);
+  await writePrivateFile(home.baseUrlFile, `${baseURL}\n`);
   return {
     baseURL,
     home,

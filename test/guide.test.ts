@@ -34,7 +34,9 @@ describe("the guide's calls through the official SDK", () => {
     const content = await t.client.files.content(file.id);
     expect(Buffer.from(await content.arrayBuffer()).equals(bytes)).toBe(true);
 
-    expect(await t.client.files.delete(file.id)).toEqual({ id: file.id, object: 'file', deleted: true });
+    const racing = await Promise.allSettled([t.client.files.delete(file.id), t.client.files.delete(file.id)]);
+    expect(racing.filter((r) => r.status === 'fulfilled').map((r) => r.value)).toEqual([{ id: file.id, object: 'file', deleted: true }]);
+    expect(racing.filter((r) => r.status === 'rejected').map((r) => (r.reason as { status: number }).status)).toEqual([404]);
     await expect(t.client.files.retrieve(file.id)).rejects.toBeInstanceOf(OpenAI.NotFoundError);
     expect(fs.existsSync(path.join(t.home, 'blobs', file.id))).toBe(false);
   });

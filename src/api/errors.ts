@@ -58,7 +58,9 @@ export function sendError(reply: FastifyReply, error: unknown, maxUploadBytes: n
     const mapped = fromFastify(error as FastifyError, maxUploadBytes);
     if (mapped) [status, body] = mapped;
     else {
-      reply.log.error({ err: error }, 'request failed');
+      // A client that hangs up mid-request is not a server fault, and hears no answer anyway.
+      if (reply.request.raw.socket?.destroyed) reply.log.info({ err: error }, 'client went away');
+      else reply.log.error({ err: error }, 'request failed');
       status = 500;
       body = { message: 'The server had an error while processing your request.', type: 'server_error', param: null, code: null };
     }

@@ -1,4 +1,4 @@
-import type { FastifyInstance } from 'fastify';
+import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { z } from 'zod';
 import type { StagedBlob } from '../files/blob-store.js';
 import type { FileService } from '../files/files.js';
@@ -32,42 +32,21 @@ export const filesRoutes = (files: FileService, maxUploadBytes: number) => async
         code: 'file_too_large',
       });
     }
-    let staged: StagedBlob | undefined;
-    let filename = '';
-    const fields: Record<string, string> = {};
+    const form = await readUploadForm(request, files);
     try {
-      for await (const part of request.parts()) {
-        if (part.type === 'field') {
-          fields[part.fieldname] = String(part.value);
-          continue;
-        }
-        if (part.fieldname !== 'file') {
-          part.file.resume();
-          throw invalidRequest(`Unexpected file field '${part.fieldname}': send the file as the field 'file'.`, 'file');
-        }
-        filename = part.filename;
-        staged = await files.receive(part.file);
-      }
-      if (!staged) throw invalidRequest("Missing required parameter: 'file'.", 'file');
+      const { fields } = form;
       const hasExpiry = 'expires_after[anchor]' in fields || 'expires_after[seconds]' in fields;
       const expiry = hasExpiry
         ? parseWith(expiresAfter, { anchor: fields['expires_after[anchor]'], seconds: fields['expires_after[seconds]'] })
         : undefined;
       return await files.create(request.org.id, {
-        filename,
+        filename: form.filename,
         purpose: fields.purpose,
-        content: staged,
+        content: form.staged,
         expiresAfterSeconds: expiry?.seconds,
       });
-    } catch (error) {
-      // busboy reports a malformed form as a plain Error, with neither the `code` of a system error
-      // (a full disk is ours, not the client's) nor the status of Fastify's and ours.
-      if (error instanceof Error && !('code' in error) && !('statusCode' in error)) {
-        throw invalidRequest(`The multipart form could not be read: ${error.message}`, 'file');
-      }
-      throw error;
     } finally {
-      await staged?.discard();
+      await form.staged.discard();
     }
   });
 
@@ -93,3 +72,37 @@ export const filesRoutes = (files: FileService, maxUploadBytes: number) => async
   app.delete<{ Params: { id: string } }>('/files/:id', async (request) => files.delete(request.org.id, request.params.id));
 };
 
+
+/**
+ * Reads the form as it arrives: the file goes to staging at once, since the SDK may send it
+ * before the purpose field.
+ */
+async function readUploadForm(request: FastifyRequest, files: FileService) {
+  let staged: StagedBlob | undefined;
+  let filename = '';
+  const fields: Record<string, string> = {};
+  try {
+    for await (const part of request.parts()) {
+      if (part.type === 'field') {
+        fields[part.fieldname] = String(part.value);
+        continue;
+      }
+      if (part.fieldname !== 'file') {
+        part.file.resume();
+        throw invalidRequest(`Unexpected file field '${part.fieldname}': send the file as the field 'file'.`, 'file');
+      }
+      filename = part.filename;
+      staged = await files.receive(part.file);
+    }
+    if (!staged) throw invalidRequest("Missing required parameter: 'file'.", 'file');
+    return { staged, filename, fields };
+  } catch (error) {
+    await staged?.discard();
+    // busboy reports a malformed form as a plain Error, with neither the `code` of a system error
+    // (a full disk or a dropped connection) nor the status Fastify's errors and ours carry.
+    if (error instanceof Error && !('code' in error) && !('statusCode' in error)) {
+      throw invalidRequest(`The multipart form could not be read: ${error.message}`, 'file');
+    }
+    throw error;
+  }
+}

@@ -5,6 +5,7 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { randomToken } from '../ids.js';
+import { syncFolder } from './durable.js';
 
 /** Bytes received and held aside: they become a blob only on `commit`. */
 export interface StagedBlob {
@@ -47,6 +48,7 @@ export class LocalBlobStore implements BlobStore {
     // The bytes must be on disk before the row names them. Syncing what has arrived every few
     // megabytes, while more arrives, leaves the final sync only the tail to wait for.
     let syncing: Promise<void> | undefined;
+    let syncFailure: unknown;
     let syncedUpTo = 0;
     try {
       await pipeline(
@@ -58,14 +60,21 @@ export class LocalBlobStore implements BlobStore {
             yield chunk;
             if (!syncing && bytes - syncedUpTo >= EARLY_SYNC_BYTES) {
               syncedUpTo = bytes;
-              syncing = file.datasync().finally(() => (syncing = undefined));
+              syncing = file
+                .datasync()
+                .catch((error: unknown) => {
+                  syncFailure ??= error;
+                })
+                .finally(() => (syncing = undefined));
             }
           }
         },
         file.createWriteStream({ highWaterMark: 256 * 1024, flush: true }),
       );
+      // A failed sync may not fail again later: what it could not write must not be committed.
+      if (syncFailure) throw syncFailure;
     } catch (error) {
-      await syncing?.catch(() => {});
+      await syncing;
       await file.close().catch(() => {});
       await fsp.rm(temporary, { force: true });
       throw error;
@@ -78,12 +87,7 @@ export class LocalBlobStore implements BlobStore {
       commit: async (id) => {
         await fsp.rename(temporary, this.pathOf(id));
         settled = true;
-        const folder = await fsp.open(this.root, 'r');
-        try {
-          await folder.sync();
-        } finally {
-          await folder.close();
-        }
+        await syncFolder(this.root);
       },
       discard: async () => {
         if (settled) return;

@@ -89,8 +89,16 @@ export class FileService {
   }
 
   async delete(orgId: string, id: string): Promise<FileDeleted> {
-    await this.get(orgId, id);
-    await this.db.updateTable('files').set({ deleted_at: unixSeconds() }).where('id', '=', id).execute();
+    // Conditional on not being deleted yet, so of two racing deletes only one succeeds.
+    const deleted = await this.db
+      .updateTable('files')
+      .set({ deleted_at: unixSeconds() })
+      .where('id', '=', id)
+      .where('org_id', '=', orgId)
+      .where('deleted_at', 'is', null)
+      .returning('id')
+      .executeTakeFirst();
+    if (!deleted) throw noSuch('File', id, 'file_id');
     await this.blobs.remove(id);
     return { id, object: 'file', deleted: true };
   }

@@ -30,7 +30,7 @@ export class OrgService {
    * Makes a key for the organization `name`, creating the organization when it is new.
    * `beforeCommit` runs inside the transaction: if it throws, neither key nor organization is kept.
    */
-  async createKey(orgName: string, beforeCommit?: (key: string) => void): Promise<CreatedKey> {
+  async createKey(orgName: string, beforeCommit?: (key: string) => Promise<void>): Promise<CreatedKey> {
     if (!ORG_NAME.test(orgName)) {
       throw invalidRequest(
         `Organization name "${orgName}" must be 1 to 64 characters of lowercase letters, digits, "-" and "_".`,
@@ -49,7 +49,7 @@ export class OrgService {
         .insertInto('api_keys')
         .values({ id: newId('key_'), org_id: org.id, key_hash: hashKey(key), key_prefix: key.slice(0, 10), created_at: now })
         .execute();
-      beforeCommit?.(key);
+      await beforeCommit?.(key);
       return org;
     });
     return { key, organization };
