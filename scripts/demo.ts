@@ -49,8 +49,9 @@ try {
     OPENAI_API_KEY: apiKey,
   });
 
-  console.log('\n# tunelab jobs list');
-  await run([cli, 'jobs', 'list', '--home', home], { TUNELAB_BASE_URL: baseURL });
+  // The CLI finds the server and its key through the home folder.
+  console.log(`\n# tunelab jobs list --home ${home}`);
+  await run([cli, 'jobs', 'list', '--home', home]);
   console.log(`\nDone. The home folder is ${home}; the job waits in validating_files until the dataset doctor and engine land.`);
 } finally {
   stop();
