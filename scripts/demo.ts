@@ -15,9 +15,12 @@ const home = fs.mkdtempSync(path.join(os.tmpdir(), 'tunelab-demo-'));
 const port = 18000 + Math.floor(Math.random() * 1000);
 const baseURL = `http://127.0.0.1:${port}/v1`;
 
+// Whatever server and key the caller's environment names (OpenAI's own, say) is not this demo's.
+const { OPENAI_API_KEY: _k, OPENAI_BASE_URL: _u, TUNELAB_API_KEY: _t, TUNELAB_BASE_URL: _b, ...cleanEnv } = process.env;
+
 const run = (args: string[], env: NodeJS.ProcessEnv = {}) =>
   new Promise<void>((resolve, reject) => {
-    const child = spawn(process.execPath, args, { stdio: 'inherit', env: { ...process.env, ...env } });
+    const child = spawn(process.execPath, args, { stdio: 'inherit', env: { ...cleanEnv, ...env } });
     child.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`${args.join(' ')} exited with ${code}`))));
   });
 
