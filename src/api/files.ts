@@ -72,7 +72,6 @@ export const filesRoutes = (files: FileService, maxUploadBytes: number) => async
   app.delete<{ Params: { id: string } }>('/files/:id', async (request) => files.delete(request.org.id, request.params.id));
 };
 
-
 /**
  * Reads the form as it arrives: the file goes to staging at once, since the SDK may send it
  * before the purpose field.
