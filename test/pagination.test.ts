@@ -26,6 +26,9 @@ describe('auto-pagination with for await', () => {
     const last = await t.client.fineTuning.jobs.list({ after: jobIds[1]!, limit: 20 });
     expect(last.data.map((j) => j.id)).toEqual([jobIds[0]]);
     expect(last.has_more).toBe(false);
+    // Jobs are newest first whatever the client asks: OpenAI's list has no order parameter.
+    const ascending = await t.client.fineTuning.jobs.list({ limit: 2, order: 'asc' } as { limit: number });
+    expect(ascending.data.map((j) => j.id)).toEqual([jobIds[149], jobIds[148]]);
     const past = await t.client.fineTuning.jobs.list({ after: jobIds[0]!, limit: 20 });
     expect(past.data).toEqual([]);
     expect(past.has_more).toBe(false);

@@ -10,7 +10,7 @@ const expiresAfter = z.object({
   seconds: z.coerce.number().int().min(3600).max(2592000),
 });
 
-const filesPage = pageQuery({ max: 10000, default: 10000 });
+const filesPage = pageQuery({ max: 10000, default: 10000, ordered: true });
 const purposeFilter = z.object({ purpose: z.string().optional() });
 /** Room for the form's own bytes around the file: boundaries, part headers, the purpose field. */
 const FORM_OVERHEAD_BYTES = 64 * 1024;

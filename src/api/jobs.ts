@@ -16,11 +16,9 @@ export const jobsRoutes = (jobs: JobService) => async (app: FastifyInstance) => 
   );
 
   app.get('/fine_tuning/jobs', async (request) => {
-    const query = request.query as Record<string, unknown>;
     const page = await jobs.list(request.org.id, {
-      // Jobs are always newest first, as OpenAI lists them.
-      ...jobsPage({ after: query.after, limit: query.limit }),
-      metadata: metadataFilter(query),
+      ...jobsPage(request.query),
+      metadata: metadataFilter(request.query as Record<string, unknown>),
     });
     return listBody(page);
   });
@@ -34,18 +32,12 @@ export const jobsRoutes = (jobs: JobService) => async (app: FastifyInstance) => 
   }
 
   app.get<JobParams>('/fine_tuning/jobs/:id/events', async (request) => {
-    const query = request.query as Record<string, unknown>;
-    const page = await jobs.listEvents(request.org.id, request.params.id, eventsPage({ after: query.after, limit: query.limit }));
+    const page = await jobs.listEvents(request.org.id, request.params.id, eventsPage(request.query));
     return listBody(page);
   });
 
   app.get<JobParams>('/fine_tuning/jobs/:id/checkpoints', async (request) => {
-    const query = request.query as Record<string, unknown>;
-    const page = await jobs.listCheckpoints(
-      request.org.id,
-      request.params.id,
-      checkpointsPage({ after: query.after, limit: query.limit }),
-    );
+    const page = await jobs.listCheckpoints(request.org.id, request.params.id, checkpointsPage(request.query));
     return listBody(page);
   });
 };

@@ -38,13 +38,13 @@ export function requireObjectBody(body: unknown): Record<string, unknown> {
 
 /**
  * The cursor parameters of a list endpoint. Built once per endpoint, not per request: building
- * a schema costs more than using it.
+ * a schema costs more than using it. Lists OpenAI keeps newest first ignore an `order`.
  */
-export function pageQuery(limits: { max: number; default: number }): (query: unknown) => PageRequest {
+export function pageQuery(limits: { max: number; default: number; ordered?: boolean }): (query: unknown) => PageRequest {
   const schema = z.object({
     after: z.string().min(1).optional(),
     limit: z.coerce.number().int().min(1).max(limits.max).default(limits.default),
-    order: z.enum(['asc', 'desc']).default('desc'),
+    order: limits.ordered ? z.enum(['asc', 'desc']).default('desc') : z.unknown().optional().transform(() => 'desc' as const),
   });
   return (query) => parseWith(schema, query);
 }
