@@ -1,0 +1,1 @@
+"""tunelab's engine: Llama-family models, LoRA and full fine-tuning, on ids the server tokenized."""

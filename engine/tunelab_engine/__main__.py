@@ -1,0 +1,107 @@
+"""python3 -m tunelab_engine {init,train,merge,generate} ...; see engine/README.md."""
+
+import argparse
+import os
+import sys
+import traceback
+
+import torch
+
+from . import checkpoint, config, events, generate, lora, safetensors, spec as spec_mod, train
+from .errors import EngineError
+from .model import Transformer, build, init_weights
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def cmd_init(args):
+    cfg = config.load(args.config)
+    model = Transformer(cfg)
+    init_weights(model, args.seed, cfg.raw.get("initializer_range", 0.02))
+    checkpoint.save_full_model(model, args.out, DTYPES[args.dtype])
+    events.emit("done", path=os.path.abspath(args.out), parameters=sum(p.numel() for p in model.parameters()))
+
+
+def cmd_train(args):
+    return train.train(spec_mod.load(args.spec))
+
+
+def cmd_merge(args):
+    base_config = config.load(args.base)
+    stored = DTYPES.get(base_config.torch_dtype, torch.float32)
+    # Merged in fp32 and stored in the base's dtype, so bf16 rounding happens once.
+    model = build(base_config, safetensors.load_model(args.base), torch.float32)
+    lora.load_adapter(model, args.adapter)
+    lora.merge(model)
+    checkpoint.save_full_model(model, args.out, stored)
+    checkpoint.copy_extras(args.base, args.out)
+    events.emit("done", path=os.path.abspath(args.out))
+
+
+def cmd_generate(args):
+    torch.set_num_threads(train.cpu_count())
+    try:
+        prompt = [int(x) for x in args.input_ids.split(",") if x.strip()]
+        stop = [int(x) for x in args.stop_ids.split(",") if x.strip()] if args.stop_ids else []
+    except ValueError:
+        raise EngineError("invalid_request", "--input-ids and --stop-ids take comma-separated integers") from None
+    if not prompt:
+        raise EngineError("invalid_request", "--input-ids is empty")
+    model = generate.load(args.model, args.adapter)
+    vocab = model.config.vocab_size
+    if any(i < 0 or i >= vocab for i in prompt):
+        raise EngineError("invalid_request", f"--input-ids: ids must lie in 0..{vocab - 1}")
+    out, reason = generate.generate(model, prompt, args.max_new_tokens, args.temperature, args.top_p, stop, args.seed)
+    events.emit("generated", output_ids=out, finish_reason=reason)
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="python3 -m tunelab_engine")
+    sub = p.add_subparsers(dest="command", required=True)
+    init = sub.add_parser("init", help="write a randomly initialized model folder")
+    init.add_argument("--config", required=True, help="a Hugging Face config.json (or a folder holding one)")
+    init.add_argument("--seed", type=int, default=0)
+    init.add_argument("--out", required=True)
+    init.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
+    init.set_defaults(run=cmd_init)
+    tr = sub.add_parser("train", help="train as spec.json says, streaming events")
+    tr.add_argument("--spec", required=True)
+    tr.set_defaults(run=cmd_train)
+    merge = sub.add_parser("merge", help="fold a LoRA adapter into its base model")
+    merge.add_argument("--base", required=True)
+    merge.add_argument("--adapter", required=True)
+    merge.add_argument("--out", required=True)
+    merge.set_defaults(run=cmd_merge)
+    gen = sub.add_parser("generate", help="continue one prompt of token ids")
+    gen.add_argument("--model", required=True)
+    gen.add_argument("--adapter")
+    gen.add_argument("--input-ids", required=True, help="comma-separated token ids")
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=0.0)
+    gen.add_argument("--top-p", type=float, default=1.0)
+    gen.add_argument("--stop-ids", default="", help="comma-separated ids that end generation")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.set_defaults(run=cmd_generate)
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except EngineError as e:
+        events.emit("error", code=e.code, message=e.message)
+    except MemoryError:
+        events.emit("error", code="out_of_memory", message="the host ran out of memory")
+    except RuntimeError as e:
+        traceback.print_exc()
+        code = "out_of_memory" if "out of memory" in str(e) else "internal"
+        events.emit("error", code=code, message=str(e).splitlines()[0] if str(e) else type(e).__name__)
+    except Exception as e:
+        traceback.print_exc()
+        events.emit("error", code="internal", message=f"{type(e).__name__}: {e}")
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Training arrays (memory-mapped) and packing.
+
+An example is `input_ids[offsets[i]:offsets[i+1]]`; token t is trained when `loss_mask[t]` is 1,
+that is, the model is scored on predicting it from the tokens before it in the same example.
+Packing puts several examples in one row; `seq_ids` keeps attention inside each example and
+`position_ids` restart per example, so rows carry no padding except at the end of a micro-batch.
+"""
+
+import os
+
+import numpy as np
+import torch
+
+from .errors import EngineError
+
+FILES = {"input_ids": np.int32, "loss_mask": np.uint8, "offsets": np.int64}
+
+
+class Arrays:
+    def __init__(self, folder, vocab_size):
+        self.folder = folder
+        loaded = {}
+        for name, dtype in FILES.items():
+            path = os.path.join(folder, name + ".npy")
+            try:
+                array = np.load(path, mmap_mode="r", allow_pickle=False)
+            except FileNotFoundError:
+                raise EngineError("invalid_arrays", f"{path}: not found") from None
+            except (ValueError, OSError) as e:
+                raise EngineError("invalid_arrays", f"{path}: not a .npy array ({e})") from None
+            if array.dtype != np.dtype(dtype) or array.ndim != 1:
+                raise EngineError("invalid_arrays", f"{path}: expected a 1-D {np.dtype(dtype).name} array, found {array.ndim}-D {array.dtype.name}")
+            loaded[name] = array
+        self.input_ids, self.loss_mask, self.offsets = loaded["input_ids"], loaded["loss_mask"], loaded["offsets"]
+        n = len(self.input_ids)
+        if len(self.loss_mask) != n:
+            raise EngineError("invalid_arrays", f"{folder}: loss_mask.npy has {len(self.loss_mask)} entries, input_ids.npy {n}")
+        offsets = np.asarray(self.offsets)
+        if len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != n:
+            raise EngineError("invalid_arrays", f"{folder}/offsets.npy: must start at 0, end at len(input_ids) = {n} and hold at least one example")
+        lengths = np.diff(offsets)
+        if (lengths < 1).any():
+            raise EngineError("invalid_arrays", f"{folder}/offsets.npy: example {int(np.argmax(lengths < 1))} is empty or offsets decrease")
+        if n and (int(self.input_ids.min()) < 0 or int(self.input_ids.max()) >= vocab_size):
+            raise EngineError("invalid_arrays", f"{folder}/input_ids.npy: ids must lie in 0..{vocab_size - 1} (the model's vocab_size)")
+        self.lengths = lengths
+        self.n_examples = len(lengths)
+        self.n_tokens = n
+
+    def example(self, i, max_len):
+        begin = int(self.offsets[i])
+        end = min(int(self.offsets[i + 1]), begin + max_len)
+        return np.asarray(self.input_ids[begin:end]), np.asarray(self.loss_mask[begin:end])
+
+
+def epoch_order(n_examples, seed, epoch):
+    """Shuffled example order of one epoch, a pure function of (seed, epoch) so a resumed run
+    reproduces it without saved state."""
+    return np.random.default_rng([seed, epoch]).permutation(n_examples)
+
+
+def pack(indices, lengths, seq_len):
+    """First-fit decreasing: rows of at most seq_len tokens, each a list of example indices."""
+    rows, room = [], []
+    for i in sorted(indices, key=lambda i: (-min(lengths[i], seq_len), i)):
+        n = min(int(lengths[i]), seq_len)
+        for r, free in enumerate(room):
+            if n <= free:
+                rows[r].append(i)
+                room[r] -= n
+                break
+        else:
+            rows.append([i])
+            room.append(seq_len - n)
+    return rows
+
+
+class Batch:
+    """One forward pass: rows padded to the longest, plus where the loss is taken.
+
+    `positions` index the flattened [rows * length] hidden states whose next token is trained;
+    `labels` are those next tokens.
+    """
+
+    def __init__(self, arrays, rows, seq_len, device):
+        width = max(sum(min(int(arrays.lengths[i]), seq_len) for i in row) for row in rows)
+        ids = np.zeros((len(rows), width), dtype=np.int64)
+        pos = np.zeros((len(rows), width), dtype=np.int64)
+        seq = np.full((len(rows), width), -1, dtype=np.int64)
+        positions, labels = [], []
+        self.tokens = 0
+        for r, row in enumerate(rows):
+            col = 0
+            for k, i in enumerate(row):
+                tokens, mask = arrays.example(i, seq_len)
+                n = len(tokens)
+                ids[r, col:col + n] = tokens
+                pos[r, col:col + n] = np.arange(n)
+                seq[r, col:col + n] = k
+                trained = np.nonzero(mask[1:])[0]
+                positions.append(r * width + col + trained)
+                labels.append(tokens[1:][trained])
+                col += n
+            self.tokens += col
+        self.padded_tokens = ids.size
+        self.input_ids = torch.from_numpy(ids).to(device)
+        self.position_ids = torch.from_numpy(pos).to(device)
+        # With one example a row, causal attention alone is exact (padding only follows real tokens),
+        # and leaving the mask out lets SDPA use its fastest kernels.
+        self.seq_ids = torch.from_numpy(seq).to(device) if any(len(row) > 1 for row in rows) else None
+        self.positions = torch.from_numpy(np.concatenate(positions).astype(np.int64)).to(device)
+        self.labels = torch.from_numpy(np.concatenate(labels).astype(np.int64)).to(device)
+
+
+def split(rows, parts):
+    """Rows of one step into at most `parts` micro-batches of near-equal row counts."""
+    parts = max(1, min(parts, len(rows)))
+    size, extra = divmod(len(rows), parts)
+    out, start = [], 0
+    for p in range(parts):
+        end = start + size + (1 if p < extra else 0)
+        out.append(rows[start:end])
+        start = end
+    return out

@@ -1,0 +1,163 @@
+"""LoRA: a frozen linear layer plus a trainable low-rank path x @ A^T @ B^T * (alpha / r).
+
+The low-rank path runs beside the frozen matmul rather than being merged into the weight, so the
+frozen weight is never rebuilt or recast during training. Module names follow PEFT
+(`q_proj.lora_A.weight`, `q_proj.lora_B.weight`), so saved adapters load in PEFT and vLLM.
+"""
+
+import json
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import safetensors
+from .errors import EngineError
+
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP = ("gate_proj", "up_proj", "down_proj")
+ALL_LINEAR = ATTENTION + MLP
+PEFT_PREFIX = "base_model.model."
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+class LoRALinear(nn.Module):
+    def __init__(self, base, rank, alpha, dropout):
+        super().__init__()
+        self.weight = base.weight
+        self.bias = base.bias
+        self.scaling = alpha / rank
+        self.lora_A = nn.Linear(base.in_features, rank, bias=False, device=base.weight.device, dtype=torch.float32)
+        self.lora_B = nn.Linear(rank, base.out_features, bias=False, device=base.weight.device, dtype=torch.float32)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        # PEFT's initialization: A like nn.Linear, B zero, so training starts from the base model.
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+
+    def forward(self, x):
+        # The fp32 LoRA weights are cast to the activations' dtype (a few KB per layer); the frozen
+        # weight is used as stored.
+        low = F.linear(self.dropout(x), self.lora_A.weight.to(x.dtype))
+        return F.linear(x, self.weight, self.bias) + F.linear(low, self.lora_B.weight.to(x.dtype)) * self.scaling
+
+    def merged_weight(self):
+        delta = (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scaling
+        return (self.weight.float() + delta).to(self.weight.dtype)
+
+
+def target_names(targets):
+    if targets in (None, "all-linear", ["all-linear"]):
+        return list(ALL_LINEAR)
+    unknown = [t for t in targets if t not in ALL_LINEAR]
+    if unknown or not targets:
+        raise EngineError("invalid_spec", f"lora.target_modules: {unknown or targets} not among {', '.join(ALL_LINEAR)}")
+    return list(targets)
+
+
+def apply(model, rank, alpha, dropout=0.0, targets=None, seed=0):
+    """Freezes every base weight and wraps the targeted linear layers; returns the LoRA parameters."""
+    targets = target_names(targets)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    torch.manual_seed(seed)
+    for layer in model.model.layers:
+        for parent in (layer.self_attn, layer.mlp):
+            for name in targets:
+                if hasattr(parent, name):
+                    setattr(parent, name, LoRALinear(getattr(parent, name), rank, alpha, dropout))
+    return [p for n, p in model.named_parameters() if ".lora_" in n]
+
+
+def lora_modules(model):
+    return {name: m for name, m in model.named_modules() if isinstance(m, LoRALinear)}
+
+
+def adapter_state(model):
+    """LoRA weights under PEFT's key names."""
+    return {PEFT_PREFIX + name: p.detach() for name, p in model.named_parameters() if ".lora_" in name}
+
+
+def save_adapter(model, folder, rank, alpha, dropout, targets, base_model_name):
+    os.makedirs(folder, exist_ok=True)
+    safetensors.save_file({k: v.float() for k, v in adapter_state(model).items()},
+                          os.path.join(folder, ADAPTER_WEIGHTS), {"format": "pt"})
+    config = {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model_name,
+        "r": rank,
+        "lora_alpha": alpha,
+        "lora_dropout": dropout,
+        "target_modules": sorted(target_names(targets)),
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "modules_to_save": None,
+        "use_rslora": False,
+        "use_dora": False,
+        "init_lora_weights": True,
+        "layers_to_transform": None,
+        "layers_pattern": None,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "revision": None,
+    }
+    with open(os.path.join(folder, ADAPTER_CONFIG), "w") as f:
+        json.dump(config, f, indent=2)
+
+
+def read_adapter_config(folder):
+    path = os.path.join(folder, ADAPTER_CONFIG)
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except FileNotFoundError:
+        raise EngineError("invalid_adapter", f"{path}: not found") from None
+    except ValueError as e:
+        raise EngineError("invalid_adapter", f"{path}: not JSON ({e})") from None
+    if config.get("peft_type") != "LORA":
+        raise EngineError("invalid_adapter", f"{path}: peft_type {config.get('peft_type')!r} is not LORA")
+    for key in ("r", "lora_alpha", "target_modules"):
+        if key not in config:
+            raise EngineError("invalid_adapter", f"{path}: missing field {key!r}")
+    if config.get("use_rslora") or config.get("use_dora"):
+        raise EngineError("invalid_adapter", f"{path}: rsLoRA and DoRA adapters are not supported")
+    return config
+
+
+def load_adapter(model, folder, dropout=0.0):
+    """Wraps `model` as the adapter's config says and loads its weights; returns the adapter config."""
+    config = read_adapter_config(folder)
+    targets = config["target_modules"]
+    if isinstance(targets, str):
+        targets = list(ALL_LINEAR) if targets == "all-linear" else [targets]
+    apply(model, config["r"], config["lora_alpha"], dropout, targets)
+    weights = safetensors.load_file(os.path.join(folder, ADAPTER_WEIGHTS))
+    params = dict(model.named_parameters())
+    for key, value in weights.items():
+        # PEFT writes `lora_A.weight`; some tools keep the adapter name (`lora_A.default.weight`).
+        name = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
+        name = name.replace(".default.", ".")
+        if name not in params:
+            raise EngineError("invalid_adapter", f"{folder}/{ADAPTER_WEIGHTS}: key {key} matches no LoRA layer of the base model")
+        if params[name].shape != value.shape:
+            raise EngineError("invalid_adapter", f"{folder}/{ADAPTER_WEIGHTS}: {key} has shape {list(value.shape)}, expected {list(params[name].shape)}")
+        with torch.no_grad():
+            params[name].copy_(value)
+    return config
+
+
+def merge(model):
+    """Folds every LoRA path into its base weight and unwraps the layers."""
+    for name, module in lora_modules(model).items():
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        base = nn.Linear(module.lora_A.in_features, module.lora_B.out_features, bias=module.bias is not None,
+                         device="meta")
+        base.weight = nn.Parameter(module.merged_weight(), requires_grad=False)
+        if module.bias is not None:
+            base.bias = module.bias
+        setattr(parent, child, base)

@@ -1,0 +1,212 @@
+"""The Llama-family decoder, with Hugging Face's module names so checkpoints load by name.
+
+Rows may hold several packed examples: `seq_ids` tells them apart, attention stays inside each
+example, and `position_ids` restart at 0 for each. Attention takes its keys and values as arguments,
+so a KV cache can later be passed in without changing the layers.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from . import config as config_mod
+from .errors import EngineError
+
+HAS_SDPA = hasattr(F, "scaled_dot_product_attention")
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim, eps, device=None):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, device=device))
+
+    def forward(self, x):
+        # Normalized in fp32 and cast back before scaling, exactly as transformers' LlamaRMSNorm.
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def attention(q, k, v, mask):
+    """q: [B, H, T, D]; k, v: [B, Hkv, S, D]; mask: [B, 1, T, S] bool (True = may attend) or None
+    for plain causal attention."""
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1:
+        b, h, s, d = k.shape
+        k = k[:, :, None].expand(b, h, groups, s, d).reshape(b, h * groups, s, d)
+        v = v[:, :, None].expand(b, h, groups, s, d).reshape(b, h * groups, s, d)
+    if HAS_SDPA:
+        if mask is None:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5
+    if mask is None:
+        t, s = scores.shape[-2:]
+        mask = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(s - t)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.matmul(torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype), v)
+
+
+class Attention(nn.Module):
+    def __init__(self, c, device=None):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        self.q_proj = nn.Linear(c.hidden_size, self.heads * c.head_dim, bias=c.attention_bias, device=device)
+        self.k_proj = nn.Linear(c.hidden_size, self.kv_heads * c.head_dim, bias=c.attention_bias, device=device)
+        self.v_proj = nn.Linear(c.hidden_size, self.kv_heads * c.head_dim, bias=c.attention_bias, device=device)
+        self.o_proj = nn.Linear(self.heads * c.head_dim, c.hidden_size, bias=c.o_bias, device=device)
+        if c.qk_norm:
+            self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps, device)
+            self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps, device)
+
+    def forward(self, x, cos, sin, mask):
+        b, t, _ = x.shape
+        q = self.q_proj(x).view(b, t, self.heads, self.head_dim)
+        k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim)
+        v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        if hasattr(self, "q_norm"):  # qwen3 normalizes each head before rope
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        out = attention(q, k, v, mask)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, c, device=None):
+        super().__init__()
+        self.gate_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=c.mlp_bias, device=device)
+        self.up_proj = nn.Linear(c.hidden_size, c.intermediate_size, bias=c.mlp_bias, device=device)
+        self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=c.mlp_bias, device=device)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, c, device=None):
+        super().__init__()
+        self.self_attn = Attention(c, device)
+        self.mlp = MLP(c, device)
+        self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, device)
+        self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, device)
+
+    def forward(self, x, cos, sin, mask):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Backbone(nn.Module):
+    def __init__(self, c, device=None):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size, device=device)
+        self.layers = nn.ModuleList(DecoderLayer(c, device) for _ in range(c.num_hidden_layers))
+        self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, device)
+
+
+class Transformer(nn.Module):
+    def __init__(self, c, device=None):
+        super().__init__()
+        self.config = c
+        self.model = Backbone(c, device)
+        self.lm_head = nn.Linear(c.hidden_size, c.vocab_size, bias=False, device=device)
+        self.gradient_checkpointing = False
+        # Kept out of the buffers so that casting the model to bf16 never rounds the frequencies.
+        self.inv_freq = config_mod.rope_inv_freq(c)
+        if c.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def attention_mask(self, seq_ids, t, device):
+        """None when plain causal attention suffices (lets SDPA pick flash kernels)."""
+        window = self.config.sliding_window
+        if seq_ids is None and (window is None or t <= window):
+            return None
+        pos = torch.arange(t, device=device)
+        mask = pos[None, :] <= pos[:, None]
+        if window is not None:
+            mask = mask & (pos[:, None] - pos[None, :] < window)
+        mask = mask[None, None]
+        if seq_ids is not None:
+            mask = mask & (seq_ids[:, None, :, None] == seq_ids[:, None, None, :])
+        return mask
+
+    def forward(self, input_ids, position_ids=None, seq_ids=None):
+        """Final hidden states [B, T, hidden]; `logits` turns (some of) them into vocabulary scores."""
+        b, t = input_ids.shape
+        if position_ids is None:
+            position_ids = torch.arange(t, device=input_ids.device).expand(b, t)
+        x = self.model.embed_tokens(input_ids)
+        # Rope angles in fp32, as transformers computes them, then cast to the activations' dtype.
+        if self.inv_freq.device != input_ids.device:
+            self.inv_freq = self.inv_freq.to(input_ids.device)
+        freqs = position_ids[..., None].float() * self.inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)[:, None]
+        dtype = torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else x.dtype
+        if x.is_cuda and torch.is_autocast_enabled():
+            dtype = torch.get_autocast_gpu_dtype()
+        cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
+        mask = self.attention_mask(seq_ids, t, input_ids.device)
+        for layer in self.model.layers:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x = checkpoint(layer, x, cos, sin, mask, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask)
+        return self.model.norm(x)
+
+    def logits(self, hidden):
+        return self.lm_head(hidden)
+
+
+def init_weights(model, seed, std=0.02):
+    """Transformers' initialization (normal(0, initializer_range), zero biases, unit norms), seeded."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.fill_(1.0)
+            elif name.endswith(".bias"):
+                p.zero_()
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+
+
+def state_dict_for_save(model):
+    """Base weights under Hugging Face's names; a tied lm_head is left out, as transformers does."""
+    sd = {k: v for k, v in model.state_dict().items() if ".lora_" not in k}
+    if model.config.tie_word_embeddings:
+        sd.pop("lm_head.weight", None)
+    return sd
+
+
+def build(c, tensors, dtype=torch.float32, device="cpu"):
+    """A model holding `tensors` (name -> tensor, as read from safetensors) in `dtype` on `device`."""
+    model = Transformer(c, device="meta")
+    model.to_empty(device=device)
+    if c.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    model.to(dtype)
+    expected = dict(model.state_dict())
+    if c.tie_word_embeddings:
+        expected.pop("lm_head.weight")
+    # Older checkpoints carry rope buffers; rope is recomputed from the config instead.
+    given = {k: v for k, v in tensors.items() if not k.endswith("rotary_emb.inv_freq")}
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected) - {"lm_head.weight"})
+    if missing or unexpected:
+        raise EngineError("invalid_model", "weights do not match config.json: "
+                          + (f"missing {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} " if missing else "")
+                          + (f"unexpected {', '.join(unexpected[:5])}{' ...' if len(unexpected) > 5 else ''}" if unexpected else ""))
+    with torch.no_grad():
+        for name, target in expected.items():
+            if tuple(given[name].shape) != tuple(target.shape):
+                raise EngineError("invalid_model", f"weight {name} has shape {list(given[name].shape)}, config.json implies {list(target.shape)}")
+            target.copy_(given[name])
+    return model

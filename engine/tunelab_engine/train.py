@@ -1,0 +1,295 @@
+"""The training loop: one spec in, events out, weights and checkpoints on disk.
+
+A step takes `batch_size` examples (in an order fixed by seed and epoch), packs them into rows of at
+most `seq_len` tokens, runs them through forward/backward in `gradient_accumulation_steps` parts,
+and applies one AdamW update. The loss of a step is the mean over all its trained tokens, however
+the rows are split, so accumulation changes memory use, not results.
+"""
+
+import contextlib
+import math
+import os
+import signal
+import time
+
+import torch
+
+from . import checkpoint, config, data, events, lora, safetensors
+from .errors import EngineError
+from .loss import linear_cross_entropy
+from .model import build
+
+
+def cpu_count():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def cpu_has_bf16():
+    """bf16 matmuls only pay on CPUs with native bf16 (AVX512-BF16 or AMX); elsewhere they are emulated."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise EngineError("invalid_spec", f"spec field 'device': {name} requested but CUDA is not available")
+    return torch.device(name)
+
+
+def resolve_dtype(name, device):
+    if name == "float32":
+        return torch.float32
+    if name == "bfloat16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    return torch.bfloat16 if cpu_has_bf16() else torch.float32
+
+
+def lr_at(spec, step, total):
+    """Learning rate of the 0-based `step`: linear warmup to the peak, then the decay to min_lr_ratio."""
+    peak = spec.learning_rate
+    if step < spec.warmup_steps:
+        return peak * (step + 1) / spec.warmup_steps
+    if spec.lr_schedule == "constant":
+        return peak
+    progress = (step - spec.warmup_steps) / max(1, total - spec.warmup_steps)
+    floor = spec.min_lr_ratio
+    if spec.lr_schedule == "cosine":
+        return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return peak * (1 - (1 - floor) * progress)
+
+
+class Cancellation:
+    """SIGTERM (and SIGINT) only raise a flag; the loop looks at it between steps."""
+
+    def __init__(self):
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._handle)
+        signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        events.log(f"signal {signum}: stopping after the current step")
+
+
+def make_optimizer(params, spec, device):
+    kwargs = dict(lr=spec.learning_rate, betas=(spec.adam_beta1, spec.adam_beta2), eps=spec.adam_eps,
+                  weight_decay=spec.weight_decay)
+    if device.type == "cuda" and "fused" in torch.optim.AdamW.__init__.__code__.co_varnames:
+        kwargs["fused"] = True
+    return torch.optim.AdamW(params, **kwargs)
+
+
+class Trainer:
+    def __init__(self, spec):
+        self.spec = spec
+        self.cancel = Cancellation()
+        torch.set_num_threads(spec.threads or cpu_count())
+        self.device = resolve_device(spec.device)
+        self.dtype = resolve_dtype(spec.dtype, self.device)
+        torch.manual_seed(spec.seed)
+        self.config = config.load(spec.model)
+        self.train_data = data.Arrays(spec.train_data, self.config.vocab_size)
+        self.valid_data = data.Arrays(spec.valid_data, self.config.vocab_size) if spec.valid_data else None
+        self.state = checkpoint.load_state(spec.resume_from, spec) if spec.resume_from else None
+        self.model, params = self._build_model()
+        self.model.gradient_checkpointing = spec.gradient_checkpointing
+        self.params = params
+        self.optimizer = make_optimizer(params, spec, self.device)
+        # Full fine-tuning keeps fp32 master weights and computes in bf16 under autocast; LoRA holds
+        # the frozen weights in bf16 already, so nothing is recast per step.
+        self.autocast = spec.method == "full" and self.dtype == torch.bfloat16
+        self.steps_per_epoch = math.ceil(self.train_data.n_examples / spec.batch_size)
+        self.total_steps = spec.n_epochs * self.steps_per_epoch
+        self.step = 0
+        self.trained_tokens = 0
+        if self.state:
+            self.optimizer.load_state_dict(self.state["optimizer"])
+            self.step = self.state["step"]
+            self.trained_tokens = self.state["trained_tokens"]
+            torch.set_rng_state(self.state["rng"])
+            if self.state.get("cuda_rng") is not None and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(self.state["cuda_rng"])
+        self.eval_cursor = 0
+        self.last_checkpoint = None
+        self.real_tokens = 0
+        self.padded_tokens = 0
+
+    def _build_model(self):
+        spec = self.spec
+        if spec.method == "lora":
+            model = build(self.config, safetensors.load_model(spec.model), self.dtype, self.device)
+            if spec.resume_from:
+                lora.load_adapter(model, spec.resume_from, spec.lora.dropout)
+                params = [p for n, p in model.named_parameters() if ".lora_" in n]
+            else:
+                params = lora.apply(model, spec.lora.rank, spec.lora.alpha, spec.lora.dropout,
+                                    spec.lora.target_modules, spec.seed)
+        else:
+            source = spec.resume_from or spec.model
+            model = build(self.config, safetensors.load_model(source), torch.float32, self.device)
+            params = list(model.parameters())
+        return model, params
+
+    def _context(self):
+        if not self.autocast:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    def step_rows(self, epoch, index):
+        order = data.epoch_order(self.train_data.n_examples, self.spec.seed, epoch)
+        chosen = order[index * self.spec.batch_size:(index + 1) * self.spec.batch_size]
+        return data.pack(chosen, self.train_data.lengths, self.spec.seq_len)
+
+    def batches(self, arrays, rows):
+        return [data.Batch(arrays, part, self.spec.seq_len, self.device)
+                for part in data.split(rows, self.spec.gradient_accumulation_steps)]
+
+    def scored(self, batch):
+        """(loss sum, correct count) over the batch's trained tokens."""
+        with self._context():
+            hidden = self.model(batch.input_ids, batch.position_ids, batch.seq_ids)
+            hidden = hidden.reshape(-1, hidden.shape[-1])[batch.positions]
+            return linear_cross_entropy(hidden.to(self.dtype), self.model.lm_head.weight, batch.labels)
+
+    def train_step(self, rows):
+        self.model.train()
+        batches = self.batches(self.train_data, rows)
+        count = sum(len(b.labels) for b in batches)
+        loss_total, correct_total = 0.0, 0
+        for batch in batches:
+            loss, correct = self.scored(batch)
+            if count:
+                (loss / count).backward()
+            loss_total += loss.item()
+            correct_total += int(correct)
+        if self.spec.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.params, self.spec.max_grad_norm)
+        lr = lr_at(self.spec, self.step, self.total_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        if count:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        tokens = sum(b.tokens for b in batches)
+        self.real_tokens += tokens
+        self.padded_tokens += sum(b.padded_tokens for b in batches)
+        return (loss_total / count if count else float("nan"), correct_total / count if count else float("nan"), lr, tokens)
+
+    @torch.no_grad()
+    def evaluate(self, indices):
+        self.model.eval()
+        loss_total, correct_total, count = 0.0, 0, 0
+        for start in range(0, len(indices), self.spec.batch_size):
+            if self.cancel.requested:
+                return None
+            rows = data.pack(indices[start:start + self.spec.batch_size], self.valid_data.lengths, self.spec.seq_len)
+            for batch in self.batches(self.valid_data, rows):
+                loss, correct = self.scored(batch)
+                loss_total += loss.item()
+                correct_total += int(correct)
+                count += len(batch.labels)
+        if not count:
+            return float("nan"), float("nan")
+        return loss_total / count, correct_total / count
+
+    def periodic_eval(self, epoch, final):
+        if self.valid_data is None:
+            return
+        n = self.valid_data.n_examples
+        size = min(n, self.spec.batch_size * self.spec.eval_batches)
+        # A window of the validation set that moves on with each evaluation, so evaluations over
+        # a run see all of it while each stays as cheap as a few steps.
+        window = [(self.eval_cursor + i) % n for i in range(size)]
+        self.eval_cursor = (self.eval_cursor + size) % n
+        result = self.evaluate(window)
+        if result is None:
+            return
+        fields = dict(step=self.step, total_steps=self.total_steps, epoch=epoch,
+                      valid_loss=result[0], valid_mean_token_accuracy=result[1])
+        if final:
+            full = self.evaluate(list(range(n))) if size < n else result
+            if full is None:
+                return
+            fields.update(full_valid_loss=full[0], full_valid_mean_token_accuracy=full[1])
+        events.emit("eval", **fields)
+
+    def save_checkpoint(self, epoch):
+        folder = os.path.join(self.spec.work_dir, "checkpoints", f"step-{self.step}")
+        checkpoint.save(folder, self.model, self.spec, self.optimizer, self.step, self.trained_tokens)
+        events.emit("checkpoint", step=self.step, epoch=epoch, path=os.path.abspath(folder))
+        self.last_checkpoint = (self.step, folder)
+        return folder
+
+    def packing_efficiency(self, epoch):
+        real = padded = 0
+        for index in range(self.steps_per_epoch):
+            for part in data.split(self.step_rows(epoch, index), self.spec.gradient_accumulation_steps):
+                width = max(sum(min(int(self.train_data.lengths[i]), self.spec.seq_len) for i in row) for row in part)
+                real += sum(min(int(self.train_data.lengths[i]), self.spec.seq_len) for row in part for i in row)
+                padded += width * len(part)
+        return real / padded
+
+    def run(self):
+        spec = self.spec
+        truncated = int((self.train_data.lengths > spec.seq_len).sum())
+        if truncated:
+            events.log(f"{truncated} training examples are longer than seq_len {spec.seq_len}: their tail is not trained")
+        events.emit("started", total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch,
+                    n_epochs=spec.n_epochs, resumed_from_step=self.step,
+                    tokens_per_epoch=int(self.train_data.n_tokens), examples=int(self.train_data.n_examples),
+                    truncated_examples=truncated, packing_efficiency=round(self.packing_efficiency(0), 4),
+                    trainable_parameters=sum(p.numel() for p in self.params),
+                    parameters=sum(p.numel() for p in self.model.parameters()),
+                    method=spec.method, device=str(self.device), dtype=str(self.dtype).replace("torch.", ""),
+                    threads=torch.get_num_threads())
+        started = time.perf_counter()
+        while self.step < self.total_steps:
+            epoch, index = divmod(self.step, self.steps_per_epoch)
+            if self.cancel.requested:
+                return self.cancelled(epoch + 1)
+            t0 = time.perf_counter()
+            loss, accuracy, lr, tokens = self.train_step(self.step_rows(epoch, index))
+            self.step += 1
+            self.trained_tokens += tokens
+            seconds = time.perf_counter() - t0
+            events.emit("step", step=self.step, total_steps=self.total_steps, epoch=epoch + 1,
+                        train_loss=loss, train_mean_token_accuracy=accuracy, lr=lr, tokens=tokens,
+                        trained_tokens=self.trained_tokens, tokens_per_second=round(tokens / seconds, 1),
+                        elapsed_s=round(time.perf_counter() - started, 3))
+            epoch_end = self.step % self.steps_per_epoch == 0
+            final = self.step == self.total_steps
+            if epoch_end or (spec.eval_every and self.step % spec.eval_every == 0):
+                self.periodic_eval(epoch + 1, final)
+            if epoch_end:
+                self.save_checkpoint(epoch + 1)
+        if self.cancel.requested and self.step < self.total_steps:
+            return self.cancelled(self.step // self.steps_per_epoch + 1)
+        os.makedirs(spec.output_dir, exist_ok=True)
+        checkpoint.save_weights(self.model, spec, spec.output_dir)
+        events.emit("done", step=self.step, trained_tokens=self.trained_tokens, path=os.path.abspath(spec.output_dir),
+                    packing_efficiency=round(self.real_tokens / self.padded_tokens, 4) if self.padded_tokens else None,
+                    elapsed_s=round(time.perf_counter() - started, 3))
+        return 0
+
+    def cancelled(self, epoch):
+        if self.last_checkpoint and self.last_checkpoint[0] == self.step:
+            folder = self.last_checkpoint[1]
+        else:
+            folder = self.save_checkpoint(epoch)
+        events.emit("cancelled", step=self.step, path=os.path.abspath(folder))
+        return 0
+
+
+def train(spec):
+    return Trainer(spec).run()
