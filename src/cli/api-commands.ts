@@ -1,11 +1,10 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import cliProgress from 'cli-progress';
 import type { Command } from 'commander';
 import { toStreamingFile } from 'openai';
 import type { JobCreateParams } from 'openai/resources/fine-tuning/jobs/jobs';
 import { connect } from './client.js';
-import { isoTime, printJson, printTable } from './output.js';
+import { isoTime, printJson, printTable, progressBar } from './output.js';
 
 interface Common {
   home?: string;
@@ -157,24 +156,18 @@ function autoOrNumber(value: string): number | 'auto' {
 
 /** Sends a file as a stream while a bar shows how much of it has gone. */
 async function withProgress<T>(file: string, send: (stream: AsyncIterable<Uint8Array>) => Promise<T>): Promise<T> {
-  const total = fs.statSync(file).size;
-  const bar = new cliProgress.SingleBar(
-    { format: `Uploading ${path.basename(file)} [{bar}] {percentage}% {value}/{total} bytes`, stream: process.stderr },
-    cliProgress.Presets.shades_classic,
-  );
-  const interactive = process.stderr.isTTY;
-  if (interactive) bar.start(total, 0);
+  const bar = progressBar(`Uploading ${path.basename(file)}`, fs.statSync(file).size);
   async function* counted() {
     let sent = 0;
     for await (const chunk of fs.createReadStream(file)) {
       sent += chunk.length;
-      if (interactive) bar.update(sent);
+      bar.update(sent);
       yield chunk as Uint8Array;
     }
   }
   try {
     return await send(counted());
   } finally {
-    if (interactive) bar.stop();
+    bar.stop();
   }
 }

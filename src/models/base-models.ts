@@ -85,3 +85,10 @@ export function checkModelFolder(folder: string): void {
     throw invalidRequest(`${folder} has no weights: neither model.safetensors nor model.safetensors.index.json.`, 'path');
   }
 }
+
+/** The longest sequence a model was built for (`max_position_embeddings`), or null when its config does not say. */
+export function modelContextLength(folder: string): number | null {
+  const config = JSON.parse(fs.readFileSync(path.join(folder, 'config.json'), 'utf8')) as { max_position_embeddings?: unknown };
+  const length = config.max_position_embeddings;
+  return typeof length === 'number' && Number.isInteger(length) && length > 0 ? length : null;
+}

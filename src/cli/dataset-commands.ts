@@ -1,0 +1,99 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { InvalidArgumentError, type Command } from 'commander';
+import { homeLayout, resolveHome } from '../config.js';
+import { DEFAULT_CONTEXT, examineFiles, type DatasetReport } from '../datasets/doctor.js';
+import { loadDatasetSettings } from '../datasets/settings.js';
+import { splitDataset } from '../datasets/split.js';
+import { BaseModelRegistry, modelContextLength } from '../models/base-models.js';
+import { ModelTokenizer } from '../tokenizer/model-tokenizer.js';
+import { printJson, progressBar } from './output.js';
+import { renderReport } from './report-text.js';
+
+/** Exit code for a command line that cannot be carried out as written (commander's own usage errors too). */
+export const USAGE_ERROR = 2;
+
+export class UsageError extends Error {}
+
+const positiveInteger = (name: string) => (value: string) => {
+  const number = Number(value);
+  if (!Number.isInteger(number) || number < 1) throw new InvalidArgumentError(`${name} must be a positive whole number.`);
+  return number;
+};
+
+/** `tunelab validate` and `tunelab split`: the dataset doctor on local files, before anything is uploaded. */
+export function datasetCommands(program: Command): void {
+  program
+    .command('validate')
+    .description('check a fine-tuning file: format errors by example, tokens, epochs, cost, screening (exit 0: can train, 1: cannot)')
+    .argument('<file>', 'JSONL file (chat, prompt/completion or preference format)')
+    .option('--model <name>', 'base model (registered name or model folder) whose tokenizer and chat template count the tokens')
+    .option('--validation-file <file>', 'the validation file to check with it')
+    .option('--context <tokens>', 'training context in tokens (default: the model\'s, at most 16,385)', positiveInteger('--context'))
+    .option('--show <k>', 'print the first K examples as the model sees them, trained tokens marked', positiveInteger('--show'))
+    .option('--home <dir>', 'home folder with the registered models and config.json (default $TUNELAB_HOME or ~/.tunelab)')
+    .option('--json', 'print the report as one JSON object')
+    .action(async (file: string, options: { model?: string; validationFile?: string; context?: number; show?: number; home?: string; json?: boolean }) => {
+      const home = resolveHome(options.home);
+      for (const input of [file, options.validationFile]) {
+        if (input !== undefined && !fs.statSync(input, { throwIfNoEntry: false })?.isFile()) throw new UsageError(`${input}: no such file.`);
+      }
+      const model = options.model ? openModel(options.model, home) : null;
+      const context = options.context ?? Math.min(model?.context ?? DEFAULT_CONTEXT, DEFAULT_CONTEXT);
+      const settings = loadDatasetSettings(home);
+      const total = fs.statSync(file).size;
+      const bar = total > 16 * 1024 * 1024 && !options.json ? progressBar(`Checking ${path.basename(file)}`, total) : null;
+      let report: DatasetReport;
+      try {
+        report = await examineFiles(
+          {
+            training: () => fs.createReadStream(file, { highWaterMark: 1 << 20 }),
+            validation: options.validationFile ? () => fs.createReadStream(options.validationFile!, { highWaterMark: 1 << 20 }) : null,
+          },
+          {
+            model: model && { name: model.name, tokenizer: model.tokenizer },
+            context,
+            prices: settings.prices,
+            screening: settings.screening,
+            show: options.show ?? 0,
+            onProgress: bar ? (bytes) => bar.update(bytes) : undefined,
+          },
+        );
+      } finally {
+        bar?.stop();
+      }
+      if (options.json) printJson(report);
+      else console.log(renderReport(report, { file, validationFile: options.validationFile, color: process.stdout.isTTY }));
+      process.exitCode = report.can_train ? 0 : 1;
+    });
+
+  program
+    .command('split')
+    .description('split a JSONL file into shuffled training and validation files (FILE.train.jsonl, FILE.valid.jsonl)')
+    .argument('<file>', 'JSONL file')
+    .requiredOption('--validation <fraction>', 'share of examples for validation, e.g. 0.1', (value) => {
+      const fraction = Number(value);
+      if (!(fraction > 0 && fraction < 1)) throw new InvalidArgumentError('--validation must be a fraction between 0 and 1, like 0.1.');
+      return fraction;
+    })
+    .option('--seed <n>', 'shuffle seed (the same seed gives the same split)', (value) => {
+      const seed = Number(value);
+      if (!Number.isInteger(seed) || seed < 0) throw new InvalidArgumentError('--seed must be a whole number >= 0.');
+      return seed;
+    }, 0)
+    .option('--out-dir <dir>', 'where to write them (default: beside the file)')
+    .action((file: string, options: { validation: number; seed: number; outDir?: string }) => {
+      if (!fs.statSync(file, { throwIfNoEntry: false })?.isFile()) throw new UsageError(`${file}: no such file.`);
+      const result = splitDataset(file, { fraction: options.validation, seed: options.seed, outDir: options.outDir });
+      console.log(`${result.trainingFile}: ${result.training} examples`);
+      console.log(`${result.validationFile}: ${result.validation} examples`);
+    });
+}
+
+/** A base model by registered name, or a model folder given by path. */
+function openModel(nameOrPath: string, home: string): { name: string; tokenizer: ModelTokenizer; context: number | null } {
+  const registered = new BaseModelRegistry(homeLayout(home).models).get(nameOrPath);
+  const folder = registered?.path ?? (fs.existsSync(path.join(nameOrPath, 'tokenizer.json')) ? nameOrPath : null);
+  if (!folder) throw new UsageError(`--model ${nameOrPath}: neither a model registered in ${homeLayout(home).models} nor a model folder with tokenizer.json.`);
+  return { name: registered?.name ?? path.basename(path.resolve(folder)), tokenizer: ModelTokenizer.load(folder), context: modelContextLength(folder) };
+}

@@ -1,0 +1,86 @@
+/** One non-blank line of a JSONL file, decoded, or the reason it could not be. */
+export type JsonlLine =
+  | { line: number; text: string; bytes: number }
+  | { line: number; invalidUtf8: { byteOffset: number }; bytes: number };
+
+const NEWLINE = 0x0a;
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+
+/**
+ * Splits a byte stream into lines, numbered from 1 as an editor numbers them, in batches (one per
+ * chunk read) so a large file costs one await per chunk rather than per line. Blank lines are
+ * skipped but counted; `\r\n` endings and a UTF-8 byte-order mark at the start are tolerated.
+ */
+export async function* readJsonlLines(input: AsyncIterable<Buffer | Uint8Array>): AsyncGenerator<JsonlLine[]> {
+  let lineNumber = 0;
+  let carry: Buffer | null = null;
+  let first = true;
+
+  const decode = (raw: Buffer): JsonlLine | null => {
+    lineNumber++;
+    let start = 0;
+    let end = raw.length;
+    if (first) {
+      first = false;
+      if (raw[0] === 0xef && raw[1] === 0xbb && raw[2] === 0xbf) start = 3;
+    }
+    while (end > start && isSpace(raw[end - 1]!)) end--;
+    while (start < end && isSpace(raw[start]!)) start++;
+    if (start === end) return null;
+    const bytes = raw.subarray(start, end);
+    try {
+      return { line: lineNumber, text: utf8.decode(bytes), bytes: bytes.length };
+    } catch {
+      return { line: lineNumber, invalidUtf8: { byteOffset: firstInvalidUtf8Byte(bytes) + start }, bytes: bytes.length };
+    }
+  };
+
+  for await (const chunk of input) {
+    let buffer = Buffer.isBuffer(chunk) ? chunk : Buffer.from(chunk.buffer, chunk.byteOffset, chunk.byteLength);
+    if (carry) {
+      buffer = Buffer.concat([carry, buffer]);
+      carry = null;
+    }
+    const batch: JsonlLine[] = [];
+    let from = 0;
+    for (let at = buffer.indexOf(NEWLINE, from); at >= 0; at = buffer.indexOf(NEWLINE, from)) {
+      const line = decode(buffer.subarray(from, at));
+      if (line) batch.push(line);
+      from = at + 1;
+    }
+    // Copy the tail so the chunk it came from can be collected.
+    if (from < buffer.length) carry = Buffer.from(buffer.subarray(from));
+    if (batch.length) yield batch;
+  }
+  if (carry) {
+    const line = decode(carry);
+    if (line) yield [line];
+  }
+}
+
+function isSpace(byte: number): boolean {
+  return byte === 0x20 || byte === 0x09 || byte === 0x0d || byte === 0x0a;
+}
+
+/** Byte offset of the first byte that breaks UTF-8 (only called on lines that do). */
+function firstInvalidUtf8Byte(bytes: Uint8Array): number {
+  let i = 0;
+  while (i < bytes.length) {
+    const byte = bytes[i]!;
+    const length = byte < 0x80 ? 1 : byte >= 0xc2 && byte <= 0xdf ? 2 : byte >= 0xe0 && byte <= 0xef ? 3 : byte >= 0xf0 && byte <= 0xf4 ? 4 : 0;
+    if (length === 0 || i + length > bytes.length) return i;
+    for (let k = 1; k < length; k++) if ((bytes[i + k]! & 0xc0) !== 0x80) return i;
+    if (length > 1 && !utf8Valid(bytes.subarray(i, i + length))) return i;
+    i += length;
+  }
+  return i;
+}
+
+function utf8Valid(sequence: Uint8Array): boolean {
+  try {
+    utf8.decode(sequence);
+    return true;
+  } catch {
+    return false;
+  }
+}

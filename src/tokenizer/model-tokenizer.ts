@@ -1,0 +1,116 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { Template } from '@huggingface/jinja';
+import { Tokenizer } from '@huggingface/tokenizers';
+
+/** A message as chat templates see it (OpenAI's chat format, without our `weight`). */
+export interface TemplateMessage {
+  role: string;
+  content: string | null;
+  name?: string;
+  tool_calls?: unknown[];
+  tool_call_id?: string;
+}
+
+type SpecialToken = string | { content?: string } | null | undefined;
+
+interface TokenizerConfig {
+  chat_template?: string | Array<{ name: string; template: string }>;
+  bos_token?: SpecialToken;
+  eos_token?: SpecialToken;
+  model_max_length?: number;
+  [key: string]: unknown;
+}
+
+const tokenText = (token: SpecialToken): string | null =>
+  typeof token === 'string' ? token : typeof token?.content === 'string' ? token.content : null;
+
+/**
+ * A model's own tokenizer and chat template, read from its Hugging Face folder: `tokenizer.json`,
+ * `tokenizer_config.json` (with `chat_template`, or a `chat_template.jinja` beside it) and, when
+ * present, `generation_config.json` for the ids that end a turn.
+ */
+export class ModelTokenizer {
+  readonly bosToken: string | null;
+  readonly eosToken: string | null;
+  /** Token strings that end an assistant turn (`<|im_end|>`, `<|eot_id|>`, `</s>`): trained, so the model learns to stop. */
+  readonly endOfTurnTokens: readonly string[];
+  /** Their ids, for the engine's stop condition. */
+  readonly endOfTurnIds: readonly number[];
+
+  private readonly template: Template | null;
+
+  private constructor(
+    private readonly tokenizer: Tokenizer,
+    config: TokenizerConfig,
+    templateSource: string | null,
+    generationEosIds: number[],
+  ) {
+    this.bosToken = tokenText(config.bos_token);
+    this.eosToken = tokenText(config.eos_token);
+    this.template = templateSource ? new Template(templateSource) : null;
+    const ends = new Set<string>();
+    if (this.eosToken) ends.add(this.eosToken);
+    for (const id of generationEosIds) {
+      const token = tokenizer.id_to_token(id);
+      if (token) ends.add(token);
+    }
+    this.endOfTurnTokens = [...ends];
+    this.endOfTurnIds = this.endOfTurnTokens.map((token) => tokenizer.token_to_id(token)).filter((id): id is number => id !== undefined);
+  }
+
+  static load(folder: string): ModelTokenizer {
+    const read = (file: string) => JSON.parse(fs.readFileSync(path.join(folder, file), 'utf8')) as unknown;
+    const optional = (file: string) => (fs.existsSync(path.join(folder, file)) ? read(file) : undefined);
+    const tokenizerJson = read('tokenizer.json');
+    const config = (optional('tokenizer_config.json') ?? {}) as TokenizerConfig;
+    const generation = (optional('generation_config.json') ?? {}) as { eos_token_id?: number | number[] };
+    const eosIds = generation.eos_token_id === undefined ? [] : [generation.eos_token_id].flat();
+    const jinjaFile = path.join(folder, 'chat_template.jinja');
+    let template: string | null = fs.existsSync(jinjaFile) ? fs.readFileSync(jinjaFile, 'utf8') : null;
+    if (!template && typeof config.chat_template === 'string') template = config.chat_template;
+    if (!template && Array.isArray(config.chat_template)) {
+      template = config.chat_template.find((entry) => entry.name === 'default')?.template ?? null;
+    }
+    return new ModelTokenizer(new Tokenizer(tokenizerJson as object, config), config, template, eosIds);
+  }
+
+  get hasChatTemplate(): boolean {
+    return this.template !== null;
+  }
+
+  /** Ids of `text` as it stands: special tokens written in the text are recognized, none are added. */
+  encode(text: string): number[] {
+    return this.tokenizer.encode(text, { add_special_tokens: false }).ids;
+  }
+
+  /** Ids with what the tokenizer adds around a sequence (a BOS for Llama-style base models). */
+  encodeWithSpecialTokens(text: string): number[] {
+    return this.tokenizer.encode(text, { add_special_tokens: true }).ids;
+  }
+
+  decode(ids: readonly number[]): string {
+    return this.tokenizer.decode([...ids], { skip_special_tokens: false });
+  }
+
+  idToToken(id: number): string | undefined {
+    return this.tokenizer.id_to_token(id);
+  }
+
+  /**
+   * The conversation as the model sees it. Thinking is switched off (`enable_thinking: false`), so
+   * Qwen3's template renders a turn the same way whether it is trained or asked for.
+   */
+  renderChat(messages: readonly TemplateMessage[], options: { tools?: unknown[]; addGenerationPrompt: boolean }): string {
+    if (!this.template) throw new Error('This model has no chat template: train it with prompt/completion examples.');
+    return this.template.render({
+      messages,
+      tools: options.tools,
+      add_generation_prompt: options.addGenerationPrompt,
+      enable_thinking: false,
+      bos_token: this.bosToken ?? '',
+      eos_token: this.eosToken ?? '',
+    });
+  }
+}
+
