@@ -10,6 +10,8 @@ export interface HomeLayout {
   apiKeyFile: string;
   /** Where the server last listened, for the CLI on the same machine. */
   baseUrlFile: string;
+  /** Per job: the training arrays, engine logs and checkpoints. */
+  work: string;
 }
 
 export function resolveHome(flag?: string): string {
@@ -24,6 +26,7 @@ export function homeLayout(root: string): HomeLayout {
     models: path.join(root, 'models'),
     apiKeyFile: path.join(root, 'api-key'),
     baseUrlFile: path.join(root, 'base-url'),
+    work: path.join(root, 'work'),
   };
 }
 

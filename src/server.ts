@@ -6,7 +6,9 @@ import { DEFAULT_MAX_UPLOAD_BYTES, type HomeLayout, homeLayout } from './config.
 import { LocalBlobStore } from './files/blob-store.js';
 import { writePrivateFile } from './files/durable.js';
 import { FileService } from './files/files.js';
+import { FileValidation } from './jobs/file-validation.js';
 import { JobService } from './jobs/jobs.js';
+import { loadDatasetSettings } from './datasets/settings.js';
 import { BaseModelRegistry } from './models/base-models.js';
 import { ModelService } from './models/models.js';
 import { OrgService } from './orgs/orgs.js';
@@ -51,14 +53,13 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   const orgs = new OrgService(store.db);
   const files = new FileService(store.db, new LocalBlobStore(home.blobs));
   const baseModels = new BaseModelRegistry(home.models);
-  const services: Services = {
-    orgs,
-    files,
-    models: new ModelService(store.db, baseModels),
-    jobs: new JobService(store.db, files, baseModels),
-  };
+  const jobs = new JobService(store.db, files, baseModels);
+  const services: Services = { orgs, files, models: new ModelService(store.db, baseModels), jobs };
   const maxUploadBytes = options.maxUploadBytes ?? DEFAULT_MAX_UPLOAD_BYTES;
   const app = buildApi(services, { maxUploadBytes, logger: options.logger ?? false });
+  const validation = new FileValidation(jobs, files, baseModels, loadDatasetSettings(home.root), home.work, (message, error) =>
+    app.log.error({ err: error }, message),
+  );
 
   if (await orgs.isEmpty()) {
     // The file is written before the key commits: a start cut short leaves an empty organization
@@ -67,6 +68,9 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
     app.log.info(`Created organization "${organization.name}" (${organization.id}); its API key is in ${home.apiKeyFile}`);
   }
   await files.sweep();
+  // Jobs a restart interrupted while their files were being checked are checked again.
+  jobs.onCreated(() => validation.kick());
+  validation.kick();
   const sweeper = setInterval(() => {
     files.deleteExpired().catch((error) => app.log.error({ err: error }, 'deleting expired files failed'));
   }, EXPIRED_FILES_SWEEP_MS);
@@ -86,6 +90,7 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
     app,
     close: async () => {
       clearInterval(sweeper);
+      await validation.stop();
       await app.close();
       await store.close();
     },

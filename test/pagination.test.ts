@@ -1,5 +1,5 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { BASE_MODEL, type TestServer, startTestServer, weatherJokes } from './support/server.js';
+import { BASE_MODEL, type TestServer, startTestServer, validated, weatherJokes } from './support/server.js';
 
 let t: TestServer;
 let trainingFile: string;
@@ -36,20 +36,21 @@ describe('auto-pagination with for await', () => {
 
   it('walks 150 events of one job newest first', async () => {
     const jobId = jobIds[0]!;
-    for (let step = 1; step <= 148; step++) {
+    await validated(t.client, jobId);
+    for (let step = 1; step <= 147; step++) {
       await t.server.services.jobs.appendEvent(jobId, {
-        message: `Step ${step}/148: training loss=${(2 / step).toFixed(2)}`,
+        message: `Step ${step}/147: training loss=${(2 / step).toFixed(2)}`,
         type: 'metrics',
-        data: { step, total_steps: 148, train_loss: 2 / step },
+        data: { step, total_steps: 147, train_loss: 2 / step },
       });
     }
     const messages: string[] = [];
     for await (const event of t.client.fineTuning.jobs.listEvents(jobId, { limit: 7 })) messages.push(event.message);
     expect(messages).toHaveLength(150);
-    expect(messages[0]).toBe('Step 148/148: training loss=0.01');
+    expect(messages[0]).toBe('Step 147/147: training loss=0.01');
     expect(messages.at(-1)).toBe(`Created fine-tuning job: ${jobId}`);
     const newest = await t.client.fineTuning.jobs.listEvents(jobId, { limit: 1 });
-    expect(newest.data[0]).toMatchObject({ type: 'metrics', data: { step: 148, total_steps: 148 } });
+    expect(newest.data[0]).toMatchObject({ type: 'metrics', data: { step: 147, total_steps: 147 } });
   });
 
   it("pages a job's checkpoints, newest first, in OpenAI's shape", async () => {

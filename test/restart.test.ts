@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import SqliteDatabase from 'better-sqlite3';
 import { afterAll, describe, expect, it } from 'vitest';
-import { BASE_MODEL, DATASETS, type TestServer, onPostgres, startTestServer, tempHome, weatherJokes } from './support/server.js';
+import { BASE_MODEL, DATASETS, type TestServer, onPostgres, startTestServer, tempHome, validated, weatherJokes } from './support/server.js';
 
 const home = tempHome();
 const servers: TestServer[] = [];
@@ -20,8 +20,13 @@ describe('a restarted server keeps everything', () => {
     const key = fs.readFileSync(keyFile, 'utf8');
     expect(key).toMatch(/^sk-tl-[A-Za-z0-9]{40}\n$/);
 
-    const file = await first.client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
-    const job = await first.client.fineTuning.jobs.create({ model: BASE_MODEL, training_file: file.id, suffix: 'kept' });
+    const uploaded = await first.client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
+    const job = await validated(
+      first.client,
+      (await first.client.fineTuning.jobs.create({ model: BASE_MODEL, training_file: uploaded.id, suffix: 'kept' })).id,
+    );
+    const file = await first.client.files.retrieve(uploaded.id);
+    expect([job.status, file.status]).toEqual(['queued', 'processed']);
     await first.stop();
 
     const second = await startTestServer({ home });
@@ -30,7 +35,7 @@ describe('a restarted server keeps everything', () => {
     expect(await second.client.files.retrieve(file.id)).toEqual(file);
     expect(await (await second.client.files.content(file.id)).text()).toBe(fs.readFileSync(path.join(DATASETS, 'weather-jokes.jsonl'), 'utf8'));
     expect(await second.client.fineTuning.jobs.retrieve(job.id)).toEqual(job);
-    expect((await second.client.fineTuning.jobs.listEvents(job.id)).data).toHaveLength(2);
+    expect((await second.client.fineTuning.jobs.listEvents(job.id)).data).toHaveLength(3);
     expect((await second.client.models.retrieve(BASE_MODEL)).id).toBe(BASE_MODEL);
     await second.stop();
   });
@@ -39,7 +44,7 @@ describe('a restarted server keeps everything', () => {
     const database = new SqliteDatabase(path.join(home, 'tunelab.db'), { readonly: true });
     expect(database.pragma('journal_mode', { simple: true })).toBe('wal');
     expect(database.prepare('select count(*) as n from organizations').get()).toEqual({ n: 1 });
-    expect(database.prepare('select name from kysely_migration').all()).toEqual([{ name: '0001_initial' }]);
+    expect(database.prepare('select name from kysely_migration').all()).toEqual([{ name: '0001_initial' }, { name: '0002_validation_reports' }]);
     database.close();
   });
 

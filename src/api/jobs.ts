@@ -31,6 +31,11 @@ export const jobsRoutes = (jobs: JobService) => async (app: FastifyInstance) => 
     );
   }
 
+  // Ours: the dataset doctor's report on the job's files (errors by example, tokens, cost, screening).
+  app.get<JobParams>('/fine_tuning/jobs/:id/validation_report', async (request) =>
+    jobs.validationReport(request.org.id, request.params.id),
+  );
+
   app.get<JobParams>('/fine_tuning/jobs/:id/events', async (request) => {
     const page = await jobs.listEvents(request.org.id, request.params.id, eventsPage(request.query));
     return listBody(page);

@@ -88,6 +88,11 @@ export class FileService {
     return { file, stream: this.blobs.read(id) };
   }
 
+  /** What validation found: `processed`, or `error` with the reason shown as `status_details`. */
+  async setStatus(id: string, status: 'processed' | 'error', details: string | null = null): Promise<void> {
+    await this.db.updateTable('files').set({ status, status_details: details }).where('id', '=', id).execute();
+  }
+
   async delete(orgId: string, id: string): Promise<FileDeleted> {
     // Conditional on not being deleted yet, so of two racing deletes only one succeeds.
     const deleted = await this.db

@@ -33,6 +33,8 @@ type JobRow = Omit<Selectable<JobTable>, 'seq'>;
 const AUTO_HYPERPARAMETERS = { batch_size: 'auto', learning_rate_multiplier: 'auto', n_epochs: 'auto' } as const;
 
 export class JobService {
+  private readonly createdListeners: Array<(job: FineTuningJob) => void> = [];
+
   constructor(
     private readonly db: Db,
     private readonly files: FileService,
@@ -99,7 +101,42 @@ export class JobService {
         )
         .execute();
     });
-    return toJob(job);
+    const created = toJob(job);
+    for (const listener of this.createdListeners) listener(created);
+    return created;
+  }
+
+  /** Called after each job is written, so the pipeline can take it at once rather than on its next look. */
+  onCreated(listener: (job: FineTuningJob) => void): void {
+    this.createdListeners.push(listener);
+  }
+
+  /** Jobs in a status, oldest first, across organizations: the pipeline's work list. */
+  async withStatus(status: JobStatus): Promise<FineTuningJob[]> {
+    const rows = await this.db.selectFrom('jobs').selectAll().where('status', '=', status).orderBy('seq', 'asc').execute();
+    return rows.map(toJob);
+  }
+
+  async saveValidationReport(jobId: string, report: object): Promise<void> {
+    const row = { job_id: jobId, created_at: unixSeconds(), report: JSON.stringify(report) };
+    await this.db
+      .insertInto('job_validation_reports')
+      .values(row)
+      .onConflict((conflict) => conflict.column('job_id').doUpdateSet({ created_at: row.created_at, report: row.report }))
+      .execute();
+  }
+
+  /** The dataset doctor's report on the job's files, once validation has run. */
+  async validationReport(orgId: string, jobId: string): Promise<Record<string, unknown>> {
+    const job = await this.row(orgId, jobId);
+    const row = await this.db.selectFrom('job_validation_reports').select(['report', 'created_at']).where('job_id', '=', jobId).executeTakeFirst();
+    if (!row) {
+      throw new ServiceError('not_found', `Job ${jobId} has no validation report yet: it is ${job.status}.`, {
+        param: 'fine_tuning_job_id',
+        code: 'validation_report_not_ready',
+      });
+    }
+    return { object: 'fine_tuning.job.validation_report', fine_tuning_job_id: jobId, created_at: row.created_at, ...JSON.parse(row.report) };
   }
 
   async list(

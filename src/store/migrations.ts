@@ -119,5 +119,16 @@ export function migrations(dialect: Dialect): Record<string, Migration> {
           .execute();
       },
     },
+    '0002_validation_reports': {
+      async up(db: Kysely<any>) {
+        // The dataset doctor's report of a job's files, kept as the JSON the API serves.
+        await db.schema
+          .createTable('job_validation_reports')
+          .addColumn('job_id', 'text', (c) => c.primaryKey().references('jobs.id'))
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .addColumn('report', 'text', (c) => c.notNull())
+          .execute();
+      },
+    },
   };
 }

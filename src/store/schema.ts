@@ -13,6 +13,7 @@ export interface Database {
   job_metadata: JobMetadataTable;
   job_events: JobEventTable;
   job_checkpoints: JobCheckpointTable;
+  job_validation_reports: JobValidationReportTable;
   fine_tuned_models: FineTunedModelTable;
 }
 
@@ -112,4 +113,11 @@ export interface FineTunedModelTable {
   /** Folder of the adapter (PEFT layout) or of the full model. */
   path: string;
   created_at: number;
+}
+
+export interface JobValidationReportTable {
+  job_id: string;
+  created_at: number;
+  /** JSON: the dataset doctor's report. */
+  report: string;
 }

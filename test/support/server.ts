@@ -70,4 +70,15 @@ export async function startTestServer(options: Partial<ServerOptions> = {}): Pro
   };
 }
 
+/** The job once the dataset doctor has run on its files (it runs in the background after create). */
+export async function validated(client: OpenAI, jobId: string, timeoutMs = 30_000): Promise<OpenAI.FineTuning.FineTuningJob> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const job = await client.fineTuning.jobs.retrieve(jobId);
+    if (job.status !== 'validating_files') return job;
+    if (Date.now() > deadline) throw new Error(`${jobId} is still validating its files after ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
 export const weatherJokes = () => fs.createReadStream(path.join(DATASETS, 'weather-jokes.jsonl'));

@@ -1,0 +1,146 @@
+import path from 'node:path';
+import { ServiceError } from '../errors.js';
+import { DEFAULT_CONTEXT, examineFiles, type DatasetReport } from '../datasets/doctor.js';
+import type { DatasetError } from '../datasets/findings.js';
+import type { DatasetSettings } from '../datasets/settings.js';
+import type { FileService } from '../files/files.js';
+import { modelContextLength, type BaseModelRegistry } from '../models/base-models.js';
+import { ModelTokenizer } from '../tokenizer/model-tokenizer.js';
+import type { FineTuningJob, JobService } from './jobs.js';
+
+export interface JobError {
+  code: string;
+  message: string;
+  param: string | null;
+}
+
+/**
+ * The `validating_files` step: the dataset doctor runs on the job's files, writes the training
+ * arrays into the job's work folder, marks the files `processed` or `error`, keeps its report,
+ * and moves the job to `queued` or fails it with OpenAI's error codes. Jobs are taken one at a
+ * time, oldest first; those a restart interrupted are taken again on start.
+ */
+export class FileValidation {
+  private running: Promise<void> | null = null;
+  private again = false;
+  private stopped = false;
+  private readonly tokenizers = new Map<string, ModelTokenizer>();
+
+  constructor(
+    private readonly jobs: JobService,
+    private readonly files: FileService,
+    private readonly baseModels: BaseModelRegistry,
+    private readonly settings: DatasetSettings,
+    private readonly workDir: string,
+    private readonly log: (message: string, error?: unknown) => void,
+  ) {}
+
+  /** Looks for work now; if a pass is under way, another follows it. */
+  kick(): void {
+    if (this.stopped) return;
+    if (this.running) {
+      this.again = true;
+      return;
+    }
+    this.running = this.drain().finally(() => {
+      this.running = null;
+      if (this.again) {
+        this.again = false;
+        this.kick();
+      }
+    });
+  }
+
+  /** Stops taking jobs and waits for the one in hand. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await this.running;
+  }
+
+  private async drain(): Promise<void> {
+    for (const job of await this.jobs.withStatus('validating_files')) {
+      if (this.stopped) return;
+      try {
+        await this.validate(job);
+      } catch (error) {
+        // A job cancelled while its files were read: the cancel won, nothing to record.
+        if (error instanceof ServiceError && error.kind === 'conflict') continue;
+        this.log(`validating ${job.id} failed`, error);
+        const message = `The files could not be validated: ${(error as Error).message}`;
+        await this.fail(job, { code: 'validation_failed', message, param: null }).catch((failure) => this.log(`failing ${job.id}`, failure));
+      }
+    }
+  }
+
+  private async validate(job: FineTuningJob): Promise<void> {
+    const model = this.baseModels.get(job.model);
+    if (!model) throw new Error(`the base model ${job.model} is no longer registered`);
+    const tokenizer = this.tokenizer(model.path);
+    const nEpochs = job.hyperparameters.n_epochs;
+    const open = (fileId: string) => () => this.read(job.organization_id, fileId);
+    const report = await examineFiles(
+      { training: open(job.training_file), validation: job.validation_file ? open(job.validation_file) : null },
+      {
+        model: { name: job.model, tokenizer },
+        context: Math.min(modelContextLength(model.path) ?? DEFAULT_CONTEXT, DEFAULT_CONTEXT),
+        nEpochs: typeof nEpochs === 'number' ? nEpochs : null,
+        prices: this.settings.prices,
+        screening: this.settings.screening,
+        arraysDir: path.join(this.workDir, job.id),
+      },
+    );
+    await this.jobs.saveValidationReport(job.id, report);
+
+    const trainingError = fileError(report, 'training_file');
+    const validationError = report.validation ? fileError(report.validation, 'validation_file') : null;
+    await this.files.setStatus(job.training_file, trainingError ? 'error' : 'processed', trainingError?.message ?? null);
+    if (job.validation_file) {
+      await this.files.setStatus(job.validation_file, validationError ? 'error' : 'processed', validationError?.message ?? null);
+    }
+    const error = trainingError ?? validationError;
+    if (error) await this.fail(job, error);
+    else await this.jobs.move(job.id, 'validating_files', 'queued', { message: 'Files validated, moving job to queued state' });
+  }
+
+  private async fail(job: FineTuningJob, error: JobError): Promise<void> {
+    await this.jobs.move(job.id, 'validating_files', 'failed', { level: 'error', message: error.message }, { error: JSON.stringify(error) });
+  }
+
+  private async *read(orgId: string, fileId: string): AsyncGenerator<Buffer> {
+    yield* (await this.files.content(orgId, fileId)).stream;
+  }
+
+  /** Tokenizers take a moment to load (Qwen's vocabulary is 150k entries): one per model folder. */
+  private tokenizer(folder: string): ModelTokenizer {
+    let tokenizer = this.tokenizers.get(folder);
+    if (!tokenizer) {
+      tokenizer = ModelTokenizer.load(folder);
+      this.tokenizers.set(folder, tokenizer);
+    }
+    return tokenizer;
+  }
+}
+
+/**
+ * The report's verdict on one file as OpenAI words it: `invalid_n_examples`, a screening block, or
+ * `invalid_training_file` naming the first error's example, message and field.
+ */
+export function fileError(report: DatasetReport, param: 'training_file' | 'validation_file'): JobError | null {
+  const first = report.errors[0];
+  const total = Object.values(report.error_counts).reduce((sum, n) => sum + (n ?? 0), 0);
+  if (first?.category === 'invalid_n_examples') return { code: 'invalid_n_examples', message: first.message, param };
+  if (first) {
+    const more = total > 1 ? ` (${total - 1} more error${total > 2 ? 's' : ''} in the validation report)` : '';
+    return { code: `invalid_${param}`, message: `Invalid file format. ${locate(first)}${first.message}${more}`, param };
+  }
+  if (report.screening.blocked) return { code: `invalid_${param}`, message: report.screening.message ?? 'This file failed screening.', param };
+  return null;
+}
+
+function locate(error: DatasetError): string {
+  if (error.line === null) return '';
+  const parts = [`Line ${error.line}`];
+  if (error.message_index !== null) parts.push(`message ${error.message_index}`);
+  if (error.field !== null) parts.push(`field "${error.field}"`);
+  return `${parts.join(', ')}: `;
+}
