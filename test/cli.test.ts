@@ -1,14 +1,13 @@
-import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { CLI, runCli } from './support/cli.js';
 import { writeModelFolder } from './support/model-folder.js';
 import { DATASETS, tempHome } from './support/server.js';
 
 /** The built `tunelab` command, as a user runs it: a server process and CLI calls beside it. */
-const CLI = path.resolve(import.meta.dirname, '../dist/cli/main.js');
 const home = tempHome();
 let server: ChildProcess;
 let env: NodeJS.ProcessEnv;
@@ -21,15 +20,7 @@ async function freePort(): Promise<number> {
   return port;
 }
 
-async function tunelab(...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await promisify(execFile)(process.execPath, [CLI, ...args, '--home', home], { env });
-    return { code: 0, stdout, stderr };
-  } catch (error) {
-    const failed = error as { code: number; stdout: string; stderr: string };
-    return { code: failed.code, stdout: failed.stdout, stderr: failed.stderr };
-  }
-}
+const tunelab = (...args: string[]) => runCli([...args, '--home', home], { env });
 
 beforeAll(async () => {
   const port = await freePort();
@@ -84,7 +75,7 @@ describe('the tunelab command', () => {
     const job = JSON.parse(create.stdout) as { id: string; hyperparameters: Record<string, unknown> };
     expect(job.hyperparameters).toEqual({ n_epochs: 3, batch_size: 'auto', learning_rate_multiplier: 'auto' });
 
-    expect((await tunelab('jobs', 'list')).stdout).toMatch(new RegExp(`${job.id}\\s+validating_files\\s+qwen3-tiny\\s+jokes`));
+    expect((await tunelab('jobs', 'list')).stdout).toMatch(new RegExp(`${job.id}\\s+(validating_files|queued)\\s+qwen3-tiny\\s+jokes`));
     expect(JSON.parse((await tunelab('jobs', 'get', job.id)).stdout)).toMatchObject({ id: job.id, user_provided_suffix: 'jokes' });
     const events = (await tunelab('jobs', 'events', job.id)).stdout.trim().split('\n');
     expect(events[0]).toContain(`Created fine-tuning job: ${job.id}`);
@@ -100,16 +91,12 @@ describe('the tunelab command', () => {
     const created = await tunelab('keys', 'create', '--org', 'acme');
     const key = created.stdout.trim();
     expect(key).toMatch(/^sk-tl-/);
-    const acme = await promisify(execFile)(process.execPath, [CLI, 'files', 'list', '--json'], {
-      env: { ...env, TUNELAB_API_KEY: key, TUNELAB_HOME: home },
-    });
+    const acme = await runCli(['files', 'list', '--json'], { env: { ...env, TUNELAB_API_KEY: key, TUNELAB_HOME: home } });
     expect(JSON.parse(acme.stdout)).toEqual([]);
   });
 
   it('says what is wrong with a bad API key', async () => {
-    const result = await promisify(execFile)(process.execPath, [CLI, 'jobs', 'list'], {
-      env: { ...env, TUNELAB_API_KEY: 'sk-tl-wrong', TUNELAB_HOME: home },
-    }).catch((error: { code: number; stderr: string }) => error);
+    const result = await runCli(['jobs', 'list'], { env: { ...env, TUNELAB_API_KEY: 'sk-tl-wrong', TUNELAB_HOME: home } });
     expect(result).toMatchObject({ code: 1, stderr: expect.stringContaining('Incorrect API key provided') });
   });
 });

@@ -1,8 +1,6 @@
 import type { Command } from 'commander';
 import { homeLayout, resolveHome } from '../config.js';
 import { BaseModelRegistry } from '../models/base-models.js';
-import { OrgService } from '../orgs/orgs.js';
-import { openStore } from '../store/store.js';
 
 /**
  * Commands that change the server's own home folder directly (keys, base models): they are an
@@ -18,6 +16,7 @@ export function adminCommands(program: Command, models: Command): void {
     .option('--home <dir>', 'home folder (default $TUNELAB_HOME or ~/.tunelab)')
     .option('--database <url>', 'a postgres:// URL instead of the SQLite file in the home folder', process.env.TUNELAB_DATABASE_URL)
     .action(async (options: { org: string; home?: string; database?: string }) => {
+      const [{ openStore }, { OrgService }] = await Promise.all([import('../store/store.js'), import('../orgs/orgs.js')]);
       const store = await openStore(options.database ?? homeLayout(resolveHome(options.home)).database);
       try {
         const { key, organization } = await new OrgService(store.db).createKey(options.org);

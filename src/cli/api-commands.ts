@@ -1,10 +1,10 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Command } from 'commander';
-import { toStreamingFile } from 'openai';
 import type { JobCreateParams } from 'openai/resources/fine-tuning/jobs/jobs';
 import { connect } from './client.js';
-import { isoTime, printJson, printTable, progressBar } from './output.js';
+import { isoTime, printJson, printTable } from './output.js';
+import { progressBar } from './progress.js';
 
 interface Common {
   home?: string;
@@ -23,7 +23,8 @@ export function apiCommands(program: Command, models: Command): void {
   common(files.command('upload').argument('<file>').description('upload a file (purpose fine-tune by default)'))
     .option('--purpose <purpose>', 'fine-tune, batch, assistants, ...', 'fine-tune')
     .action(async (file: string, options: Common & { purpose: 'fine-tune' }) => {
-      const client = connect(options.home);
+      const client = await connect(options.home);
+      const { toStreamingFile } = await import('openai');
       const uploaded = await withProgress(file, (stream) =>
         client.files.create({ file: toStreamingFile(stream, path.basename(file)), purpose: options.purpose }),
       );
@@ -35,7 +36,7 @@ export function apiCommands(program: Command, models: Command): void {
     .option('--purpose <purpose>')
     .action(async (options: Common & { purpose?: string }) => {
       const list = [];
-      for await (const file of connect(options.home).files.list(options.purpose ? { purpose: options.purpose } : {})) list.push(file);
+      for await (const file of (await connect(options.home)).files.list(options.purpose ? { purpose: options.purpose } : {})) list.push(file);
       if (options.json) return printJson(list);
       printTable(
         list.map((f) => ({ ...f, created: isoTime(f.created_at) })),
@@ -44,7 +45,7 @@ export function apiCommands(program: Command, models: Command): void {
     });
 
   common(files.command('delete').argument('<id>').description('delete a file')).action(async (id: string, options: Common) => {
-    const deleted = await connect(options.home).files.delete(id);
+    const deleted = await (await connect(options.home)).files.delete(id);
     if (options.json) printJson(deleted);
     else console.log(`Deleted ${deleted.id}`);
   });
@@ -86,7 +87,7 @@ export function apiCommands(program: Command, models: Command): void {
           ...(options.seed !== undefined && { seed: options.seed }),
           method: { type: 'supervised', supervised: { hyperparameters } },
         };
-        const job = await connect(options.home).fineTuning.jobs.create(params);
+        const job = await (await connect(options.home)).fineTuning.jobs.create(params);
         if (options.json) printJson(job);
         else console.log(`${job.id}  ${job.status}  ${job.model}`);
       },
@@ -95,7 +96,7 @@ export function apiCommands(program: Command, models: Command): void {
   common(jobs.command('list').description('list jobs, newest first'))
     .option('--limit <n>', 'at most this many', Number, 20)
     .action(async (options: Common & { limit: number }) => {
-      const page = await connect(options.home).fineTuning.jobs.list({ limit: options.limit });
+      const page = await (await connect(options.home)).fineTuning.jobs.list({ limit: options.limit });
       if (options.json) return printJson(page.data);
       printTable(
         page.data.map((j) => ({ ...j, created: isoTime(j.created_at), suffix: (j as { user_provided_suffix?: string }).user_provided_suffix })),
@@ -104,12 +105,12 @@ export function apiCommands(program: Command, models: Command): void {
     });
 
   common(jobs.command('get').argument('<id>').description('show a job')).action(async (id: string, options: Common) => {
-    printJson(await connect(options.home).fineTuning.jobs.retrieve(id));
+    printJson(await (await connect(options.home)).fineTuning.jobs.retrieve(id));
   });
 
   for (const action of ['cancel', 'pause', 'resume'] as const) {
     common(jobs.command(action).argument('<id>').description(`${action} a job`)).action(async (id: string, options: Common) => {
-      const job = await connect(options.home).fineTuning.jobs[action](id);
+      const job = await (await connect(options.home)).fineTuning.jobs[action](id);
       if (options.json) printJson(job);
       else console.log(`${job.id}  ${job.status}`);
     });
@@ -119,7 +120,7 @@ export function apiCommands(program: Command, models: Command): void {
     .option('--limit <n>', 'the newest this many', Number, 100)
     .action(async (id: string, options: Common & { limit: number }) => {
       const events = [];
-      for await (const event of connect(options.home).fineTuning.jobs.listEvents(id, { limit: Math.min(options.limit, 100) })) {
+      for await (const event of (await connect(options.home)).fineTuning.jobs.listEvents(id, { limit: Math.min(options.limit, 100) })) {
         events.push(event);
         if (events.length >= options.limit) break;
       }
@@ -130,7 +131,7 @@ export function apiCommands(program: Command, models: Command): void {
 
   common(models.command('list').description('list base models and your fine-tunes')).action(async (options: Common) => {
     const list = [];
-    for await (const model of connect(options.home).models.list()) list.push(model);
+    for await (const model of (await connect(options.home)).models.list()) list.push(model);
     if (options.json) return printJson(list);
     printTable(
       list.map((m) => ({ ...m, created: isoTime(m.created) })),
@@ -140,7 +141,7 @@ export function apiCommands(program: Command, models: Command): void {
 
   common(models.command('delete').argument('<model>').description('delete a fine-tuned model you own')).action(
     async (model: string, options: Common) => {
-      const deleted = await connect(options.home).models.delete(model);
+      const deleted = await (await connect(options.home)).models.delete(model);
       if (options.json) printJson(deleted);
       else console.log(`Deleted ${deleted.id}`);
     },
@@ -156,7 +157,7 @@ function autoOrNumber(value: string): number | 'auto' {
 
 /** Sends a file as a stream while a bar shows how much of it has gone. */
 async function withProgress<T>(file: string, send: (stream: AsyncIterable<Uint8Array>) => Promise<T>): Promise<T> {
-  const bar = progressBar(`Uploading ${path.basename(file)}`, fs.statSync(file).size);
+  const bar = await progressBar(`Uploading ${path.basename(file)}`, fs.statSync(file).size);
   async function* counted() {
     let sent = 0;
     for await (const chunk of fs.createReadStream(file)) {

@@ -2,13 +2,12 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { InvalidArgumentError, type Command } from 'commander';
 import { homeLayout, resolveHome } from '../config.js';
-import { DEFAULT_CONTEXT, examineFiles, type DatasetReport } from '../datasets/doctor.js';
-import { loadDatasetSettings } from '../datasets/settings.js';
+import type { DatasetReport } from '../datasets/doctor.js';
 import { splitDataset } from '../datasets/split.js';
 import { BaseModelRegistry, modelContextLength } from '../models/base-models.js';
-import { ModelTokenizer } from '../tokenizer/model-tokenizer.js';
-import { printJson, progressBar } from './output.js';
-import { renderReport } from './report-text.js';
+import type { ModelTokenizer } from '../tokenizer/model-tokenizer.js';
+import { printJson } from './output.js';
+import { progressBar } from './progress.js';
 
 /** Exit code for a command line that cannot be carried out as written (commander's own usage errors too). */
 export const USAGE_ERROR = 2;
@@ -30,19 +29,29 @@ export function datasetCommands(program: Command): void {
     .option('--model <name>', 'base model (registered name or model folder) whose tokenizer and chat template count the tokens')
     .option('--validation-file <file>', 'the validation file to check with it')
     .option('--context <tokens>', 'training context in tokens (default: the model\'s, at most 16,385)', positiveInteger('--context'))
+    .option('--no-tokens', 'check and screen only: count no tokens (no cost, no too-long check); faster on large files')
     .option('--show <k>', 'print the first K examples as the model sees them, trained tokens marked', positiveInteger('--show'))
     .option('--home <dir>', 'home folder with the registered models and config.json (default $TUNELAB_HOME or ~/.tunelab)')
     .option('--json', 'print the report as one JSON object')
-    .action(async (file: string, options: { model?: string; validationFile?: string; context?: number; show?: number; home?: string; json?: boolean }) => {
+    .action(async (file: string, options: { model?: string; validationFile?: string; context?: number; show?: number; home?: string; json?: boolean; tokens: boolean }) => {
       const home = resolveHome(options.home);
+      if (!options.tokens && (options.model !== undefined || options.show !== undefined)) {
+        throw new UsageError('--no-tokens counts no tokens: it cannot be combined with --model or --show.');
+      }
       for (const input of [file, options.validationFile]) {
         if (input !== undefined && !fs.statSync(input, { throwIfNoEntry: false })?.isFile()) throw new UsageError(`${input}: no such file.`);
       }
-      const model = options.model ? openModel(options.model, home) : null;
+      // The doctor's modules (tokenizers, tiktoken's tables) load only for this command.
+      const [{ DEFAULT_CONTEXT, examineFiles }, { loadDatasetSettings }, { renderReport }] = await Promise.all([
+        import('../datasets/doctor.js'),
+        import('../datasets/settings.js'),
+        import('./report-text.js'),
+      ]);
+      const model = options.model ? await openModel(options.model, home) : null;
       const context = options.context ?? Math.min(model?.context ?? DEFAULT_CONTEXT, DEFAULT_CONTEXT);
       const settings = loadDatasetSettings(home);
       const total = fs.statSync(file).size;
-      const bar = total > 16 * 1024 * 1024 && !options.json ? progressBar(`Checking ${path.basename(file)}`, total) : null;
+      const bar = total > 16 * 1024 * 1024 && !options.json ? await progressBar(`Checking ${path.basename(file)}`, total) : null;
       let report: DatasetReport;
       try {
         report = await examineFiles(
@@ -53,6 +62,7 @@ export function datasetCommands(program: Command): void {
           {
             model: model && { name: model.name, tokenizer: model.tokenizer },
             context,
+            countTokens: options.tokens,
             prices: settings.prices,
             screening: settings.screening,
             show: options.show ?? 0,
@@ -91,9 +101,10 @@ export function datasetCommands(program: Command): void {
 }
 
 /** A base model by registered name, or a model folder given by path. */
-function openModel(nameOrPath: string, home: string): { name: string; tokenizer: ModelTokenizer; context: number | null } {
+async function openModel(nameOrPath: string, home: string): Promise<{ name: string; tokenizer: ModelTokenizer; context: number | null }> {
   const registered = new BaseModelRegistry(homeLayout(home).models).get(nameOrPath);
   const folder = registered?.path ?? (fs.existsSync(path.join(nameOrPath, 'tokenizer.json')) ? nameOrPath : null);
   if (!folder) throw new UsageError(`--model ${nameOrPath}: neither a model registered in ${homeLayout(home).models} nor a model folder with tokenizer.json.`);
+  const { ModelTokenizer } = await import('../tokenizer/model-tokenizer.js');
   return { name: registered?.name ?? path.basename(path.resolve(folder)), tokenizer: ModelTokenizer.load(folder), context: modelContextLength(folder) };
 }

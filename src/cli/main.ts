@@ -1,6 +1,5 @@
 #!/usr/bin/env node
 import { Command, CommanderError } from 'commander';
-import OpenAI from 'openai';
 import { ServiceError } from '../errors.js';
 import { adminCommands } from './admin.js';
 import { apiCommands } from './api-commands.js';
@@ -27,7 +26,7 @@ try {
   } else if (error instanceof UsageError) {
     console.error(`error: ${error.message}`);
     process.exitCode = USAGE_ERROR;
-  } else if (error instanceof OpenAI.APIError) {
+  } else if (error instanceof (await import('openai')).APIError) {
     const param = (error.error as { param?: string } | undefined)?.param;
     console.error(`error: ${error.message}${param ? ` (param: ${param})` : ''}`);
     process.exitCode = 1;

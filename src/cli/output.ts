@@ -1,5 +1,3 @@
-import cliProgress from 'cli-progress';
-
 /** Rows as aligned columns, for people; `--json` prints the API objects instead, for programs. */
 export function printTable(rows: Record<string, unknown>[], columns: string[]): void {
   if (rows.length === 0) {
@@ -18,13 +16,3 @@ export const printJson = (value: unknown) => console.log(JSON.stringify(value, n
 export const isoTime = (seconds: number | null | undefined) =>
   seconds ? new Date(seconds * 1000).toISOString().replace('.000Z', 'Z') : null;
 
-/** A bar on stderr for long work over bytes; nothing when stderr is not a terminal (pipes, CI logs). */
-export function progressBar(label: string, totalBytes: number): { update(done: number): void; stop(): void } {
-  if (!process.stderr.isTTY) return { update() {}, stop() {} };
-  const bar = new cliProgress.SingleBar(
-    { format: `${label} [{bar}] {percentage}% {value}/{total} bytes`, stream: process.stderr },
-    cliProgress.Presets.shades_classic,
-  );
-  bar.start(totalBytes, 0);
-  return { update: (done) => bar.update(Math.min(done, totalBytes)), stop: () => bar.stop() };
-}

@@ -26,10 +26,14 @@ export function renderReport(report: DatasetReport, options: { file: string; val
   }
   out.push('');
   const model = report.billing_tokenizer;
-  out.push(
-    `Epochs: ${report.n_epochs} · billing tokens: ${number(report.billing_tokens)} (${model}, each example counted up to the context of ${number(report.context)}) · charged: ${number(report.charged_tokens)}`,
-  );
-  out.push(`Estimated cost: $${report.estimated_cost_usd.toFixed(2)} at $${report.prices.training_per_1k} per 1K training tokens`);
+  if (Object.keys(report.token_counts).length === 0) {
+    out.push('Tokens not counted (--no-tokens): no billing tokens or cost worked out.');
+  } else {
+    out.push(
+      `Epochs: ${report.n_epochs} · billing tokens: ${number(report.billing_tokens)} (${model}, each example counted up to the context of ${number(report.context)}) · charged: ${number(report.charged_tokens)}`,
+    );
+    out.push(`Estimated cost: $${report.estimated_cost_usd.toFixed(2)} at $${report.prices.training_per_1k} per 1K training tokens`);
+  }
   if (report.shown_examples.length) out.push('', ...shownExamples(report, options.color));
   out.push('', report.can_train ? 'The file can train.' : 'The file cannot train: fix the errors above.');
   return out.join('\n');

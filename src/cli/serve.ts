@@ -1,6 +1,5 @@
 import type { Command } from 'commander';
 import { DEFAULT_MAX_UPLOAD_BYTES, parseByteSize, resolveHome } from '../config.js';
-import { startServer } from '../server.js';
 
 export function serveCommand(program: Command): void {
   program
@@ -17,6 +16,8 @@ export function serveCommand(program: Command): void {
       process.env.TUNELAB_MAX_UPLOAD_SIZE ? parseByteSize(process.env.TUNELAB_MAX_UPLOAD_SIZE) : DEFAULT_MAX_UPLOAD_BYTES,
     )
     .action(async (options: { host: string; port: number; home?: string; database?: string; maxUploadSize: number }) => {
+      // Loaded here: the other commands need none of the server's modules.
+      const { startServer } = await import('../server.js');
       const server = await startServer({
         home: resolveHome(options.home),
         host: options.host,
