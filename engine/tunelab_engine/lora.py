@@ -38,10 +38,14 @@ class LoRALinear(nn.Module):
         nn.init.zeros_(self.lora_B.weight)
 
     def forward(self, x):
-        # The fp32 LoRA weights are cast to the activations' dtype (a few KB per layer); the frozen
-        # weight is used as stored.
+        # The fp32 LoRA weights are cast to the activations' dtype (a few KB per layer; the frozen
+        # weight is used as stored), and the low-rank product is added into the frozen layer's
+        # output in place, with alpha/r folded into the matmul: no extra pass over the output.
+        out = F.linear(x, self.weight, self.bias)
         low = F.linear(self.dropout(x), self.lora_A.weight.to(x.dtype))
-        return F.linear(x, self.weight, self.bias) + F.linear(low, self.lora_B.weight.to(x.dtype)) * self.scaling
+        flat = out.view(-1, out.shape[-1])
+        flat.addmm_(low.reshape(-1, low.shape[-1]), self.lora_B.weight.to(out.dtype).t(), alpha=self.scaling)
+        return out
 
     def merged_weight(self):
         delta = (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scaling

@@ -1,0 +1,107 @@
+"""CPU training benchmark: the engine's `train` command on a random model of a real shape.
+
+    PYTHONPATH=engine /usr/bin/python3 bench/engine/train_cpu.py --shape smollm2-135m
+
+Writes bench/engine/results/train-cpu-<shape>.json: the command, the machine, tokens/s over the
+timed steps (real tokens, padding not counted) and the child's peak RSS.
+"""
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ENGINE = os.path.join(HERE, "..", "..", "engine")
+sys.path.insert(0, HERE)
+sys.path.insert(0, ENGINE)
+
+from shapes import SHAPES  # noqa: E402
+
+
+def write_arrays(folder, vocab, n_examples, seq_len, seed):
+    """Chat-like examples: lengths spread over [seq_len/8, seq_len], the second half trained."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(seq_len // 8, seq_len + 1, size=n_examples)
+    ids = rng.integers(0, vocab, size=int(lengths.sum()), dtype=np.int32)
+    mask = np.concatenate([(np.arange(n) >= n // 2) for n in lengths]).astype(np.uint8)
+    os.makedirs(folder, exist_ok=True)
+    np.save(os.path.join(folder, "input_ids.npy"), ids)
+    np.save(os.path.join(folder, "loss_mask.npy"), mask)
+    np.save(os.path.join(folder, "offsets.npy"), np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
+
+
+def cpu_model():
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", choices=sorted(SHAPES), required=True)
+    ap.add_argument("--method", choices=["lora", "full"], default="lora")
+    ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--batch-size", type=int, default=8, help="examples per step")
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--warmup-steps", type=int, default=2, help="steps left out of the timing")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    env = dict(os.environ, PYTHONPATH=ENGINE)
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(SHAPES[args.shape], f)
+        model_dir = os.path.join(tmp, "model")
+        subprocess.run([sys.executable, "-m", "tunelab_engine", "init", "--config", os.path.join(tmp, "config.json"),
+                        "--seed", "0", "--out", model_dir, "--dtype", "bfloat16"], env=env, check=True, stdout=subprocess.DEVNULL)
+        write_arrays(os.path.join(tmp, "train"), SHAPES[args.shape]["vocab_size"], args.batch_size * args.steps, args.seq_len, 0)
+        spec = {"model": model_dir, "train_data": os.path.join(tmp, "train"), "output_dir": os.path.join(tmp, "out"),
+                "work_dir": os.path.join(tmp, "work"), "n_epochs": 1, "batch_size": args.batch_size,
+                "learning_rate": 1e-4, "seq_len": args.seq_len, "method": args.method,
+                "lora": {"rank": args.rank, "alpha": 2 * args.rank}, "dtype": args.dtype, "device": "cpu"}
+        with open(os.path.join(tmp, "spec.json"), "w") as f:
+            json.dump(spec, f)
+        t0 = time.time()
+        proc = subprocess.run([sys.executable, "-m", "tunelab_engine", "train", "--spec", os.path.join(tmp, "spec.json")],
+                              env=env, stdout=subprocess.PIPE, text=True)
+        wall = time.time() - t0
+        peak_rss_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    evs = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0:
+        sys.exit(f"train failed: {evs[-1] if evs else proc.returncode}")
+    started = next(e for e in evs if e["type"] == "started")
+    steps = [e for e in evs if e["type"] == "step"]
+    timed = steps[args.warmup_steps:]
+    seconds = sum(e["tokens"] / e["tokens_per_second"] for e in timed)
+    result = {
+        "command": " ".join(["PYTHONPATH=engine", sys.executable] + sys.argv),
+        "machine": {"nproc": os.cpu_count(), "cpu": cpu_model(), "torch": __import__("torch").__version__,
+                    "python": platform.python_version()},
+        "shape": args.shape, "method": args.method, "lora_rank": args.rank, "seq_len": args.seq_len,
+        "batch_size": args.batch_size, "dtype": started["dtype"], "threads": started["threads"],
+        "packing_efficiency": started["packing_efficiency"],
+        "timed_steps": len(timed), "tokens_per_second": round(sum(e["tokens"] for e in timed) / seconds, 1),
+        "step_seconds": [round(e["tokens"] / e["tokens_per_second"], 3) for e in steps],
+        "peak_rss_mib": round(peak_rss_mib), "wall_s": round(wall, 1),
+        "trainable_parameters": started["trainable_parameters"], "parameters": started["parameters"],
+    }
+    out = args.out or os.path.join(HERE, "results", f"train-cpu-{args.shape}-{args.method}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
