@@ -1,0 +1,137 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { homeLayout } from '../src/config.js';
+import type { DatasetReport } from '../src/datasets/doctor.js';
+import { LocalBlobStore } from '../src/files/blob-store.js';
+import { FileService } from '../src/files/files.js';
+import { JobService } from '../src/jobs/jobs.js';
+import { BaseModelRegistry } from '../src/models/base-models.js';
+import { openStore } from '../src/store/store.js';
+import { encodeChat } from '../src/tokenizer/chat-encoding.js';
+import { ModelTokenizer } from '../src/tokenizer/model-tokenizer.js';
+import { BASE_MODEL, DATASETS, type TestServer, onPostgres, startTestServer, tempHome, validated, weatherJokes } from './support/server.js';
+
+/** Reads a NumPy .npy file as numpy.load would: the dtype and shape from its header, then the data. */
+function readNpy(file: string): { descr: string; shape: number[]; values: number[] } {
+  const bytes = fs.readFileSync(file);
+  expect(bytes.subarray(0, 6).toString('latin1')).toBe('\x93NUMPY');
+  const headerLength = bytes.readUInt16LE(8);
+  const header = bytes.subarray(10, 10 + headerLength).toString('latin1');
+  const descr = /'descr': '([^']+)'/.exec(header)![1]!;
+  const shape = /'shape': \(([^)]*)\)/.exec(header)![1]!.split(',').filter(Boolean).map(Number);
+  const data = bytes.subarray(10 + headerLength);
+  const array = { '<i4': Int32Array, '|u1': Uint8Array, '<i8': BigInt64Array }[descr]!;
+  const typed = new array(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength));
+  return { descr, shape, values: Array.from(typed as ArrayLike<number | bigint>, Number) };
+}
+
+const chat = (i: number, answer = `Answer ${i}.`) =>
+  JSON.stringify({ messages: [{ role: 'system', content: 'Brief.' }, { role: 'user', content: `Question ${i}?` }, { role: 'assistant', content: answer }] });
+const upload = (t: TestServer, name: string, lines: string[]) =>
+  t.client.files.create({ file: new File([lines.join('\n') + '\n'], name), purpose: 'fine-tune' });
+
+describe('validating_files', () => {
+  let t: TestServer;
+  beforeAll(async () => {
+    const home = tempHome();
+    // An operator's blocklist: the doctor reads <home>/config.json.
+    fs.writeFileSync(path.join(home, 'config.json'), JSON.stringify({ screening: { blocklist: ['Project Nightingale'] } }));
+    t = await startTestServer({ home });
+  });
+  afterAll(() => t.cleanup());
+
+  it('queues a good job, marks its files processed, and writes the arrays the engine trains on', async () => {
+    const training = await t.client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
+    const validation = await upload(t, 'valid.jsonl', [chat(1), chat(2)]);
+    const job = await validated(t.client, (await t.client.fineTuning.jobs.create({ model: BASE_MODEL, training_file: training.id, validation_file: validation.id })).id);
+    expect(job.status).toBe('queued');
+    expect((await t.client.files.retrieve(training.id)).status).toBe('processed');
+    expect((await t.client.files.retrieve(validation.id)).status).toBe('processed');
+    const events = (await t.client.fineTuning.jobs.listEvents(job.id)).data.map((event) => event.message);
+    expect(events[0]).toBe('Files validated, moving job to queued state');
+
+    // The arrays hold exactly what the chat template and tokenizer make of each example, trained tokens marked.
+    const work = path.join(t.home, 'work', job.id);
+    const ids = readNpy(path.join(work, 'train', 'input_ids.npy'));
+    const mask = readNpy(path.join(work, 'train', 'loss_mask.npy'));
+    const offsets = readNpy(path.join(work, 'train', 'offsets.npy'));
+    expect([ids.descr, mask.descr, offsets.descr]).toEqual(['<i4', '|u1', '<i8']);
+    expect(offsets.shape).toEqual([11]);
+    expect(ids.shape).toEqual([offsets.values[10]]);
+    const tokenizer = ModelTokenizer.load(path.join(t.home, 'models', BASE_MODEL));
+    const lines = fs.readFileSync(path.join(DATASETS, 'weather-jokes.jsonl'), 'utf8').trim().split('\n');
+    lines.forEach((line, n) => {
+      const expected = encodeChat(tokenizer, JSON.parse(line).messages);
+      const [start, end] = [offsets.values[n]!, offsets.values[n + 1]!];
+      expect(ids.values.slice(start, end)).toEqual(expected.ids);
+      expect(mask.values.slice(start, end)).toEqual(expected.mask);
+    });
+    expect(readNpy(path.join(work, 'valid', 'offsets.npy')).shape).toEqual([3]);
+
+    const report = await t.client.get<DatasetReport>(`/fine_tuning/jobs/${job.id}/validation_report`);
+    expect(report).toMatchObject({ object: 'fine_tuning.job.validation_report', fine_tuning_job_id: job.id, can_train: true, n_epochs: 10 });
+    expect(report.token_counts[BASE_MODEL]!.trained).toBe(mask.values.filter((bit) => bit === 1).length);
+    expect(report.validation).toMatchObject({ n_examples: 2, can_train: true });
+  });
+
+  it("fails a job with too few examples in OpenAI's words, and marks the file", async () => {
+    const file = await t.client.files.create({ file: fs.createReadStream(path.join(DATASETS, 'marv.jsonl')), purpose: 'fine-tune' });
+    const job = await validated(t.client, (await t.client.fineTuning.jobs.create({ model: BASE_MODEL, training_file: file.id })).id);
+    const message = 'Training file has 3 example(s), but must have at least 10 examples';
+    expect(job).toMatchObject({ status: 'failed', error: { code: 'invalid_n_examples', param: 'training_file', message } });
+    expect(job.finished_at).not.toBeNull();
+    expect(await t.client.files.retrieve(file.id)).toMatchObject({ status: 'error', status_details: message });
+    expect((await t.client.fineTuning.jobs.listEvents(job.id)).data[0]).toMatchObject({ level: 'error', message });
+    expect(fs.existsSync(path.join(t.home, 'work', job.id, 'train'))).toBe(false);
+  });
+
+  it('fails on a bad validation file, naming it and the example', async () => {
+    const training = await t.client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
+    const validation = await upload(t, 'valid.jsonl', [chat(1), '{"messages": [{"role": "user", "content": "Hi"}]}']);
+    const job = await validated(t.client, (await t.client.fineTuning.jobs.create({ model: BASE_MODEL, training_file: training.id, validation_file: validation.id })).id);
+    expect(job.error).toMatchObject({ code: 'invalid_validation_file', param: 'validation_file', message: expect.stringContaining('Invalid file format. Line 2, field "messages": The example has no assistant message') });
+    expect((await t.client.files.retrieve(training.id)).status).toBe('processed');
+    expect((await t.client.files.retrieve(validation.id)).status).toBe('error');
+  });
+
+  it('fails a job whose data hits a blocking screen, with the flagged lines', async () => {
+    const lines = Array.from({ length: 12 }, (_, i) => chat(i));
+    lines[4] = chat(4, 'It belongs to project nightingale.');
+    lines[9] = chat(9, 'Card 5555 5555 5555 4444 on file.');
+    const file = await upload(t, 'screened.jsonl', lines);
+    const job = await validated(t.client, (await t.client.fineTuning.jobs.create({ model: BASE_MODEL, training_file: file.id })).id);
+    expect(job.status).toBe('failed');
+    expect(job.error).toMatchObject({ code: 'invalid_training_file', message: expect.stringMatching(/failed moderation safety checks.*Flagged lines: 5, 10$/) });
+  });
+
+  it('serves the report only to the owner, and says when it is not ready', async () => {
+    const job = (await t.client.fineTuning.jobs.list()).data[0]!;
+    const { key } = await t.server.services.orgs.createKey('other');
+    const other = t.clientFor(key);
+    await expect(other.get(`/fine_tuning/jobs/${job.id}/validation_report`)).rejects.toMatchObject({ status: 404 });
+    await expect(t.client.get('/fine_tuning/jobs/ftjob-nope/validation_report')).rejects.toMatchObject({ status: 404 });
+  });
+});
+
+describe.skipIf(onPostgres)('a restart during validation (SQLite: the test writes the job through the store file)', () => {
+  it('validates again the jobs a stopped server left in validating_files', async () => {
+    const home = tempHome();
+    const first = await startTestServer({ home });
+    const file = await first.client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
+    const org = await first.server.services.orgs.authenticate(fs.readFileSync(path.join(home, 'api-key'), 'utf8').trim());
+    await first.stop();
+
+    // A job written as the API writes it, by a process that died before validating it.
+    const layout = homeLayout(home);
+    const store = await openStore(layout.database);
+    const files = new FileService(store.db, new LocalBlobStore(layout.blobs));
+    const job = await new JobService(store.db, files, new BaseModelRegistry(layout.models)).create(org.id, { model: BASE_MODEL, training_file: file.id });
+    await store.close();
+
+    const second = await startTestServer({ home });
+    expect(job.status).toBe('validating_files');
+    expect((await validated(second.client, job.id)).status).toBe('queued');
+    await second.cleanup();
+  });
+});
