@@ -70,6 +70,11 @@ export interface ExamineOptions {
   role: 'training' | 'validation';
   /** The base model's tokenizer and chat template; without one, counts are OpenAI's only. */
   model: { name: string; tokenizer: ModelTokenizer } | null;
+  /**
+   * False: check and screen only, with no tokenizer at all (`model` must be null). The report's
+   * `token_counts` is then empty, no `too_long` warning is given, and billing tokens and cost are 0.
+   */
+  countTokens?: boolean;
   context: number;
   /** The job's epochs when it sets them; otherwise OpenAI's "auto" rule. */
   nEpochs?: number | null;
@@ -136,13 +141,15 @@ class TokenTally {
  */
 export async function examineDataset(input: AsyncIterable<Buffer | Uint8Array>, options: ExamineOptions): Promise<DatasetReport> {
   const limit = options.listLimit ?? 20;
+  const countTokens = options.countTokens ?? true;
+  if (!countTokens && options.model) throw new Error('A model tokenizer was given, but countTokens is false.');
   const errors = new Tally<DatasetError>(limit);
   const warnings = new Tally<DatasetWarning>(limit);
   const findings = new Tally<ScreeningFinding>(limit);
   const blockedLines = new Set<number>();
   const modelTally = options.model ? new TokenTally() : null;
   const openaiTally = new TokenTally();
-  const counter = new OpenAITokenCounter();
+  const counter = countTokens ? new OpenAITokenCounter() : null;
   const seen = new Map<number, number>();
   const shown: ShownExample[] = [];
   const billingName = options.model?.name ?? OPENAI_TOKENIZER;
@@ -193,13 +200,14 @@ export async function examineDataset(input: AsyncIterable<Buffer | Uint8Array>, 
           continue;
         }
 
-        const digest = createHash('sha1').update(entry.text).digest().readUIntBE(0, 6);
+        const digest = createHash('sha1').update(entry.raw).digest().readUIntBE(0, 6);
         const earlier = seen.get(digest);
         if (earlier !== undefined) warn('duplicate_example', `The same example as line ${earlier}.`, { line });
         else seen.set(digest, line);
 
         exampleWarnings(example, line, warn);
         screenExample(example, line, screen);
+        if (!counter) continue;
 
         const openai = openaiTokens(counter, example);
         openaiTally.add(openai, example.format === 'prompt_completion' ? null : example.messages.length);
@@ -223,7 +231,7 @@ export async function examineDataset(input: AsyncIterable<Buffer | Uint8Array>, 
       options.onProgress?.(bytesRead);
     }
   } finally {
-    counter.close();
+    counter?.close();
   }
 
   if (nExamples === 0) error('empty_file', 'The file has no examples: it is empty or holds only blank lines.');
@@ -240,7 +248,7 @@ export async function examineDataset(input: AsyncIterable<Buffer | Uint8Array>, 
   const message = blockingMessage(findings.list);
   const tokenCounts: Record<string, TokenCounts> = {};
   if (options.model && modelTally) tokenCounts[options.model.name] = modelTally.summary();
-  tokenCounts[OPENAI_TOKENIZER] = openaiTally.summary();
+  if (countTokens) tokenCounts[OPENAI_TOKENIZER] = openaiTally.summary();
   return {
     role: options.role,
     format,

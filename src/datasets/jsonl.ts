@@ -1,6 +1,8 @@
-/** One non-blank line of a JSONL file, decoded, or the reason it could not be. */
+import { isUtf8 } from 'node:buffer';
+
+/** One non-blank line of a JSONL file, decoded (`raw`: its bytes, valid until the next batch), or the reason it could not be. */
 export type JsonlLine =
-  | { line: number; text: string; bytes: number }
+  | { line: number; text: string; bytes: number; raw: Buffer }
   | { line: number; invalidUtf8: { byteOffset: number }; bytes: number };
 
 const NEWLINE = 0x0a;
@@ -16,7 +18,8 @@ export async function* readJsonlLines(input: AsyncIterable<Buffer | Uint8Array>)
   let carry: Buffer | null = null;
   let first = true;
 
-  const decode = (raw: Buffer): JsonlLine | null => {
+  /** `valid`: the bytes are known to be UTF-8 already, so the faster decoder that does not check them is safe. */
+  const decode = (raw: Buffer, valid: boolean): JsonlLine | null => {
     lineNumber++;
     let start = 0;
     let end = raw.length;
@@ -29,7 +32,7 @@ export async function* readJsonlLines(input: AsyncIterable<Buffer | Uint8Array>)
     if (start === end) return null;
     const bytes = raw.subarray(start, end);
     try {
-      return { line: lineNumber, text: utf8.decode(bytes), bytes: bytes.length };
+      return { line: lineNumber, text: valid ? bytes.toString('utf8') : utf8.decode(bytes), bytes: bytes.length, raw: bytes };
     } catch {
       return { line: lineNumber, invalidUtf8: { byteOffset: firstInvalidUtf8Byte(bytes) + start }, bytes: bytes.length };
     }
@@ -42,9 +45,12 @@ export async function* readJsonlLines(input: AsyncIterable<Buffer | Uint8Array>)
       carry = null;
     }
     const batch: JsonlLine[] = [];
+    // One check for all the chunk's whole lines (a newline byte is never inside a UTF-8 sequence);
+    // lines are checked one by one only in a chunk where something is wrong.
+    const valid = isUtf8(buffer.subarray(0, buffer.lastIndexOf(NEWLINE) + 1));
     let from = 0;
     for (let at = buffer.indexOf(NEWLINE, from); at >= 0; at = buffer.indexOf(NEWLINE, from)) {
-      const line = decode(buffer.subarray(from, at));
+      const line = decode(buffer.subarray(from, at), valid);
       if (line) batch.push(line);
       from = at + 1;
     }
@@ -53,7 +59,7 @@ export async function* readJsonlLines(input: AsyncIterable<Buffer | Uint8Array>)
     if (batch.length) yield batch;
   }
   if (carry) {
-    const line = decode(carry);
+    const line = decode(carry, false);
     if (line) yield [line];
   }
 }
