@@ -27,9 +27,13 @@ const job = await client.fineTuning.jobs.create({
 });
 console.log(`Created ${job.id} on ${job.model}: ${job.status}, hyperparameters ${JSON.stringify(job.hyperparameters)}`);
 
-// 5. Follow it.
-const current = await client.fineTuning.jobs.retrieve(job.id);
-console.log(`Status now: ${current.status}`);
+// 5. Follow it: the files are validated first, then the job is queued for training (or fails, saying why).
+let current = await client.fineTuning.jobs.retrieve(job.id);
+while (current.status === 'validating_files') {
+  await new Promise((resolve) => setTimeout(resolve, 250));
+  current = await client.fineTuning.jobs.retrieve(job.id);
+}
+console.log(`Status now: ${current.status}${current.error ? ` (${current.error.code}: ${current.error.message})` : ''}`);
 const events = [];
 for await (const event of client.fineTuning.jobs.listEvents(job.id)) events.push(event);
 for (const event of events.reverse()) console.log(`  [${event.level}] ${event.message}`);

@@ -1,7 +1,8 @@
 /**
  * The README's first command: a tunelab server on a fresh home folder, and the guide's example
- * run against it through the official SDK, offline. Until the engine lands the job stops at
- * validating_files, and the base model is a placeholder folder in Hugging Face layout.
+ * run against it through the official SDK, offline: the dataset doctor checks the file, the job's
+ * files are validated and it is queued. Until the engine lands the job waits there, and the base
+ * model is a placeholder folder in Hugging Face layout (a real Qwen3 tokenizer, no real weights).
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -46,6 +47,9 @@ try {
   await run([cli, 'models', 'add', modelFolder, '--name', 'qwen3-tiny', '--home', home]);
 
   const dataset = path.resolve(root, '../shared/datasets/weather-jokes.jsonl');
+  console.log('\n# tunelab validate weather-jokes.jsonl --model qwen3-tiny --show 1');
+  await run([cli, 'validate', dataset, '--model', 'qwen3-tiny', '--show', '1', '--home', home]);
+
   console.log(`\n# the guide, through the official openai SDK (OPENAI_BASE_URL=${baseURL})`);
   await run([path.join(root, 'node_modules/tsx/dist/cli.mjs'), path.join(root, 'examples/guide.ts'), dataset, 'qwen3-tiny'], {
     OPENAI_BASE_URL: baseURL,
@@ -55,7 +59,7 @@ try {
   // The CLI finds the server and its key through the home folder.
   console.log(`\n# tunelab jobs list --home ${home}`);
   await run([cli, 'jobs', 'list', '--home', home]);
-  console.log(`\nDone. The home folder is ${home}; the job waits in validating_files until the dataset doctor and engine land.`);
+  console.log(`\nDone. The home folder is ${home}; the job waits in the queue until the engine lands.`);
 } finally {
   stop();
 }
