@@ -105,6 +105,18 @@ describe('validating_files', () => {
     expect(job.error).toMatchObject({ code: 'invalid_training_file', message: expect.stringMatching(/failed moderation safety checks.*Flagged lines: 5, 10$/) });
   });
 
+  it('refuses preference pairs in a supervised job instead of training on half of each', async () => {
+    const pair = (i: number) =>
+      JSON.stringify({
+        input: { messages: [{ role: 'user', content: `Question ${i}?` }] },
+        preferred_output: [{ role: 'assistant', content: `Good ${i}.` }],
+        non_preferred_output: [{ role: 'assistant', content: `Bad ${i}.` }],
+      });
+    const file = await upload(t, 'pairs.jsonl', Array.from({ length: 10 }, (_, i) => pair(i)));
+    const job = await validated(t.client, (await t.client.fineTuning.jobs.create({ model: BASE_MODEL, training_file: file.id })).id);
+    expect(job.error).toMatchObject({ code: 'invalid_training_file', message: expect.stringContaining('preference pairs (DPO data)') });
+  });
+
   it('serves the report only to the owner, and says when it is not ready', async () => {
     const job = (await t.client.fineTuning.jobs.list()).data[0]!;
     const { key } = await t.server.services.orgs.createKey('other');

@@ -133,6 +133,10 @@ export function fileError(report: DatasetReport, param: 'training_file' | 'valid
     const more = total > 1 ? ` (${total - 1} more error${total > 2 ? 's' : ''} in the validation report)` : '';
     return { code: `invalid_${param}`, message: `Invalid file format. ${locate(first)}${first.message}${more}`, param };
   }
+  if (report.format === 'preference') {
+    // Preference pairs are DPO data; jobs train supervised only, and would silently learn just the preferred side.
+    return { code: `invalid_${param}`, message: 'Invalid file format. The file holds preference pairs (DPO data); supervised fine-tuning needs chat or prompt/completion examples.', param };
+  }
   if (report.screening.blocked) return { code: `invalid_${param}`, message: report.screening.message ?? 'This file failed screening.', param };
   return null;
 }
