@@ -5,7 +5,12 @@ import os
 import sys
 import traceback
 
-import torch
+# OpenMP threads that spin while waiting for each other stall for whole scheduler slices when
+# another process (the server, a test runner) shares the cores; small models then ran 30x slower.
+# Must be set before torch loads OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 from . import checkpoint, config, events, generate, lora, safetensors, spec as spec_mod, train
 from .errors import EngineError
