@@ -90,6 +90,17 @@ def make_optimizer(params, spec, device):
     return torch.optim.AdamW(params, **kwargs)
 
 
+def scored(model, batch, dtype, autocast):
+    """(loss sum, correct count) over a batch's trained tokens. `autocast`: fp32 weights computed
+    in bf16 (full fine-tuning); otherwise the weights are already held in `dtype`."""
+    device = batch.input_ids.device
+    context = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    with context:
+        hidden = model(batch.input_ids, batch.position_ids, batch.seq_ids)
+        hidden = hidden.reshape(-1, hidden.shape[-1])[batch.positions]
+        return linear_cross_entropy(hidden.to(dtype), model.lm_head.weight, batch.labels)
+
+
 class Trainer:
     def __init__(self, spec):
         self.spec = spec
@@ -141,11 +152,6 @@ class Trainer:
             params = list(model.parameters())
         return model, params
 
-    def _context(self):
-        if not self.autocast:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-
     def step_rows(self, epoch, index):
         order = data.epoch_order(self.train_data.n_examples, self.spec.seed, epoch)
         chosen = order[index * self.spec.batch_size:(index + 1) * self.spec.batch_size]
@@ -156,11 +162,7 @@ class Trainer:
                 for part in data.split(rows, self.spec.gradient_accumulation_steps)]
 
     def scored(self, batch):
-        """(loss sum, correct count) over the batch's trained tokens."""
-        with self._context():
-            hidden = self.model(batch.input_ids, batch.position_ids, batch.seq_ids)
-            hidden = hidden.reshape(-1, hidden.shape[-1])[batch.positions]
-            return linear_cross_entropy(hidden.to(self.dtype), self.model.lm_head.weight, batch.labels)
+        return scored(self.model, batch, self.dtype, self.autocast)
 
     def train_step(self, rows):
         self.model.train()
