@@ -19,6 +19,8 @@ const CACHE_MAX_ENTRIES = 4096;
 export class OpenAITokenCounter {
   private encoding: Tiktoken | null = get_encoding('cl100k_base');
   private readonly cache = new Map<string, number>();
+  /** Roles are a handful of short strings counted in every message: kept apart from the cache of long texts. */
+  private readonly roles = new Map<string, number>();
 
   count(text: string): number {
     if (!this.encoding) throw new Error('This token counter has been closed.');
@@ -31,11 +33,17 @@ export class OpenAITokenCounter {
     return count;
   }
 
+  private countRole(role: string): number {
+    let count = this.roles.get(role);
+    if (count === undefined) this.roles.set(role, (count = this.count(role)));
+    return count;
+  }
+
   chat(messages: readonly WeightedMessage[], tools?: unknown[]): ExampleTokens {
     let total = 3;
     let trained = 0;
     for (const message of messages) {
-      total += 3 + this.count(message.role);
+      total += 3 + this.countRole(message.role);
       const content = this.count(message.content ?? '');
       total += content;
       if (message.name !== undefined) total += 1 + this.count(message.name);
