@@ -49,6 +49,24 @@ class FamiliesTest(TempDirTest):
                 apart = torch.cat([model.logits(model(a)), model.logits(model(b))], dim=1)
             self.assertLess((together - apart).abs().max().item(), 1e-5, family)
 
+    def test_unpadded_packed_batches_compute_what_separate_examples_compute(self):
+        from tunelab_engine import data
+        from .helpers import write_arrays
+        g = torch.Generator().manual_seed(3)
+        examples = [torch.randint(0, 96, (n,), generator=g).tolist() for n in (7, 5, 9, 3)]
+        write_arrays(self.path("arrays"), [(e, [1] * len(e)) for e in examples])
+        arrays = data.Arrays(self.path("arrays"), 96)
+        batch = data.Batch(arrays, [[0, 1], [2], [3]], 16, "cpu")  # rows of 12, 9 and 3 tokens
+        self.assertIsNotNone(batch.layout)
+        self.assertEqual(tuple(batch.input_ids.shape), (1, 24))
+        model = random_model("qwen2").eval()
+        with torch.no_grad():
+            hidden = model(batch.input_ids, batch.position_ids, batch.seq_ids, batch.layout)
+            got = model.logits(hidden[0][batch.positions])
+            want = torch.cat([model.logits(model(torch.tensor([e])))[0, :-1] for e in examples])
+        self.assertEqual(batch.labels.tolist(), [t for e in examples for t in e[1:]])
+        self.assertLess((got - want).abs().max().item(), 1e-5)
+
     def test_mistral_sliding_window_limits_attention(self):
         model = random_model("mistral").eval()
         model.config.sliding_window = 4

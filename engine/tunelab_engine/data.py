@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from .errors import EngineError
+from .model import Layout
 
 FILES = {"input_ids": np.int32, "loss_mask": np.uint8, "offsets": np.int64}
 
@@ -76,35 +77,40 @@ def pack(indices, lengths, seq_len):
 
 
 class Batch:
-    """One forward pass: rows padded to the longest, plus where the loss is taken.
+    """One forward pass over packed rows.
 
-    `positions` index the flattened [rows * length] hidden states whose next token is trained;
-    `labels` are those next tokens.
+    Tokens go in unpadded as one [1, N] sequence (`layout` tells attention where each sits in the
+    rows); when every row has the same length they go in as [rows, width] and need no layout.
+    `positions` index the N hidden states whose next token is trained; `labels` are those tokens.
     """
 
     def __init__(self, arrays, rows, seq_len, device):
-        width = max(sum(min(int(arrays.lengths[i]), seq_len) for i in row) for row in rows)
-        ids = np.zeros((len(rows), width), dtype=np.int64)
-        pos = np.zeros((len(rows), width), dtype=np.int64)
+        lengths = [[min(int(arrays.lengths[i]), seq_len) for i in row] for row in rows]
+        width = max(sum(row) for row in lengths)
+        ids, pos, index, positions, labels = [], [], [], [], []
         seq = np.full((len(rows), width), -1, dtype=np.int64)
-        positions, labels = [], []
-        self.tokens = 0
+        n = 0
         for r, row in enumerate(rows):
             col = 0
             for k, i in enumerate(row):
                 tokens, mask = arrays.example(i, seq_len)
-                n = len(tokens)
-                ids[r, col:col + n] = tokens
-                pos[r, col:col + n] = np.arange(n)
-                seq[r, col:col + n] = k
+                count = len(tokens)
+                ids.append(tokens)
+                pos.append(np.arange(count))
+                index.append(r * width + col + np.arange(count))
+                seq[r, col:col + count] = k
                 trained = np.nonzero(mask[1:])[0]
-                positions.append(r * width + col + trained)
+                positions.append(n + trained)
                 labels.append(tokens[1:][trained])
-                col += n
-            self.tokens += col
-        self.padded_tokens = ids.size
-        self.input_ids = torch.from_numpy(ids).to(device)
-        self.position_ids = torch.from_numpy(pos).to(device)
+                col += count
+                n += count
+        self.tokens = n
+        self.padded_tokens = len(rows) * width
+        dense = n == len(rows) * width
+        shape = (len(rows), width) if dense else (1, n)
+        self.input_ids = torch.from_numpy(np.concatenate(ids).astype(np.int64).reshape(shape)).to(device)
+        self.position_ids = torch.from_numpy(np.concatenate(pos).astype(np.int64).reshape(shape)).to(device)
+        self.layout = None if dense else Layout(torch.from_numpy(np.concatenate(index)).to(device), len(rows), width)
         # With one example a row, causal attention alone is exact (padding only follows real tokens),
         # and leaving the mask out lets SDPA use its fastest kernels.
         self.seq_ids = torch.from_numpy(seq).to(device) if any(len(row) > 1 for row in rows) else None

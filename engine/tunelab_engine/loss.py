@@ -23,12 +23,17 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk):
             h, y = hidden[start:start + chunk], labels[start:start + chunk]
             logits = (h @ w.t()).float()
-            lse = torch.logsumexp(logits, dim=-1)
-            loss += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
-            correct += (logits.argmax(-1) == y).sum()
+            # One max serves both the stable log-sum-exp and the accuracy; the exponentials are
+            # computed once, in place, and become the softmax of the gradient.
+            top, predicted = logits.max(dim=-1)
+            target = logits.gather(1, y[:, None]).squeeze(1)
+            probs = torch.exp_(logits.sub_(top[:, None]))
+            total = probs.sum(-1)
+            loss += (top + torch.log(total) - target).sum()
+            correct += (predicted == y).sum()
             if need_h or need_w:
                 # d(sum of -log softmax[y]) / d logits = softmax - onehot(y)
-                g = torch.exp_(logits.sub_(lse[:, None]))
+                g = probs.div_(total[:, None])
                 g[torch.arange(len(y), device=y.device), y] -= 1
                 g = g.to(h.dtype)
                 if need_h:

@@ -23,10 +23,13 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim, device=device))
 
     def forward(self, x):
-        # Normalized in fp32 and cast back before scaling, exactly as transformers' LlamaRMSNorm.
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        if x.dtype == torch.float32:
+            # Exactly transformers' LlamaRMSNorm.
+            return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
+        # bf16: the mean of squares accumulates in fp32 but the [tokens, hidden] tensor is never
+        # copied to fp32 and back (two slow passes on CPU); results differ from casting by rounding.
+        scale = torch.rsqrt(x.pow(2).mean(-1, keepdim=True, dtype=torch.float32) + self.eps)
+        return self.weight * (x * scale.to(x.dtype))
 
 
 def rotate_half(x):
@@ -52,7 +55,34 @@ def attention(q, k, v, mask):
         t, s = scores.shape[-2:]
         mask = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(s - t)
     scores = scores.masked_fill(~mask, float("-inf"))
-    return torch.matmul(torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype), v)
+    # Softmax accumulates in fp32 inside the kernel for bf16 too, so no fp32 copy of the scores.
+    return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
+class _SwiGLU(torch.autograd.Function):
+    """silu(gate) * up with a hand-written backward: on CPU torch's bf16 silu and silu_backward
+    kernels are 2-4x slower than the multiplications and sigmoid they are made of."""
+
+    @staticmethod
+    def forward(ctx, gate, up):
+        sig = torch.sigmoid(gate)
+        ctx.save_for_backward(gate, up, sig)
+        return gate * sig * up
+
+    @staticmethod
+    def backward(ctx, grad):
+        gate, up, sig = ctx.saved_tensors
+        silu = gate * sig
+        grad_up = grad * silu
+        # d silu / d gate = sig * (1 + gate * (1 - sig)) = sig + silu * (1 - sig)
+        grad_gate = grad * up * (sig + silu * (1 - sig))
+        return grad_gate, grad_up
+
+
+def swiglu(gate, up):
+    if gate.dtype == torch.float32:
+        return F.silu(gate) * up
+    return _SwiGLU.apply(gate, up)
 
 
 class Attention(nn.Module):
@@ -67,18 +97,40 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps, device)
             self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps, device)
 
-    def forward(self, x, cos, sin, mask):
+    def forward(self, x, cos, sin, mask, layout=None):
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.heads, self.head_dim)
         k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim)
-        v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim)
         if hasattr(self, "q_norm"):  # qwen3 normalizes each head before rope
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = q.transpose(1, 2), k.transpose(1, 2)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
-        out = attention(q, k, v, mask)
-        return self.o_proj(out.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
+        if layout is not None:
+            q, k, v = layout.to_rows(q[0]), layout.to_rows(k[0]), layout.to_rows(v[0])
+        out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask)
+        out = out.transpose(1, 2).reshape(out.shape[0], out.shape[2], self.heads * self.head_dim)
+        if layout is not None:
+            out = layout.from_rows(out)[None]
+        return self.o_proj(out)
+
+
+class Layout:
+    """Where each of N packed tokens sits in `rows` rows of `width` positions.
+
+    Packed tokens travel as one unpadded [1, N] sequence, so the projections and the MLP never
+    compute on padding; only attention, which needs rows, sees them laid out (and padded) as rows.
+    """
+
+    def __init__(self, index, rows, width):
+        self.index, self.rows, self.width = index, rows, width
+
+    def to_rows(self, z):
+        rows = torch.zeros((self.rows * self.width,) + tuple(z.shape[1:]), dtype=z.dtype, device=z.device)
+        return rows.index_copy(0, self.index, z).view(self.rows, self.width, *z.shape[1:])
+
+    def from_rows(self, z):
+        return z.reshape(self.rows * self.width, *z.shape[2:]).index_select(0, self.index)
 
 
 class MLP(nn.Module):
@@ -89,7 +141,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=c.mlp_bias, device=device)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -100,8 +152,8 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, device)
         self.post_attention_layernorm = RMSNorm(c.hidden_size, c.rms_norm_eps, device)
 
-    def forward(self, x, cos, sin, mask):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask)
+    def forward(self, x, cos, sin, mask, layout=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, layout)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -139,8 +191,11 @@ class Transformer(nn.Module):
             mask = mask & (seq_ids[:, None, :, None] == seq_ids[:, None, None, :])
         return mask
 
-    def forward(self, input_ids, position_ids=None, seq_ids=None):
-        """Final hidden states [B, T, hidden]; `logits` turns (some of) them into vocabulary scores."""
+    def forward(self, input_ids, position_ids=None, seq_ids=None, layout=None):
+        """Final hidden states [B, T, hidden]; `logits` turns (some of) them into vocabulary scores.
+
+        seq_ids [rows, width]: which example each position of a row holds (None: one per row).
+        layout: input_ids is [1, N] packed tokens that attention sees as rows (see Layout)."""
         b, t = input_ids.shape
         if position_ids is None:
             position_ids = torch.arange(t, device=input_ids.device).expand(b, t)
@@ -149,17 +204,17 @@ class Transformer(nn.Module):
         if self.inv_freq.device != input_ids.device:
             self.inv_freq = self.inv_freq.to(input_ids.device)
         freqs = position_ids[..., None].float() * self.inv_freq
-        emb = torch.cat((freqs, freqs), dim=-1)[:, None]
+        emb = torch.cat((freqs, freqs), dim=-1)[:, :, None]
         dtype = torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else x.dtype
         if x.is_cuda and torch.is_autocast_enabled():
             dtype = torch.get_autocast_gpu_dtype()
         cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
-        mask = self.attention_mask(seq_ids, t, input_ids.device)
+        mask = self.attention_mask(seq_ids, layout.width if layout else t, input_ids.device)
         for layer in self.model.layers:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(layer, x, cos, sin, mask, use_reentrant=False)
+                x = checkpoint(layer, x, cos, sin, mask, layout, use_reentrant=False)
             else:
-                x = layer(x, cos, sin, mask)
+                x = layer(x, cos, sin, mask, layout)
         return self.model.norm(x)
 
     def logits(self, hidden):

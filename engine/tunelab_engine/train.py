@@ -96,7 +96,7 @@ def scored(model, batch, dtype, autocast):
     device = batch.input_ids.device
     context = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
     with context:
-        hidden = model(batch.input_ids, batch.position_ids, batch.seq_ids)
+        hidden = model(batch.input_ids, batch.position_ids, batch.seq_ids, batch.layout)
         hidden = hidden.reshape(-1, hidden.shape[-1])[batch.positions]
         return linear_cross_entropy(hidden.to(dtype), model.lm_head.weight, batch.labels)
 
