@@ -117,7 +117,7 @@ describe('validating_files', () => {
     expect(job.error).toMatchObject({ code: 'invalid_training_file', message: expect.stringContaining('preference pairs (DPO data)') });
   });
 
-  it('serves the report only to the owner, and says when it is not ready', async () => {
+  it('serves the report only to the owner', async () => {
     const job = (await t.client.fineTuning.jobs.list()).data[0]!;
     const { key } = await t.server.services.orgs.createKey('other');
     const other = t.clientFor(key);
@@ -138,7 +138,9 @@ describe.skipIf(onPostgres)('a restart during validation (SQLite: the test write
     const layout = homeLayout(home);
     const store = await openStore(layout.database);
     const files = new FileService(store.db, new LocalBlobStore(layout.blobs));
-    const job = await new JobService(store.db, files, new BaseModelRegistry(layout.models)).create(org.id, { model: BASE_MODEL, training_file: file.id });
+    const jobs = new JobService(store.db, files, new BaseModelRegistry(layout.models));
+    const job = await jobs.create(org.id, { model: BASE_MODEL, training_file: file.id });
+    await expect(jobs.validationReport(org.id, job.id)).rejects.toMatchObject({ kind: 'not_found', code: 'validation_report_not_ready' });
     await store.close();
 
     const second = await startTestServer({ home });

@@ -38,6 +38,9 @@ export function datasetCommands(program: Command): void {
       if (!options.tokens && (options.model !== undefined || options.show !== undefined)) {
         throw new UsageError('--no-tokens counts no tokens: it cannot be combined with --model or --show.');
       }
+      if (options.show !== undefined && options.model === undefined) {
+        throw new UsageError('--show renders examples through a model\'s chat template: give the model with --model.');
+      }
       for (const input of [file, options.validationFile]) {
         if (input !== undefined && !fs.statSync(input, { throwIfNoEntry: false })?.isFile()) throw new UsageError(`${input}: no such file.`);
       }
@@ -104,7 +107,9 @@ export function datasetCommands(program: Command): void {
 async function openModel(nameOrPath: string, home: string): Promise<{ name: string; tokenizer: ModelTokenizer; context: number | null }> {
   const registered = new BaseModelRegistry(homeLayout(home).models).get(nameOrPath);
   const folder = registered?.path ?? (fs.existsSync(path.join(nameOrPath, 'tokenizer.json')) ? nameOrPath : null);
-  if (!folder) throw new UsageError(`--model ${nameOrPath}: neither a model registered in ${homeLayout(home).models} nor a model folder with tokenizer.json.`);
+  if (!folder || !fs.existsSync(path.join(folder, 'config.json'))) {
+    throw new UsageError(`--model ${nameOrPath}: neither a model registered in ${homeLayout(home).models} nor a model folder with config.json and tokenizer.json.`);
+  }
   const { ModelTokenizer } = await import('../tokenizer/model-tokenizer.js');
   return { name: registered?.name ?? path.basename(path.resolve(folder)), tokenizer: ModelTokenizer.load(folder), context: modelContextLength(folder) };
 }

@@ -1,7 +1,7 @@
-import { createHash } from 'node:crypto';
 import { encodeChat, encodePromptCompletion, type EncodedSequence } from '../tokenizer/chat-encoding.js';
 import type { ModelTokenizer } from '../tokenizer/model-tokenizer.js';
 import { OpenAITokenCounter, type ExampleTokens } from '../tokenizer/openai-counts.js';
+import { DuplicateFinder } from './duplicates.js';
 import { checkExample, describeJsonError, formatOf, type DatasetFormat, type Example } from './examples.js';
 import type { DatasetError, DatasetWarning, ErrorCategory, Location, ScreeningCategory, ScreeningFinding, WarningCategory } from './findings.js';
 import { readJsonlLines } from './jsonl.js';
@@ -146,11 +146,12 @@ export async function examineDataset(input: AsyncIterable<Buffer | Uint8Array>, 
   const errors = new Tally<DatasetError>(limit);
   const warnings = new Tally<DatasetWarning>(limit);
   const findings = new Tally<ScreeningFinding>(limit);
-  const blockedLines = new Set<number>();
+  /** Each blocked line with the first category that blocked it: the job's error names them all. */
+  const blockedLines = new Map<number, ScreeningFinding>();
   const modelTally = options.model ? new TokenTally() : null;
   const openaiTally = new TokenTally();
   const counter = countTokens ? new OpenAITokenCounter() : null;
-  const seen = new Map<number, number>();
+  const duplicates = new DuplicateFinder();
   const shown: ShownExample[] = [];
   const billingName = options.model?.name ?? OPENAI_TOKENIZER;
   let format: DatasetFormat | null = null;
@@ -166,7 +167,7 @@ export async function examineDataset(input: AsyncIterable<Buffer | Uint8Array>, 
     if (!text) return;
     for (const finding of options.screener.scan(text, where)) {
       findings.add(finding);
-      if (finding.action === 'block' && finding.line !== null) blockedLines.add(finding.line);
+      if (finding.action === 'block' && finding.line !== null && !blockedLines.has(finding.line)) blockedLines.set(finding.line, finding);
     }
     options.screener.addForModeration(text, where);
   };
@@ -200,27 +201,36 @@ export async function examineDataset(input: AsyncIterable<Buffer | Uint8Array>, 
           continue;
         }
 
-        const digest = createHash('sha1').update(entry.raw).digest().readUIntBE(0, 6);
-        const earlier = seen.get(digest);
-        if (earlier !== undefined) warn('duplicate_example', `The same example as line ${earlier}.`, { line });
-        else seen.set(digest, line);
+        const earlier = duplicates.check(entry.raw, line);
+        if (earlier !== null) warn('duplicate_example', `The same example as line ${earlier}.`, { line });
 
         exampleWarnings(example, line, warn);
         screenExample(example, line, screen);
+        await options.screener.moderationCaughtUp();
         if (!counter) continue;
 
         const openai = openaiTokens(counter, example);
         openaiTally.add(openai, example.format === 'prompt_completion' ? null : example.messages.length);
         let billed = openai.total;
         if (options.model) {
-          const encoded = encodeExample(options.model.tokenizer, example);
-          const tokens = { total: encoded.ids.length, trained: countTrained(encoded.mask) };
+          let encoded: EncodedSequence;
+          try {
+            encoded = encodeExample(options.model.tokenizer, example);
+          } catch (templateError) {
+            // Templates refuse some conversations (Mistral's: roles that do not alternate).
+            error('template_error', `The model's chat template cannot render this example: ${(templateError as Error).message}`, { line });
+            continue;
+          }
+          // What trains is what fits in the context.
+          const keep = Math.min(encoded.ids.length, options.context);
+          const mask = encoded.mask.slice(0, keep);
+          const tokens = { total: encoded.ids.length, trained: countTrained(mask) };
           modelTally!.add(tokens, example.format === 'prompt_completion' ? null : example.messages.length);
           billed = tokens.total;
           if (shown.length < (options.show ?? 0)) shown.push({ line, segments: encoded.segments.map(({ text, trained }) => ({ text, trained })) });
-          if (options.arrays && errors.size === 0) {
-            const keep = Math.min(encoded.ids.length, options.context);
-            await options.arrays.add(encoded.ids.slice(0, keep), encoded.mask.slice(0, keep));
+          if (options.arrays && errors.size === 0) await options.arrays.add(encoded.ids.slice(0, keep), mask);
+          if (keep < encoded.ids.length && tokens.trained === 0) {
+            warn('no_trained_tokens', `The example's trained tokens all lie beyond the context of ${options.context.toLocaleString('en-US')}, so it teaches nothing.`, { line });
           }
         }
         if (billed > options.context) {
@@ -240,12 +250,12 @@ export async function examineDataset(input: AsyncIterable<Buffer | Uint8Array>, 
   }
   for (const finding of await options.screener.flushModeration()) {
     findings.add(finding);
-    if (finding.line !== null) blockedLines.add(finding.line);
+    if (finding.line !== null && !blockedLines.has(finding.line)) blockedLines.set(finding.line, finding);
   }
 
   const nEpochs = options.nEpochs ?? autoEpochs(nExamples);
   const charged = billingTokens * nEpochs;
-  const message = blockingMessage(findings.list);
+  const message = blockingMessage([...blockedLines.values()]);
   const tokenCounts: Record<string, TokenCounts> = {};
   if (options.model && modelTally) tokenCounts[options.model.name] = modelTally.summary();
   if (countTokens) tokenCounts[OPENAI_TOKENIZER] = openaiTally.summary();
@@ -269,7 +279,7 @@ export async function examineDataset(input: AsyncIterable<Buffer | Uint8Array>, 
     screening: {
       blocked: blockedLines.size > 0,
       message: blockedLines.size > 0 ? message : null,
-      flagged_lines: [...blockedLines].sort((a, b) => a - b),
+      flagged_lines: [...blockedLines.keys()].sort((a, b) => a - b),
       counts: findings.counts,
       findings: findings.list,
     },

@@ -73,7 +73,9 @@ function parseExample(value: unknown, fileFormat: DatasetFormat): Example {
     requireMessageList(value.messages, 'messages', 'missing_messages_list', value);
     checkKeys(value, fileFormat);
     const messages = parseMessageList(value.messages as unknown[], 'messages');
-    const tools = parseTools(value.tools, 'tools');
+    const tools =
+      parseTools(value.tools, 'tools') ??
+      parseTools(Array.isArray(value.functions) ? value.functions.map((fn) => ({ type: 'function', function: fn })) : value.functions, 'functions');
     if (!messages.some((message) => message.role === 'assistant')) {
       throw new ExampleError('example_missing_assistant_message', 'The example has no assistant message, so there is nothing to learn from it.', null, 'messages');
     }
@@ -122,7 +124,14 @@ function requireMessageList(list: unknown, field: string, category: ErrorCategor
 
 function parseMessageList(list: unknown[], field: string): WeightedMessage[] {
   const prefix = field === 'messages' ? '' : `${field}[*].`;
-  return list.map((message, index) => parseMessage(message, index, prefix));
+  const messages = list.map((message, index) => parseMessage(message, index, prefix));
+  // A legacy function result answers the function call before it.
+  let lastCall: string | undefined;
+  for (const message of messages) {
+    if (message.role === 'assistant' && message.tool_calls) lastCall = (message.tool_calls.at(-1) as { id?: string }).id;
+    if (message.role === 'tool' && message.tool_call_id === undefined) message.tool_call_id = lastCall ?? 'call_0';
+  }
+  return messages;
 }
 
 function parseMessage(message: unknown, index: number, prefix: string): WeightedMessage {
@@ -171,6 +180,21 @@ function parseMessage(message: unknown, index: number, prefix: string): Weighted
       fail('invalid_tool_calls', `Message ${index} (tool) must name the call it answers in "tool_call_id".`, 'tool_call_id');
     }
     parsed.tool_call_id = message.tool_call_id as string;
+  }
+  // OpenAI's legacy function calling, in today's form: chat templates render only tool calls,
+  // and would otherwise drop the call and its result from what is trained.
+  if ('function_call' in message) {
+    if (role !== 'assistant') fail('invalid_tool_calls', `Message ${index}: only assistant messages make function calls.`, 'function_call');
+    const call = message.function_call;
+    if (!isObject(call) || typeof call.name !== 'string' || call.name.length === 0 || typeof call.arguments !== 'string') {
+      fail('invalid_tool_calls', `Message ${index}: "function_call" must be {"name": ..., "arguments": "<JSON string>"}.`, 'function_call');
+    }
+    const { name, arguments: args } = call as { name: string; arguments: string };
+    parsed.tool_calls = [{ id: `call_${index}`, type: 'function', function: { name, arguments: args } }];
+  }
+  if (role === 'function') {
+    if (typeof message.name !== 'string') fail('invalid_name', `Message ${index} (function) must name the function whose result it holds.`, 'name');
+    parsed.role = 'tool';
   }
   return parsed;
 }
@@ -244,9 +268,9 @@ function parseOutput(value: Record<string, unknown>, which: 'preferred' | 'non_p
  * cause for the common slips, and the text around the spot.
  */
 export function describeJsonError(text: string, error: Error): string {
-  const match = / in JSON at position (\d+)/.exec(error.message);
+  const match = / at position (\d+)/.exec(error.message);
   const position = match ? Number(match[1]) : /Unexpected end of JSON input/.test(error.message) ? text.length : null;
-  let reason = error.message.replace(/ in JSON at position \d+.*$/, '').replace(/, ".*" is not valid JSON$/, '');
+  let reason = error.message.replace(/ (in JSON )?at position \d+.*$/, '').replace(/, ".*" is not valid JSON$/, '');
   reason = reason.charAt(0).toLowerCase() + reason.slice(1);
   if (position === null) return `Invalid JSON: ${reason}.`;
   const before = text.slice(0, position).trimEnd();

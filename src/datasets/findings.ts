@@ -31,6 +31,7 @@ export const ERROR_CATEGORIES = [
   'invalid_completion', // prompt/completion format: `completion` missing, empty or not a string
   'invalid_preference', // preference format: `input.messages`, `preferred_output` or `non_preferred_output` malformed
   'invalid_n_examples', // fewer than 10 examples (OpenAI's wording)
+  'template_error', // the model's chat template refuses the conversation (says why)
 ] as const;
 export type ErrorCategory = (typeof ERROR_CATEGORIES)[number];
 

@@ -424,6 +424,7 @@ export class Screener {
   private chain: Promise<void> = Promise.resolve();
   private failure: Error | null = null;
   private moderationFindings: ScreeningFinding[] = [];
+  private batchesInFlight = 0;
 
   constructor(policy: ScreeningPolicy, options: { fetch?: typeof fetch; batchSize?: number } = {}) {
     this.actions = { ...DEFAULT_SCREENING_POLICY.actions, ...policy.actions };
@@ -488,6 +489,14 @@ export class Screener {
     if (this.batchTexts.length >= this.batchSize) this.sendBatch();
   }
 
+  /**
+   * Resolves once at most one batch is waiting for the endpoint: the reader awaits it between
+   * examples, so a slow endpoint slows the reading instead of piling the file up in memory.
+   */
+  async moderationCaughtUp(): Promise<void> {
+    while (this.batchesInFlight > 1) await this.chain;
+  }
+
   /** Sends what is queued and returns one "moderation" finding per flagged text; throws when the endpoint fails. */
   async flushModeration(): Promise<ScreeningFinding[]> {
     if (this.moderation === null) return [];
@@ -507,6 +516,7 @@ export class Screener {
     const where = this.batchWhere;
     this.batchTexts = [];
     this.batchWhere = [];
+    this.batchesInFlight++;
     this.chain = this.chain.then(async () => {
       if (this.failure) return;
       try {
@@ -528,6 +538,8 @@ export class Screener {
       } catch (error) {
         this.failure = error instanceof Error ? error : new Error(String(error));
       }
+    }).finally(() => {
+      this.batchesInFlight--;
     });
   }
 

@@ -59,7 +59,9 @@ function lineOffsets(file: string): Float64Array {
   };
   try {
     for (let read = fs.readSync(fd, buffer, 0, buffer.length, position); read > 0; read = fs.readSync(fd, buffer, 0, buffer.length, position)) {
-      for (let i = 0; i < read; i++) {
+      // A byte-order mark belongs to the file, not to its first example (which may not stay first).
+      if (position === 0 && buffer[0] === 0xef && buffer[1] === 0xbb && buffer[2] === 0xbf) lineStart = 3;
+      for (let i = position === 0 ? lineStart : 0; i < read; i++) {
         const byte = buffer[i]!;
         if (byte === 0x0a) {
           end(position + i);

@@ -9,37 +9,50 @@ export interface Distribution {
   p95: number;
 }
 
-/** Per-example values kept as 32-bit integers, so a million examples cost 4 MB per quantity. */
+/**
+ * Per-example counts kept as a histogram (value -> how many examples), so memory grows with the
+ * number of distinct lengths, not of examples, and the percentiles are still exact.
+ */
 export class Samples {
-  private values = new Uint32Array(1024);
-  private length = 0;
+  private readonly counts = new Map<number, number>();
+  private total = 0;
+  private sum = 0;
 
   push(value: number): void {
-    if (this.length === this.values.length) {
-      const grown = new Uint32Array(this.values.length * 2);
-      grown.set(this.values);
-      this.values = grown;
-    }
-    this.values[this.length++] = value;
+    this.counts.set(value, (this.counts.get(value) ?? 0) + 1);
+    this.total++;
+    this.sum += value;
   }
 
   get count(): number {
-    return this.length;
+    return this.total;
   }
 
   summary(): Distribution | null {
-    if (this.length === 0) return null;
-    const sorted = this.values.slice(0, this.length).sort();
-    let sum = 0;
-    for (const value of sorted) sum += value;
+    if (this.total === 0) return null;
+    const values = [...this.counts.keys()].sort((a, b) => a - b);
+    // The value at each 0-based rank, walking the cumulative counts once per rank asked.
+    const at = (rank: number) => {
+      let seen = 0;
+      for (const value of values) {
+        seen += this.counts.get(value)!;
+        if (rank < seen) return value;
+      }
+      return values[values.length - 1]!;
+    };
+    const quantile = (q: number) => {
+      const rank = (this.total - 1) * q;
+      const low = at(Math.floor(rank));
+      return round(low + (at(Math.min(Math.floor(rank) + 1, this.total - 1)) - low) * (rank - Math.floor(rank)));
+    };
     return {
-      count: sorted.length,
-      min: sorted[0]!,
-      max: sorted[sorted.length - 1]!,
-      mean: round(sum / sorted.length),
-      median: percentile(sorted, 0.5),
-      p5: percentile(sorted, 0.05),
-      p95: percentile(sorted, 0.95),
+      count: this.total,
+      min: values[0]!,
+      max: values[values.length - 1]!,
+      mean: round(this.sum / this.total),
+      median: quantile(0.5),
+      p5: quantile(0.05),
+      p95: quantile(0.95),
     };
   }
 }

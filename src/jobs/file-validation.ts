@@ -1,3 +1,4 @@
+import fs from 'node:fs/promises';
 import path from 'node:path';
 import { ServiceError } from '../errors.js';
 import { DEFAULT_CONTEXT, examineFiles, type DatasetReport } from '../datasets/doctor.js';
@@ -42,13 +43,15 @@ export class FileValidation {
       this.again = true;
       return;
     }
-    this.running = this.drain().finally(() => {
-      this.running = null;
-      if (this.again) {
-        this.again = false;
-        this.kick();
-      }
-    });
+    this.running = this.drain()
+      .catch((error) => this.log('looking for jobs to validate failed', error))
+      .finally(() => {
+        this.running = null;
+        if (this.again) {
+          this.again = false;
+          this.kick();
+        }
+      });
   }
 
   /** Stops taking jobs and waits for the one in hand. */
@@ -60,19 +63,24 @@ export class FileValidation {
   private async drain(): Promise<void> {
     for (const job of await this.jobs.withStatus('validating_files')) {
       if (this.stopped) return;
+      let queued = false;
       try {
-        await this.validate(job);
+        queued = await this.validate(job);
       } catch (error) {
         // A job cancelled while its files were read: the cancel won, nothing to record.
-        if (error instanceof ServiceError && error.kind === 'conflict') continue;
-        this.log(`validating ${job.id} failed`, error);
-        const message = `The files could not be validated: ${(error as Error).message}`;
-        await this.fail(job, { code: 'validation_failed', message, param: null }).catch((failure) => this.log(`failing ${job.id}`, failure));
+        if (!(error instanceof ServiceError && error.kind === 'conflict')) {
+          this.log(`validating ${job.id} failed`, error);
+          const message = `The files could not be validated: ${(error as Error).message}`;
+          await this.fail(job, { code: 'validation_failed', message, param: null }).catch((failure) => this.log(`failing ${job.id}`, failure));
+        }
       }
+      // Arrays are kept only for a job that will train.
+      if (!queued) await fs.rm(path.join(this.workDir, job.id), { recursive: true, force: true });
     }
   }
 
-  private async validate(job: FineTuningJob): Promise<void> {
+  /** True when the job was queued. */
+  private async validate(job: FineTuningJob): Promise<boolean> {
     const model = this.baseModels.get(job.model);
     if (!model) throw new Error(`the base model ${job.model} is no longer registered`);
     const tokenizer = this.tokenizer(model.path);
@@ -98,8 +106,12 @@ export class FileValidation {
       await this.files.setStatus(job.validation_file, validationError ? 'error' : 'processed', validationError?.message ?? null);
     }
     const error = trainingError ?? validationError;
-    if (error) await this.fail(job, error);
-    else await this.jobs.move(job.id, 'validating_files', 'queued', { message: 'Files validated, moving job to queued state' });
+    if (error) {
+      await this.fail(job, error);
+      return false;
+    }
+    await this.jobs.move(job.id, 'validating_files', 'queued', { message: 'Files validated, moving job to queued state' });
+    return true;
   }
 
   private async fail(job: FineTuningJob, error: JobError): Promise<void> {

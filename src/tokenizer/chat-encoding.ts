@@ -57,7 +57,12 @@ export function encodeChat(
     const turn = turns[t]!;
     const limit = turns[t + 1]?.start ?? text.length;
     const trained = messages[turn.messageIndex]!.weight !== 0;
-    const end = findTurnEnd(text, turn.contentEnd, limit, tokenizer.endOfTurnTokens);
+    // The turn ends at the end-of-turn token the configs name; failing that, at the first special
+    // token the template writes after the content (an old Llama 3 config names <|end_of_text|>
+    // while its template ends turns with <|eot_id|>).
+    const end =
+      findTurnEnd(text, turn.contentEnd, limit, tokenizer.endOfTurnTokens) ??
+      findTurnEnd(text, turn.contentEnd, limit, tokenizer.specialTokens);
     push(cursor, turn.start, false);
     push(turn.start, end ?? turn.contentEnd, trained);
     // A template that writes no end-of-turn token still has to teach the model to stop.

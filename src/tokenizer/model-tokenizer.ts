@@ -37,6 +37,8 @@ export class ModelTokenizer {
   readonly endOfTurnTokens: readonly string[];
   /** Their ids, for the engine's stop condition. */
   readonly endOfTurnIds: readonly number[];
+  /** Every special token's text: a template's turn may end in one the configs do not name. */
+  readonly specialTokens: readonly string[];
 
   private readonly template: Template | null;
 
@@ -56,6 +58,7 @@ export class ModelTokenizer {
       if (token) ends.add(token);
     }
     this.endOfTurnTokens = [...ends];
+    this.specialTokens = [...tokenizer.get_added_tokens_decoder().values()].filter((token) => token.special).map((token) => token.content);
     this.endOfTurnIds = this.endOfTurnTokens.map((token) => tokenizer.token_to_id(token)).filter((id): id is number => id !== undefined);
   }
 
