@@ -198,4 +198,18 @@ describe('the rules behind the numbers', () => {
     expect(tokenizer.decode(trained)).toBe('Sunny, with a chance of puns.<|im_end|>');
     expect(training.ids.slice(prompt.ids.length).filter((_, i) => training.mask[prompt.ids.length + i] === 1)).toEqual(trained);
   });
+
+  it('tokenizes SentencePiece-style (Metaspace) conversations exactly as the whole rendered text', () => {
+    // A Mistral-style template over a small Metaspace tokenizer: "▁" marks the start of the input only.
+    const tokenizer = ModelTokenizer.load(path.resolve(import.meta.dirname, 'fixtures/metaspace-tokenizer'));
+    const conversation = [
+      { role: 'user', content: 'Hello' },
+      { role: 'assistant', content: 'Ok' },
+      { role: 'user', content: 'Hello' },
+      { role: 'assistant', content: 'Ok' },
+    ];
+    const encoded = encodeChat(tokenizer, conversation);
+    expect(encoded.ids).toEqual(tokenizer.encode(tokenizer.renderChat(conversation, { addGenerationPrompt: false })));
+    expect(encoded.ids.filter((_, i) => encoded.mask[i] === 1).map((id) => tokenizer.idToToken(id))).toEqual(['O', 'k', '</s>', 'O', 'k', '</s>']);
+  });
 });

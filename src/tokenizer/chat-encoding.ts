@@ -50,7 +50,9 @@ export function encodeChat(
 
   const segments: Segment[] = [];
   const push = (start: number, end: number, trained: boolean) => {
-    if (end > start) segments.push({ text: text.slice(start, end), ids: tokenizer.encode(text.slice(start, end)), trained });
+    if (end <= start) return;
+    const piece = text.slice(start, end);
+    segments.push({ text: piece, ids: start === 0 ? tokenizer.encode(piece) : tokenizer.encodeContinuation(piece), trained });
   };
   let cursor = 0;
   for (let t = 0; t < turns.length; t++) {

@@ -44,6 +44,8 @@ export class ModelTokenizer {
 
   private constructor(
     private readonly tokenizer: Tokenizer,
+    /** The same tokenizer for text that does not start the input: see `encodeContinuation`. */
+    private readonly continuation: Tokenizer,
     config: TokenizerConfig,
     templateSource: string | null,
     generationEosIds: number[],
@@ -75,7 +77,14 @@ export class ModelTokenizer {
     if (!template && Array.isArray(config.chat_template)) {
       template = config.chat_template.find((entry) => entry.name === 'default')?.template ?? null;
     }
-    return new ModelTokenizer(new Tokenizer(tokenizerJson as object, config), config, template, eosIds);
+    const continuation = withoutPrependedSpace(tokenizerJson);
+    return new ModelTokenizer(
+      new Tokenizer(tokenizerJson as object, config),
+      continuation ? new Tokenizer(continuation, config) : new Tokenizer(tokenizerJson as object, config),
+      config,
+      template,
+      eosIds,
+    );
   }
 
   get hasChatTemplate(): boolean {
@@ -85,6 +94,15 @@ export class ModelTokenizer {
   /** Ids of `text` as it stands: special tokens written in the text are recognized, none are added. */
   encode(text: string): number[] {
     return this.tokenizer.encode(text, { add_special_tokens: false }).ids;
+  }
+
+  /**
+   * Ids of text that continues an input already begun. SentencePiece-style tokenizers (Mistral,
+   * Llama 2: Metaspace with prepend_scheme "first") mark the start of the input with "▁"; a
+   * segment cut out of the middle of a conversation is not its start and must not get one.
+   */
+  encodeContinuation(text: string): number[] {
+    return this.continuation.encode(text, { add_special_tokens: false }).ids;
   }
 
   /** Ids with what the tokenizer adds around a sequence (a BOS for Llama-style base models). */
@@ -115,5 +133,27 @@ export class ModelTokenizer {
       eos_token: this.eosToken ?? '',
     });
   }
+}
+
+/**
+ * tokenizer.json with the start-of-input "▁" switched off (Metaspace `prepend_scheme: "never"`),
+ * or null when the tokenizer prepends nothing at the start (byte-level BPE: Qwen, Llama 3).
+ */
+function withoutPrependedSpace(json: unknown): object | null {
+  let changed = false;
+  const visit = (node: unknown): unknown => {
+    if (Array.isArray(node)) return node.map(visit);
+    if (typeof node !== 'object' || node === null) return node;
+    const copy: Record<string, unknown> = {};
+    for (const [key, value] of Object.entries(node)) copy[key] = key === 'model' || key === 'added_tokens' ? value : visit(value);
+    if (copy.type === 'Metaspace' && copy.prepend_scheme !== 'never') {
+      copy.prepend_scheme = 'never';
+      copy.add_prefix_space = false;
+      changed = true;
+    }
+    return copy;
+  };
+  const result = visit(json) as object;
+  return changed ? result : null;
 }
 
