@@ -5,14 +5,13 @@ head (and sets head_dim itself), mistral may slide its attention window, llama 3
 """
 
 import dataclasses
-import json
 import math
 import os
 from typing import Optional
 
 import torch
 
-from .errors import EngineError
+from .errors import EngineError, read_json_object
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 
@@ -98,16 +97,7 @@ def load(folder_or_file):
     path = folder_or_file
     if os.path.isdir(path):
         path = os.path.join(path, "config.json")
-    try:
-        with open(path) as f:
-            raw = json.load(f)
-    except FileNotFoundError:
-        raise EngineError("invalid_model", f"{path}: not found") from None
-    except ValueError as e:
-        raise EngineError("invalid_model", f"{path}: not JSON ({e})") from None
-    if not isinstance(raw, dict):
-        raise EngineError("invalid_model", f"{path}: not a JSON object")
-    return from_dict(raw, path)
+    return from_dict(read_json_object(path, "invalid_model"), path)
 
 
 def rope_inv_freq(config):

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import safetensors
-from .errors import EngineError
+from .errors import EngineError, read_json_object
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
@@ -115,13 +115,7 @@ def save_adapter(model, folder, rank, alpha, dropout, targets, base_model_name):
 
 def read_adapter_config(folder):
     path = os.path.join(folder, ADAPTER_CONFIG)
-    try:
-        with open(path) as f:
-            config = json.load(f)
-    except FileNotFoundError:
-        raise EngineError("invalid_adapter", f"{path}: not found") from None
-    except ValueError as e:
-        raise EngineError("invalid_adapter", f"{path}: not JSON ({e})") from None
+    config = read_json_object(path, "invalid_adapter")
     if config.get("peft_type") != "LORA":
         raise EngineError("invalid_adapter", f"{path}: peft_type {config.get('peft_type')!r} is not LORA")
     for key in ("r", "lora_alpha", "target_modules"):

@@ -5,11 +5,10 @@ in the server's spec writer fails the job instead of being silently ignored.
 """
 
 import dataclasses
-import json
 import os
 from typing import List, Optional
 
-from .errors import EngineError
+from .errors import EngineError, read_json_object
 
 
 @dataclasses.dataclass
@@ -114,14 +113,7 @@ def from_dict(raw):
 
 
 def load(path):
-    try:
-        with open(path) as f:
-            raw = json.load(f)
-    except FileNotFoundError:
-        raise EngineError("invalid_spec", f"{path}: not found") from None
-    except ValueError as e:
-        raise EngineError("invalid_spec", f"{path}: not JSON ({e})") from None
-    spec = from_dict(raw)
+    spec = from_dict(read_json_object(path, "invalid_spec"))
     for key in ("model", "train_data"):
         _check(os.path.isdir(getattr(spec, key)), key, f"{getattr(spec, key)} is not a folder")
     for key in ("valid_data", "resume_from"):
