@@ -60,6 +60,30 @@ class LoRATest(TempDirTest):
         for g, want in zip(got, (x.grad, a.grad, b.grad)):
             self.assertTrue(torch.allclose(g, want, rtol=1e-4, atol=1e-4))
 
+    def test_fused_projections_compute_the_same_outputs_and_gradients(self):
+        model = random_model("qwen2")  # q/k/v biases too
+        params = lora.apply(model, rank=4, alpha=8, seed=2)
+        for p in params:
+            torch.nn.init.normal_(p, std=0.1)
+        ids = torch.randint(0, 96, (2, 9), generator=torch.Generator().manual_seed(0))
+
+        def run():
+            out = model.logits(model(ids))
+            out.square().mean().backward()
+            grads = [p.grad.clone() for p in params]
+            for p in params:
+                p.grad = None
+            return out.detach(), grads
+
+        plain, plain_grads = run()
+        lora.fuse(model)
+        self.assertTrue(hasattr(model.model.layers[0].self_attn, "qkv"))
+        fused, fused_grads = run()
+        self.assertLess((plain - fused).abs().max().item(), 1e-5)
+        for a, b in zip(plain_grads, fused_grads):
+            self.assertTrue(torch.allclose(a, b, rtol=1e-4, atol=1e-6))
+        self.assertEqual(set(lora.adapter_state(model)), {"base_model.model." + n for n, p in model.named_parameters() if ".lora_" in n})
+
     def test_adapter_files_use_peft_names_and_fields(self):
         model = random_model("llama")
         lora.apply(model, rank=4, alpha=8)

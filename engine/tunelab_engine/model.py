@@ -99,9 +99,13 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, mask, layout=None):
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.heads, self.head_dim)
-        k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim)
-        v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim)
+        if hasattr(self, "qkv"):  # lora.fuse
+            q, k, v = self.qkv(x)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.reshape(b, t, self.heads, self.head_dim)
+        k = k.reshape(b, t, self.kv_heads, self.head_dim)
+        v = v.reshape(b, t, self.kv_heads, self.head_dim)
         if hasattr(self, "q_norm"):  # qwen3 normalizes each head before rope
             q, k = self.q_norm(q), self.k_norm(k)
         q = q * cos + rotate_half(q) * sin
@@ -141,6 +145,8 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(c.intermediate_size, c.hidden_size, bias=c.mlp_bias, device=device)
 
     def forward(self, x):
+        if hasattr(self, "gate_up"):  # lora.fuse
+            return self.down_proj(swiglu(*self.gate_up(x)))
         return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
 
 

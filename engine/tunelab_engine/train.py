@@ -146,6 +146,7 @@ class Trainer:
             else:
                 params = lora.apply(model, spec.lora.rank, spec.lora.alpha, spec.lora.dropout,
                                     spec.lora.target_modules, spec.seed)
+            lora.fuse(model)
         else:
             source = spec.resume_from or spec.model
             model = build(self.config, safetensors.load_model(source), torch.float32, self.device)
