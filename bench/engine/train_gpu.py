@@ -75,6 +75,7 @@ def ours(raw, arrays, args):
         for p in model.parameters():
             p.normal_(0, 0.02)
     params = lora.apply(model, args.rank, 2 * args.rank, 0.0, TARGETS)
+    lora.fuse(model)  # as the training loop does
     model.gradient_checkpointing = args.gradient_checkpointing
     model.train()
 
