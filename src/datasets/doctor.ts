@@ -172,76 +172,72 @@ export async function examineDataset(input: AsyncIterable<Buffer | Uint8Array>, 
     options.screener.addForModeration(text, where);
   };
 
-  try {
-    for await (const batch of readJsonlLines(input)) {
-      for (const entry of batch) {
-        nExamples++;
-        bytesRead += entry.bytes + 1;
-        const line = entry.line;
-        if ('invalidUtf8' in entry) {
-          error('invalid_utf8', `The line is not valid UTF-8 (the first bad byte is byte ${entry.invalidUtf8.byteOffset + 1}); save the file as UTF-8.`, { line });
-          continue;
-        }
-        let value: unknown;
-        try {
-          value = JSON.parse(entry.text);
-        } catch (parseError) {
-          error('invalid_json', describeJsonError(entry.text, parseError as Error), { line });
-          continue;
-        }
-        if (format === null && typeof value === 'object' && value !== null && !Array.isArray(value)) {
-          format = formatOf(value as Record<string, unknown>) ?? 'chat';
-          if (options.expectFormat && format !== options.expectFormat) {
-            error('mixed_formats', `The validation file is in ${format} format, but the training file is in ${options.expectFormat} format.`, { line });
-          }
-        }
-        const example = checkExample(value, line, format ?? 'chat');
-        if ('category' in example) {
-          errors.add(example);
-          continue;
-        }
-
-        const earlier = duplicates.check(entry.raw, line);
-        if (earlier !== null) warn('duplicate_example', `The same example as line ${earlier}.`, { line });
-
-        exampleWarnings(example, line, warn);
-        screenExample(example, line, screen);
-        await options.screener.moderationCaughtUp();
-        if (!counter) continue;
-
-        const openai = openaiTokens(counter, example);
-        openaiTally.add(openai, example.format === 'prompt_completion' ? null : example.messages.length);
-        let billed = openai.total;
-        if (options.model) {
-          let encoded: EncodedSequence;
-          try {
-            encoded = encodeExample(options.model.tokenizer, example);
-          } catch (templateError) {
-            // Templates refuse some conversations (Mistral's: roles that do not alternate).
-            error('template_error', `The model's chat template cannot render this example: ${(templateError as Error).message}`, { line });
-            continue;
-          }
-          // What trains is what fits in the context.
-          const keep = Math.min(encoded.ids.length, options.context);
-          const mask = encoded.mask.slice(0, keep);
-          const tokens = { total: encoded.ids.length, trained: countTrained(mask) };
-          modelTally!.add(tokens, example.format === 'prompt_completion' ? null : example.messages.length);
-          billed = tokens.total;
-          if (shown.length < (options.show ?? 0)) shown.push({ line, segments: encoded.segments.map(({ text, trained }) => ({ text, trained })) });
-          if (options.arrays && errors.size === 0) await options.arrays.add(encoded.ids.slice(0, keep), mask);
-          if (keep < encoded.ids.length && tokens.trained === 0) {
-            warn('no_trained_tokens', `The example's trained tokens all lie beyond the context of ${options.context.toLocaleString('en-US')}, so it teaches nothing.`, { line });
-          }
-        }
-        if (billed > options.context) {
-          warn('too_long', `The example has ${billed.toLocaleString('en-US')} tokens; the context is ${options.context.toLocaleString('en-US')}, so the last ${(billed - options.context).toLocaleString('en-US')} will be cut.`, { line });
-        }
-        billingTokens += Math.min(billed, options.context);
+  for await (const batch of readJsonlLines(input)) {
+    for (const entry of batch) {
+      nExamples++;
+      bytesRead += entry.bytes + 1;
+      const line = entry.line;
+      if ('invalidUtf8' in entry) {
+        error('invalid_utf8', `The line is not valid UTF-8 (the first bad byte is byte ${entry.invalidUtf8.byteOffset + 1}); save the file as UTF-8.`, { line });
+        continue;
       }
-      options.onProgress?.(bytesRead);
+      let value: unknown;
+      try {
+        value = JSON.parse(entry.text);
+      } catch (parseError) {
+        error('invalid_json', describeJsonError(entry.text, parseError as Error), { line });
+        continue;
+      }
+      if (format === null && typeof value === 'object' && value !== null && !Array.isArray(value)) {
+        format = formatOf(value as Record<string, unknown>) ?? 'chat';
+        if (options.expectFormat && format !== options.expectFormat) {
+          error('mixed_formats', `The validation file is in ${format} format, but the training file is in ${options.expectFormat} format.`, { line });
+        }
+      }
+      const example = checkExample(value, line, format ?? 'chat');
+      if ('category' in example) {
+        errors.add(example);
+        continue;
+      }
+
+      const earlier = duplicates.check(entry.raw, line);
+      if (earlier !== null) warn('duplicate_example', `The same example as line ${earlier}.`, { line });
+
+      exampleWarnings(example, line, warn);
+      screenExample(example, line, screen);
+      await options.screener.moderationCaughtUp();
+      if (!counter) continue;
+
+      const openai = openaiTokens(counter, example);
+      openaiTally.add(openai, example.format === 'prompt_completion' ? null : example.messages.length);
+      let billed = openai.total;
+      if (options.model) {
+        let encoded: EncodedSequence;
+        try {
+          encoded = encodeExample(options.model.tokenizer, example);
+        } catch (templateError) {
+          // Templates refuse some conversations (Mistral's: roles that do not alternate).
+          error('template_error', `The model's chat template cannot render this example: ${(templateError as Error).message}`, { line });
+          continue;
+        }
+        // What trains is what fits in the context.
+        const keep = Math.min(encoded.ids.length, options.context);
+        const mask = encoded.mask.slice(0, keep);
+        const tokens = { total: encoded.ids.length, trained: countTrained(mask) };
+        modelTally!.add(tokens, example.format === 'prompt_completion' ? null : example.messages.length);
+        billed = tokens.total;
+        if (shown.length < (options.show ?? 0)) shown.push({ line, segments: encoded.segments.map(({ text, trained }) => ({ text, trained })) });
+        if (options.arrays && errors.size === 0) await options.arrays.add(encoded.ids.slice(0, keep), mask);
+        if (keep < encoded.ids.length && tokens.trained === 0) {
+          warn('no_trained_tokens', `The example's trained tokens all lie beyond the context of ${options.context.toLocaleString('en-US')}, so it teaches nothing.`, { line });
+        }
+      }
+      if (billed > options.context) {
+        warn('too_long', `The example has ${billed.toLocaleString('en-US')} tokens; the context is ${options.context.toLocaleString('en-US')}, so the last ${(billed - options.context).toLocaleString('en-US')} will be cut.`, { line });
+      }
+      billingTokens += Math.min(billed, options.context);
     }
-  } finally {
-    counter?.close();
+    options.onProgress?.(bytesRead);
   }
 
   if (nExamples === 0) error('empty_file', 'The file has no examples: it is empty or holds only blank lines.');

@@ -7,6 +7,17 @@ export interface ExampleTokens {
   trained: number;
 }
 
+let encoding: Tiktoken | null = null;
+
+/**
+ * One encoder for the process: building it parses cl100k_base's 100k ranks (0.6 s), which a server
+ * validating many jobs should pay once. It lives as long as the process, as its tables must.
+ */
+function cl100k(): Tiktoken {
+  encoding ??= get_encoding('cl100k_base');
+  return encoding;
+}
+
 /** Strings this long or longer are cached: system prompts repeat in every example of most files. */
 const CACHE_MIN_LENGTH = 64;
 const CACHE_MAX_ENTRIES = 4096;
@@ -17,13 +28,12 @@ const CACHE_MAX_ENTRIES = 4096;
  * data is counted as ordinary text, as OpenAI's tokenizer treats user data.
  */
 export class OpenAITokenCounter {
-  private encoding: Tiktoken | null = get_encoding('cl100k_base');
+  private readonly encoding = cl100k();
   private readonly cache = new Map<string, number>();
   /** Roles are a handful of short strings counted in every message: kept apart from the cache of long texts. */
   private readonly roles = new Map<string, number>();
 
   count(text: string): number {
-    if (!this.encoding) throw new Error('This token counter has been closed.');
     if (text.length < CACHE_MIN_LENGTH) return this.encoding.encode_ordinary(text).length;
     const cached = this.cache.get(text);
     if (cached !== undefined) return cached;
@@ -60,11 +70,5 @@ export class OpenAITokenCounter {
   promptCompletion(prompt: string, completion: string): ExampleTokens {
     const trained = this.count(completion);
     return { total: this.count(prompt) + trained, trained };
-  }
-
-  /** The wasm encoder's memory is not garbage-collected: free it when done. */
-  close(): void {
-    this.encoding?.free();
-    this.encoding = null;
   }
 }
