@@ -69,7 +69,7 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   }
   await files.sweep();
   // Jobs a restart interrupted while their files were being checked are checked again.
-  jobs.onCreated(() => validation.kick());
+  jobs.onChange((job) => validation.jobChanged(job));
   validation.kick();
   const sweeper = setInterval(() => {
     files.deleteExpired().catch((error) => app.log.error({ err: error }, 'deleting expired files failed'));

@@ -117,6 +117,22 @@ describe('validating_files', () => {
     expect(job.error).toMatchObject({ code: 'invalid_training_file', message: expect.stringContaining('preference pairs (DPO data)') });
   });
 
+  it('stops reading the files of a job cancelled during validation', async () => {
+    // About 9 MB: the doctor needs about 9 s for it on this machine, the next job's file a fraction of one.
+    const big = Array.from({ length: 4000 }, (_, i) => chat(i, `${'今年武汉的冬天冷不冷? It is cold, with wind from the north. '.repeat(30)}${i}`));
+    const slow = await upload(t, 'big.jsonl', big);
+    const cancelled = await t.client.fineTuning.jobs.create({ model: BASE_MODEL, training_file: slow.id });
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    expect((await t.client.fineTuning.jobs.cancel(cancelled.id)).status).toBe('cancelled');
+
+    const started = Date.now();
+    const next = await t.client.fineTuning.jobs.create({ model: BASE_MODEL, training_file: (await t.client.files.create({ file: weatherJokes(), purpose: 'fine-tune' })).id });
+    expect((await validated(t.client, next.id, 10_000)).status).toBe('queued');
+    expect(Date.now() - started).toBeLessThan(4_000);
+    expect((await t.client.fineTuning.jobs.retrieve(cancelled.id)).status).toBe('cancelled');
+    expect(fs.existsSync(path.join(t.home, 'work', cancelled.id))).toBe(false);
+  });
+
   it('serves the report only to the owner', async () => {
     const job = (await t.client.fineTuning.jobs.list()).data[0]!;
     const { key } = await t.server.services.orgs.createKey('other');

@@ -89,6 +89,8 @@ export interface ExamineOptions {
   /** How many findings of each category the report lists. */
   listLimit?: number;
   onProgress?: (bytesRead: number) => void;
+  /** Stops the reading (a job cancelled while its files are checked, a server stopping). */
+  signal?: AbortSignal;
 }
 
 /** Findings of one kind: every one counted, the first few per category kept. */
@@ -173,6 +175,7 @@ export async function examineDataset(input: AsyncIterable<Buffer | Uint8Array>, 
   };
 
   for await (const batch of readJsonlLines(input)) {
+    options.signal?.throwIfAborted();
     for (const entry of batch) {
       nExamples++;
       bytesRead += entry.bytes + 1;

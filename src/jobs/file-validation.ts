@@ -26,6 +26,8 @@ export class FileValidation {
   private again = false;
   private stopped = false;
   private readonly tokenizers = new Map<string, ModelTokenizer>();
+  /** The job whose files are being read, and how to stop reading them. */
+  private current: { jobId: string; abort: AbortController } | null = null;
 
   constructor(
     private readonly jobs: JobService,
@@ -54,9 +56,16 @@ export class FileValidation {
       });
   }
 
-  /** Stops taking jobs and waits for the one in hand. */
+  /** A new job is taken at once; a job cancelled while its files are read stops the reading. */
+  jobChanged(job: FineTuningJob): void {
+    if (job.status === 'validating_files') this.kick();
+    else if (this.current?.jobId === job.id) this.current.abort.abort();
+  }
+
+  /** Stops taking jobs and abandons the one in hand: it is still validating_files, so the next start takes it again. */
   async stop(): Promise<void> {
     this.stopped = true;
+    this.current?.abort.abort();
     await this.running;
   }
 
@@ -64,23 +73,27 @@ export class FileValidation {
     for (const job of await this.jobs.withStatus('validating_files')) {
       if (this.stopped) return;
       let queued = false;
+      const abort = new AbortController();
+      this.current = { jobId: job.id, abort };
       try {
-        queued = await this.validate(job);
+        queued = await this.validate(job, abort.signal);
       } catch (error) {
-        // A job cancelled while its files were read: the cancel won, nothing to record.
-        if (!(error instanceof ServiceError && error.kind === 'conflict')) {
+        // A job cancelled while its files were read, or a server stopping: nothing to record.
+        const abandoned = abort.signal.aborted || (error instanceof ServiceError && error.kind === 'conflict');
+        if (!abandoned) {
           this.log(`validating ${job.id} failed`, error);
           const message = `The files could not be validated: ${(error as Error).message}`;
           await this.fail(job, { code: 'validation_failed', message, param: null }).catch((failure) => this.log(`failing ${job.id}`, failure));
         }
       }
+      this.current = null;
       // Arrays are kept only for a job that will train.
       if (!queued) await fs.rm(path.join(this.workDir, job.id), { recursive: true, force: true });
     }
   }
 
   /** True when the job was queued. */
-  private async validate(job: FineTuningJob): Promise<boolean> {
+  private async validate(job: FineTuningJob, signal: AbortSignal): Promise<boolean> {
     const model = this.baseModels.get(job.model);
     if (!model) throw new Error(`the base model ${job.model} is no longer registered`);
     const tokenizer = this.tokenizer(model.path);
@@ -95,6 +108,7 @@ export class FileValidation {
         prices: this.settings.prices,
         screening: this.settings.screening,
         arraysDir: path.join(this.workDir, job.id),
+        signal,
       },
     );
     await this.jobs.saveValidationReport(job.id, report);

@@ -33,7 +33,7 @@ type JobRow = Omit<Selectable<JobTable>, 'seq'>;
 const AUTO_HYPERPARAMETERS = { batch_size: 'auto', learning_rate_multiplier: 'auto', n_epochs: 'auto' } as const;
 
 export class JobService {
-  private readonly createdListeners: Array<(job: FineTuningJob) => void> = [];
+  private readonly listeners: Array<(job: FineTuningJob) => void> = [];
 
   constructor(
     private readonly db: Db,
@@ -101,14 +101,20 @@ export class JobService {
         )
         .execute();
     });
-    const created = toJob(job);
-    for (const listener of this.createdListeners) listener(created);
-    return created;
+    return this.changed(toJob(job));
   }
 
-  /** Called after each job is written, so the pipeline can take it at once rather than on its next look. */
-  onCreated(listener: (job: FineTuningJob) => void): void {
-    this.createdListeners.push(listener);
+  /**
+   * Called with the job after it is created and after each move, once committed: the pipeline
+   * takes new jobs at once and drops work on a job that was cancelled under it.
+   */
+  onChange(listener: (job: FineTuningJob) => void): void {
+    this.listeners.push(listener);
+  }
+
+  private changed(job: FineTuningJob): FineTuningJob {
+    for (const listener of this.listeners) listener(job);
+    return job;
   }
 
   /** Jobs in a status, oldest first, across organizations: the pipeline's work list. */
@@ -190,7 +196,7 @@ export class JobService {
   ): Promise<FineTuningJob> {
     if (!canMove(from, to)) throw new Error(`A job cannot go from ${from} to ${to}.`);
     const now = unixSeconds();
-    return this.db.transaction().execute(async (trx) => {
+    const moved = await this.db.transaction().execute(async (trx) => {
       const updated = await trx
         .updateTable('jobs')
         .set({
@@ -207,6 +213,7 @@ export class JobService {
       await trx.insertInto('job_events').values(eventRow(jobId, event, now)).execute();
       return toJob(updated);
     });
+    return this.changed(moved);
   }
 
   async appendEvent(jobId: string, event: NewEvent): Promise<void> {
