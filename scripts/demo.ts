@@ -59,7 +59,7 @@ try {
   // The CLI finds the server and its key through the home folder.
   console.log(`\n# tunelab jobs list --home ${home}`);
   await run([cli, 'jobs', 'list', '--home', home]);
-  console.log(`\nDone. The home folder is ${home}; the job waits in the queue until the engine lands.`);
+  console.log(`\nDone. The home folder is ${home}; the job waits in the queue: the runner that starts the engine on it is the next piece.`);
 } finally {
   stop();
 }
