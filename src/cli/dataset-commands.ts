@@ -45,13 +45,13 @@ export function datasetCommands(program: Command): void {
         if (input !== undefined && !fs.statSync(input, { throwIfNoEntry: false })?.isFile()) throw new UsageError(`${input}: no such file.`);
       }
       // The doctor's modules (tokenizers, tiktoken's tables) load only for this command.
-      const [{ DEFAULT_CONTEXT, examineFiles }, { loadDatasetSettings }, { renderReport }] = await Promise.all([
+      const [{ examineFiles, trainingContext }, { loadDatasetSettings }, { renderReport }] = await Promise.all([
         import('../datasets/doctor.js'),
         import('../datasets/settings.js'),
         import('./report-text.js'),
       ]);
       const model = options.model ? await openModel(options.model, home) : null;
-      const context = options.context ?? Math.min(model?.context ?? DEFAULT_CONTEXT, DEFAULT_CONTEXT);
+      const context = options.context ?? trainingContext(model?.context ?? null);
       const settings = loadDatasetSettings(home);
       const total = fs.statSync(file).size;
       const bar = total > 16 * 1024 * 1024 && !options.json ? await progressBar(`Checking ${path.basename(file)}`, total) : null;

@@ -13,6 +13,9 @@ import { TrainingArraysWriter } from './training-arrays.js';
 export const MIN_TRAINING_EXAMPLES = 10;
 /** The guide's per-example limit, used when neither the caller nor the model says otherwise. */
 export const DEFAULT_CONTEXT = 16_385;
+
+/** The context examples are counted and cut at: the model's own, at most the guide's limit. */
+export const trainingContext = (modelMaxLength: number | null) => Math.min(modelMaxLength ?? DEFAULT_CONTEXT, DEFAULT_CONTEXT);
 export const OPENAI_TOKENIZER = 'cl100k_base';
 
 export interface TokenCounts {
@@ -99,15 +102,15 @@ class Tally<T extends { category: string }> {
   readonly counts: Partial<Record<T['category'], number>> = {};
   constructor(private readonly limit: number) {}
 
+  /** All findings added, listed or not. */
+  size = 0;
+
   add(finding: T): void {
     const key = finding.category as T['category'];
     const count = (this.counts[key] ?? 0) + 1;
     this.counts[key] = count;
+    this.size++;
     if (count <= this.limit) this.list.push(finding);
-  }
-
-  get size(): number {
-    return Object.values<number>(this.counts as Record<string, number>).reduce((sum, n) => sum + n, 0);
   }
 }
 
@@ -139,7 +142,7 @@ class TokenTally {
  * The dataset doctor: reads a JSONL file as a stream and checks every example, screens its text,
  * counts its tokens with the model's tokenizer and chat template (the same encoding the trainer
  * gets) and with OpenAI's, works out epochs and cost, and optionally writes the training arrays.
- * Memory stays flat whatever the file's size: per example it keeps a few integers and a hash.
+ * Memory stays flat whatever the file's size: per example it keeps one slot of the duplicate table.
  */
 export async function examineDataset(input: AsyncIterable<Buffer | Uint8Array>, options: ExamineOptions): Promise<DatasetReport> {
   const limit = options.listLimit ?? 20;
@@ -165,12 +168,13 @@ export async function examineDataset(input: AsyncIterable<Buffer | Uint8Array>, 
     errors.add({ line: where.line ?? null, message_index: where.message_index ?? null, field: where.field ?? null, category, message });
   const warn = (category: WarningCategory, message: string, where: Partial<Location>) =>
     warnings.add({ line: where.line ?? null, message_index: where.message_index ?? null, field: where.field ?? null, category, message });
+  const found = (finding: ScreeningFinding) => {
+    findings.add(finding);
+    if (finding.action === 'block' && finding.line !== null && !blockedLines.has(finding.line)) blockedLines.set(finding.line, finding);
+  };
   const screen = (text: string | null | undefined, where: Location) => {
     if (!text) return;
-    for (const finding of options.screener.scan(text, where)) {
-      findings.add(finding);
-      if (finding.action === 'block' && finding.line !== null && !blockedLines.has(finding.line)) blockedLines.set(finding.line, finding);
-    }
+    for (const finding of options.screener.scan(text, where)) found(finding);
     options.screener.addForModeration(text, where);
   };
 
@@ -247,10 +251,7 @@ export async function examineDataset(input: AsyncIterable<Buffer | Uint8Array>, 
   else if (options.role === 'training' && nExamples < MIN_TRAINING_EXAMPLES) {
     error('invalid_n_examples', `Training file has ${nExamples} example(s), but must have at least ${MIN_TRAINING_EXAMPLES} examples`);
   }
-  for (const finding of await options.screener.flushModeration()) {
-    findings.add(finding);
-    if (finding.line !== null && !blockedLines.has(finding.line)) blockedLines.set(finding.line, finding);
-  }
+  for (const finding of await options.screener.flushModeration()) found(finding);
 
   const nEpochs = options.nEpochs ?? autoEpochs(nExamples);
   const charged = billingTokens * nEpochs;

@@ -1,7 +1,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { ServiceError } from '../errors.js';
-import { DEFAULT_CONTEXT, examineFiles, type DatasetReport } from '../datasets/doctor.js';
+import { examineFiles, trainingContext, type DatasetReport } from '../datasets/doctor.js';
 import type { DatasetError } from '../datasets/findings.js';
 import type { DatasetSettings } from '../datasets/settings.js';
 import type { FileService } from '../files/files.js';
@@ -103,7 +103,7 @@ export class FileValidation {
       { training: open(job.training_file), validation: job.validation_file ? open(job.validation_file) : null },
       {
         model: { name: job.model, tokenizer },
-        context: Math.min(modelContextLength(model.path) ?? DEFAULT_CONTEXT, DEFAULT_CONTEXT),
+        context: trainingContext(modelContextLength(model.path)),
         nEpochs: typeof nEpochs === 'number' ? nEpochs : null,
         prices: this.settings.prices,
         screening: this.settings.screening,

@@ -77,14 +77,10 @@ export class ModelTokenizer {
     if (!template && Array.isArray(config.chat_template)) {
       template = config.chat_template.find((entry) => entry.name === 'default')?.template ?? null;
     }
+    const tokenizer = new Tokenizer(tokenizerJson as object, config);
     const continuation = withoutPrependedSpace(tokenizerJson);
-    return new ModelTokenizer(
-      new Tokenizer(tokenizerJson as object, config),
-      continuation ? new Tokenizer(continuation, config) : new Tokenizer(tokenizerJson as object, config),
-      config,
-      template,
-      eosIds,
-    );
+    // Byte-level tokenizers need no second instance: building one costs as much as the first.
+    return new ModelTokenizer(tokenizer, continuation ? new Tokenizer(continuation, config) : tokenizer, config, template, eosIds);
   }
 
   get hasChatTemplate(): boolean {
