@@ -12,6 +12,8 @@ export interface HomeLayout {
   baseUrlFile: string;
   /** Per job: the training arrays, engine logs and checkpoints. */
   work: string;
+  /** Per job: the fine-tune, in PEFT layout (or a full model folder). */
+  adapters: string;
 }
 
 export function resolveHome(flag?: string): string {
@@ -27,6 +29,7 @@ export function homeLayout(root: string): HomeLayout {
     apiKeyFile: path.join(root, 'api-key'),
     baseUrlFile: path.join(root, 'base-url'),
     work: path.join(root, 'work'),
+    adapters: path.join(root, 'adapters'),
   };
 }
 

@@ -1,4 +1,4 @@
-import type { Readable } from 'node:stream';
+import { Readable } from 'node:stream';
 import type { FileDeleted, FileObject as OpenAIFileObject } from 'openai/resources/files';
 import { invalidRequest, noSuch } from '../errors.js';
 import { newId, unixSeconds } from '../ids.js';
@@ -43,31 +43,51 @@ export class FileService {
           'file',
         );
       }
-      const now = unixSeconds();
-      const row: NewFileRow = {
-        id: newId('file-'),
-        org_id: orgId,
-        filename: file.filename,
-        purpose,
-        bytes: file.content.bytes,
-        sha256: file.content.sha256,
-        status: 'uploaded',
-        status_details: null,
-        created_at: now,
-        expires_at: file.expiresAfterSeconds === undefined ? null : now + file.expiresAfterSeconds,
-        deleted_at: null,
-      };
-      await file.content.commit(row.id);
-      try {
-        await this.db.insertInto('files').values(row).execute();
-      } catch (error) {
-        await this.blobs.remove(row.id);
-        throw error;
-      }
-      return toFileObject(row);
+      return await this.store(orgId, file.filename, purpose, file.content, file.expiresAfterSeconds);
     } finally {
       await file.content.discard();
     }
+  }
+
+  /** A file the server writes for an organization: a job's results. */
+  async createResult(orgId: string, filename: string, content: Buffer): Promise<FileObject> {
+    const staged = await this.blobs.stage(Readable.from([content]));
+    try {
+      return await this.store(orgId, filename, 'fine-tune-results', staged, undefined);
+    } finally {
+      await staged.discard();
+    }
+  }
+
+  private async store(
+    orgId: string,
+    filename: string,
+    purpose: Purpose,
+    content: StagedBlob,
+    expiresAfterSeconds: number | undefined,
+  ): Promise<FileObject> {
+    const now = unixSeconds();
+    const row: NewFileRow = {
+      id: newId('file-'),
+      org_id: orgId,
+      filename,
+      purpose,
+      bytes: content.bytes,
+      sha256: content.sha256,
+      status: 'uploaded',
+      status_details: null,
+      created_at: now,
+      expires_at: expiresAfterSeconds === undefined ? null : now + expiresAfterSeconds,
+      deleted_at: null,
+    };
+    await content.commit(row.id);
+    try {
+      await this.db.insertInto('files').values(row).execute();
+    } catch (error) {
+      await this.blobs.remove(row.id);
+      throw error;
+    }
+    return toFileObject(row);
   }
 
   async list(orgId: string, request: PageRequest & { purpose?: string | undefined }): Promise<Page<FileObject>> {

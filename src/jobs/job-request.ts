@@ -14,6 +14,10 @@ export const supervisedHyperparameters = z.strictObject({
   n_epochs: nEpochs.optional(),
   batch_size: batchSize.optional(),
   learning_rate_multiplier: learningRateMultiplier.optional(),
+  // Ours: how the base model is trained. Absent: the base model's own default (LoRA for real models).
+  lora_rank: z.number().int('lora_rank must be a whole number').min(1).max(256).optional(),
+  lora_alpha: z.number().gt(0).max(1024).optional(),
+  full: z.boolean().optional(),
 });
 
 const dpoHyperparameters = supervisedHyperparameters.extend({

@@ -30,6 +30,11 @@ export interface NewEvent {
 
 type JobRow = Omit<Selectable<JobTable>, 'seq'>;
 
+/** What a move may change besides the status. */
+export type JobChanges = Partial<
+  Pick<JobRow, 'error' | 'fine_tuned_model' | 'trained_tokens' | 'result_files' | 'estimated_finish'> & { method: Method }
+>;
+
 const AUTO_HYPERPARAMETERS = { batch_size: 'auto', learning_rate_multiplier: 'auto', n_epochs: 'auto' } as const;
 
 export class JobService {
@@ -191,8 +196,10 @@ export class JobService {
     jobId: string,
     from: JobStatus,
     to: JobStatus,
-    event: NewEvent,
-    changes: Partial<Pick<JobRow, 'error' | 'fine_tuned_model' | 'trained_tokens' | 'result_files' | 'estimated_finish'>> = {},
+    event: NewEvent | NewEvent[],
+    changes: JobChanges = {},
+    /** More writes that must commit with the move or not at all (the models a finished job made). */
+    within?: (trx: Db) => Promise<void>,
   ): Promise<FineTuningJob> {
     if (!canMove(from, to)) throw new Error(`A job cannot go from ${from} to ${to}.`);
     const now = unixSeconds();
@@ -201,6 +208,7 @@ export class JobService {
         .updateTable('jobs')
         .set({
           ...changes,
+          method: changes.method ? JSON.stringify(changes.method) : undefined,
           status: to,
           ...(isFinished(to) ? { finished_at: now, estimated_finish: null } : {}),
         })
@@ -210,20 +218,62 @@ export class JobService {
         .executeTakeFirst();
       // 409: the SDK retries, and the retry reads the job as it now is.
       if (!updated) throw new ServiceError('conflict', `Job ${jobId} was changed by another request while it was ${from}.`);
-      await trx.insertInto('job_events').values(eventRow(jobId, event, now)).execute();
+      await within?.(trx);
+      const events = Array.isArray(event) ? event : [event];
+      await trx.insertInto('job_events').values(events.map((e) => eventRow(jobId, e, now))).execute();
       return toJob(updated);
     });
     return this.changed(moved);
   }
 
-  async appendEvent(jobId: string, event: NewEvent): Promise<void> {
-    await this.db.insertInto('job_events').values(eventRow(jobId, event, unixSeconds())).execute();
+  /** Adds an event; returns its id. */
+  async appendEvent(jobId: string, event: NewEvent, db: Db = this.db): Promise<string> {
+    const row = eventRow(jobId, event, unixSeconds());
+    await db.insertInto('job_events').values(row).execute();
+    return row.id;
+  }
+
+  /** Rewrites an event: a step's metrics event gains the validation loss computed after it. */
+  async updateEvent(eventId: string, event: Pick<NewEvent, 'message' | 'data'>): Promise<void> {
+    await this.db
+      .updateTable('job_events')
+      .set({ message: event.message, data: event.data ? JSON.stringify(event.data) : null })
+      .where('id', '=', eventId)
+      .execute();
+  }
+
+  /** The job's metrics events' data, oldest first: the loss curve. */
+  async metrics(jobId: string): Promise<Array<{ id: string; data: Record<string, unknown> }>> {
+    const rows = await this.db
+      .selectFrom('job_events')
+      .select(['id', 'data'])
+      .where('job_id', '=', jobId)
+      .where('type', '=', 'metrics')
+      .orderBy('seq', 'asc')
+      .execute();
+    return rows.map((row) => ({ id: row.id, data: row.data === null ? {} : JSON.parse(row.data) }));
+  }
+
+  /** While the job runs: when it is expected to finish, from the speed measured so far. */
+  async setEstimatedFinish(jobId: string, at: number): Promise<void> {
+    await this.db.updateTable('jobs').set({ estimated_finish: at }).where('id', '=', jobId).where('status', '=', 'running').execute();
+  }
+
+  /** The job's checkpoints, oldest step first. */
+  async checkpoints(jobId: string, db: Db = this.db): Promise<FineTuningJobCheckpoint[]> {
+    const rows = await db.selectFrom('job_checkpoints').selectAll().where('job_id', '=', jobId).orderBy('step_number', 'asc').execute();
+    return rows.map(toCheckpoint);
+  }
+
+  async removeCheckpoint(checkpointId: string, db: Db = this.db): Promise<void> {
+    await db.deleteFrom('job_checkpoints').where('id', '=', checkpointId).execute();
   }
 
   /** Records a checkpoint the engine saved, under the model name it can be used by. */
   async addCheckpoint(
     jobId: string,
-    checkpoint: { stepNumber: number; model: string; metrics: Record<string, number> },
+    checkpoint: { stepNumber: number; model: string; metrics: Record<string, unknown> },
+    db: Db = this.db,
   ): Promise<FineTuningJobCheckpoint> {
     const row = {
       id: newId('ftckpt_'),
@@ -233,7 +283,7 @@ export class JobService {
       step_number: checkpoint.stepNumber,
       metrics: JSON.stringify(checkpoint.metrics),
     };
-    await this.db.insertInto('job_checkpoints').values(row).execute();
+    await db.insertInto('job_checkpoints').values(row).execute();
     return toCheckpoint(row);
   }
 
@@ -273,7 +323,7 @@ export class JobService {
   }
 }
 
-type Method = { type: 'supervised'; supervised: { hyperparameters: SupervisedHyperparameters } };
+export type Method = { type: 'supervised'; supervised: { hyperparameters: SupervisedHyperparameters } };
 
 /**
  * One place for the hyperparameters: the legacy top-level field and `method` say the same

@@ -35,9 +35,27 @@ export class ModelService {
   }
 
   /** Records a model a job produced; the folder it names becomes the model's to delete. */
-  async registerFineTuned(model: FineTunedModelTable): Promise<Model> {
-    await this.db.insertInto('fine_tuned_models').values(model).execute();
+  async registerFineTuned(model: FineTunedModelTable, db: Db = this.db): Promise<Model> {
+    await db.insertInto('fine_tuned_models').values(model).execute();
     return toModel(model);
+  }
+
+  /** The folders a job's models live in. */
+  async folders(jobId: string): Promise<string[]> {
+    const rows = await this.db.selectFrom('fine_tuned_models').select('path').where('job_id', '=', jobId).execute();
+    return rows.map((row) => row.path);
+  }
+
+  /**
+   * Forgets a model; returns its folder when no other model names it, for the caller to remove
+   * once the transaction `db` belongs to has committed.
+   */
+  async unregister(id: string, db: Db = this.db): Promise<string | null> {
+    const row = await db.deleteFrom('fine_tuned_models').where('id', '=', id).returning('path').executeTakeFirst();
+    if (!row) return null;
+    // A checkpoint and the final model may share a folder; it goes with the last model naming it.
+    const sharing = await db.selectFrom('fine_tuned_models').select('id').where('path', '=', row.path).executeTakeFirst();
+    return sharing ? null : row.path;
   }
 
   async delete(orgId: string, id: string): Promise<ModelDeleted> {
@@ -50,10 +68,8 @@ export class ModelService {
     }
     const row = await this.owned(orgId).where('id', '=', id).executeTakeFirst();
     if (!row) throw modelNotFound(id);
-    await this.db.deleteFrom('fine_tuned_models').where('id', '=', id).execute();
-    // A checkpoint and the final model may share a folder; it goes with the last model naming it.
-    const sharing = await this.db.selectFrom('fine_tuned_models').select('id').where('path', '=', row.path).executeTakeFirst();
-    if (!sharing) await fsp.rm(row.path, { recursive: true, force: true });
+    const folder = await this.unregister(id);
+    if (folder) await fsp.rm(folder, { recursive: true, force: true });
     return { id, object: 'model', deleted: true };
   }
 

