@@ -15,7 +15,13 @@ export function serveCommand(program: Command): void {
       parseByteSize,
       process.env.TUNELAB_MAX_UPLOAD_SIZE ? parseByteSize(process.env.TUNELAB_MAX_UPLOAD_SIZE) : DEFAULT_MAX_UPLOAD_BYTES,
     )
-    .action(async (options: { host: string; port: number; home?: string; database?: string; maxUploadSize: number }) => {
+    .option(
+      '--slots <n>',
+      'fine-tuning jobs trained at once, one engine process each (0: this server trains nothing)',
+      (v) => Number.parseInt(v, 10),
+      process.env.TUNELAB_ENGINE_SLOTS ? Number.parseInt(process.env.TUNELAB_ENGINE_SLOTS, 10) : 1,
+    )
+    .action(async (options: { host: string; port: number; home?: string; database?: string; maxUploadSize: number; slots: number }) => {
       // Loaded here: the other commands need none of the server's modules.
       const { startServer } = await import('../server.js');
       const server = await startServer({
@@ -24,6 +30,7 @@ export function serveCommand(program: Command): void {
         port: options.port,
         database: options.database,
         maxUploadBytes: options.maxUploadSize,
+        engineSlots: options.slots,
         logger: { level: process.env.TUNELAB_LOG_LEVEL ?? 'info' },
       });
       server.app.log.info(`tunelab serving ${server.home.root} at ${server.baseURL}`);

@@ -46,7 +46,7 @@ type Metrics = Record<string, unknown> & { step: number };
 interface Run {
   job: FineTuningJob;
   engine: TrainingProcess;
-  /** Why the engine is being stopped; nothing it says afterwards is recorded. */
+  /** Why the engine is being stopped. */
   stopping: 'user' | 'shutdown' | null;
   /** The runner itself is moving the job to its end; its own move is not a person's. */
   finishing: boolean;
@@ -89,7 +89,7 @@ export class JobRunner {
   async recover(): Promise<void> {
     for (const job of await this.services.jobs.withStatus('running')) {
       await stopOrphan(this.pidPath(job.id));
-      const checkpoint = latestCheckpoint(this.workDir(job.id));
+      const checkpoint = await resumePoint(this.workDir(job.id), await this.recordedSteps(job.id));
       await this.services.jobs.move(job.id, 'running', 'queued', {
         message: checkpoint
           ? `The server restarted while the job was running; it continues from its checkpoint at step ${checkpoint.step}`
@@ -178,7 +178,7 @@ export class JobRunner {
     const fineTunedModel = fineTunedModelName(job, await this.services.orgs.name(job.organization_id));
     const history = await this.services.jobs.metrics(job.id);
     const checkpoints = await this.services.jobs.checkpoints(job.id);
-    const resumeFrom = latestCheckpoint(work);
+    const resumeFrom = await resumePoint(work, Number(history.at(-1)?.data.step ?? 0));
 
     const spec = {
       model: model.path,
@@ -263,6 +263,10 @@ export class JobRunner {
 
   private async onEvent(run: Run, event: EngineEvent): Promise<void> {
     if (run.stopping) {
+      // The step under way when the engine was stopped is in the checkpoint it saves: it is recorded,
+      // so a resumed run neither repeats nor skips it. Nothing else is.
+      if (event.type === 'step') return this.onStep(run, event);
+      if (event.type === 'eval') return this.onEval(run, event);
       if (event.type === 'cancelled') run.stoppedAtStep = Number(event.step);
       return;
     }
@@ -428,6 +432,10 @@ export class JobRunner {
     return { id, org_id: run.job.organization_id, job_id: run.job.id, base_model: run.job.model, kind, path: folder, created_at: unixSeconds() };
   }
 
+  private async recordedSteps(jobId: string): Promise<number> {
+    return Number((await this.services.jobs.metrics(jobId)).at(-1)?.data.step ?? 0);
+  }
+
   private workDir(jobId: string): string {
     return path.join(this.home.work, jobId);
   }
@@ -461,16 +469,34 @@ function stepMessage(data: Metrics): string {
   return message;
 }
 
-/** The newest complete checkpoint folder (`step-N`; a `step-N.tmp` is one being written). */
-export function latestCheckpoint(workDir: string): { step: number; path: string } | null {
+interface CheckpointFolder {
+  step: number;
+  path: string;
+}
+
+/** The job's complete checkpoint folders (`step-N`; a `step-N.tmp` is one being written), oldest first. */
+function checkpointFolders(workDir: string): CheckpointFolder[] {
   const folder = path.join(workDir, 'checkpoints');
-  if (!fs.existsSync(folder)) return null;
-  let latest: { step: number; path: string } | null = null;
-  for (const name of fs.readdirSync(folder)) {
-    const match = /^step-(\d+)$/.exec(name);
-    if (match && (!latest || Number(match[1]) > latest.step)) latest = { step: Number(match[1]), path: path.join(folder, name) };
-  }
-  return latest;
+  if (!fs.existsSync(folder)) return [];
+  return fs
+    .readdirSync(folder)
+    .flatMap((name) => {
+      const match = /^step-(\d+)$/.exec(name);
+      return match ? [{ step: Number(match[1]), path: path.join(folder, name) }] : [];
+    })
+    .sort((a, b) => a.step - b.step);
+}
+
+/**
+ * Where a run continues: the newest checkpoint whose steps were all recorded. An engine that
+ * outlived a crashed server may have trained and saved further, unheard; its later checkpoints are
+ * dropped, so the curve has no gap: those steps are trained again and recorded this time.
+ */
+async function resumePoint(workDir: string, recordedSteps: number): Promise<CheckpointFolder | null> {
+  const folders = checkpointFolders(workDir);
+  const unheard = folders.filter((folder) => folder.step > recordedSteps);
+  await removeFolders(unheard.map((folder) => folder.path));
+  return folders.filter((folder) => folder.step <= recordedSteps).at(-1) ?? null;
 }
 
 async function removeFolders(folders: string[]): Promise<void> {

@@ -83,3 +83,36 @@ export async function validated(client: OpenAI, jobId: string, timeoutMs = 30_00
 }
 
 export const weatherJokes = () => fs.createReadStream(path.join(DATASETS, 'weather-jokes.jsonl'));
+
+const FINISHED = new Set(['succeeded', 'failed', 'cancelled']);
+
+/** The job once it has succeeded, failed or been cancelled. */
+export async function finished(client: OpenAI, jobId: string, timeoutMs = 120_000): Promise<OpenAI.FineTuning.FineTuningJob> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const job = await client.fineTuning.jobs.retrieve(jobId);
+    if (FINISHED.has(job.status)) return job;
+    if (Date.now() > deadline) throw new Error(`${jobId} is still ${job.status} after ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
+
+/** The steps of the job's metrics events, oldest first. */
+export async function metricsSteps(client: OpenAI, jobId: string): Promise<number[]> {
+  const steps: number[] = [];
+  for await (const event of client.fineTuning.jobs.listEvents(jobId, { limit: 100 })) {
+    if (event.type === 'metrics') steps.push((event.data as { step: number }).step);
+  }
+  return steps.reverse();
+}
+
+/** Waits until the job has recorded at least `step` steps. */
+export async function untilStep(client: OpenAI, jobId: string, step: number, timeoutMs = 60_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const [latest] = (await client.fineTuning.jobs.listEvents(jobId, { limit: 5 })).data.filter((e) => e.type === 'metrics');
+    if (latest && (latest.data as { step: number }).step >= step) return;
+    if (Date.now() > deadline) throw new Error(`${jobId} has not reached step ${step} after ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}

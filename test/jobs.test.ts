@@ -1,0 +1,152 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import type OpenAI from 'openai';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BaseModelRegistry } from '../src/models/base-models.js';
+import { writeTrainableModelFolder } from './support/model-folder.js';
+import { BASE_MODEL, type TestServer, finished, metricsSteps, startTestServer, untilStep, weatherJokes } from './support/server.js';
+
+const MODEL = 'trainable-qwen3';
+let t: TestServer;
+let client: OpenAI;
+
+beforeAll(async () => {
+  t = await startTestServer({ engineSlots: 1 });
+  client = t.client;
+  new BaseModelRegistry(t.server.home.models).add(await writeTrainableModelFolder(path.join(t.home, 'sources', MODEL)), MODEL);
+});
+afterAll(() => t.cleanup());
+
+async function upload() {
+  return client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
+}
+
+describe('a job through the engine', () => {
+  it('runs to succeeded: hyperparameters resolved, metrics per step, checkpoints as models, a result file', async () => {
+    const training = await upload();
+    const validation = await upload();
+    const created = await client.fineTuning.jobs.create({
+      model: MODEL,
+      training_file: training.id,
+      validation_file: validation.id,
+      suffix: 'weather',
+      method: { type: 'supervised', supervised: { hyperparameters: { n_epochs: 4 } } },
+    });
+    const job = await finished(client, created.id);
+
+    expect(job.status).toBe('succeeded');
+    expect(job.hyperparameters).toMatchObject({ n_epochs: 4, batch_size: 1, learning_rate_multiplier: 1 });
+    expect(job.fine_tuned_model).toBe(`ft:${MODEL}:personal:weather:${job.id.slice(6, 14)}`);
+    expect(job.trained_tokens).toBe(4 * 482);
+    expect(job.estimated_finish).toBeNull();
+    expect(job.finished_at).toBeGreaterThanOrEqual(job.created_at);
+
+    const events = (await client.fineTuning.jobs.listEvents(job.id, { limit: 100 })).data.reverse();
+    const messages = events.filter((e) => e.type === 'message').map((e) => e.message);
+    expect(messages).toEqual([
+      `Created fine-tuning job: ${job.id}`,
+      `Validating training file: ${training.id} and validation file: ${validation.id}`,
+      'Files validated, moving job to queued state',
+      'Fine-tuning job started',
+      `Checkpoint created at step 10 with Snapshot ID: ${job.fine_tuned_model}:ckpt-step-10`,
+      `Checkpoint created at step 20 with Snapshot ID: ${job.fine_tuned_model}:ckpt-step-20`,
+      `Checkpoint created at step 30 with Snapshot ID: ${job.fine_tuned_model}:ckpt-step-30`,
+      `New fine-tuned model created: ${job.fine_tuned_model}`,
+      'The job has successfully completed',
+    ]);
+    const metrics = events.filter((e) => e.type === 'metrics');
+    expect(metrics.map((e) => (e.data as { step: number }).step)).toEqual(Array.from({ length: 40 }, (_, i) => i + 1));
+    expect(metrics[0]!.message).toMatch(/^Step 1\/40: training loss=\d+\.\d{4}$/);
+    // Validation every 4 steps and at each epoch's end, joined to that step's event.
+    const validated = metrics.filter((e) => 'valid_loss' in (e.data as object));
+    expect(validated.map((e) => (e.data as { step: number }).step)).toEqual([4, 8, 10, 12, 16, 20, 24, 28, 30, 32, 36, 40]);
+    expect(validated[0]!.message).toMatch(/^Step 4\/40: training loss=\d+\.\d{4}, validation loss=\d+\.\d{4}$/);
+    expect(metrics.at(-1)!.data).toHaveProperty('full_valid_loss');
+
+    // The newest three checkpoints are kept, the last being the fine-tuned model itself.
+    const checkpoints = (await client.fineTuning.jobs.checkpoints.list(job.id)).data;
+    expect(checkpoints.map((c) => [c.step_number, c.fine_tuned_model_checkpoint])).toEqual([
+      [40, job.fine_tuned_model],
+      [30, `${job.fine_tuned_model}:ckpt-step-30`],
+      [20, `${job.fine_tuned_model}:ckpt-step-20`],
+    ]);
+    expect(checkpoints[1]!.metrics).toMatchObject({ step: 30, train_loss: expect.any(Number), valid_loss: expect.any(Number) });
+    const models = (await client.models.list()).data.map((m) => m.id);
+    expect(models).toEqual(expect.arrayContaining([job.fine_tuned_model, `${job.fine_tuned_model}:ckpt-step-30`, `${job.fine_tuned_model}:ckpt-step-20`]));
+    expect(models).not.toContain(`${job.fine_tuned_model}:ckpt-step-10`);
+    expect((await client.models.retrieve(job.fine_tuned_model!)).owned_by).toBe(job.organization_id);
+
+    const adapter = path.join(t.home, 'adapters', job.id);
+    expect(JSON.parse(fs.readFileSync(path.join(adapter, 'adapter_config.json'), 'utf8'))).toMatchObject({ peft_type: 'LORA', r: 8, base_model_name_or_path: MODEL });
+    const work = path.join(t.home, 'work', job.id);
+    expect(fs.readdirSync(path.join(work, 'checkpoints')).sort()).toEqual(['step-20', 'step-30']);
+    expect(fs.existsSync(path.join(work, 'train'))).toBe(false);
+
+    expect(job.result_files).toHaveLength(1);
+    const resultFile = await client.files.retrieve(job.result_files[0]!);
+    expect(resultFile.purpose).toBe('fine-tune-results');
+    const csv = (await (await client.files.content(resultFile.id)).text()).trim().split('\n');
+    expect(csv[0]).toBe('step,train_loss,train_accuracy,valid_loss,valid_mean_token_accuracy');
+    expect(csv).toHaveLength(41);
+    expect(csv[1]).toMatch(/^1,\d+\.\d+,[\d.]+,,$/);
+    expect(csv[4]).toMatch(/^4,\d+\.\d+,[\d.]+,\d+\.\d+,[\d.]+$/);
+
+    // Deleting the fine-tune removes its folder; its checkpoints stay usable.
+    await client.models.delete(job.fine_tuned_model!);
+    expect(fs.existsSync(adapter)).toBe(false);
+    expect((await client.models.retrieve(`${job.fine_tuned_model}:ckpt-step-30`)).id).toBe(`${job.fine_tuned_model}:ckpt-step-30`);
+  });
+
+  it('cancels a running job: the engine stops and no model is made', async () => {
+    const file = await upload();
+    const created = await client.fineTuning.jobs.create({ model: MODEL, training_file: file.id, hyperparameters: { n_epochs: 50 } });
+    await untilStep(client, created.id, 3);
+    await client.fineTuning.jobs.cancel(created.id);
+    const job = await finished(client, created.id);
+    expect(job.status).toBe('cancelled');
+    expect(job.fine_tuned_model).toBeNull();
+    await waitFor(() => !fs.existsSync(path.join(t.home, 'work', job.id, 'engine.pid')));
+    expect((await client.models.list()).data.map((m) => m.id).filter((id) => id.includes(job.id.slice(6, 14)))).toEqual([]);
+    expect(fs.existsSync(path.join(t.home, 'adapters', job.id))).toBe(false);
+    expect(fs.existsSync(path.join(t.home, 'work', job.id, 'train'))).toBe(false);
+  });
+
+  it('pauses and resumes: the curve continues where it stopped, no step twice', async () => {
+    const file = await upload();
+    const created = await client.fineTuning.jobs.create({ model: MODEL, training_file: file.id, hyperparameters: { n_epochs: 3 } });
+    await untilStep(client, created.id, 5);
+    expect((await client.fineTuning.jobs.pause(created.id)).status).toBe('paused');
+    await waitFor(async () =>
+      (await client.fineTuning.jobs.listEvents(created.id)).data.some((e) => e.message.startsWith('Checkpoint saved at step')),
+    );
+    const stoppedAt = (await metricsSteps(client, created.id)).length;
+    expect((await client.fineTuning.jobs.retrieve(created.id)).status).toBe('paused');
+
+    expect((await client.fineTuning.jobs.resume(created.id)).status).toBe('queued');
+    const job = await finished(client, created.id);
+    expect(job.status).toBe('succeeded');
+    expect(await metricsSteps(client, created.id)).toEqual(Array.from({ length: 30 }, (_, i) => i + 1));
+    const messages = (await client.fineTuning.jobs.listEvents(created.id, { limit: 100 })).data.map((e) => e.message);
+    expect(messages).toContain(`Fine-tuning job resumed from its checkpoint at step ${stoppedAt}`);
+  });
+
+  it('fails a job whose engine fails, with the cause in the error', async () => {
+    // The registry's placeholder model has a tokenizer but no real weights: the engine refuses it.
+    const file = await upload();
+    const created = await client.fineTuning.jobs.create({ model: BASE_MODEL, training_file: file.id });
+    const job = await finished(client, created.id);
+    expect(job.status).toBe('failed');
+    expect(job.error?.code).toBe('invalid_model');
+    expect(job.error?.message).toMatch(/^Fine-tuning failed: weights do not match config\.json: missing model\.embed_tokens\.weight/);
+    const last = (await client.fineTuning.jobs.listEvents(job.id)).data[0]!;
+    expect([last.level, last.message]).toEqual(['error', job.error?.message]);
+  });
+});
+
+async function waitFor(condition: () => boolean | Promise<boolean>, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error('timed out waiting');
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+}
