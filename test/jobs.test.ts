@@ -3,6 +3,7 @@ import path from 'node:path';
 import type OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BaseModelRegistry } from '../src/models/base-models.js';
+import { runCli } from './support/cli.js';
 import { writeTrainableModelFolder } from './support/model-folder.js';
 import { BASE_MODEL, type TestServer, finished, metricsSteps, startTestServer, untilStep, weatherJokes } from './support/server.js';
 
@@ -128,6 +129,17 @@ describe('a job through the engine', () => {
     expect(await metricsSteps(client, created.id)).toEqual(Array.from({ length: 30 }, (_, i) => i + 1));
     const messages = (await client.fineTuning.jobs.listEvents(created.id, { limit: 100 })).data.map((e) => e.message);
     expect(messages).toContain(`Fine-tuning job resumed from its checkpoint at step ${stoppedAt}`);
+  });
+
+  it('is followed by `tunelab jobs follow` until it ends', async () => {
+    const file = await upload();
+    const created = await client.fineTuning.jobs.create({ model: MODEL, training_file: file.id, hyperparameters: { n_epochs: 2 } });
+    const follow = await runCli(['jobs', 'follow', created.id, '--home', t.home]);
+    expect(follow.code).toBe(0);
+    const lines = follow.stdout.trim().split('\n');
+    expect(lines).toContain('Fine-tuning job started');
+    expect(lines.filter((line) => line.startsWith('Step '))).toHaveLength(20);
+    expect(lines.at(-1)).toMatch(new RegExp(`^${created.id} succeeded: ft:${MODEL}:personal::\\w{8} \\(964 trained tokens\\)$`));
   });
 
   it('fails a job whose engine fails, with the cause in the error', async () => {

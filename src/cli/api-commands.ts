@@ -3,6 +3,7 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import type { JobCreateParams } from 'openai/resources/fine-tuning/jobs/jobs';
 import { connect } from './client.js';
+import { followCommand } from './follow-job.js';
 import { isoTime, printJson, printTable } from './output.js';
 import { progressBar } from './progress.js';
 
@@ -128,6 +129,8 @@ export function apiCommands(program: Command, models: Command): void {
       if (options.json) return printJson(events);
       for (const e of events) console.log(`${isoTime(e.created_at)}  ${e.level.padEnd(5)}  ${e.message}`);
     });
+
+  followCommand(jobs);
 
   common(models.command('list').description('list base models and your fine-tunes')).action(async (options: Common) => {
     const list = [];
