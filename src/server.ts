@@ -8,11 +8,16 @@ import { writePrivateFile } from './files/durable.js';
 import { FileService } from './files/files.js';
 import { FileValidation } from './jobs/file-validation.js';
 import { JobService } from './jobs/jobs.js';
+import { JobRunner } from './jobs/runner.js';
 import { loadDatasetSettings } from './datasets/settings.js';
 import { BaseModelRegistry } from './models/base-models.js';
 import { ModelService } from './models/models.js';
+import { type DeliveryOptions, NotificationService } from './notifications/notifications.js';
+import { loadSmtpSettings } from './notifications/settings.js';
+import { smtpMailer } from './notifications/smtp.js';
 import { OrgService } from './orgs/orgs.js';
 import { type Store, openStore } from './store/store.js';
+import { UsageService } from './usage/usage.js';
 
 export interface ServerOptions {
   home: string;
@@ -23,6 +28,10 @@ export interface ServerOptions {
   database?: string | undefined;
   maxUploadBytes?: number;
   logger?: FastifyServerOptions['logger'];
+  /** Jobs trained at once, one engine process each (default 1: a CPU host has one engine's worth of cores). */
+  engineSlots?: number;
+  /** Webhook retry schedule and timeout (tests use milliseconds). */
+  notifications?: DeliveryOptions;
 }
 
 export interface RunningServer {
@@ -54,7 +63,11 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   const files = new FileService(store.db, new LocalBlobStore(home.blobs));
   const baseModels = new BaseModelRegistry(home.models);
   const jobs = new JobService(store.db, files, baseModels);
-  const services: Services = { orgs, files, models: new ModelService(store.db, baseModels), jobs };
+  const logError = (message: string, error: unknown) => app.log.error({ err: error }, message);
+  const smtp = loadSmtpSettings(home.root);
+  const notifications = new NotificationService(store.db, smtp ? await smtpMailer(smtp) : null, logError, options.notifications);
+  const usage = new UsageService(store.db, loadDatasetSettings(home.root).prices, logError);
+  const services: Services = { orgs, files, models: new ModelService(store.db, baseModels), jobs, notifications, usage };
   const maxUploadBytes = options.maxUploadBytes ?? DEFAULT_MAX_UPLOAD_BYTES;
   const app = buildApi(services, { maxUploadBytes, logger: options.logger ?? false });
   const validation = new FileValidation(jobs, files, baseModels, loadDatasetSettings(home.root), home.work, (message, error) =>
@@ -71,6 +84,21 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   // Jobs a restart interrupted while their files were being checked are checked again.
   jobs.onChange((job) => validation.jobChanged(job));
   validation.kick();
+  const runner = new JobRunner({ db: store.db, jobs, models: services.models, files, orgs, baseModels }, home, {
+    slots: options.engineSlots ?? 1,
+    log: (message, error) => app.log.error({ err: error }, message),
+  });
+  jobs.onChange((job) => runner.jobChanged(job));
+  // Jobs a dead server left running continue from their last checkpoint.
+  await runner.recover();
+  runner.kick();
+  // Finished jobs are announced and charged once; the sweeps catch what a restart came between.
+  jobs.onChange((job) => {
+    notifications.jobChanged(job);
+    usage.jobChanged(job);
+  });
+  await usage.sweep();
+  await notifications.sweep(jobs);
   const sweeper = setInterval(() => {
     files.deleteExpired().catch((error) => app.log.error({ err: error }, 'deleting expired files failed'));
   }, EXPIRED_FILES_SWEEP_MS);
@@ -83,6 +111,7 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   const reachable = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host;
   const baseURL = `http://${reachable}:${port}/v1`;
   await writePrivateFile(home.baseUrlFile, `${baseURL}\n`);
+  notifications.start();
   return {
     baseURL,
     home,
@@ -91,6 +120,8 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
     close: async () => {
       clearInterval(sweeper);
       await validation.stop();
+      await runner.stop();
+      await notifications.stop();
       await app.close();
       await store.close();
     },

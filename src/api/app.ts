@@ -5,11 +5,14 @@ import type { FileService } from '../files/files.js';
 import { newId } from '../ids.js';
 import type { JobService } from '../jobs/jobs.js';
 import type { ModelService } from '../models/models.js';
+import type { NotificationService } from '../notifications/notifications.js';
 import type { Organization, OrgService } from '../orgs/orgs.js';
+import type { UsageService } from '../usage/usage.js';
 import { sendError } from './errors.js';
 import { filesRoutes } from './files.js';
 import { jobsRoutes } from './jobs.js';
 import { modelsRoutes } from './models.js';
+import { usageRoutes } from './usage.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
@@ -23,6 +26,8 @@ export interface Services {
   files: FileService;
   models: ModelService;
   jobs: JobService;
+  notifications: NotificationService;
+  usage: UsageService;
 }
 
 export interface ApiOptions {
@@ -85,6 +90,7 @@ export function buildApi(services: Services, options: ApiOptions): FastifyInstan
       v1.register(filesRoutes(services.files, options.maxUploadBytes));
       v1.register(modelsRoutes(services.models));
       v1.register(jobsRoutes(services.jobs));
+      v1.register(usageRoutes(services.usage));
     },
     { prefix: '/v1' },
   );

@@ -2,9 +2,11 @@
 import { Command, CommanderError } from 'commander';
 import { ServiceError } from '../errors.js';
 import { adminCommands } from './admin.js';
+import { notificationAdminCommands } from './admin-notifications.js';
 import { apiCommands } from './api-commands.js';
 import { datasetCommands, USAGE_ERROR, UsageError } from './dataset-commands.js';
 import { serveCommand } from './serve.js';
+import { usageCommand } from './usage-command.js';
 
 const program = new Command('tunelab')
   .description('Self-hosted fine-tuning with OpenAI\'s API')
@@ -16,6 +18,8 @@ datasetCommands(program);
 const models = program.command('models').description('base models and fine-tunes');
 adminCommands(program, models);
 apiCommands(program, models);
+notificationAdminCommands(program);
+usageCommand(program);
 
 try {
   await program.parseAsync();

@@ -130,5 +130,86 @@ export function migrations(dialect: Dialect): Record<string, Migration> {
           .execute();
       },
     },
+    '0004_notifications_usage': {
+      async up(db: Kysely<any>) {
+        await db.schema.alterTable('organizations').addColumn('email', 'text').execute();
+
+        await withSeq(db.schema.createTable('webhook_endpoints'))
+          .addColumn('id', 'text', (c) => c.notNull().unique())
+          .addColumn('org_id', 'text', (c) => c.notNull().references('organizations.id'))
+          .addColumn('url', 'text', (c) => c.notNull())
+          .addColumn('secret', 'text', (c) => c.notNull())
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .execute();
+        await db.schema.createIndex('webhook_endpoints_by_org').on('webhook_endpoints').columns(['org_id', 'seq']).execute();
+
+        await db.schema
+          .createTable('job_notifications')
+          .addColumn('job_id', 'text', (c) => c.primaryKey().references('jobs.id'))
+          .addColumn('event_id', 'text', (c) => c.notNull())
+          .addColumn('event_type', 'text', (c) => c.notNull())
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .execute();
+        // Jobs that finished before notifications existed are not announced now, years late.
+        const finished = await db
+          .selectFrom('jobs')
+          .select(['id', 'status'])
+          .where('status', 'in', ['succeeded', 'failed', 'cancelled'])
+          .execute();
+        const now = Math.floor(Date.now() / 1000);
+        for (let i = 0; i < finished.length; i += 500) {
+          await db
+            .insertInto('job_notifications')
+            .values(
+              finished.slice(i, i + 500).map((job: { id: string; status: string }) => ({
+                job_id: job.id,
+                event_id: `evt_none_${job.id}`,
+                event_type: `fine_tuning.job.${job.status}`,
+                created_at: now,
+              })),
+            )
+            .execute();
+        }
+
+        await withSeq(db.schema.createTable('notification_deliveries'))
+          .addColumn('id', 'text', (c) => c.notNull().unique())
+          .addColumn('job_id', 'text', (c) => c.notNull().references('jobs.id'))
+          .addColumn('org_id', 'text', (c) => c.notNull().references('organizations.id'))
+          .addColumn('channel', 'text', (c) => c.notNull())
+          .addColumn('endpoint_id', 'text')
+          .addColumn('target', 'text', (c) => c.notNull())
+          .addColumn('payload', 'text', (c) => c.notNull())
+          .addColumn('status', 'text', (c) => c.notNull())
+          .addColumn('attempts', 'integer', (c) => c.notNull())
+          .addColumn('next_attempt_at', 'bigint', (c) => c.notNull())
+          .addColumn('last_error', 'text')
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .addColumn('finished_at', 'bigint')
+          .execute();
+        await db.schema
+          .createIndex('notification_deliveries_due')
+          .on('notification_deliveries')
+          .columns(['status', 'next_attempt_at'])
+          .execute();
+        await db.schema.createIndex('notification_deliveries_by_job').on('notification_deliveries').columns(['job_id']).execute();
+
+        await withSeq(db.schema.createTable('usage_records'))
+          .addColumn('id', 'text', (c) => c.notNull().unique())
+          .addColumn('org_id', 'text', (c) => c.notNull().references('organizations.id'))
+          .addColumn('month', 'text', (c) => c.notNull())
+          .addColumn('kind', 'text', (c) => c.notNull())
+          .addColumn('model', 'text', (c) => c.notNull())
+          .addColumn('source_id', 'text')
+          .addColumn('tokens', 'bigint', (c) => c.notNull())
+          .addColumn('input_tokens', 'bigint', (c) => c.notNull())
+          .addColumn('output_tokens', 'bigint', (c) => c.notNull())
+          .addColumn('cost_micros', 'bigint', (c) => c.notNull())
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .execute();
+        await db.schema.createIndex('usage_records_by_org_month').on('usage_records').columns(['org_id', 'month']).execute();
+        // Recording the same job (or request) twice is a no-op; null source ids never collide.
+        await db.schema.createIndex('usage_records_by_source').on('usage_records').columns(['kind', 'source_id']).unique().execute();
+      },
+    },
   };
 }

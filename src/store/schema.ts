@@ -15,12 +15,18 @@ export interface Database {
   job_checkpoints: JobCheckpointTable;
   job_validation_reports: JobValidationReportTable;
   fine_tuned_models: FineTunedModelTable;
+  webhook_endpoints: WebhookEndpointTable;
+  job_notifications: JobNotificationTable;
+  notification_deliveries: NotificationDeliveryTable;
+  usage_records: UsageRecordTable;
 }
 
 export interface OrganizationTable {
   id: string;
   name: string;
   created_at: number;
+  /** Where job notifications are e-mailed (when SMTP is configured); null for none. */
+  email: string | null;
 }
 
 export interface ApiKeyTable {
@@ -120,4 +126,74 @@ export interface JobValidationReportTable {
   created_at: number;
   /** JSON: the dataset doctor's report. */
   report: string;
+}
+
+/** A URL an organization's job events are POSTed to, signed with its secret (Standard Webhooks). */
+export interface WebhookEndpointTable {
+  seq: Generated<number>;
+  id: string;
+  org_id: string;
+  url: string;
+  /** `whsec_` + base64 of 32 random bytes; the HMAC key is the decoded bytes. */
+  secret: string;
+  created_at: number;
+}
+
+/**
+ * One row per finished job whose notifications were enqueued: written in the transaction that
+ * enqueues its deliveries, so a job is announced once whatever restarts in between.
+ */
+export interface JobNotificationTable {
+  job_id: string;
+  /** `evt_...`: the event's id in every webhook body. */
+  event_id: string;
+  event_type: string;
+  created_at: number;
+}
+
+/** One message to one place (a webhook endpoint or an e-mail address), retried until it goes or gives up. */
+export interface NotificationDeliveryTable {
+  seq: Generated<number>;
+  /** `wh_...`: the `webhook-id` header, the same on every attempt so receivers can drop repeats. */
+  id: string;
+  job_id: string;
+  org_id: string;
+  channel: 'webhook' | 'email';
+  /** The webhook endpoint (its secret signs each attempt); null for e-mail. */
+  endpoint_id: string | null;
+  /** The URL or the e-mail address, as it was when the event was enqueued. */
+  target: string;
+  /** Webhook: the event's JSON body, sent byte for byte on every attempt. E-mail: JSON `{subject, text}`. */
+  payload: string;
+  status: 'pending' | 'delivered' | 'failed';
+  attempts: number;
+  /** Milliseconds since the epoch. */
+  next_attempt_at: number;
+  last_error: string | null;
+  created_at: number;
+  finished_at: number | null;
+}
+
+/**
+ * Usage, one row per charged thing: a succeeded job's trained tokens (kind `training`, source_id
+ * the job id, tokens = trained_tokens, input/output 0) or, later, chat requests (kind `inference`,
+ * tokens = input_tokens + output_tokens). Summed per organization and month.
+ */
+export interface UsageRecordTable {
+  seq: Generated<number>;
+  id: string;
+  org_id: string;
+  /** `YYYY-MM`, UTC, of when the usage happened (a job's finished_at). */
+  month: string;
+  kind: 'training' | 'inference';
+  /** The base model trained, or the model that answered. */
+  model: string;
+  /** What the row is for (a job id, a request id): unique per kind, so recording twice is a no-op. Null when not tracked. */
+  source_id: string | null;
+  tokens: number;
+  input_tokens: number;
+  output_tokens: number;
+  /** Millionths of a dollar: integers add up exactly on both databases. */
+  cost_micros: number;
+  created_at: number;
 }
