@@ -102,6 +102,10 @@ describe('a job through the engine', () => {
     const file = await upload();
     const created = await client.fineTuning.jobs.create({ model: MODEL, training_file: file.id, hyperparameters: { n_epochs: 50 } });
     await untilStep(client, created.id, 3);
+    // Kept current from the speed so far: 500 steps at a few per second end minutes from now.
+    const running = await client.fineTuning.jobs.retrieve(created.id);
+    expect(running.status).toBe('running');
+    expect(running.estimated_finish).toBeGreaterThan(Date.now() / 1000 + 30);
     await client.fineTuning.jobs.cancel(created.id);
     const job = await finished(client, created.id);
     expect(job.status).toBe('cancelled');
@@ -140,6 +144,17 @@ describe('a job through the engine', () => {
     expect(lines).toContain('Fine-tuning job started');
     expect(lines.filter((line) => line.startsWith('Step '))).toHaveLength(20);
     expect(lines.at(-1)).toMatch(new RegExp(`^${created.id} succeeded: ft:${MODEL}:personal::\\w{8} \\(964 trained tokens\\)$`));
+  });
+
+  it('fails a job whose engine is killed (as the kernel does when memory runs out)', async () => {
+    const file = await upload();
+    const created = await client.fineTuning.jobs.create({ model: MODEL, training_file: file.id, hyperparameters: { n_epochs: 50 } });
+    await untilStep(client, created.id, 2);
+    const pid = Number(fs.readFileSync(path.join(t.home, 'work', created.id, 'engine.pid'), 'utf8').split('\n')[0]);
+    process.kill(pid, 'SIGKILL');
+    const job = await finished(client, created.id);
+    expect(job.status).toBe('failed');
+    expect(job.error).toMatchObject({ code: 'engine_failed', message: expect.stringMatching(/^Fine-tuning failed: the engine was killed by SIGKILL \(out of memory\?\)/) });
   });
 
   it('fails a job whose engine fails, with the cause in the error', async () => {
