@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { HomeLayout } from '../config.js';
+import { enginePython } from '../engine/python.js';
 import { type EngineEvent, type Exit, TrainingProcess, stopOrphan } from '../engine/training-process.js';
 import { ServiceError } from '../errors.js';
 import type { FileService } from '../files/files.js';
@@ -202,6 +203,8 @@ export class JobRunner {
       ...defaults.engine,
     };
     await fsp.writeFile(this.specPath(job.id), `${JSON.stringify(spec, null, 2)}\n`);
+    // Found before the job is marked running: a host without torch fails the job from the queue.
+    enginePython();
 
     const running = await this.services.jobs.move(
       job.id,
