@@ -20,7 +20,9 @@ export function resolveHome(flag?: string): string {
   return path.resolve(flag ?? process.env.TUNELAB_HOME ?? path.join(os.homedir(), '.tunelab'));
 }
 
-export function homeLayout(root: string): HomeLayout {
+export function homeLayout(home: string): HomeLayout {
+  // Absolute, so paths the engine reports compare equal to the ones kept here.
+  const root = path.resolve(home);
   return {
     root,
     database: path.join(root, 'tunelab.db'),

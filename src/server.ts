@@ -89,9 +89,6 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
     log: (message, error) => app.log.error({ err: error }, message),
   });
   jobs.onChange((job) => runner.jobChanged(job));
-  // Jobs a dead server left running continue from their last checkpoint.
-  await runner.recover();
-  runner.kick();
   // Finished jobs are announced and charged once; the sweeps catch what a restart came between.
   jobs.onChange((job) => {
     notifications.jobChanged(job);
@@ -106,6 +103,10 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
 
   const host = options.host ?? '127.0.0.1';
   await app.listen({ host, port: options.port ?? 8000 });
+  // Once listening (a port in use stops the start before any engine runs): jobs a dead server left
+  // running continue from their last checkpoint, and queued jobs start.
+  await runner.recover();
+  runner.kick();
   const { port } = app.server.address() as AddressInfo;
   // A server listening on every address is reached locally on loopback.
   const reachable = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host;

@@ -146,12 +146,23 @@ describe('a job through the engine', () => {
     expect(lines.at(-1)).toMatch(new RegExp(`^${created.id} succeeded: ft:${MODEL}:personal::\\w{8} \\(964 trained tokens\\)$`));
   });
 
+  it('requeues a job whose engine was stopped from outside (a service manager, a Ctrl-C), and finishes it', async () => {
+    const file = await upload();
+    const created = await client.fineTuning.jobs.create({ model: MODEL, training_file: file.id, hyperparameters: { n_epochs: 2 } });
+    await untilStep(client, created.id, 3);
+    process.kill(enginePid(created.id), 'SIGTERM');
+    const job = await finished(client, created.id);
+    expect(job.status).toBe('succeeded');
+    expect(await metricsSteps(client, job.id)).toEqual(Array.from({ length: 20 }, (_, i) => i + 1));
+    const warning = (await client.fineTuning.jobs.listEvents(job.id, { limit: 100 })).data.find((e) => e.level === 'warn');
+    expect(warning?.message).toMatch(/^The engine was stopped from outside the server at step \d+; the job continues from there$/);
+  });
+
   it('fails a job whose engine is killed (as the kernel does when memory runs out)', async () => {
     const file = await upload();
     const created = await client.fineTuning.jobs.create({ model: MODEL, training_file: file.id, hyperparameters: { n_epochs: 50 } });
     await untilStep(client, created.id, 2);
-    const pid = Number(fs.readFileSync(path.join(t.home, 'work', created.id, 'engine.pid'), 'utf8').split('\n')[0]);
-    process.kill(pid, 'SIGKILL');
+    process.kill(enginePid(created.id), 'SIGKILL');
     const job = await finished(client, created.id);
     expect(job.status).toBe('failed');
     expect(job.error).toMatchObject({ code: 'engine_failed', message: expect.stringMatching(/^Fine-tuning failed: the engine was killed by SIGKILL \(out of memory\?\)/) });
@@ -177,3 +188,5 @@ async function waitFor(condition: () => boolean | Promise<boolean>, timeoutMs = 
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
 }
+
+const enginePid = (jobId: string) => Number(fs.readFileSync(path.join(t.home, 'work', jobId, 'engine.pid'), 'utf8').split('\n')[0]);

@@ -33,10 +33,10 @@ async function serve(): Promise<OpenAI> {
   return new OpenAI({ baseURL: fs.readFileSync(baseUrlFile, 'utf8').trim(), apiKey, maxRetries: 0 });
 }
 
+/** Running, not merely waiting to be reaped (a zombie still answers kill(pid, 0)). */
 const alive = (pid: number) => {
   try {
-    process.kill(pid, 0);
-    return true;
+    return fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.[0] !== 'Z';
   } catch {
     return false;
   }

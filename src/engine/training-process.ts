@@ -23,7 +23,7 @@ export interface TrainingProcessOptions {
   pidPath: string;
 }
 
-const KEPT_LOG_LINES = 20;
+const KEPT_LOG_LINES = 8;
 
 /**
  * `python3 -m tunelab_engine train --spec SPEC` as a child process: its events as they come, its
@@ -38,6 +38,8 @@ export class TrainingProcess {
     private readonly options: TrainingProcessOptions,
   ) {
     const log = fs.createWriteStream(options.logPath, { flags: 'a' });
+    // A full disk loses the log file, not the server.
+    log.on('error', (error) => this.recentLog.push(`(the engine log could not be written: ${error.message})`));
     const lines = readline.createInterface({ input: child.stderr!, crlfDelay: Infinity });
     lines.on('line', (line) => {
       log.write(`${line}\n`);
@@ -50,6 +52,7 @@ export class TrainingProcess {
         this.recentLog.push(`could not start the engine: ${error.message}`);
         resolve({ code: null, signal: null });
       });
+      child.once('exit', () => this.signal('SIGKILL'));
       child.once('close', (code, signal) => resolve({ code, signal }));
     }).then(async (exit) => {
       await new Promise<void>((resolve) => log.end(resolve));
@@ -63,6 +66,9 @@ export class TrainingProcess {
     const child = spawn(enginePython(), ['-m', 'tunelab_engine', 'train', '--spec', options.specPath], {
       env: engineEnv(),
       stdio: ['ignore', 'pipe', 'pipe'],
+      // Its own process group: a Ctrl-C meant for the server does not reach it, and a signal to the
+      // group reaches whatever it started (workers holding its pipes open would otherwise hang the job).
+      detached: true,
     });
     return new TrainingProcess(child, options);
   }
@@ -85,11 +91,20 @@ export class TrainingProcess {
 
   /** SIGTERM: the engine finishes its step, writes a checkpoint, says `cancelled` and exits. */
   stop(): void {
-    this.child.kill('SIGTERM');
+    this.signal('SIGTERM');
   }
 
   kill(): void {
-    this.child.kill('SIGKILL');
+    this.signal('SIGKILL');
+  }
+
+  private signal(signal: NodeJS.Signals): void {
+    if (this.child.pid === undefined) return;
+    try {
+      process.kill(-this.child.pid, signal);
+    } catch {
+      // the group is gone
+    }
   }
 
   /** The engine's last log lines, for a failed job's message. */

@@ -49,11 +49,14 @@ export class FileService {
     }
   }
 
-  /** A file the server writes for an organization: a job's results. */
-  async createResult(orgId: string, filename: string, content: Buffer): Promise<FileObject> {
+  /**
+   * A file the server writes for an organization: a job's results. Its row is written through `db`,
+   * so it can commit with the job's end; a blob whose row never commits is swept at the next start.
+   */
+  async createResult(orgId: string, filename: string, content: Buffer, db: Db = this.db): Promise<FileObject> {
     const staged = await this.blobs.stage(Readable.from([content]));
     try {
-      return await this.store(orgId, filename, 'fine-tune-results', staged, undefined);
+      return await this.store(orgId, filename, 'fine-tune-results', staged, undefined, db);
     } finally {
       await staged.discard();
     }
@@ -65,6 +68,7 @@ export class FileService {
     purpose: Purpose,
     content: StagedBlob,
     expiresAfterSeconds: number | undefined,
+    db: Db = this.db,
   ): Promise<FileObject> {
     const now = unixSeconds();
     const row: NewFileRow = {
@@ -82,7 +86,7 @@ export class FileService {
     };
     await content.commit(row.id);
     try {
-      await this.db.insertInto('files').values(row).execute();
+      await db.insertInto('files').values(row).execute();
     } catch (error) {
       await this.blobs.remove(row.id);
       throw error;

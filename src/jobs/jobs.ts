@@ -210,7 +210,9 @@ export class JobService {
           ...changes,
           method: changes.method ? JSON.stringify(changes.method) : undefined,
           status: to,
-          ...(isFinished(to) ? { finished_at: now, estimated_finish: null } : {}),
+          // Only a running job has an estimate.
+          ...(to === 'running' ? {} : { estimated_finish: null }),
+          ...(isFinished(to) ? { finished_at: now } : {}),
         })
         .where('id', '=', jobId)
         .where('status', '=', from)

@@ -47,21 +47,22 @@ type Metrics = Record<string, unknown> & { step: number };
 interface Run {
   job: FineTuningJob;
   engine: TrainingProcess;
-  /** Why the engine is being stopped. */
-  stopping: 'user' | 'shutdown' | null;
+  /** Why the runner is stopping the engine: what it says afterwards is recorded accordingly. */
+  stopping: 'cancel' | 'pause' | 'shutdown' | null;
   /** The runner itself is moving the job to its end; its own move is not a person's. */
   finishing: boolean;
   finished: Promise<void>;
   fineTunedModel: string;
   totalSteps: number;
+  /** The step this run started from (the checkpoint it resumed, or 0). */
+  startStep: number;
   /** The newest metrics event, so an evaluation of its step can join it. */
   lastMetrics: { id: string; data: Metrics } | null;
   lastCheckpointStep: number;
-  /** When this run's first step ended (ms) and the step it was: the speed estimate's start. */
-  firstStep: { at: number; step: number } | null;
   lastEstimateAt: number;
   error: { code: string; message: string } | null;
   done: EngineEvent | null;
+  /** The step the engine saved when it was stopped (`cancelled` event), by the runner or not. */
   stoppedAtStep: number | null;
 }
 
@@ -86,11 +87,13 @@ export class JobRunner {
   /**
    * On start: jobs still `running` belonged to a server that died. Their engines are stopped if
    * they outlived it, and the jobs go back to the queue to continue from their last checkpoint.
+   * A server with no slots trains nothing and leaves running jobs to the one that does.
    */
   async recover(): Promise<void> {
+    if (this.options.slots === 0) return;
     for (const job of await this.services.jobs.withStatus('running')) {
       await stopOrphan(this.pidPath(job.id));
-      const checkpoint = await resumePoint(this.workDir(job.id), await this.recordedSteps(job.id));
+      const checkpoint = await this.resumePoint(job.id, lastStep(await this.services.jobs.metrics(job.id)));
       await this.services.jobs.move(job.id, 'running', 'queued', {
         message: checkpoint
           ? `The server restarted while the job was running; it continues from its checkpoint at step ${checkpoint.step}`
@@ -121,7 +124,7 @@ export class JobRunner {
   jobChanged(job: FineTuningJob): void {
     const run = this.runs.get(job.id);
     if (run && job.status !== 'running' && !run.stopping && !run.finishing) {
-      run.stopping = 'user';
+      run.stopping = job.status === 'paused' ? 'pause' : 'cancel';
       run.engine.stop();
     }
     if (job.status === 'queued') this.kick();
@@ -155,40 +158,45 @@ export class JobRunner {
       try {
         await this.begin(next);
       } catch (error) {
-        // Cancelled or paused between the look and the move: someone else moved it, nothing to do.
-        if (error instanceof ServiceError && error.kind === 'conflict') continue;
         this.options.log(`starting ${next.id} failed`, error);
         const message = `The job could not be started: ${(error as Error).message}`;
-        await this.services.jobs.move(next.id, 'queued', 'failed', { level: 'error', message }, {
-          error: JSON.stringify({ code: 'engine_start_failed', message, param: null }),
-        });
+        await this.services.jobs
+          .move(next.id, 'queued', 'failed', { level: 'error', message }, { error: JSON.stringify({ code: 'engine_start_failed', message, param: null }) })
+          // Cancelled or paused meanwhile: someone else moved it, nothing to do.
+          .catch((failure) => {
+            if (!(failure instanceof ServiceError && failure.kind === 'conflict')) throw failure;
+          });
       }
     }
   }
 
   /** Resolves the hyperparameters, writes the engine's spec, moves the job to running and starts the engine. */
   private async begin(job: FineTuningJob): Promise<void> {
+    // An engine a crashed server left behind while it was pausing or cancelling this job.
+    await stopOrphan(this.pidPath(job.id));
     const model = this.services.baseModels.get(job.model);
     if (!model) throw new Error(`the base model ${job.model} is no longer registered`);
-    const report = (await this.services.jobs.validationReport(job.organization_id, job.id)) as unknown as ValidationFacts;
+    const report = validationFacts(await this.services.jobs.validationReport(job.organization_id, job.id));
     const defaults = trainingDefaults(model.path);
     const resolved = resolveHyperparameters(job.hyperparameters as SupervisedHyperparameters, report.n_examples, defaults);
     const work = this.workDir(job.id);
-    const totalSteps = Math.ceil(report.n_examples / resolved.batch_size) * resolved.n_epochs;
-    const valid = fs.existsSync(path.join(work, 'valid')) ? path.join(work, 'valid') : null;
-    const fineTunedModel = fineTunedModelName(job, await this.services.orgs.name(job.organization_id));
+    const stepsPerEpoch = Math.ceil(report.n_examples / resolved.batch_size);
+    const totalSteps = stepsPerEpoch * resolved.n_epochs;
     const history = await this.services.jobs.metrics(job.id);
-    const checkpoints = await this.services.jobs.checkpoints(job.id);
-    const resumeFrom = await resumePoint(work, Number(history.at(-1)?.data.step ?? 0));
+    const resumeFrom = await this.resumePoint(job.id, lastStep(history));
 
-    const spec = {
+    // A resumed run keeps the spec it started with (same schedule, same curve), from its checkpoint.
+    const written = resumeFrom && fs.existsSync(this.specPath(job.id)) ? JSON.parse(fs.readFileSync(this.specPath(job.id), 'utf8')) : null;
+    const valid = fs.existsSync(path.join(work, 'valid')) ? path.join(work, 'valid') : null;
+    const spec = written ?? {
+      // The model's own engine settings first: the fields below are the runner's to set.
+      ...defaults.engine,
       model: model.path,
       base_model_name: job.model,
       train_data: path.join(work, 'train'),
       valid_data: valid,
       output_dir: path.join(this.home.adapters, job.id),
       work_dir: work,
-      resume_from: resumeFrom?.path ?? null,
       method: resolved.full ? 'full' : 'lora',
       ...(resolved.full ? {} : { lora: { rank: resolved.lora_rank, alpha: resolved.lora_alpha } }),
       n_epochs: resolved.n_epochs,
@@ -200,8 +208,8 @@ export class JobRunner {
       seed: job.seed,
       // About ten validation points along the curve, and one at each epoch's end.
       eval_every: valid ? Math.max(1, Math.floor(totalSteps / 10)) : 0,
-      ...defaults.engine,
     };
+    spec.resume_from = resumeFrom?.path ?? null;
     await fsp.writeFile(this.specPath(job.id), `${JSON.stringify(spec, null, 2)}\n`);
     // Found before the job is marked running: a host without torch fails the job from the queue.
     enginePython();
@@ -214,22 +222,33 @@ export class JobRunner {
       { method: { type: 'supervised', supervised: { hyperparameters: resolved } } },
     );
     const last = history.at(-1);
+    const checkpoints = await this.services.jobs.checkpoints(job.id);
     const run: Run = {
       job: running,
-      engine: TrainingProcess.start({ specPath: this.specPath(job.id), logPath: path.join(work, 'engine.log'), pidPath: this.pidPath(job.id) }),
+      engine: null as unknown as TrainingProcess,
       stopping: null,
       finishing: false,
       finished: Promise.resolve(),
-      fineTunedModel,
+      fineTunedModel: fineTunedModelName(job, await this.services.orgs.name(job.organization_id)),
       totalSteps,
+      startStep: resumeFrom?.step ?? 0,
       lastMetrics: last ? { id: last.id, data: last.data as Metrics } : null,
       lastCheckpointStep: Math.max(0, ...checkpoints.map((c) => c.step_number)),
-      firstStep: null,
       lastEstimateAt: 0,
       error: null,
       done: null,
       stoppedAtStep: null,
     };
+    try {
+      // An epoch's checkpoint saved as the engine was stopped (or as the server died) and not yet a model.
+      if (resumeFrom && resumeFrom.step % stepsPerEpoch === 0) {
+        await this.registerCheckpoint(run, resumeFrom.step, resumeFrom.path, history.find((m) => m.data.step === resumeFrom.step)?.data as Metrics | undefined);
+      }
+      run.engine = TrainingProcess.start({ specPath: this.specPath(job.id), logPath: path.join(work, 'engine.log'), pidPath: this.pidPath(job.id) });
+    } catch (error) {
+      await this.fail(run, { code: 'engine_start_failed', message: `the engine could not be started: ${(error as Error).message}` }, null);
+      return;
+    }
     this.runs.set(job.id, run);
     run.finished = this.supervise(run)
       .catch((error) => this.options.log(`supervising ${job.id} failed`, error))
@@ -243,36 +262,30 @@ export class JobRunner {
     try {
       for await (const event of run.engine.events()) await this.onEvent(run, event);
     } catch (error) {
-      // The record of the run broke (a database error): the engine must not train on unrecorded.
+      // The record of the run broke (a database error): the engine must not train unrecorded.
       run.engine.kill();
       await run.engine.exited;
-      await this.fail(run, { code: 'internal', message: `the server could not record the run: ${(error as Error).message}` }, null);
-      return;
+      return this.fail(run, { code: 'internal', message: `the server could not record the run: ${(error as Error).message}` }, null);
     }
     const exit = await run.engine.exited;
     if (run.stopping === 'shutdown') return;
-    if (run.stopping === 'user') return this.afterStop(run);
+    if (run.stopping) return this.afterStop(run);
     if (run.done && exit.code === 0) {
       try {
         await this.succeed(run);
       } catch (error) {
         if (error instanceof ServiceError && error.kind === 'conflict') return this.afterStop(run);
-        throw error;
+        this.options.log(`finishing ${run.job.id} failed`, error);
+        await this.fail(run, { code: 'internal', message: `the fine-tuned model could not be recorded: ${(error as Error).message}` }, null);
       }
       return;
     }
+    // Stopped by a signal from outside (a terminal's Ctrl-C, a service manager): it saved a checkpoint.
+    if (run.stoppedAtStep !== null && exit.code === 0) return this.afterStop(run);
     await this.fail(run, run.error, exit);
   }
 
   private async onEvent(run: Run, event: EngineEvent): Promise<void> {
-    if (run.stopping) {
-      // The step under way when the engine was stopped is in the checkpoint it saves: it is recorded,
-      // so a resumed run neither repeats nor skips it. Nothing else is.
-      if (event.type === 'step') return this.onStep(run, event);
-      if (event.type === 'eval') return this.onEval(run, event);
-      if (event.type === 'cancelled') run.stoppedAtStep = Number(event.step);
-      return;
-    }
     switch (event.type) {
       case 'started':
         run.totalSteps = Number(event.total_steps);
@@ -281,8 +294,15 @@ export class JobRunner {
         return this.onStep(run, event);
       case 'eval':
         return this.onEval(run, event);
-      case 'checkpoint':
-        return this.onCheckpoint(run, Number(event.step), String(event.path));
+      case 'checkpoint': {
+        const step = Number(event.step);
+        // The last epoch's checkpoint becomes the fine-tuned model when the engine is done; a cancelled job makes none.
+        if (run.stopping === 'cancel' || step <= run.lastCheckpointStep || step >= run.totalSteps) return;
+        return this.registerCheckpoint(run, step, String(event.path), run.lastMetrics?.data.step === step ? run.lastMetrics.data : undefined);
+      }
+      case 'cancelled':
+        run.stoppedAtStep = Number(event.step);
+        return;
       case 'done':
         run.done = event;
         return;
@@ -294,8 +314,6 @@ export class JobRunner {
 
   private async onStep(run: Run, event: EngineEvent): Promise<void> {
     const step = Number(event.step);
-    const now = Date.now();
-    run.firstStep ??= { at: now - Number(event.elapsed_s ?? 0) * 1000, step: step - 1 };
     // A run resumed from a checkpoint repeats the steps after it that were already recorded.
     if (run.lastMetrics && step <= run.lastMetrics.data.step) return;
     const data: Metrics = {
@@ -306,9 +324,12 @@ export class JobRunner {
     };
     const id = await this.services.jobs.appendEvent(run.job.id, { type: 'metrics', message: stepMessage(data), data });
     run.lastMetrics = { id, data };
-    if (now - run.lastEstimateAt >= ESTIMATE_EVERY_MS && step > run.firstStep.step) {
+    // From the engine's own clock, so a backlog of events here does not skew it.
+    const now = typeof event.time === 'number' ? event.time * 1000 : Date.now();
+    const elapsed = Number(event.elapsed_s);
+    if (run.stopping === null && now - run.lastEstimateAt >= ESTIMATE_EVERY_MS && elapsed > 0) {
       run.lastEstimateAt = now;
-      const perStep = (now - run.firstStep.at) / (step - run.firstStep.step);
+      const perStep = (elapsed * 1000) / (step - run.startStep);
       await this.services.jobs.setEstimatedFinish(run.job.id, unixSeconds(now + perStep * (run.totalSteps - step)));
     }
   }
@@ -325,13 +346,13 @@ export class JobRunner {
   }
 
   /** An epoch's checkpoint becomes a model (`...:ckpt-step-N`); the final one is the fine-tuned model itself. */
-  private async onCheckpoint(run: Run, step: number, folder: string): Promise<void> {
+  private async registerCheckpoint(run: Run, step: number, folder: string, metrics: Metrics | undefined): Promise<void> {
     if (step <= run.lastCheckpointStep || step >= run.totalSteps) return;
     const { jobs, models } = this.services;
     const name = checkpointModelName(run.fineTunedModel, step);
     const removed = await this.services.db.transaction().execute(async (trx) => {
       await models.registerFineTuned(this.modelRow(run, name, 'checkpoint', folder), trx);
-      await jobs.addCheckpoint(run.job.id, { stepNumber: step, model: name, metrics: this.metricsAt(run, step) }, trx);
+      await jobs.addCheckpoint(run.job.id, { stepNumber: step, model: name, metrics: checkpointMetrics(metrics ?? { step }) }, trx);
       await jobs.appendEvent(run.job.id, { message: `Checkpoint created at step ${step} with Snapshot ID: ${name}` }, trx);
       return this.pruneCheckpoints(run.job.id, trx);
     });
@@ -344,22 +365,20 @@ export class JobRunner {
     const job = run.job;
     run.finishing = true;
     const csv = resultsCsv((await jobs.metrics(job.id)).map((m) => m.data));
-    const results = await files.createResult(job.organization_id, 'step_metrics.csv', Buffer.from(csv));
-    const outputDir = path.join(this.home.adapters, job.id);
+    const final = run.lastMetrics?.data.step === run.totalSteps ? run.lastMetrics.data : { step: run.totalSteps };
     let removed: string[] = [];
-    const events: NewEvent[] = [
-      { message: `New fine-tuned model created: ${run.fineTunedModel}` },
-      { message: 'The job has successfully completed' },
-    ];
     await jobs.move(
       job.id,
       'running',
       'succeeded',
-      events,
-      { fine_tuned_model: run.fineTunedModel, trained_tokens: Number(run.done!.trained_tokens), result_files: JSON.stringify([results.id]) },
+      [{ message: `New fine-tuned model created: ${run.fineTunedModel}` }, { message: 'The job has successfully completed' }],
+      { fine_tuned_model: run.fineTunedModel, trained_tokens: Number(run.done!.trained_tokens) },
       async (trx) => {
-        await models.registerFineTuned(this.modelRow(run, run.fineTunedModel, 'fine-tune', outputDir), trx);
-        await jobs.addCheckpoint(job.id, { stepNumber: run.totalSteps, model: run.fineTunedModel, metrics: this.metricsAt(run, run.totalSteps) }, trx);
+        // The result file commits with the job's end: a cancel that wins the race, or a crash, leaves none behind.
+        const results = await files.createResult(job.organization_id, 'step_metrics.csv', Buffer.from(csv), trx);
+        await trx.updateTable('jobs').set({ result_files: JSON.stringify([results.id]) }).where('id', '=', job.id).execute();
+        await models.registerFineTuned(this.modelRow(run, run.fineTunedModel, 'fine-tune', path.join(this.home.adapters, job.id)), trx);
+        await jobs.addCheckpoint(job.id, { stepNumber: run.totalSteps, model: run.fineTunedModel, metrics: checkpointMetrics(final) }, trx);
         removed = await this.pruneCheckpoints(job.id, trx);
       },
     );
@@ -374,7 +393,7 @@ export class JobRunner {
       : exit?.signal
         ? `the engine was killed by ${exit.signal}${exit.signal === 'SIGKILL' ? ' (out of memory?)' : ''}`
         : `the engine exited with status ${exit?.code ?? 'unknown'} before finishing`;
-    const lines = run.engine.lastLogLines().slice(-8);
+    const lines = run.engine?.lastLogLines() ?? [];
     const message = `Fine-tuning failed: ${cause}${lines.length ? `\nThe engine's last lines:\n${lines.join('\n')}` : ''}`;
     try {
       await this.services.jobs.move(run.job.id, 'running', 'failed', { level: 'error', message }, {
@@ -384,15 +403,24 @@ export class JobRunner {
       if (failure instanceof ServiceError && failure.kind === 'conflict') return this.afterStop(run);
       throw failure;
     }
-    await this.cleanUp(run.job);
+    await this.cleanUp({ ...run.job, status: 'failed' });
   }
 
-  /** After the engine stopped for a cancel or a pause. */
+  /** After the engine stopped for a cancel, a pause, or a signal from outside. */
   private async afterStop(run: Run): Promise<void> {
-    const job = await this.services.jobs.get(run.job.organization_id, run.job.id);
+    const { jobs } = this.services;
+    const job = await jobs.get(run.job.organization_id, run.job.id);
+    if (run.error) {
+      await jobs.appendEvent(job.id, { level: 'warn', message: `The engine failed while stopping: ${run.error.message}` });
+    }
     if (job.status === 'paused' && run.stoppedAtStep !== null) {
-      await this.services.jobs.appendEvent(job.id, {
-        message: `Checkpoint saved at step ${run.stoppedAtStep}; resuming continues from there`,
+      await jobs.appendEvent(job.id, { message: `Checkpoint saved at step ${run.stoppedAtStep}; resuming continues from there` });
+    }
+    if (job.status === 'running') {
+      // Nobody here asked it to stop: the job goes back to the queue and continues from the checkpoint it saved.
+      await jobs.move(job.id, 'running', 'queued', {
+        level: 'warn',
+        message: `The engine was stopped from outside the server at step ${run.stoppedAtStep}; the job continues from there`,
       });
     }
     if (isFinished(job.status)) await this.cleanUp(job);
@@ -425,18 +453,23 @@ export class JobRunner {
     return folders;
   }
 
-  private metricsAt(run: Run, step: number): Record<string, unknown> {
-    const metrics = run.lastMetrics?.data.step === step ? run.lastMetrics.data : { step };
-    const { total_steps: _, ...rest } = metrics;
-    return rest;
-  }
-
   private modelRow(run: Run, id: string, kind: 'fine-tune' | 'checkpoint', folder: string) {
     return { id, org_id: run.job.organization_id, job_id: run.job.id, base_model: run.job.model, kind, path: folder, created_at: unixSeconds() };
   }
 
-  private async recordedSteps(jobId: string): Promise<number> {
-    return Number((await this.services.jobs.metrics(jobId)).at(-1)?.data.step ?? 0);
+  /**
+   * Where a run continues: the newest checkpoint whose steps were all recorded. An engine that
+   * outlived a crashed server may have trained and saved further, unheard; those checkpoints are
+   * dropped, so the curve has no gap: the steps are trained again and recorded this time. Older
+   * checkpoints no model names (those of earlier pauses) are dropped too.
+   */
+  private async resumePoint(jobId: string, recordedSteps: number): Promise<CheckpointFolder | null> {
+    const folders = checkpointFolders(this.workDir(jobId));
+    const resume = folders.filter((folder) => folder.step <= recordedSteps).at(-1) ?? null;
+    const models = new Set(await this.services.models.folders(jobId));
+    const stale = folders.filter((folder) => folder.step > recordedSteps || (folder !== resume && !models.has(folder.path)));
+    await removeFolders(stale.map((folder) => folder.path));
+    return resume;
   }
 
   private workDir(jobId: string): string {
@@ -456,7 +489,22 @@ export class JobRunner {
 interface ValidationFacts {
   n_examples: number;
   context: number;
-  token_counts: Record<string, { distributions: { total_tokens: { max: number } | null } }>;
+  token_counts: Record<string, { distributions: { total_tokens: { max: number } | null } } | undefined>;
+}
+
+function validationFacts(report: Record<string, unknown>): ValidationFacts {
+  if (typeof report.n_examples !== 'number' || typeof report.context !== 'number' || typeof report.token_counts !== 'object') {
+    throw new Error('the validation report lacks the example count, context or token counts');
+  }
+  return report as unknown as ValidationFacts;
+}
+
+const lastStep = (metrics: Array<{ data: Record<string, unknown> }>) => Number(metrics.at(-1)?.data.step ?? 0);
+
+/** A checkpoint's metrics are its step's, without the run's length. */
+function checkpointMetrics(metrics: Metrics): Record<string, unknown> {
+  const { total_steps: _, ...rest } = metrics;
+  return rest;
 }
 
 /** Packed rows hold the longest example whole; shorter rows waste nothing (attention sees only real tokens). */
@@ -488,18 +536,6 @@ function checkpointFolders(workDir: string): CheckpointFolder[] {
       return match ? [{ step: Number(match[1]), path: path.join(folder, name) }] : [];
     })
     .sort((a, b) => a.step - b.step);
-}
-
-/**
- * Where a run continues: the newest checkpoint whose steps were all recorded. An engine that
- * outlived a crashed server may have trained and saved further, unheard; its later checkpoints are
- * dropped, so the curve has no gap: those steps are trained again and recorded this time.
- */
-async function resumePoint(workDir: string, recordedSteps: number): Promise<CheckpointFolder | null> {
-  const folders = checkpointFolders(workDir);
-  const unheard = folders.filter((folder) => folder.step > recordedSteps);
-  await removeFolders(unheard.map((folder) => folder.path));
-  return folders.filter((folder) => folder.step <= recordedSteps).at(-1) ?? null;
 }
 
 async function removeFolders(folders: string[]): Promise<void> {

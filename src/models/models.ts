@@ -53,7 +53,7 @@ export class ModelService {
   async unregister(id: string, db: Db = this.db): Promise<string | null> {
     const row = await db.deleteFrom('fine_tuned_models').where('id', '=', id).returning('path').executeTakeFirst();
     if (!row) return null;
-    // A checkpoint and the final model may share a folder; it goes with the last model naming it.
+    // Kept while another model names the same folder.
     const sharing = await db.selectFrom('fine_tuned_models').select('id').where('path', '=', row.path).executeTakeFirst();
     return sharing ? null : row.path;
   }
