@@ -12,6 +12,7 @@ import { JobRunner } from './jobs/runner.js';
 import { loadDatasetSettings } from './datasets/settings.js';
 import { BaseModelRegistry } from './models/base-models.js';
 import { ModelService } from './models/models.js';
+import { TINY_MODEL_NAME, ensureTinyModel } from './models/tiny-model.js';
 import { type DeliveryOptions, NotificationService } from './notifications/notifications.js';
 import { loadSmtpSettings } from './notifications/settings.js';
 import { smtpMailer } from './notifications/smtp.js';
@@ -30,6 +31,8 @@ export interface ServerOptions {
   logger?: FastifyServerOptions['logger'];
   /** Jobs trained at once, one engine process each (default 1: a CPU host has one engine's worth of cores). */
   engineSlots?: number;
+  /** Make the built-in base model `tunelab-tiny` on first start (default true). */
+  builtinModels?: boolean;
   /** Webhook retry schedule and timeout (tests use milliseconds). */
   notifications?: DeliveryOptions;
 }
@@ -81,6 +84,12 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
     app.log.info(`Created organization "${organization.name}" (${organization.id}); its API key is in ${home.apiKeyFile}`);
   }
   await files.sweep();
+  if (options.builtinModels ?? true) {
+    // Made once (a few seconds: a tokenizer and random weights), so the guide runs offline from the first start.
+    await ensureTinyModel(home.models).catch((error) =>
+      app.log.warn({ err: error }, `The built-in model ${TINY_MODEL_NAME} could not be made; other base models still work`),
+    );
+  }
   // Jobs a restart interrupted while their files were being checked are checked again.
   jobs.onChange((job) => validation.jobChanged(job));
   validation.kick();

@@ -48,8 +48,8 @@ async function postgresFor(home: string): Promise<string> {
 export async function startTestServer(options: Partial<ServerOptions> = {}): Promise<TestServer> {
   const home = options.home ?? tempHome();
   const database = onPostgres ? await postgresFor(home) : undefined;
-  // No engine unless a test asks for one: most tests look at jobs as the API leaves them, not at training.
-  const server = await startServer({ home, port: 0, database, engineSlots: 0, ...options });
+  // No engine and no built-in model unless a test asks: most tests look at jobs as the API leaves them, not at training.
+  const server = await startServer({ home, port: 0, database, engineSlots: 0, builtinModels: false, ...options });
   const registry = new BaseModelRegistry(server.home.models);
   if (!registry.get(BASE_MODEL)) registry.add(writeModelFolder(path.join(home, 'model-sources', BASE_MODEL)), BASE_MODEL);
   const clientFor = (apiKey: string) => new OpenAI({ baseURL: server.baseURL, apiKey, maxRetries: 0 });
@@ -97,13 +97,16 @@ export async function finished(client: OpenAI, jobId: string, timeoutMs = 120_00
   }
 }
 
+/** All the job's events, oldest first, through the SDK's auto-pagination. */
+export async function allEvents(client: OpenAI, jobId: string): Promise<OpenAI.FineTuning.Jobs.FineTuningJobEvent[]> {
+  const events = [];
+  for await (const event of client.fineTuning.jobs.listEvents(jobId, { limit: 100 })) events.push(event);
+  return events.reverse();
+}
+
 /** The steps of the job's metrics events, oldest first. */
 export async function metricsSteps(client: OpenAI, jobId: string): Promise<number[]> {
-  const steps: number[] = [];
-  for await (const event of client.fineTuning.jobs.listEvents(jobId, { limit: 100 })) {
-    if (event.type === 'metrics') steps.push((event.data as { step: number }).step);
-  }
-  return steps.reverse();
+  return (await allEvents(client, jobId)).filter((e) => e.type === 'metrics').map((e) => (e.data as { step: number }).step);
 }
 
 /** Waits until the job has recorded at least `step` steps. */
