@@ -1,14 +1,13 @@
 /**
  * The README's first command: a tunelab server on a fresh home folder, and the guide's example
- * run against it through the official SDK, offline: the dataset doctor checks the file, the job's
- * files are validated and it is queued. Until the engine lands the job waits there, and the base
- * model is a placeholder folder in Hugging Face layout (a real Qwen3 tokenizer, no real weights).
+ * run against it through the official SDK, offline, on the built-in base model `tunelab-tiny`: the
+ * dataset doctor checks the file, the job's files are validated, it trains (the loss falls), and it
+ * ends with an `ft:` model, its checkpoints and its result file.
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { writeModelFolder } from '../test/support/model-folder.js';
 
 const root = path.resolve(import.meta.dirname, '..');
 const cli = path.join(root, 'dist/cli/main.js');
@@ -36,22 +35,21 @@ process.on('exit', stop);
 try {
   const keyFile = path.join(home, 'api-key');
   for (let waited = 0; !(await fetch(`${baseURL}/models`).then(() => true, () => false)); waited += 100) {
-    if (waited > 15000) throw new Error('the server did not start');
+    if (waited > 60000) throw new Error('the server did not start');
     await new Promise((resolve) => setTimeout(resolve, 100));
   }
   const apiKey = fs.readFileSync(keyFile, 'utf8').trim();
   console.log(`API key written to ${keyFile}\n`);
 
-  const modelFolder = writeModelFolder(path.join(home, 'downloads', 'qwen3-tiny'));
-  console.log('# tunelab models add <folder> --name qwen3-tiny');
-  await run([cli, 'models', 'add', modelFolder, '--name', 'qwen3-tiny', '--home', home]);
+  console.log('# tunelab models list   (tunelab-tiny was made on first start)');
+  await run([cli, 'models', 'list', '--home', home]);
 
   const dataset = path.resolve(root, '../shared/datasets/weather-jokes.jsonl');
-  console.log('\n# tunelab validate weather-jokes.jsonl --model qwen3-tiny --show 1');
-  await run([cli, 'validate', dataset, '--model', 'qwen3-tiny', '--show', '1', '--home', home]);
+  console.log('\n# tunelab validate weather-jokes.jsonl --model tunelab-tiny --show 1');
+  await run([cli, 'validate', dataset, '--model', 'tunelab-tiny', '--show', '1', '--home', home]);
 
   console.log(`\n# the guide, through the official openai SDK (OPENAI_BASE_URL=${baseURL})`);
-  await run([path.join(root, 'node_modules/tsx/dist/cli.mjs'), path.join(root, 'examples/guide.ts'), dataset, 'qwen3-tiny'], {
+  await run([path.join(root, 'node_modules/tsx/dist/cli.mjs'), path.join(root, 'examples/guide.ts'), dataset, 'tunelab-tiny'], {
     OPENAI_BASE_URL: baseURL,
     OPENAI_API_KEY: apiKey,
   });
@@ -59,7 +57,9 @@ try {
   // The CLI finds the server and its key through the home folder.
   console.log(`\n# tunelab jobs list --home ${home}`);
   await run([cli, 'jobs', 'list', '--home', home]);
-  console.log(`\nDone. The home folder is ${home}; the job waits in the queue: the runner that starts the engine on it is the next piece.`);
+  console.log(`\n# tunelab usage --home ${home}`);
+  await run([cli, 'usage', '--home', home]);
+  console.log(`\nDone. The home folder is ${home}: the fine-tune is in adapters/, its training log in work/.`);
 } finally {
   stop();
 }
