@@ -49,7 +49,7 @@ it('runs the guide on the built-in tunelab-tiny: 10 auto epochs, events, checkpo
   expect(epochLoss(9)).toBeLessThan(0.1);
   for (let epoch = 1; epoch < 10; epoch++) expect(epochLoss(epoch)).toBeLessThan(epochLoss(epoch - 1));
 
-  const usage = await client.get<unknown, { data: Array<Record<string, number | string>> }>('/usage');
+  const usage = await client.get<{ data: Array<Record<string, number | string>> }>('/usage');
   expect(usage.data).toEqual([expect.objectContaining({ training_jobs: 1, training_tokens: job.trained_tokens })]);
   expect(job.trained_tokens).toBe(10 * 685);
 });
