@@ -1,3 +1,4 @@
+import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -44,4 +45,25 @@ export function parseByteSize(text: string): number {
   const units: Record<string, number> = { b: 1, kb: 1e3, kib: 1024, mb: 1e6, mib: 1024 ** 2, gb: 1e9, gib: 1024 ** 3 };
   const unit = (match[2] ?? 'b').toLowerCase();
   return Math.floor(Number(match[1]) * units[unit]!);
+}
+
+/**
+ * Reads `<home>/config.json` through `parse` (one section's reader); `missing` when there is no
+ * file. A file that is there but wrong is an error naming the file, and `parse`'s message names
+ * the field: silently ignoring a setting would be worse than refusing to start.
+ */
+export function readHomeConfig<T>(home: string, parse: (config: Record<string, unknown>) => T, missing: T): T {
+  const file = path.join(home, 'config.json');
+  if (!fs.existsSync(file)) return missing;
+  let config: Record<string, unknown>;
+  try {
+    config = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
+  } catch (error) {
+    throw new Error(`${file} is not valid JSON: ${(error as Error).message}`);
+  }
+  try {
+    return parse(config);
+  } catch (error) {
+    throw new Error(`${file}: ${(error as Error).message}`);
+  }
 }

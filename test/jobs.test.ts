@@ -22,6 +22,14 @@ async function upload() {
   return client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
 }
 
+/** A job of `nEpochs` on the weather file, once it has trained `steps` steps. */
+async function trainingJob(nEpochs: number, steps: number) {
+  const file = await upload();
+  const created = await client.fineTuning.jobs.create({ model: MODEL, training_file: file.id, hyperparameters: { n_epochs: nEpochs } });
+  await untilStep(client, created.id, steps);
+  return created;
+}
+
 describe('a job through the engine', () => {
   it('runs to succeeded: hyperparameters resolved, metrics per step, checkpoints as models, a result file', async () => {
     const training = await upload();
@@ -99,9 +107,7 @@ describe('a job through the engine', () => {
   });
 
   it('cancels a running job: the engine stops and no model is made', async () => {
-    const file = await upload();
-    const created = await client.fineTuning.jobs.create({ model: MODEL, training_file: file.id, hyperparameters: { n_epochs: 50 } });
-    await untilStep(client, created.id, 3);
+    const created = await trainingJob(50, 3);
     // Kept current from the speed so far: 500 steps at a few per second end minutes from now.
     const running = await client.fineTuning.jobs.retrieve(created.id);
     expect(running.status).toBe('running');
@@ -117,9 +123,7 @@ describe('a job through the engine', () => {
   });
 
   it('pauses and resumes: the curve continues where it stopped, no step twice', async () => {
-    const file = await upload();
-    const created = await client.fineTuning.jobs.create({ model: MODEL, training_file: file.id, hyperparameters: { n_epochs: 3 } });
-    await untilStep(client, created.id, 5);
+    const created = await trainingJob(3, 5);
     expect((await client.fineTuning.jobs.pause(created.id)).status).toBe('paused');
     await waitFor(async () =>
       (await client.fineTuning.jobs.listEvents(created.id)).data.some((e) => e.message.startsWith('Checkpoint saved at step')),
@@ -147,9 +151,7 @@ describe('a job through the engine', () => {
   });
 
   it('requeues a job whose engine was stopped from outside (a service manager, a Ctrl-C), and finishes it', async () => {
-    const file = await upload();
-    const created = await client.fineTuning.jobs.create({ model: MODEL, training_file: file.id, hyperparameters: { n_epochs: 2 } });
-    await untilStep(client, created.id, 3);
+    const created = await trainingJob(2, 3);
     process.kill(enginePid(created.id), 'SIGTERM');
     const job = await finished(client, created.id);
     expect(job.status).toBe('succeeded');
@@ -159,9 +161,7 @@ describe('a job through the engine', () => {
   });
 
   it('fails a job whose engine is killed (as the kernel does when memory runs out)', async () => {
-    const file = await upload();
-    const created = await client.fineTuning.jobs.create({ model: MODEL, training_file: file.id, hyperparameters: { n_epochs: 50 } });
-    await untilStep(client, created.id, 2);
+    const created = await trainingJob(50, 2);
     process.kill(enginePid(created.id), 'SIGKILL');
     const job = await finished(client, created.id);
     expect(job.status).toBe('failed');

@@ -1,5 +1,4 @@
-import fs from 'node:fs';
-import path from 'node:path';
+import { readHomeConfig } from '../config.js';
 import { DEFAULT_SCREENING_POLICY, parseScreeningPolicy, type ScreeningPolicy } from './screening.js';
 import { DEFAULT_PRICES, type Prices } from './stats.js';
 
@@ -17,19 +16,11 @@ export const DEFAULT_DATASET_SETTINGS: DatasetSettings = { prices: DEFAULT_PRICE
  * since silently ignoring a blocklist would be worse than refusing to start.
  */
 export function loadDatasetSettings(home: string): DatasetSettings {
-  const file = path.join(home, 'config.json');
-  if (!fs.existsSync(file)) return DEFAULT_DATASET_SETTINGS;
-  let config: Record<string, unknown>;
-  try {
-    config = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
-  } catch (error) {
-    throw new Error(`${file} is not valid JSON: ${(error as Error).message}`);
-  }
-  try {
-    return { prices: parsePrices(config.prices), screening: parseScreeningPolicy(config.screening) };
-  } catch (error) {
-    throw new Error(`${file}: ${(error as Error).message}`);
-  }
+  return readHomeConfig(
+    home,
+    (config) => ({ prices: parsePrices(config.prices), screening: parseScreeningPolicy(config.screening) }),
+    DEFAULT_DATASET_SETTINGS,
+  );
 }
 
 function parsePrices(section: unknown): Prices {

@@ -8,6 +8,7 @@ import type { FileService } from '../files/files.js';
 import { modelContextLength, type BaseModelRegistry } from '../models/base-models.js';
 import { ModelTokenizer } from '../tokenizer/model-tokenizer.js';
 import type { FineTuningJob, JobService } from './jobs.js';
+import { WorkLoop } from './work-loop.js';
 
 export interface JobError {
   code: string;
@@ -22,9 +23,10 @@ export interface JobError {
  * time, oldest first; those a restart interrupted are taken again on start.
  */
 export class FileValidation {
-  private running: Promise<void> | null = null;
-  private again = false;
-  private stopped = false;
+  private readonly loop = new WorkLoop(
+    () => this.drain(),
+    (error) => this.log('looking for jobs to validate failed', error),
+  );
   private readonly tokenizers = new Map<string, ModelTokenizer>();
   /** The job whose files are being read, and how to stop reading them. */
   private current: { jobId: string; abort: AbortController } | null = null;
@@ -40,20 +42,7 @@ export class FileValidation {
 
   /** Looks for work now; if a pass is under way, another follows it. */
   kick(): void {
-    if (this.stopped) return;
-    if (this.running) {
-      this.again = true;
-      return;
-    }
-    this.running = this.drain()
-      .catch((error) => this.log('looking for jobs to validate failed', error))
-      .finally(() => {
-        this.running = null;
-        if (this.again) {
-          this.again = false;
-          this.kick();
-        }
-      });
+    this.loop.kick();
   }
 
   /** A new job is taken at once; a job cancelled while its files are read stops the reading. */
@@ -64,14 +53,14 @@ export class FileValidation {
 
   /** Stops taking jobs and abandons the one in hand: it is still validating_files, so the next start takes it again. */
   async stop(): Promise<void> {
-    this.stopped = true;
+    const stopping = this.loop.stop();
     this.current?.abort.abort();
-    await this.running;
+    await stopping;
   }
 
   private async drain(): Promise<void> {
     for (const job of await this.jobs.withStatus('validating_files')) {
-      if (this.stopped) return;
+      if (this.loop.stopped) return;
       let queued = false;
       const abort = new AbortController();
       this.current = { jobId: job.id, abort };

@@ -17,6 +17,7 @@ import { learningRate, resolveHyperparameters } from './hyperparameters.js';
 import type { SupervisedHyperparameters } from './job-request.js';
 import type { FineTuningJob, JobService, NewEvent } from './jobs.js';
 import { resultsCsv } from './results.js';
+import { WorkLoop } from './work-loop.js';
 import { isFinished } from './status.js';
 
 export interface RunnerServices {
@@ -74,9 +75,10 @@ interface Run {
  */
 export class JobRunner {
   private readonly runs = new Map<string, Run>();
-  private scheduling: Promise<void> | null = null;
-  private again = false;
-  private stopped = false;
+  private readonly loop = new WorkLoop(
+    () => this.schedule(),
+    (error) => this.options.log('starting queued jobs failed', error),
+  );
 
   constructor(
     private readonly services: RunnerServices,
@@ -104,20 +106,7 @@ export class JobRunner {
 
   /** Looks for queued jobs now; if a look is under way, another follows it. */
   kick(): void {
-    if (this.stopped) return;
-    if (this.scheduling) {
-      this.again = true;
-      return;
-    }
-    this.scheduling = this.schedule()
-      .catch((error) => this.options.log('starting queued jobs failed', error))
-      .finally(() => {
-        this.scheduling = null;
-        if (this.again) {
-          this.again = false;
-          this.kick();
-        }
-      });
+    this.loop.kick();
   }
 
   /** Every committed move of every job comes here: queued jobs are taken, cancelled or paused runs stopped. */
@@ -138,8 +127,7 @@ export class JobRunner {
    * `running`, so the next start continues them from there.
    */
   async stop(): Promise<void> {
-    this.stopped = true;
-    await this.scheduling;
+    await this.loop.stop();
     const runs = [...this.runs.values()];
     for (const run of runs) {
       if (!run.stopping) run.stopping = 'shutdown';
@@ -152,7 +140,7 @@ export class JobRunner {
   }
 
   private async schedule(): Promise<void> {
-    while (!this.stopped && this.runs.size < this.options.slots) {
+    while (!this.loop.stopped && this.runs.size < this.options.slots) {
       const next = (await this.services.jobs.withStatus('queued')).find((job) => !this.runs.has(job.id));
       if (!next) return;
       try {

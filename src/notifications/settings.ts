@@ -1,6 +1,5 @@
-import fs from 'node:fs';
 import os from 'node:os';
-import path from 'node:path';
+import { readHomeConfig } from '../config.js';
 
 /** The `smtp` section of `<home>/config.json`: where job e-mails are sent through. */
 export interface SmtpSettings {
@@ -20,19 +19,7 @@ export interface SmtpSettings {
  * A section that is there but wrong is an error naming the field.
  */
 export function loadSmtpSettings(home: string): SmtpSettings | null {
-  const file = path.join(home, 'config.json');
-  if (!fs.existsSync(file)) return null;
-  let config: Record<string, unknown>;
-  try {
-    config = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
-  } catch (error) {
-    throw new Error(`${file} is not valid JSON: ${(error as Error).message}`);
-  }
-  try {
-    return parseSmtp(config.smtp);
-  } catch (error) {
-    throw new Error(`${file}: ${(error as Error).message}`);
-  }
+  return readHomeConfig(home, (config) => parseSmtp(config.smtp), null);
 }
 
 const KEYS = ['host', 'port', 'secure', 'auth', 'from'];
