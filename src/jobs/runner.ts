@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import type { HomeLayout } from '../config.js';
 import { enginePython } from '../engine/python.js';
@@ -196,6 +197,8 @@ export class JobRunner {
       seed: job.seed,
       // About ten validation points along the curve, and one at each epoch's end.
       eval_every: valid ? Math.max(1, Math.floor(totalSteps / 10)) : 0,
+      // Engines side by side share the cores rather than each taking all of them.
+      ...(this.options.slots > 1 ? { threads: Math.max(1, Math.floor(os.availableParallelism() / this.options.slots)) } : {}),
     };
     spec.resume_from = resumeFrom?.path ?? null;
     await fsp.writeFile(this.specPath(job.id), `${JSON.stringify(spec, null, 2)}\n`);
