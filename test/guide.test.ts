@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
-import { BASE_MODEL, DATASETS, type TestServer, startTestServer, weatherJokes } from './support/server.js';
+import { BASE_MODEL, DATASETS, type TestServer, startTestServer, validated, weatherJokes } from './support/server.js';
 
 let t: TestServer;
 beforeAll(async () => {
@@ -145,13 +145,17 @@ describe("the guide's calls through the official SDK", () => {
     expect(newest.data[0]!.message).toBe('Fine-tuning job cancelled');
   });
 
-  it('pauses a queued job and resumes it to queued', async () => {
+  it('pauses a queued job and resumes it to queued; a cancelled job cannot be paused', async () => {
     const training = await t.client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
-    const job = await t.client.fineTuning.jobs.create({ model: BASE_MODEL, training_file: training.id });
-    await expect(t.client.fineTuning.jobs.pause(job.id)).rejects.toThrow(/validating_files/);
-    await t.server.services.jobs.move(job.id, 'validating_files', 'queued', { message: 'Files validated, moving job to queued state' });
+    // Validated in the background, then queued: this server trains nothing, so it stays there.
+    const job = await validated(t.client, (await t.client.fineTuning.jobs.create({ model: BASE_MODEL, training_file: training.id })).id);
+    expect(job.status).toBe('queued');
     expect((await t.client.fineTuning.jobs.pause(job.id)).status).toBe('paused');
     expect((await t.client.fineTuning.jobs.resume(job.id)).status).toBe('queued');
+    await t.client.fineTuning.jobs.cancel(job.id);
+    await expect(t.client.fineTuning.jobs.pause(job.id)).rejects.toThrow(
+      `Job ${job.id} is cancelled: only a job that is queued or running can be paused.`,
+    );
   });
 
   it('lists base models and fine-tunes, retrieves and deletes an ft: model by its colon-laden id', async () => {
