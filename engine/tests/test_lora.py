@@ -60,6 +60,23 @@ class LoRATest(TempDirTest):
         for g, want in zip(got, (x.grad, a.grad, b.grad)):
             self.assertTrue(torch.allclose(g, want, rtol=1e-4, atol=1e-4))
 
+    def test_dropout_applies_to_the_low_rank_path_only(self):
+        model = random_model("llama")
+        lora.apply(model, rank=2, alpha=6, dropout=0.5, targets=["q_proj"])
+        layer = model.model.layers[0].self_attn.q_proj.train()
+        torch.nn.init.normal_(layer.lora_B.weight)
+        x = torch.randn(3, 5, 64, requires_grad=True)
+        torch.manual_seed(7)
+        layer(x).square().sum().backward()
+        got = (x.grad.clone(), layer.lora_A.weight.grad.clone(), layer.lora_B.weight.grad.clone())
+        x.grad = layer.lora_A.weight.grad = layer.lora_B.weight.grad = None
+        torch.manual_seed(7)
+        keep = torch.empty(15, 64).bernoulli_(0.5).div_(0.5).view(3, 5, 64)
+        a, b = layer.lora_A.weight, layer.lora_B.weight
+        (x @ layer.weight.t() + 3.0 * (x * keep) @ a.t() @ b.t()).square().sum().backward()
+        for g, want in zip(got, (x.grad, a.grad, b.grad)):
+            self.assertTrue(torch.allclose(g, want, rtol=1e-4, atol=1e-4))
+
     def test_fused_projections_compute_the_same_outputs_and_gradients(self):
         model = random_model("qwen2")  # q/k/v biases too
         params = lora.apply(model, rank=4, alpha=8, seed=2)

@@ -24,6 +24,56 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
+class _LoRAProjection(torch.autograd.Function):
+    """x @ W^T + bias + scaling * dropout(x) @ A^T @ B^T, with the gradients written out by hand.
+
+    Autograd would record the in-place LoRA addition into the frozen output as a write into a view,
+    and its backward then copies the whole output gradient once more (CopySlices); it also adds
+    the frozen path's and the low-rank path's input gradients in a separate pass. Here the frozen
+    weight only ever gets the input gradient (g @ W, it never trains), the low-rank input gradient
+    is accumulated into it in place, and nothing of [tokens, out] size is copied.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, a, b, scaling, p):
+        flat = x.reshape(-1, x.shape[-1])
+        out = F.linear(flat, weight, bias)
+        keep = None
+        if p > 0:
+            # As nn.Dropout: zero with probability p, scale the rest by 1 / (1 - p).
+            keep = torch.empty_like(flat).bernoulli_(1 - p).div_(1 - p)
+            flat = flat * keep
+        low = flat @ a.t()
+        out.addmm_(low, b.t(), alpha=scaling)
+        ctx.save_for_backward(flat, weight, a, b, low, keep)
+        ctx.scaling = scaling
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        flat, weight, a, b, low, keep = ctx.saved_tensors
+        g = grad.reshape(-1, grad.shape[-1])
+        g_low = (g @ b).mul_(ctx.scaling)  # [tokens, rank]
+        grad_x = grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:
+            if keep is None:
+                grad_x = (g @ weight).addmm_(g_low, a)
+            else:
+                grad_x = (g @ weight).add_((g_low @ a).mul_(keep))
+            grad_x = grad_x.view(*grad.shape[:-1], grad_x.shape[-1])
+        if ctx.needs_input_grad[3]:
+            grad_a = g_low.t() @ flat
+        if ctx.needs_input_grad[4]:
+            grad_b = (g.t() @ low).mul_(ctx.scaling)
+        return grad_x, None, None, grad_a, grad_b, None, None
+
+
+def lora_projection(x, weight, bias, a, b, scaling, dropout):
+    """The LoRA forward for `a`, `b` already in x's dtype; dropout: an nn.Dropout or nn.Identity."""
+    p = dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
+    return _LoRAProjection.apply(x, weight, bias, a, b, scaling, p)
+
+
 class LoRALinear(nn.Module):
     def __init__(self, base, rank, alpha, dropout):
         super().__init__()
@@ -38,14 +88,10 @@ class LoRALinear(nn.Module):
         nn.init.zeros_(self.lora_B.weight)
 
     def forward(self, x):
-        # The fp32 LoRA weights are cast to the activations' dtype (a few KB per layer; the frozen
-        # weight is used as stored), and the low-rank product is added into the frozen layer's
-        # output in place, with alpha/r folded into the matmul: no extra pass over the output.
-        out = F.linear(x, self.weight, self.bias)
-        low = F.linear(self.dropout(x), self.lora_A.weight.to(x.dtype))
-        flat = out.view(-1, out.shape[-1])
-        flat.addmm_(low.reshape(-1, low.shape[-1]), self.lora_B.weight.to(out.dtype).t(), alpha=self.scaling)
-        return out
+        # The fp32 LoRA weights are cast to the activations' dtype (a few KB per layer); the frozen
+        # weight is used as stored.
+        return lora_projection(x, self.weight, self.bias, self.lora_A.weight.to(x.dtype),
+                               self.lora_B.weight.to(x.dtype), self.scaling, self.dropout)
 
     def merged_weight(self):
         delta = (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scaling
@@ -77,11 +123,9 @@ class FusedLoRA(nn.Module):
         self.dropout = parts[0].dropout
 
     def forward(self, x):
-        out = F.linear(x, self.weight, self.bias)
         a = torch.cat([p.lora_A.weight for p in self.parts]).to(x.dtype)
         b = torch.block_diag(*[p.lora_B.weight * p.scaling for p in self.parts]).to(x.dtype)
-        low = F.linear(self.dropout(x), a)
-        out.view(-1, out.shape[-1]).addmm_(low.reshape(-1, low.shape[-1]), b.t())
+        out = lora_projection(x, self.weight, self.bias, a, b, 1.0, self.dropout)
         return out.split(self.sizes, dim=-1)
 
 

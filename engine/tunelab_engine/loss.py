@@ -3,11 +3,16 @@
 The [tokens, vocab] logits are the largest tensor of a small model's step (49152 or 151936 columns).
 They are computed a chunk of rows at a time and the gradient for the hidden states (and for the
 output weight, when it trains) is formed in the same pass, so no chunk's logits outlive it.
+
+Two sizes: the matmul takes many rows at once (each chunk reads the whole [vocab, hidden] weight),
+while the softmax runs over slices small enough to stay in the CPU's L2 cache. On a 2-core VM a
+pass over a 341 x 49152 fp32 chunk costs 40-70 ms from memory, and the softmax makes eight of them.
 """
 
 import torch
 
 CHUNK_ELEMENTS = 1 << 24
+SLICE_ELEMENTS = 1 << 18  # 1 MiB of fp32 logits
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -20,22 +25,29 @@ class _LinearCrossEntropy(torch.autograd.Function):
         correct = torch.zeros((), dtype=torch.int64, device=hidden.device)
         grad_h = torch.empty_like(hidden) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        step = max(1, SLICE_ELEMENTS // w.shape[0])
         for start in range(0, hidden.shape[0], chunk):
             h, y = hidden[start:start + chunk], labels[start:start + chunk]
-            logits = (h @ w.t()).float()
-            # One max serves both the stable log-sum-exp and the accuracy; the exponentials are
-            # computed once, in place, and become the softmax of the gradient.
-            top, predicted = logits.max(dim=-1)
-            target = logits.gather(1, y[:, None]).squeeze(1)
-            probs = torch.exp_(logits.sub_(top[:, None]))
-            total = probs.sum(-1)
-            loss += (top + torch.log(total) - target).sum()
-            correct += (predicted == y).sum()
+            logits = h @ w.t()
+            # The gradient overwrites the logits slice by slice (same dtype, same shape).
+            g = logits
+            for s in range(0, len(y), step):
+                ys = y[s:s + step]
+                part = logits[s:s + step].float()
+                # One max serves both the stable log-sum-exp and the accuracy; the exponentials
+                # are computed once, in place, and become the softmax of the gradient.
+                top, predicted = part.max(dim=-1)
+                target = part.gather(1, ys[:, None]).squeeze(1)
+                probs = torch.exp_(part.sub_(top[:, None]))
+                total = probs.sum(-1)
+                loss += (top + torch.log(total) - target).sum()
+                correct += (predicted == ys).sum()
+                if need_h or need_w:
+                    # d(sum of -log softmax[y]) / d logits = softmax - onehot(y)
+                    probs.div_(total[:, None])
+                    probs[torch.arange(len(ys), device=y.device), ys] -= 1
+                    g[s:s + step] = probs
             if need_h or need_w:
-                # d(sum of -log softmax[y]) / d logits = softmax - onehot(y)
-                g = probs.div_(total[:, None])
-                g[torch.arange(len(y), device=y.device), y] -= 1
-                g = g.to(h.dtype)
                 if need_h:
                     grad_h[start:start + chunk] = g @ w
                 if need_w:

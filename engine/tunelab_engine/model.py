@@ -38,25 +38,38 @@ def rotate_half(x):
 
 
 def attention(q, k, v, mask):
-    """q: [B, H, T, D]; k, v: [B, Hkv, S, D]; mask: [B, 1, T, S] bool (True = may attend) or None
-    for plain causal attention."""
-    groups = q.shape[1] // k.shape[1]
-    if groups > 1:
-        b, h, s, d = k.shape
-        k = k[:, :, None].expand(b, h, groups, s, d).reshape(b, h * groups, s, d)
-        v = v[:, :, None].expand(b, h, groups, s, d).reshape(b, h * groups, s, d)
+    """q: [B, H, T, D]; k, v: [B, Hkv, S, D]. mask: with SDPA, [B, 1, T, S] bool (True = may
+    attend) or None for plain causal attention; without, an additive [B, 1, T, S] bias (see
+    `attention_bias`)."""
+    b, h, t, d = q.shape
+    kv_heads, s = k.shape[1], k.shape[2]
+    groups = h // kv_heads
     if HAS_SDPA:
+        if groups > 1:
+            k = k[:, :, None].expand(b, kv_heads, groups, s, d).reshape(b, h, s, d)
+            v = v[:, :, None].expand(b, kv_heads, groups, s, d).reshape(b, h, s, d)
         if mask is None:
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    # Each key/value head serves `groups` query heads (heads h * groups .. h * groups + groups - 1,
+    # as transformers' repeat_kv orders them): their queries become one taller matrix against the
+    # shared keys, so k and v are never repeated and each bmm is `groups` times larger.
     # Scaling q rather than the scores touches T*D instead of T*T elements.
-    scores = torch.matmul(q * q.shape[-1] ** -0.5, k.transpose(-1, -2))
-    if mask is None:
-        t, s = scores.shape[-2:]
-        mask = torch.ones(t, s, dtype=torch.bool, device=q.device).tril(s - t)
-    scores = scores.masked_fill(~mask, float("-inf"))
+    q = (q * d ** -0.5).reshape(b * kv_heads, groups * t, d)
+    scores = torch.bmm(q, k.reshape(b * kv_heads, s, d).transpose(1, 2))
+    # The mask as an addition: one pass, and its gradient passes through unchanged (masked_fill
+    # costs a copy and a fill each way).
+    scores = scores.view(b, kv_heads, groups, t, s) + mask[:, :, None]
     # Softmax accumulates in fp32 inside the kernel for bf16 too, so no fp32 copy of the scores.
-    return torch.matmul(torch.softmax(scores, dim=-1), v)
+    probs = torch.softmax(scores, dim=-1).view(b * kv_heads, groups * t, s)
+    return torch.bmm(probs, v.reshape(b * kv_heads, s, d)).view(b, h, t, d)
+
+
+def attention_bias(mask, t, s, dtype, device):
+    """The additive form of a bool mask (0 where attention may go, -inf elsewhere); None: causal."""
+    if mask is None:
+        mask = torch.ones(t, s, dtype=torch.bool, device=device).tril(s - t)[None, None]
+    return torch.zeros(mask.shape, dtype=dtype, device=device).masked_fill_(~mask, float("-inf"))
 
 
 class _SwiGLU(torch.autograd.Function):
@@ -215,7 +228,10 @@ class Transformer(nn.Module):
         if x.is_cuda and torch.is_autocast_enabled():
             dtype = torch.get_autocast_gpu_dtype()
         cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
-        mask = self.attention_mask(seq_ids, layout.width if layout else t, input_ids.device)
+        width = layout.width if layout else t
+        mask = self.attention_mask(seq_ids, width, input_ids.device)
+        if not HAS_SDPA:  # built once for all layers
+            mask = attention_bias(mask, width, width, dtype, input_ids.device)
         for layer in self.model.layers:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(layer, x, cos, sin, mask, layout, use_reentrant=False)
