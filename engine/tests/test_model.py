@@ -3,6 +3,7 @@ import math
 import os
 
 import torch
+import torch.nn.functional as F
 
 from tunelab_engine import config, safetensors
 from tunelab_engine.errors import EngineError
@@ -66,6 +67,61 @@ class FamiliesTest(TempDirTest):
             want = torch.cat([model.logits(model(torch.tensor([e])))[0, :-1] for e in examples])
         self.assertEqual(batch.labels.tolist(), [t for e in examples for t in e[1:]])
         self.assertLess((got - want).abs().max().item(), 1e-5)
+
+    def test_rounded_pass_sizes_change_nothing(self):
+        # Filler tokens round N and the row width up (here to multiples of 8); they are untrained
+        # and attention keeps them apart, whether they fit in a row's room or need a row of their own.
+        from tunelab_engine import data
+        from .helpers import write_arrays
+        g = torch.Generator().manual_seed(4)
+        examples = [torch.randint(0, 96, (n,), generator=g).tolist() for n in (37, 25, 41, 13, 37)]
+        write_arrays(self.path("arrays"), [(e, [1] * len(e)) for e in examples])
+        arrays = data.Arrays(self.path("arrays"), 96)
+        model = random_model("qwen2").eval()
+        saved = data.SHAPE_MULTIPLE
+        data.SHAPE_MULTIPLE = 8
+        try:
+            for rows in ([[0, 1], [2], [3]], [[0], [4]]):
+                batch = data.Batch(arrays, rows, 64, "cpu")
+                chosen = [examples[i] for row in rows for i in row]
+                self.assertEqual(batch.tokens, sum(map(len, chosen)))
+                self.assertEqual(batch.input_ids.shape[1] % 8, 0)
+                self.assertEqual(batch.layout.width % 8, 0)
+                with torch.no_grad():
+                    hidden = model(batch.input_ids, batch.position_ids, batch.seq_ids, batch.layout)
+                    got = model.logits(hidden[0][batch.positions])
+                    want = torch.cat([model.logits(model(torch.tensor([e])))[0, :-1] for e in chosen])
+                self.assertEqual(batch.labels.tolist(), [t for e in chosen for t in e[1:]])
+                self.assertLess((got - want).abs().max().item(), 1e-5)
+        finally:
+            data.SHAPE_MULTIPLE = saved
+
+    def test_hand_written_backwards_match_autograd(self):
+        # float64 takes the same hand-written paths as bf16 (only fp32 keeps transformers' code),
+        # so they are checked here against the plain formulas at full precision.
+        from tunelab_engine import model as m
+        g = torch.Generator().manual_seed(5)
+
+        def check(fn, ref, *shapes):
+            inputs = [torch.randn(s, generator=g, dtype=torch.float64, requires_grad=True) for s in shapes]
+            upstream = torch.randn(fn(*inputs).shape, generator=g, dtype=torch.float64)
+            got = torch.autograd.grad(fn(*inputs), inputs, upstream)
+            want = torch.autograd.grad(ref(*inputs), inputs, upstream)
+            self.assertLess((fn(*inputs) - ref(*inputs)).abs().max().item(), 1e-5)
+            for a, b in zip(got, want):
+                self.assertLess((a - b).abs().max().item(), 1e-5)
+
+        norm = m.RMSNorm(16, 1e-5)
+        norm.weight = torch.nn.Parameter(torch.randn(16, generator=g, dtype=torch.float64))
+        check(norm, lambda x: norm.weight * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5), (2, 5, 16))
+        check(lambda x, w: m._RMSNorm.apply(x, w, 1e-5), lambda x, w: w * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5), (7, 16), (16,))
+
+        def rotate_half(x):
+            return torch.cat((-x[..., 4:], x[..., :4]), dim=-1)
+        angles = torch.rand(1, 5, 1, 4, generator=g, dtype=torch.float64) * 6
+        cos, sin = torch.cat([angles.cos()] * 2, -1), torch.cat([angles.sin()] * 2, -1)
+        check(lambda x: m.rope(x, cos, sin), lambda x: x * cos + rotate_half(x) * sin, (1, 5, 3, 8))
+        check(m.swiglu, lambda gu: F.silu(gu[..., :6]) * gu[..., 6:], (1, 5, 12))
 
     def test_mistral_sliding_window_limits_attention(self):
         model = random_model("mistral").eval()

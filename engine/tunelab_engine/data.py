@@ -76,24 +76,51 @@ def pack(indices, lengths, seq_len):
     return rows
 
 
+# Pass sizes are rounded up to multiples of this: oneDNN builds a kernel for each new matmul shape
+# (2-10 ms each, 0.3-0.5 s of a SmolLM2-size CPU step), so shapes that repeat across steps pay once.
+SHAPE_MULTIPLE = 64
+
+
+def rounded(n):
+    """n rounded up to a multiple of SHAPE_MULTIPLE, unless that would add more than an eighth
+    (small batches)."""
+    up = -(-n // SHAPE_MULTIPLE) * SHAPE_MULTIPLE
+    return up if (up - n) * 8 <= n else n
+
+
 class Batch:
     """One forward pass over packed rows.
 
     Tokens go in unpadded as one [1, N] sequence (`layout` tells attention where each sits in the
     rows); when every row has the same length they go in as [rows, width] and need no layout.
     `positions` index the N hidden states whose next token is trained; `labels` are those tokens.
+
+    N and the row width are rounded up (see SHAPE_MULTIPLE): the extra tokens form one untrained
+    filler example of their own, which attention keeps apart like any other example.
     """
 
     def __init__(self, arrays, rows, seq_len, device):
-        lengths = [[min(int(arrays.lengths[i]), seq_len) for i in row] for row in rows]
-        width = max(sum(row) for row in lengths)
+        pieces = [[arrays.example(i, seq_len) for i in row] for row in rows]
+        real = sum(len(tokens) for row in pieces for tokens, _ in row)
+        filler = rounded(real) - real
+        if filler:
+            used = [sum(len(tokens) for tokens, _ in row) for row in pieces]
+            width = max(used)
+            r = int(np.argmin(used))
+            piece = (np.zeros(filler, dtype=np.int32), np.zeros(filler, dtype=np.uint8))
+            if width - used[r] >= filler:
+                pieces[r] = pieces[r] + [piece]
+            else:
+                pieces.append([piece])
+        width = max(sum(len(tokens) for tokens, _ in row) for row in pieces)
+        dense = all(sum(len(tokens) for tokens, _ in row) == width for row in pieces)
+        width = width if dense else rounded(width)
         ids, pos, index, positions, labels = [], [], [], [], []
-        seq = np.full((len(rows), width), -1, dtype=np.int64)
+        seq = np.full((len(pieces), width), -1, dtype=np.int64)
         n = 0
-        for r, row in enumerate(rows):
+        for r, row in enumerate(pieces):
             col = 0
-            for k, i in enumerate(row):
-                tokens, mask = arrays.example(i, seq_len)
+            for k, (tokens, mask) in enumerate(row):
                 count = len(tokens)
                 ids.append(tokens)
                 pos.append(np.arange(count))
@@ -104,16 +131,16 @@ class Batch:
                 labels.append(tokens[1:][trained])
                 col += count
                 n += count
-        self.tokens = n
-        self.padded_tokens = len(rows) * width
-        dense = n == len(rows) * width
-        shape = (len(rows), width) if dense else (1, n)
+        self.tokens = real
+        self.padded_tokens = len(pieces) * width
+        dense = n == len(pieces) * width
+        shape = (len(pieces), width) if dense else (1, n)
         self.input_ids = torch.from_numpy(np.concatenate(ids).astype(np.int64).reshape(shape)).to(device)
         self.position_ids = torch.from_numpy(np.concatenate(pos).astype(np.int64).reshape(shape)).to(device)
-        self.layout = None if dense else Layout(torch.from_numpy(np.concatenate(index)).to(device), len(rows), width)
+        self.layout = None if dense else Layout(torch.from_numpy(np.concatenate(index)).to(device), len(pieces), width)
         # With one example a row, causal attention alone is exact (padding only follows real tokens),
         # and leaving the mask out lets SDPA use its fastest kernels.
-        self.seq_ids = torch.from_numpy(seq).to(device) if any(len(row) > 1 for row in rows) else None
+        self.seq_ids = torch.from_numpy(seq).to(device) if any(len(row) > 1 for row in pieces) else None
         self.positions = torch.from_numpy(np.concatenate(positions).astype(np.int64)).to(device)
         self.labels = torch.from_numpy(np.concatenate(labels).astype(np.int64)).to(device)
 

@@ -125,8 +125,8 @@ class FusedLoRA(nn.Module):
     def forward(self, x):
         a = torch.cat([p.lora_A.weight for p in self.parts]).to(x.dtype)
         b = torch.block_diag(*[p.lora_B.weight * p.scaling for p in self.parts]).to(x.dtype)
-        out = lora_projection(x, self.weight, self.bias, a, b, 1.0, self.dropout)
-        return out.split(self.sizes, dim=-1)
+        # Callers split the [..., sum(sizes)] output themselves (SwiGLU takes gate and up as one).
+        return lora_projection(x, self.weight, self.bias, a, b, 1.0, self.dropout)
 
 
 def fuse(model):

@@ -16,6 +16,32 @@ from .errors import EngineError
 HAS_SDPA = hasattr(F, "scaled_dot_product_attention")
 
 
+class _RMSNorm(torch.autograd.Function):
+    """weight * x / rms(x) for bf16 x, with the mean of squares accumulated in fp32 but the
+    [tokens, hidden] tensor never copied to fp32 and back (two slow passes on CPU); results differ
+    from casting by rounding. The backward is written out: autograd's, through pow, mean, rsqrt
+    and two products, makes about twice as many passes over the activations."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        scale = torch.rsqrt(x.pow(2).mean(-1, keepdim=True, dtype=torch.float32) + eps).to(x.dtype)
+        ctx.save_for_backward(x, weight, scale)
+        return weight * (x * scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, scale = ctx.saved_tensors
+        normed = x * scale
+        grad_w = None
+        if ctx.needs_input_grad[1]:
+            grad_w = (grad * normed).reshape(-1, x.shape[-1]).sum(0, dtype=torch.float32).to(weight.dtype)
+        # n = x * s with s = rms(x)^-1: dx = s * (dn - n * mean(dn * n))
+        grad_n = grad * weight
+        dot = (grad_n * normed).mean(-1, keepdim=True, dtype=torch.float32).to(x.dtype)
+        grad_x = torch.addcmul(grad_n, normed, dot, value=-1).mul_(scale)
+        return grad_x, grad_w, None
+
+
 class RMSNorm(nn.Module):
     def __init__(self, dim, eps, device=None):
         super().__init__()
@@ -26,15 +52,36 @@ class RMSNorm(nn.Module):
         if x.dtype == torch.float32:
             # Exactly transformers' LlamaRMSNorm.
             return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
-        # bf16: the mean of squares accumulates in fp32 but the [tokens, hidden] tensor is never
-        # copied to fp32 and back (two slow passes on CPU); results differ from casting by rounding.
-        scale = torch.rsqrt(x.pow(2).mean(-1, keepdim=True, dtype=torch.float32) + self.eps)
-        return self.weight * (x * scale.to(x.dtype))
+        return _RMSNorm.apply(x, self.weight, self.eps)
 
 
-def rotate_half(x):
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+class _Rope(torch.autograd.Function):
+    """Transformers' x * cos + rotate_half(x) * sin, rotate_half(x) = cat(-x[half:], x[:half]), in
+    two passes (a product, then both halves' products added in place) instead of five (neg, cat,
+    two products, a sum); the same for the gradient, as rotate_half's transpose is its negative."""
+
+    @staticmethod
+    def forward(ctx, x, cos, sin):
+        half = x.shape[-1] // 2
+        out = x * cos
+        out[..., :half].addcmul_(x[..., half:], sin[..., :half], value=-1)
+        out[..., half:].addcmul_(x[..., :half], sin[..., half:])
+        ctx.save_for_backward(cos, sin)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        cos, sin = ctx.saved_tensors
+        half = grad.shape[-1] // 2
+        out = grad * cos
+        out[..., :half].addcmul_(grad[..., half:], sin[..., half:])
+        out[..., half:].addcmul_(grad[..., :half], sin[..., :half], value=-1)
+        return out, None, None
+
+
+def rope(x, cos, sin):
+    """x: [B, T, heads, D]; cos, sin: [B, T, 1, D], already in x's dtype."""
+    return _Rope.apply(x, cos, sin)
 
 
 def attention(q, k, v, mask):
@@ -73,29 +120,38 @@ def attention_bias(mask, t, s, dtype, device):
 
 
 class _SwiGLU(torch.autograd.Function):
-    """silu(gate) * up with a hand-written backward: on CPU torch's bf16 silu and silu_backward
-    kernels are 2-4x slower than the multiplications and sigmoid they are made of."""
+    """silu(gate) * up from one [..., 2 * I] tensor holding gate then up (lora.FusedLoRA's output),
+    with a hand-written backward: on CPU torch's bf16 silu and silu_backward kernels are 2-4x
+    slower than the multiplications and sigmoid they are made of. Both halves of the gradient are
+    written into one tensor, so the fused projection's backward gets it without a cat."""
 
     @staticmethod
-    def forward(ctx, gate, up):
+    def forward(ctx, gate_up):
+        gate, up = gate_up.chunk(2, dim=-1)
         sig = torch.sigmoid(gate)
-        ctx.save_for_backward(gate, up, sig)
-        return gate * sig * up
+        ctx.save_for_backward(gate_up, sig)
+        return (gate * sig).mul_(up)
 
     @staticmethod
     def backward(ctx, grad):
-        gate, up, sig = ctx.saved_tensors
+        gate_up, sig = ctx.saved_tensors
+        gate, up = gate_up.chunk(2, dim=-1)
+        grad_in = torch.empty_like(gate_up)
+        grad_gate, grad_up = grad_in.chunk(2, dim=-1)
         silu = gate * sig
-        grad_up = grad * silu
-        # d silu / d gate = sig * (1 + gate * (1 - sig)) = sig + silu * (1 - sig)
-        grad_gate = grad * up * (sig + silu * (1 - sig))
-        return grad_gate, grad_up
+        torch.mul(grad, silu, out=grad_up)
+        # d silu / d gate = sig * (1 + gate * (1 - sig)) = silu - silu * sig + sig
+        slope = silu.addcmul_(silu, sig, value=-1).add_(sig)
+        torch.mul(grad, up, out=grad_gate).mul_(slope)
+        return grad_in
 
 
-def swiglu(gate, up):
-    if gate.dtype == torch.float32:
+def swiglu(gate_up):
+    """silu(gate) * up for gate_up = [..., gate | up]."""
+    if gate_up.dtype == torch.float32:
+        gate, up = gate_up.chunk(2, dim=-1)
         return F.silu(gate) * up
-    return _SwiGLU.apply(gate, up)
+    return _SwiGLU.apply(gate_up)
 
 
 class Attention(nn.Module):
@@ -113,7 +169,7 @@ class Attention(nn.Module):
     def forward(self, x, cos, sin, mask, layout=None):
         b, t, _ = x.shape
         if hasattr(self, "qkv"):  # lora.fuse
-            q, k, v = self.qkv(x)
+            q, k, v = self.qkv(x).split(self.qkv.sizes, dim=-1)
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         q = q.reshape(b, t, self.heads, self.head_dim)
@@ -121,8 +177,7 @@ class Attention(nn.Module):
         v = v.reshape(b, t, self.kv_heads, self.head_dim)
         if hasattr(self, "q_norm"):  # qwen3 normalizes each head before rope
             q, k = self.q_norm(q), self.k_norm(k)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        q, k = rope(q, cos, sin), rope(k, cos, sin)
         if layout is not None:
             q, k, v = layout.to_rows(q[0]), layout.to_rows(k[0]), layout.to_rows(v[0])
         out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask)
@@ -159,8 +214,11 @@ class MLP(nn.Module):
 
     def forward(self, x):
         if hasattr(self, "gate_up"):  # lora.fuse
-            return self.down_proj(swiglu(*self.gate_up(x)))
-        return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
+            return self.down_proj(swiglu(self.gate_up(x)))
+        gate, up = self.gate_proj(x), self.up_proj(x)
+        if gate.dtype == torch.float32:
+            return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(swiglu(torch.cat([gate, up], dim=-1)))
 
 
 class DecoderLayer(nn.Module):
