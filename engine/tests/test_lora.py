@@ -21,12 +21,13 @@ class LossTest(TempDirTest):
         ref.backward()
         ref_h, ref_w = hidden.grad.clone(), weight.grad.clone()
         hidden.grad = weight.grad = None
-        saved = loss_mod.CHUNK_ELEMENTS
-        loss_mod.CHUNK_ELEMENTS = 50 * 8  # several chunks of 8 rows
+        saved = loss_mod.CHUNK_ELEMENTS, loss_mod.SLICE_ELEMENTS, loss_mod.VOCAB_SLICE
+        # several chunks of 8 rows, softmax slices of 3 rows, the vocabulary in pieces of 16 (and 2)
+        loss_mod.CHUNK_ELEMENTS, loss_mod.SLICE_ELEMENTS, loss_mod.VOCAB_SLICE = 50 * 8, 50 * 3, 16
         try:
             loss, correct = linear_cross_entropy(hidden, weight, labels)
         finally:
-            loss_mod.CHUNK_ELEMENTS = saved
+            loss_mod.CHUNK_ELEMENTS, loss_mod.SLICE_ELEMENTS, loss_mod.VOCAB_SLICE = saved
         (loss * 0.5).backward()
         self.assertAlmostEqual(loss.item(), ref.item(), places=3)
         self.assertEqual(int(correct), int(((hidden @ weight.t()).argmax(-1) == labels).sum()))
