@@ -78,11 +78,13 @@ class FamiliesTest(TempDirTest):
         write_arrays(self.path("arrays"), [(e, [1] * len(e)) for e in examples])
         arrays = data.Arrays(self.path("arrays"), 96)
         model = random_model("qwen2").eval()
-        saved = data.SHAPE_MULTIPLE
+        saved = data.SHAPE_MULTIPLE, data.PER_EXAMPLE_ATTENTION
         data.SHAPE_MULTIPLE = 8
         try:
-            for rows in ([[0, 1], [2], [3]], [[0], [4]]):
+            for rows, per_example in [(r, p) for r in ([[0, 1], [2], [3]], [[0], [4]]) for p in (0, 16)]:
+                data.PER_EXAMPLE_ATTENTION = per_example  # attention over padded rows, then per example
                 batch = data.Batch(arrays, rows, 64, "cpu")
+                self.assertEqual(batch.layout.lengths is None, per_example == 0)
                 chosen = [examples[i] for row in rows for i in row]
                 self.assertEqual(batch.tokens, sum(map(len, chosen)))
                 self.assertEqual(batch.input_ids.shape[1] % 8, 0)
@@ -94,7 +96,7 @@ class FamiliesTest(TempDirTest):
                 self.assertEqual(batch.labels.tolist(), [t for e in chosen for t in e[1:]])
                 self.assertLess((got - want).abs().max().item(), 1e-5)
         finally:
-            data.SHAPE_MULTIPLE = saved
+            data.SHAPE_MULTIPLE, data.PER_EXAMPLE_ATTENTION = saved
 
     def test_hand_written_backwards_match_autograd(self):
         # float64 takes the same hand-written paths as bf16 (only fp32 keeps transformers' code),

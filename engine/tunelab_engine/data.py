@@ -81,6 +81,10 @@ def pack(indices, lengths, seq_len):
 SHAPE_MULTIPLE = 64
 
 
+# Attention runs one example at a time when a pass holds at most this many (see model.Layout).
+PER_EXAMPLE_ATTENTION = 16
+
+
 def rounded(n):
     """n rounded up to a multiple of SHAPE_MULTIPLE, unless that would add more than an eighth
     (small batches)."""
@@ -137,7 +141,9 @@ class Batch:
         shape = (len(pieces), width) if dense else (1, n)
         self.input_ids = torch.from_numpy(np.concatenate(ids).astype(np.int64).reshape(shape)).to(device)
         self.position_ids = torch.from_numpy(np.concatenate(pos).astype(np.int64).reshape(shape)).to(device)
-        self.layout = None if dense else Layout(torch.from_numpy(np.concatenate(index)).to(device), len(pieces), width)
+        lengths = [len(tokens) for row in pieces for tokens, _ in row]
+        lengths = lengths if len(lengths) <= PER_EXAMPLE_ATTENTION else None
+        self.layout = None if dense else Layout(torch.from_numpy(np.concatenate(index)).to(device), len(pieces), width, lengths)
         # With one example a row, causal attention alone is exact (padding only follows real tokens),
         # and leaving the mask out lets SDPA use its fastest kernels.
         self.seq_ids = torch.from_numpy(seq).to(device) if any(len(row) > 1 for row in pieces) else None

@@ -178,6 +178,13 @@ class Attention(nn.Module):
         if hasattr(self, "q_norm"):  # qwen3 normalizes each head before rope
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = rope(q, cos, sin), rope(k, cos, sin)
+        if layout is not None and layout.lengths is not None:
+            # One attention per example: q, k, v split along the tokens (views, no copies), no
+            # padded positions, and the outputs joined in one copy. `mask` holds one per example.
+            parts = zip(q.split(layout.lengths, 1), k.split(layout.lengths, 1), v.split(layout.lengths, 1), mask)
+            out = torch.cat([attention(qe.transpose(1, 2), ke.transpose(1, 2), ve.transpose(1, 2), m).transpose(1, 2)
+                             for qe, ke, ve, m in parts], dim=1)
+            return self.o_proj(out.reshape(b, t, self.heads * self.head_dim))
         if layout is not None:
             q, k, v = layout.to_rows(q[0]), layout.to_rows(k[0]), layout.to_rows(v[0])
         out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask)
@@ -192,10 +199,13 @@ class Layout:
 
     Packed tokens travel as one unpadded [1, N] sequence, so the projections and the MLP never
     compute on padding; only attention, which needs rows, sees them laid out (and padded) as rows.
+    With `lengths` (the examples' lengths in packed order) attention instead runs one example at a
+    time on the unpadded sequence: cheaper when there are few examples (no padded rows to fill and
+    read back, no attention across examples to mask out), dearer in calls when there are many.
     """
 
-    def __init__(self, index, rows, width):
-        self.index, self.rows, self.width = index, rows, width
+    def __init__(self, index, rows, width, lengths=None):
+        self.index, self.rows, self.width, self.lengths = index, rows, width, lengths
 
     def to_rows(self, z):
         rows = torch.zeros((self.rows * self.width,) + tuple(z.shape[1:]), dtype=z.dtype, device=z.device)
@@ -286,10 +296,18 @@ class Transformer(nn.Module):
         if x.is_cuda and torch.is_autocast_enabled():
             dtype = torch.get_autocast_gpu_dtype()
         cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
-        width = layout.width if layout else t
-        mask = self.attention_mask(seq_ids, width, input_ids.device)
-        if not HAS_SDPA:  # built once for all layers
-            mask = attention_bias(mask, width, width, dtype, input_ids.device)
+        if layout is not None and layout.lengths is not None:  # one mask per example length
+            masks = {}
+            for n in set(layout.lengths):
+                masks[n] = self.attention_mask(None, n, input_ids.device)
+                if not HAS_SDPA:
+                    masks[n] = attention_bias(masks[n], n, n, dtype, input_ids.device)
+            mask = [masks[n] for n in layout.lengths]
+        else:
+            width = layout.width if layout else t
+            mask = self.attention_mask(seq_ids, width, input_ids.device)
+            if not HAS_SDPA:  # built once for all layers
+                mask = attention_bias(mask, width, width, dtype, input_ids.device)
         for layer in self.model.layers:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(layer, x, cos, sin, mask, layout, use_reentrant=False)
