@@ -72,6 +72,7 @@ def main():
                 "lora": {"rank": args.rank, "alpha": 2 * args.rank}, "dtype": args.dtype, "device": "cpu"}
         with open(os.path.join(tmp, "spec.json"), "w") as f:
             json.dump(spec, f)
+        load_before = os.getloadavg()
         t0 = time.time()
         proc = subprocess.run([sys.executable, "-m", "tunelab_engine", "train", "--spec", os.path.join(tmp, "spec.json")],
                               env=env, stdout=subprocess.PIPE, text=True)
@@ -94,6 +95,9 @@ def main():
         "timed_steps": len(timed), "tokens_per_second": round(sum(e["tokens"] for e in timed) / seconds, 1),
         "step_seconds": [round(e["tokens"] / e["tokens_per_second"], 3) for e in steps],
         "peak_rss_mib": round(peak_rss_mib), "wall_s": round(wall, 1),
+        # The 1/5/15-minute load averages before and after: other processes on the two cores move
+        # the figures by up to 2x, so a result means little without them.
+        "load_average": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]},
         "trainable_parameters": started["trainable_parameters"], "parameters": started["parameters"],
     }
     out = args.out or os.path.join(HERE, "results", f"train-cpu-{args.shape}-{args.method}.json")
