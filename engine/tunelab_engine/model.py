@@ -14,6 +14,7 @@ from . import config as config_mod
 from .errors import EngineError
 
 HAS_SDPA = hasattr(F, "scaled_dot_product_attention")
+EXAMPLE_MULTIPLE = 32  # see Transformer.forward
 
 
 class _RMSNorm(torch.autograd.Function):
@@ -181,10 +182,16 @@ class Attention(nn.Module):
         if layout is not None and layout.lengths is not None:
             # One attention per example: q, k, v split along the tokens (views, no copies), no
             # padded positions, and the outputs joined in one copy. `mask` holds one per example.
-            parts = zip(q.split(layout.lengths, 1), k.split(layout.lengths, 1), v.split(layout.lengths, 1), mask)
-            out = torch.cat([attention(qe.transpose(1, 2), ke.transpose(1, 2), ve.transpose(1, 2), m).transpose(1, 2)
-                             for qe, ke, ve, m in parts], dim=1)
-            return self.o_proj(out.reshape(b, t, self.heads * self.head_dim))
+            # Each is padded to the width its mask was built for (see Transformer.forward).
+            outs = []
+            for qe, ke, ve, (width, m) in zip(q.split(layout.lengths, 1), k.split(layout.lengths, 1),
+                                              v.split(layout.lengths, 1), mask):
+                n = qe.shape[1]
+                if width > n:
+                    qe, ke, ve = (F.pad(z, (0, 0, 0, 0, 0, width - n)) for z in (qe, ke, ve))
+                out = attention(qe.transpose(1, 2), ke.transpose(1, 2), ve.transpose(1, 2), m)
+                outs.append(out[:, :, :n].transpose(1, 2))
+            return self.o_proj(torch.cat(outs, dim=1).reshape(b, t, self.heads * self.head_dim))
         if layout is not None:
             q, k, v = layout.to_rows(q[0]), layout.to_rows(k[0]), layout.to_rows(v[0])
         out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask)
@@ -296,12 +303,21 @@ class Transformer(nn.Module):
         if x.is_cuda and torch.is_autocast_enabled():
             dtype = torch.get_autocast_gpu_dtype()
         cos, sin = emb.cos().to(dtype), emb.sin().to(dtype)
-        if layout is not None and layout.lengths is not None:  # one mask per example length
+        if layout is not None and layout.lengths is not None:  # (width, mask) per example length
             masks = {}
             for n in set(layout.lengths):
-                masks[n] = self.attention_mask(None, n, input_ids.device)
-                if not HAS_SDPA:
-                    masks[n] = attention_bias(masks[n], n, n, dtype, input_ids.device)
+                if HAS_SDPA:
+                    masks[n] = (n, self.attention_mask(None, n, input_ids.device))
+                    continue
+                # Without SDPA, examples are padded to a multiple of EXAMPLE_MULTIPLE so attention's
+                # bmm shapes repeat across examples and steps (oneDNN builds a kernel per shape);
+                # the padded keys are masked out, the padded queries' outputs dropped.
+                width = -(-n // EXAMPLE_MULTIPLE) * EXAMPLE_MULTIPLE
+                allowed = self.attention_mask(None, width, input_ids.device)
+                if allowed is None:
+                    allowed = torch.ones(width, width, dtype=torch.bool, device=input_ids.device).tril()[None, None]
+                allowed = allowed & (torch.arange(width, device=input_ids.device) < n)
+                masks[n] = (width, attention_bias(allowed, width, width, dtype, input_ids.device))
             mask = [masks[n] for n in layout.lengths]
         else:
             width = layout.width if layout else t
