@@ -48,7 +48,8 @@ type Metrics = Record<string, unknown> & { step: number };
 /** One engine process training one job, and what the runner learned from its events so far. */
 interface Run {
   job: FineTuningJob;
-  engine: TrainingProcess;
+  /** Null until it is started (a checkpoint may be recorded first). */
+  engine: TrainingProcess | null;
   /** Why the runner is stopping the engine: what it says afterwards is recorded accordingly. */
   stopping: 'cancel' | 'pause' | 'shutdown' | null;
   /** The runner itself is moving the job to its end; its own move is not a person's. */
@@ -115,7 +116,7 @@ export class JobRunner {
     const run = this.runs.get(job.id);
     if (run && job.status !== 'running' && !run.stopping && !run.finishing) {
       run.stopping = job.status === 'paused' ? 'pause' : 'cancel';
-      run.engine.stop();
+      run.engine?.stop();
     }
     if (job.status === 'queued') this.kick();
     if (!run && isFinished(job.status) && job.status !== 'succeeded') {
@@ -132,10 +133,10 @@ export class JobRunner {
     const runs = [...this.runs.values()];
     for (const run of runs) {
       if (!run.stopping) run.stopping = 'shutdown';
-      run.engine.stop();
+      run.engine?.stop();
     }
     const all = Promise.all(runs.map((run) => run.finished));
-    const grace = setTimeout(() => runs.forEach((run) => run.engine.kill()), SHUTDOWN_GRACE_MS);
+    const grace = setTimeout(() => runs.forEach((run) => run.engine?.kill()), SHUTDOWN_GRACE_MS);
     await all;
     clearTimeout(grace);
   }
@@ -216,7 +217,7 @@ export class JobRunner {
     const checkpoints = await this.services.jobs.checkpoints(job.id);
     const run: Run = {
       job: running,
-      engine: null as unknown as TrainingProcess,
+      engine: null,
       stopping: null,
       finishing: false,
       finished: Promise.resolve(),
@@ -241,7 +242,7 @@ export class JobRunner {
       return;
     }
     this.runs.set(job.id, run);
-    run.finished = this.supervise(run)
+    run.finished = this.supervise(run, run.engine)
       .catch((error) => this.options.log(`supervising ${job.id} failed`, error))
       .finally(() => {
         this.runs.delete(job.id);
@@ -249,16 +250,16 @@ export class JobRunner {
       });
   }
 
-  private async supervise(run: Run): Promise<void> {
+  private async supervise(run: Run, engine: TrainingProcess): Promise<void> {
     try {
-      for await (const event of run.engine.events()) await this.onEvent(run, event);
+      for await (const event of engine.events()) await this.onEvent(run, event);
     } catch (error) {
       // The record of the run broke (a database error): the engine must not train unrecorded.
-      run.engine.kill();
-      await run.engine.exited;
+      engine.kill();
+      await engine.exited;
       return this.fail(run, { code: 'internal', message: `the server could not record the run: ${(error as Error).message}` }, null);
     }
-    const exit = await run.engine.exited;
+    const exit = await engine.exited;
     if (run.stopping === 'shutdown') return;
     if (run.stopping) return this.afterStop(run);
     if (run.done && exit.code === 0) {
