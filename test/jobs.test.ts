@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import type OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -190,3 +191,28 @@ async function waitFor(condition: () => boolean | Promise<boolean>, timeoutMs = 
 }
 
 const enginePid = (jobId: string) => Number(fs.readFileSync(path.join(t.home, 'work', jobId, 'engine.pid'), 'utf8').split('\n')[0]);
+
+describe('two engine slots', () => {
+  it('trains two queued jobs side by side, each engine on its share of the cores', async () => {
+    const two = await startTestServer({ engineSlots: 2 });
+    try {
+      new BaseModelRegistry(two.server.home.models).add(await writeTrainableModelFolder(path.join(two.home, 'sources', MODEL)), MODEL);
+      const jobs: OpenAI.FineTuning.FineTuningJob[] = [];
+      for (let i = 0; i < 2; i++) {
+        const file = await two.client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
+        jobs.push(await two.client.fineTuning.jobs.create({ model: MODEL, training_file: file.id, hyperparameters: { n_epochs: 5 } }));
+      }
+      await waitFor(async () => {
+        const statuses = await Promise.all(jobs.map(async (job) => (await two.client.fineTuning.jobs.retrieve(job.id)).status));
+        return statuses.every((status) => status === 'running');
+      });
+      for (const job of jobs) {
+        const spec = JSON.parse(fs.readFileSync(path.join(two.home, 'work', job.id, 'spec.json'), 'utf8'));
+        expect(spec.threads).toBe(Math.max(1, Math.floor(os.availableParallelism() / 2)));
+        expect((await finished(two.client, job.id)).status).toBe('succeeded');
+      }
+    } finally {
+      await two.cleanup();
+    }
+  });
+});
