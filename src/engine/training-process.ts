@@ -2,13 +2,8 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import readline from 'node:readline';
+import type { EngineEvent } from './engine-command.js';
 import { engineEnv, enginePython } from './python.js';
-
-/** One JSON line of the engine (engine/README.md, "Events of train"). */
-export interface EngineEvent {
-  type: string;
-  [field: string]: unknown;
-}
 
 export interface Exit {
   code: number | null;
@@ -35,7 +30,7 @@ export class TrainingProcess {
 
   private constructor(
     private readonly child: ChildProcess,
-    private readonly options: TrainingProcessOptions,
+    options: TrainingProcessOptions,
   ) {
     const log = fs.createWriteStream(options.logPath, { flags: 'a' });
     // A full disk loses the log file, not the server.

@@ -1,7 +1,6 @@
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { engineEnv, enginePython } from '../engine/python.js';
+import { runEngineCommand } from '../engine/engine-command.js';
 import { BaseModelRegistry, type BaseModel } from './base-models.js';
 import { trainByteLevelBpe, type PreTokenizerJson, type TokenizerJson } from './bpe-trainer.js';
 
@@ -211,17 +210,10 @@ function processRuns(pid: number): boolean {
 }
 
 /** `python3 -m tunelab_engine init`: random weights with `seed` into `folder` (which holds config.json). */
-function engineInit(folder: string, seed: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const args = ['-m', 'tunelab_engine', 'init', '--config', path.join(folder, 'config.json'), '--seed', String(seed), '--out', folder];
-    const child = spawn(enginePython(), args, { env: engineEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
-    let output = '';
-    child.stdout.setEncoding('utf8').on('data', (chunk: string) => (output += chunk));
-    child.stderr.setEncoding('utf8').on('data', (chunk: string) => (output += chunk));
-    child.on('error', reject);
-    child.on('close', (code) => {
-      if (code === 0) resolve();
-      else reject(new Error(`the engine's init of ${TINY_MODEL_NAME} failed (exit ${code}): ${output.trim().split('\n').slice(-3).join(' ')}`));
-    });
-  });
+async function engineInit(folder: string, seed: number): Promise<void> {
+  const init = await runEngineCommand(['init', '--config', path.join(folder, 'config.json'), '--seed', String(seed), '--out', folder]);
+  if (init.code !== 0) {
+    const error = init.events.find((event) => event.type === 'error')?.message ?? init.stderr.trim().split('\n').slice(-3).join(' ');
+    throw new Error(`the engine's init of ${TINY_MODEL_NAME} failed (exit ${init.code}): ${error}`);
+  }
 }
