@@ -1,4 +1,4 @@
-"""python3 -m tunelab_engine {init,train,merge,generate} ...; see engine/README.md."""
+"""python3 -m tunelab_engine {init,train,merge,generate,serve} ...; see engine/README.md."""
 
 import argparse
 import os
@@ -60,6 +60,11 @@ def cmd_generate(args):
     events.emit("generated", output_ids=out, finish_reason=reason)
 
 
+def cmd_serve(args):
+    from . import serve
+    return serve.serve(args.model, args.max_batch, args.max_adapters, args.device)
+
+
 def parser():
     p = argparse.ArgumentParser(prog="python3 -m tunelab_engine")
     sub = p.add_subparsers(dest="command", required=True)
@@ -87,6 +92,12 @@ def parser():
     gen.add_argument("--stop-ids", default="", help="comma-separated ids that end generation")
     gen.add_argument("--seed", type=int, default=0)
     gen.set_defaults(run=cmd_generate)
+    srv = sub.add_parser("serve", help="answer generate requests on stdin (JSON lines), batched, with a KV cache")
+    srv.add_argument("--model", required=True)
+    srv.add_argument("--max-batch", type=int, default=16, help="sequences decoded together; more wait")
+    srv.add_argument("--max-adapters", type=int, default=8, help="LoRA adapters kept loaded")
+    srv.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
+    srv.set_defaults(run=cmd_serve)
     return p
 
 

@@ -213,25 +213,67 @@ def read_adapter_config(folder):
     return config
 
 
-def load_adapter(model, folder, dropout=0.0):
-    """Wraps `model` as the adapter's config says and loads its weights; returns the adapter config."""
-    config = read_adapter_config(folder)
+def adapter_targets(config):
+    """The module names an adapter config targets (PEFT allows one name or "all-linear")."""
     targets = config["target_modules"]
     if isinstance(targets, str):
         targets = list(ALL_LINEAR) if targets == "all-linear" else [targets]
-    apply(model, config["r"], config["lora_alpha"], dropout, targets)
-    weights = safetensors.load_file(os.path.join(folder, ADAPTER_WEIGHTS))
-    params = dict(model.named_parameters())
+    return list(targets)
+
+
+def read_adapter(folder, model):
+    """(config, {module name: (A, B)}) of a PEFT adapter folder, checked against `model`'s linear
+    layers, which are left as they are. Module names are the base model's
+    (`model.layers.0.self_attn.q_proj`); A is [r, in], B [out, r], as stored (fp32).
+    Any problem with the folder is an EngineError `invalid_adapter`."""
+    config = read_adapter_config(folder)
+    targets = adapter_targets(config)
+    unknown = [t for t in targets if t not in ALL_LINEAR]
+    if unknown:
+        raise EngineError("invalid_adapter", f"{folder}/{ADAPTER_CONFIG}: target_modules {unknown} not among {', '.join(ALL_LINEAR)}")
+    rank = config["r"]
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
+        raise EngineError("invalid_adapter", f"{folder}/{ADAPTER_CONFIG}: r must be a positive integer")
+    path = os.path.join(folder, ADAPTER_WEIGHTS)
+    try:
+        weights = safetensors.load_file(path)
+    except EngineError as e:
+        raise EngineError("invalid_adapter", e.message) from None
+    except OSError as e:
+        raise EngineError("invalid_adapter", f"{path}: {e.strerror or e}") from None
+    pairs = {}
     for key, value in weights.items():
         # PEFT writes `lora_A.weight`; some tools keep the adapter name (`lora_A.default.weight`).
         name = key[len(PEFT_PREFIX):] if key.startswith(PEFT_PREFIX) else key
-        name = name.replace(".default.", ".")
-        if name not in params:
+        module_name, sep, part = name.replace(".default.", ".").rpartition(".lora_")
+        try:
+            module = model.get_submodule(module_name) if sep else None
+        except AttributeError:
+            module = None
+        if (part not in ("A.weight", "B.weight") or module_name.rpartition(".")[2] not in targets
+                or not isinstance(getattr(module, "weight", None), torch.Tensor)):
             raise EngineError("invalid_adapter", f"{folder}/{ADAPTER_WEIGHTS}: key {key} matches no LoRA layer of the base model")
-        if params[name].shape != value.shape:
-            raise EngineError("invalid_adapter", f"{folder}/{ADAPTER_WEIGHTS}: {key} has shape {list(value.shape)}, expected {list(params[name].shape)}")
-        with torch.no_grad():
-            params[name].copy_(value)
+        out_features, in_features = module.weight.shape
+        expected = [rank, in_features] if part[0] == "A" else [out_features, rank]
+        if list(value.shape) != expected:
+            raise EngineError("invalid_adapter", f"{folder}/{ADAPTER_WEIGHTS}: {key} has shape {list(value.shape)}, expected {expected}")
+        pairs.setdefault(module_name, {})[part[0]] = value
+    for module_name, pair in pairs.items():
+        if len(pair) != 2:
+            missing = "lora_B" if "A" in pair else "lora_A"
+            raise EngineError("invalid_adapter", f"{folder}/{ADAPTER_WEIGHTS}: {module_name} has no {missing} weight")
+    return config, {name: (pair["A"], pair["B"]) for name, pair in pairs.items()}
+
+
+def load_adapter(model, folder, dropout=0.0):
+    """Wraps `model` as the adapter's config says and loads its weights; returns the adapter config."""
+    config, pairs = read_adapter(folder, model)
+    apply(model, config["r"], config["lora_alpha"], dropout, adapter_targets(config))
+    with torch.no_grad():
+        for name, (a, b) in pairs.items():
+            module = model.get_submodule(name)
+            module.lora_A.weight.copy_(a)
+            module.lora_B.weight.copy_(b)
     return config
 
 

@@ -1,0 +1,67 @@
+"""Keys and values of the sequences being decoded, one cache row per sequence.
+
+k and v are each one tensor [layers, rows, kv_heads, capacity, head_dim]. Active sequences hold
+rows 0..B-1 (a leaving sequence's row is filled by moving the last row into it), so a step reads
+`k[layer, :B, :, :span]`, a strided view that `bmm` takes without a copy. Rows and capacity grow
+on demand (rows doubling up to max_batch, capacity doubling in multiples of GROW up to the
+context length), so a big model's cache is only as large as the traffic it has seen; `release`
+frees it when nothing is active.
+"""
+
+import torch
+
+GROW = 256
+
+
+class KVCache:
+    def __init__(self, layers, kv_heads, head_dim, dtype, device, max_rows, max_length):
+        self.layers, self.kv_heads, self.head_dim = layers, kv_heads, head_dim
+        self.dtype, self.device = dtype, device
+        self.max_rows, self.max_length = max_rows, max_length
+        self.k = self.v = None
+        self.rows = self.capacity = 0
+
+    def bytes(self):
+        return 0 if self.k is None else 2 * self.k.numel() * self.k.element_size()
+
+    def reserve(self, rows, length):
+        """Room for `rows` rows of `length` positions (existing contents kept)."""
+        if rows <= self.rows and length <= self.capacity:
+            return
+        new_rows = self.rows if rows <= self.rows else min(self.max_rows, max(rows, 2 * self.rows))
+        new_cap = self.capacity
+        if length > self.capacity:
+            new_cap = min(self.max_length, -(-max(length, 2 * self.capacity) // GROW) * GROW)
+        new_rows, new_cap = max(new_rows, rows), max(new_cap, length)
+        shape = (self.layers, new_rows, self.kv_heads, new_cap, self.head_dim)
+        # Zeros, not empty: masked positions still enter the products (as 0 * value), and
+        # uninitialized memory may hold NaN.
+        k = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        v = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        if self.k is not None:
+            k[:, :self.rows, :, :self.capacity] = self.k
+            v[:, :self.rows, :, :self.capacity] = self.v
+        self.k, self.v, self.rows, self.capacity = k, v, new_rows, new_cap
+
+    def release(self):
+        self.k = self.v = None
+        self.rows = self.capacity = 0
+
+    def write_prefix(self, layer, row, k, v):
+        """k, v: [T, kv_heads, head_dim], positions 0..T-1 of `row`."""
+        t = k.shape[0]
+        self.k[layer, row, :, :t] = k.transpose(0, 1)
+        self.v[layer, row, :, :t] = v.transpose(0, 1)
+
+    def write_step(self, layer, rows, positions, k, v, span):
+        """k, v: [B, kv_heads, head_dim] for rows 0..B-1 at `positions` [B]; returns the rows'
+        keys and values [B, kv_heads, span, head_dim] (views)."""
+        keys, values = self.k[layer], self.v[layer]
+        keys[rows, :, positions] = k
+        values[rows, :, positions] = v
+        b = k.shape[0]
+        return keys[:b, :, :span], values[:b, :, :span]
+
+    def move_row(self, src, dst, length):
+        self.k[:, dst, :, :length] = self.k[:, src, :, :length]
+        self.v[:, dst, :, :length] = self.v[:, src, :, :length]

@@ -1,0 +1,67 @@
+"""Choosing each request's next token from its logits: penalties, temperature, nucleus, seed."""
+
+import random
+
+import torch
+
+
+class Sampler:
+    """One request's sampling state: its settings, its generator and its generated-token counts.
+
+    temperature 0: argmax. Otherwise softmax(logits / temperature) cut to the smallest head whose
+    mass reaches top_p, drawn with the request's own generator (seeded by `seed`; a random seed
+    when null), so a seed and a prompt give the same output when run alone. OpenAI's penalties
+    over the tokens this request generated: logit[t] -= presence * (count[t] > 0) + frequency * count[t].
+    Sampling runs on the CPU (the generator is a CPU one on every device).
+    """
+
+    def __init__(self, req, vocab, device):
+        self.temperature, self.top_p = req.temperature, req.top_p
+        self.presence, self.frequency = req.presence, req.frequency
+        self.counts = torch.zeros(vocab, dtype=torch.float32) if (self.presence or self.frequency) else None
+        self.generator = None
+        if self.temperature > 0:
+            seed = req.seed if req.seed is not None else random.SystemRandom().getrandbits(63)
+            self.generator = torch.Generator().manual_seed(seed % 2 ** 64)
+        self.plain_greedy = self.temperature <= 0 and self.counts is None
+
+    def seen(self, token):
+        if self.counts is not None:
+            self.counts[token] += 1
+
+    def adjust(self, logits):
+        """logits [vocab] (fp32, CPU, may be changed in place) with the penalties applied."""
+        if self.counts is not None:
+            penalty = self.counts * self.frequency
+            if self.presence:
+                penalty += (self.counts > 0).float() * self.presence
+            logits -= penalty
+        return logits
+
+    def draw(self, logits):
+        probs = torch.softmax(logits / self.temperature, dim=-1)
+        if self.top_p < 1.0:
+            sorted_probs, order = probs.sort(descending=True)
+            # Keep the smallest head of the distribution whose mass reaches top_p.
+            drop = sorted_probs.cumsum(0) - sorted_probs >= self.top_p
+            sorted_probs[drop] = 0.0
+            probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
+        return int(torch.multinomial(probs, 1, generator=self.generator))
+
+    def sample(self, logits):
+        return Sampler.sample_rows([self], logits)
+
+    @staticmethod
+    def sample_rows(samplers, logits):
+        """Next token of each row of logits [B, vocab] (fp32), row i chosen by samplers[i]."""
+        if all(s.plain_greedy for s in samplers):
+            return logits.argmax(-1).tolist()
+        logits = logits.cpu()
+        for i, s in enumerate(samplers):
+            if s.counts is not None:
+                s.adjust(logits[i])
+        tokens = logits.argmax(-1).tolist()
+        for i, s in enumerate(samplers):
+            if s.temperature > 0:
+                tokens[i] = s.draw(logits[i])
+        return tokens
