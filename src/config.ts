@@ -15,6 +15,8 @@ export interface HomeLayout {
   work: string;
   /** Per job: the fine-tune, in PEFT layout (or a full model folder). */
   adapters: string;
+  /** Logs of the model servers that answer chat and completions. */
+  logs: string;
 }
 
 export function resolveHome(flag?: string): string {
@@ -33,6 +35,7 @@ export function homeLayout(home: string): HomeLayout {
     baseUrlFile: path.join(root, 'base-url'),
     work: path.join(root, 'work'),
     adapters: path.join(root, 'adapters'),
+    logs: path.join(root, 'logs'),
   };
 }
 

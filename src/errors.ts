@@ -8,7 +8,11 @@ export type ErrorKind =
   | 'permission'
   | 'not_found'
   | 'too_large'
-  | 'conflict';
+  | 'conflict'
+  /** Not the request's fault and worth retrying: a model still loading. */
+  | 'unavailable'
+  /** The server's own failure, with a message worth showing (an engine that died). */
+  | 'server';
 
 export class ServiceError extends Error {
   readonly kind: ErrorKind;

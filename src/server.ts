@@ -6,6 +6,9 @@ import { DEFAULT_MAX_UPLOAD_BYTES, type HomeLayout, homeLayout } from './config.
 import { LocalBlobStore } from './files/blob-store.js';
 import { writePrivateFile } from './files/durable.js';
 import { FileService } from './files/files.js';
+import { ServePool } from './engine/serve-pool.js';
+import { InferenceService } from './inference/inference.js';
+import { type ServingSettings, loadServingSettings } from './inference/settings.js';
 import { FileValidation } from './jobs/file-validation.js';
 import { JobService } from './jobs/jobs.js';
 import { JobRunner } from './jobs/runner.js';
@@ -35,6 +38,8 @@ export interface ServerOptions {
   builtinModels?: boolean;
   /** Webhook retry schedule and timeout (tests use milliseconds). */
   notifications?: DeliveryOptions;
+  /** Model servers for chat and completions; over `<home>/config.json`'s `serving` section. */
+  serving?: Partial<ServingSettings>;
 }
 
 export interface RunningServer {
@@ -70,7 +75,10 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   const smtp = loadSmtpSettings(home.root);
   const notifications = new NotificationService(store.db, smtp ? await smtpMailer(smtp) : null, logError, options.notifications);
   const usage = new UsageService(store.db, loadDatasetSettings(home.root).prices, logError);
-  const services: Services = { orgs, files, models: new ModelService(store.db, baseModels), jobs, notifications, usage };
+  const models = new ModelService(store.db, baseModels);
+  const servePool = new ServePool({ ...loadServingSettings(home.root), ...options.serving, logDir: home.logs });
+  const inference = new InferenceService(models, servePool, usage, logError);
+  const services: Services = { orgs, files, models, jobs, notifications, usage, inference };
   const maxUploadBytes = options.maxUploadBytes ?? DEFAULT_MAX_UPLOAD_BYTES;
   const app = buildApi(services, { maxUploadBytes, logger: options.logger ?? false });
   const validation = new FileValidation(jobs, files, baseModels, loadDatasetSettings(home.root), home.work, (message, error) =>
@@ -133,6 +141,7 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
       await runner.stop();
       await notifications.stop();
       await app.close();
+      await servePool.close();
       await store.close();
     },
   };

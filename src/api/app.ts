@@ -3,6 +3,7 @@ import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastif
 import { ServiceError, invalidRequest } from '../errors.js';
 import type { FileService } from '../files/files.js';
 import { newId } from '../ids.js';
+import type { InferenceService } from '../inference/inference.js';
 import type { JobService } from '../jobs/jobs.js';
 import type { ModelService } from '../models/models.js';
 import type { NotificationService } from '../notifications/notifications.js';
@@ -10,6 +11,7 @@ import type { Organization, OrgService } from '../orgs/orgs.js';
 import type { UsageService } from '../usage/usage.js';
 import { sendError } from './errors.js';
 import { filesRoutes } from './files.js';
+import { inferenceRoutes } from './inference.js';
 import { jobsRoutes } from './jobs.js';
 import { modelsRoutes } from './models.js';
 import { usageRoutes } from './usage.js';
@@ -28,6 +30,7 @@ export interface Services {
   jobs: JobService;
   notifications: NotificationService;
   usage: UsageService;
+  inference: InferenceService;
 }
 
 export interface ApiOptions {
@@ -91,6 +94,7 @@ export function buildApi(services: Services, options: ApiOptions): FastifyInstan
       v1.register(modelsRoutes(services.models));
       v1.register(jobsRoutes(services.jobs));
       v1.register(usageRoutes(services.usage));
+      v1.register(inferenceRoutes(services.inference));
     },
     { prefix: '/v1' },
   );

@@ -8,6 +8,8 @@ const STATUS: Record<ErrorKind, number> = {
   not_found: 404,
   too_large: 413,
   conflict: 409,
+  unavailable: 503,
+  server: 500,
 };
 
 interface ErrorBody {
@@ -53,7 +55,7 @@ export function sendError(reply: FastifyReply, error: unknown, maxUploadBytes: n
   let body: ErrorBody;
   if (error instanceof ServiceError) {
     status = STATUS[error.kind];
-    body = { message: error.message, type: 'invalid_request_error', param: error.param, code: error.code };
+    body = { message: error.message, type: status >= 500 ? 'server_error' : 'invalid_request_error', param: error.param, code: error.code };
   } else {
     const mapped = fromFastify(error as FastifyError, maxUploadBytes);
     if (mapped) [status, body] = mapped;

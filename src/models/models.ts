@@ -1,4 +1,6 @@
+import fs from 'node:fs';
 import fsp from 'node:fs/promises';
+import path from 'node:path';
 import type { Model, ModelDeleted } from 'openai/resources/models';
 import { ServiceError } from '../errors.js';
 import type { FineTunedModelTable } from '../store/schema.js';
@@ -10,6 +12,15 @@ export const modelNotFound = (id: string, param: string | null = 'model') =>
     param,
     code: 'model_not_found',
   });
+
+/** What a model id stands for when it is asked to generate. */
+export interface ServableModel {
+  id: string;
+  /** The model folder an engine loads: the base model's, or a full fine-tune's own (tokenizer included). */
+  weights: string;
+  /** A LoRA fine-tune's adapter folder (PEFT layout), applied on top of `weights`; null otherwise. */
+  adapter: string | null;
+}
 
 /** What `/v1/models` shows an organization: every base model, and its own fine-tunes and checkpoints. */
 export class ModelService {
@@ -32,6 +43,25 @@ export class ModelService {
     const row = await this.owned(orgId).where('id', '=', id).executeTakeFirst();
     if (!row) throw modelNotFound(id);
     return toModel(row);
+  }
+
+  /** Where a model the organization may use lives: base models, its fine-tunes and their checkpoints. */
+  async servable(orgId: string, id: string): Promise<ServableModel> {
+    const base = this.baseModels.get(id);
+    if (base) return { id, weights: base.path, adapter: null };
+    const row = await this.owned(orgId).where('id', '=', id).executeTakeFirst();
+    if (!row) throw modelNotFound(id);
+    // Full fine-tunes are whole model folders; LoRA ones are adapters over their base.
+    if (!fs.existsSync(path.join(row.path, 'adapter_config.json'))) return { id, weights: row.path, adapter: null };
+    const parent = this.baseModels.get(row.base_model);
+    if (!parent) {
+      throw new ServiceError(
+        'not_found',
+        `The base model \`${row.base_model}\` of \`${id}\` is no longer on this server; an administrator can add it back with \`tunelab models add\`.`,
+        { param: 'model', code: 'model_not_found' },
+      );
+    }
+    return { id, weights: parent.path, adapter: row.path };
   }
 
   /** Records a model a job produced; the folder it names becomes the model's to delete. */

@@ -106,8 +106,8 @@ export class ModelTokenizer {
     return this.tokenizer.encode(text, { add_special_tokens: true }).ids;
   }
 
-  decode(ids: readonly number[]): string {
-    return this.tokenizer.decode([...ids], { skip_special_tokens: false });
+  decode(ids: readonly number[], options: { skipSpecialTokens?: boolean } = {}): string {
+    return this.tokenizer.decode([...ids], { skip_special_tokens: options.skipSpecialTokens ?? false });
   }
 
   idToToken(id: number): string | undefined {

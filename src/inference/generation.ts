@@ -1,0 +1,119 @@
+import { GenerationError, type GenerateRequest, type ServeProcess } from '../engine/serve-process.js';
+import type { ModelTokenizer } from '../tokenizer/model-tokenizer.js';
+import { TextStream } from '../tokenizer/text-stream.js';
+
+export type FinishReason = 'stop' | 'length';
+
+/** Text for one choice; the last event of a choice carries its finish reason. */
+export interface ChoiceEvent {
+  index: number;
+  text: string;
+  finishReason: FinishReason | null;
+}
+
+export interface ChoiceRequest {
+  index: number;
+  engine: GenerateRequest;
+}
+
+/**
+ * The choices of one completion request generated side by side in a model server, as one stream
+ * of text events. Token ids become text per choice (`TextStream`: whole characters, stop strings
+ * across tokens); a stop string ends its choice and cancels it in the engine. Leaving the stream
+ * early cancels every choice still running.
+ */
+export class Generation {
+  completionTokens = 0;
+
+  constructor(
+    private readonly process: ServeProcess,
+    private readonly tokenizer: ModelTokenizer,
+    private readonly choices: readonly ChoiceRequest[],
+    private readonly stops: readonly string[],
+    private readonly signal: AbortSignal | undefined,
+  ) {}
+
+  async *events(): AsyncGenerator<ChoiceEvent> {
+    const cancel = new AbortController();
+    const cancelAll = () => cancel.abort();
+    this.signal?.addEventListener('abort', cancelAll, { once: true });
+    const channel = new Channel<ChoiceEvent>();
+    let running = this.choices.length;
+    for (const choice of this.choices) {
+      this.run(choice, cancel.signal, (event) => channel.push(event)).then(
+        () => {
+          if (--running === 0) channel.end();
+        },
+        (error: unknown) => channel.fail(error),
+      );
+    }
+    try {
+      yield* channel.drain();
+    } finally {
+      this.signal?.removeEventListener('abort', cancelAll);
+      cancel.abort();
+    }
+  }
+
+  private async run(choice: ChoiceRequest, signal: AbortSignal, emit: (event: ChoiceEvent) => void): Promise<void> {
+    const text = new TextStream(this.tokenizer, this.stops);
+    for await (const update of this.process.generate(choice.engine, signal)) {
+      if (update.type === 'tokens') {
+        this.completionTokens += update.ids.length;
+        const delta = text.push(update.ids);
+        if (delta.stopped) {
+          emit({ index: choice.index, text: delta.text, finishReason: 'stop' });
+          return;
+        }
+        if (delta.text) emit({ index: choice.index, text: delta.text, finishReason: null });
+      } else {
+        if (update.finishReason === 'cancelled') throw new GenerationError('cancelled', 'The request was cancelled.');
+        // The end-of-turn token is never sent as text, but it was generated: it counts, as OpenAI counts it.
+        if (update.finishReason === 'stop') this.completionTokens += 1;
+        emit({ index: choice.index, text: text.finish(), finishReason: update.finishReason });
+        return;
+      }
+    }
+  }
+}
+
+/** Events pushed by several producers and read by one consumer, in order; the first failure ends it. */
+class Channel<T> {
+  private readonly queue: T[] = [];
+  private wake: (() => void) | null = null;
+  private ended = false;
+  private error: { cause: unknown } | null = null;
+
+  push(item: T): void {
+    this.queue.push(item);
+    this.notify();
+  }
+
+  end(): void {
+    this.ended = true;
+    this.notify();
+  }
+
+  fail(cause: unknown): void {
+    this.error ??= { cause };
+    this.notify();
+  }
+
+  async *drain(): AsyncGenerator<T> {
+    for (;;) {
+      if (this.error) throw this.error.cause;
+      const item = this.queue.shift();
+      if (item !== undefined) {
+        yield item;
+        continue;
+      }
+      if (this.ended) return;
+      await new Promise<void>((resolve) => (this.wake = resolve));
+    }
+  }
+
+  private notify(): void {
+    this.wake?.();
+    this.wake = null;
+  }
+}

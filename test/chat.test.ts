@@ -1,0 +1,240 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import OpenAI from 'openai';
+import type { ChatCompletionMessageParam } from 'openai/resources/chat/completions';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { BaseModelRegistry } from '../src/models/base-models.js';
+import { TINY_MODEL_NAME } from '../src/models/tiny-model.js';
+import { encodeChat } from '../src/tokenizer/chat-encoding.js';
+import { ModelTokenizer } from '../src/tokenizer/model-tokenizer.js';
+import { eventually } from './support/finish.js';
+import { writeTrainableModelFolder } from './support/model-folder.js';
+import { DATASETS, type TestServer, finished, startTestServer, weatherJokes } from './support/server.js';
+
+interface Example {
+  prompt: ChatCompletionMessageParam[];
+  answer: string;
+}
+
+const examples: Example[] = fs
+  .readFileSync(path.join(DATASETS, 'weather-jokes.jsonl'), 'utf8')
+  .trim()
+  .split('\n')
+  .map((line) => {
+    const messages = (JSON.parse(line) as { messages: Array<{ role: 'system' | 'user' | 'assistant'; content: string }> }).messages;
+    return { prompt: messages.slice(0, -1), answer: messages.at(-1)!.content };
+  });
+
+const RANDOM_MODEL = 'random-qwen3';
+
+let t: TestServer;
+let client: OpenAI;
+let fineTune: string;
+let tokenizer: ModelTokenizer;
+
+beforeAll(async () => {
+  t = await startTestServer({ engineSlots: 1, builtinModels: true, serving: { maxBatch: 8 } });
+  client = t.client;
+  new BaseModelRegistry(t.server.home.models).add(await writeTrainableModelFolder(path.join(t.home, 'random-qwen3')), RANDOM_MODEL);
+  tokenizer = ModelTokenizer.load(path.join(t.server.home.models, TINY_MODEL_NAME));
+  const file = await client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
+  // A fixed seed: without one each job draws its own, and a fine-tune may then mix up two answers.
+  const job = await client.fineTuning.jobs.create({ model: TINY_MODEL_NAME, training_file: file.id, suffix: 'chat', seed: 1 });
+  const done = await finished(client, job.id, 300_000);
+  expect(done.status).toBe('succeeded');
+  fineTune = done.fine_tuned_model!;
+}, 400_000);
+afterAll(() => t?.cleanup());
+
+const ask = (model: string, example: Example, extra: Partial<OpenAI.ChatCompletionCreateParamsNonStreaming> = {}) =>
+  client.chat.completions.create({ model, messages: example.prompt, temperature: 0, ...extra });
+
+describe('chat completions', () => {
+  it('a fine-tune gives its trained answers at temperature 0, the base model does not; the prompt is the training prefix', async () => {
+    for (const example of examples) {
+      const tuned = await ask(fineTune, example);
+      expect(tuned).toMatchObject({ object: 'chat.completion', model: fineTune, system_fingerprint: expect.any(String) });
+      expect(tuned.id).toMatch(/^chatcmpl-/);
+      expect(tuned.choices).toEqual([
+        { index: 0, message: { role: 'assistant', content: example.answer, refusal: null }, logprobs: null, finish_reason: 'stop' },
+      ]);
+      // The prompt is the conversation up to the first trained token, and the completion is every
+      // trained token: the answer and the end-of-turn token the model stopped on.
+      const trained = encodeChat(tokenizer, [...example.prompt, { role: 'assistant', content: example.answer }] as never);
+      const firstTrained = trained.mask.indexOf(1);
+      const trainedTokens = trained.mask.filter((m) => m === 1).length;
+      const prompt = encodeChat(tokenizer, example.prompt as never, { addGenerationPrompt: true }).ids;
+      expect(prompt).toEqual(trained.ids.slice(0, firstTrained));
+      expect(tuned.usage).toEqual({
+        prompt_tokens: firstTrained,
+        completion_tokens: trainedTokens,
+        total_tokens: firstTrained + trainedTokens,
+      });
+
+      const base = await ask(TINY_MODEL_NAME, example, { max_tokens: 40 });
+      expect(base.choices[0]!.message.content).not.toBe(example.answer);
+    }
+  });
+
+  it('streams chunks that add up to the same answer, whole characters only, with usage at the end', async () => {
+    const example = examples[1]!;
+    const whole = await ask(fineTune, example);
+    const stream = await client.chat.completions.create({
+      model: fineTune,
+      messages: example.prompt,
+      temperature: 0,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    const chunks: OpenAI.ChatCompletionChunk[] = [];
+    for await (const chunk of stream) chunks.push(chunk);
+
+    expect(new Set(chunks.map((c) => `${c.id} ${c.created} ${c.object}`)).size).toBe(1);
+    expect(chunks[0]!.id).toMatch(/^chatcmpl-/);
+    expect(chunks[0]!.choices[0]!.delta).toEqual({ role: 'assistant', content: '' });
+    const deltas = chunks.slice(1, -2).map((c) => c.choices[0]!.delta.content!);
+    expect(deltas.length).toBeGreaterThan(3);
+    expect(deltas.join('')).toBe(example.answer);
+    for (const delta of deltas) expect(delta).not.toContain('\uFFFD');
+    expect(chunks.at(-2)!.choices).toEqual([{ index: 0, delta: {}, logprobs: null, finish_reason: 'stop' }]);
+    expect(chunks.at(-1)!.choices).toEqual([]);
+    expect(chunks.at(-1)!.usage).toEqual(whole.usage);
+    for (const chunk of chunks.slice(0, -1)) expect(chunk.usage).toBeNull();
+  });
+
+  it('eight concurrent streams each get their own right answer', async () => {
+    const answers = await Promise.all(
+      examples.slice(0, 8).map(async (example) => {
+        const stream = await client.chat.completions.create({ model: fineTune, messages: example.prompt, temperature: 0, stream: true });
+        let text = '';
+        for await (const chunk of stream) text += chunk.choices[0]?.delta.content ?? '';
+        return text;
+      }),
+    );
+    expect(answers).toEqual(examples.slice(0, 8).map((e) => e.answer));
+  });
+
+  it('n choices, each reproducible with the same seed and different with another', async () => {
+    const sample = (seed: number) => ask(TINY_MODEL_NAME, examples[0]!, { n: 3, temperature: 1, seed, max_tokens: 12 });
+    const first = await sample(7);
+    expect(first.choices.map((c) => c.index)).toEqual([0, 1, 2]);
+    const contents = (r: OpenAI.ChatCompletion) => r.choices.map((c) => c.message.content);
+    expect(new Set(contents(first)).size).toBeGreaterThan(1);
+    expect(contents(await sample(7))).toEqual(contents(first));
+    expect(contents(await sample(8))).not.toEqual(contents(first));
+    // One prompt, however many choices.
+    expect(first.usage!.prompt_tokens).toBe(encodeChat(tokenizer, examples[0]!.prompt as never, { addGenerationPrompt: true }).ids.length);
+  });
+
+  it('stop strings end the answer before them, streamed or not; max_tokens ends it with length', async () => {
+    const example = examples[0]!; // 今天北京的天气晴朗,就像我的心情一样明朗!
+    const stopped = await ask(fineTune, example, { stop: ['心情', 'never'] });
+    expect(stopped.choices[0]).toMatchObject({ message: { content: '今天北京的天气晴朗,就像我的' }, finish_reason: 'stop' });
+    const stream = await client.chat.completions.create({ model: fineTune, messages: example.prompt, temperature: 0, stop: '心情', stream: true });
+    let text = '';
+    for await (const chunk of stream) text += chunk.choices[0]?.delta.content ?? '';
+    expect(text).toBe('今天北京的天气晴朗,就像我的');
+
+    const short = await ask(fineTune, example, { max_completion_tokens: 3 });
+    expect(short.choices[0]!.finish_reason).toBe('length');
+    expect(short.usage!.completion_tokens).toBe(3);
+  });
+
+  it('checkpoint models answer too, in the style they were trained to by then', async () => {
+    const checkpoints = (await client.fineTuning.jobs.checkpoints.list((await client.fineTuning.jobs.list()).data[0]!.id)).data;
+    const earlier = checkpoints.find((c) => c.fine_tuned_model_checkpoint !== fineTune)!;
+    const reply = await ask(earlier.fine_tuned_model_checkpoint, examples[2]!);
+    expect(reply.model).toBe(earlier.fine_tuned_model_checkpoint);
+    // Nine epochs in: it already stops by itself after a sentence about the weather.
+    expect(reply.choices[0]!.finish_reason).toBe('stop');
+    expect(reply.choices[0]!.message.content).toMatch(/^\p{Script=Han}.*的.*[!。]$/u);
+    const base = await ask(TINY_MODEL_NAME, examples[2]!, { max_tokens: 40 });
+    expect(reply.choices[0]!.message.content).not.toBe(base.choices[0]!.message.content);
+  });
+});
+
+describe('legacy completions', () => {
+  it('continues a prompt, or several, streamed or not', async () => {
+    const one = await client.completions.create({ model: TINY_MODEL_NAME, prompt: '今天北京', max_tokens: 6, temperature: 0 });
+    expect(one).toMatchObject({ object: 'text_completion', model: TINY_MODEL_NAME });
+    expect(one.id).toMatch(/^cmpl-/);
+    expect(one.choices).toHaveLength(1);
+    expect(one.choices[0]!.text.length).toBeGreaterThan(0);
+    expect(one.usage!.prompt_tokens).toBe(tokenizer.encodeWithSpecialTokens('今天北京').length);
+
+    const stream = await client.completions.create({ model: TINY_MODEL_NAME, prompt: '今天北京', max_tokens: 6, temperature: 0, stream: true });
+    let text = '';
+    for await (const chunk of stream) text += chunk.choices[0]?.text ?? '';
+    expect(text).toBe(one.choices[0]!.text);
+
+    const many = await client.completions.create({ model: TINY_MODEL_NAME, prompt: ['今天北京', '上海'], n: 2, max_tokens: 4, temperature: 0 });
+    expect(many.choices.map((c) => c.index)).toEqual([0, 1, 2, 3]);
+    expect(many.choices[0]!.text).toBe(many.choices[1]!.text);
+    expect(many.choices[0]!.text).toBe(one.choices[0]!.text.slice(0, many.choices[0]!.text.length));
+
+    const echoed = await client.completions.create({ model: TINY_MODEL_NAME, prompt: '今天北京', max_tokens: 6, temperature: 0, echo: true });
+    expect(echoed.choices[0]!.text).toBe(`今天北京${one.choices[0]!.text}`);
+  });
+});
+
+describe('serving', () => {
+  it('a client that hangs up stops its generation in the engine', async () => {
+    const controller = new AbortController();
+    const stream = await client.completions.create(
+      { model: RANDOM_MODEL, prompt: 'Tell me a long story', max_tokens: 2000, temperature: 1, stream: true },
+      { signal: controller.signal },
+    );
+    const generations = () => t.server.services.inference.status().find((s) => s.modelDir.endsWith(RANDOM_MODEL))?.generations;
+    for await (const _chunk of stream) break;
+    expect(generations()).toBe(1);
+    controller.abort();
+    await eventually(() => (generations() === 0 ? true : undefined), 1500);
+    // The model server stays up for the next request.
+    const next = await client.completions.create({ model: RANDOM_MODEL, prompt: 'Hello', max_tokens: 3 });
+    expect(next.usage!.completion_tokens).toBe(3);
+  });
+
+  it('refuses unknown and foreign models, over-long prompts and bad parameters in OpenAI words', async () => {
+    const error = (promise: Promise<unknown>) => promise.then(() => null, (e: unknown) => e as InstanceType<typeof OpenAI.APIError>);
+    const unknown = await error(client.chat.completions.create({ model: 'ft:nope', messages: [{ role: 'user', content: 'hi' }] }));
+    expect(unknown).toMatchObject({
+      status: 404,
+      code: 'model_not_found',
+      error: { message: 'The model `ft:nope` does not exist or you do not have access to it.', type: 'invalid_request_error', param: 'model' },
+    });
+
+    const other = await t.server.services.orgs.createKey('other-team');
+    const foreign = await error(t.clientFor(other.key).chat.completions.create({ model: fineTune, messages: [{ role: 'user', content: 'hi' }] }));
+    expect(foreign).toMatchObject({ status: 404, code: 'model_not_found' });
+
+    const long = await error(client.chat.completions.create({ model: TINY_MODEL_NAME, messages: [{ role: 'user', content: '天气 '.repeat(800) }], max_tokens: 100 }));
+    expect(long).toMatchObject({ status: 400, code: 'context_length_exceeded', param: 'messages' });
+    expect((long!.error as { message: string }).message).toMatch(/^This model's maximum context length is 1024 tokens\. However, you requested \d+ tokens \(\d+ in the messages, 100 in the completion\)/);
+
+    const hot = await error(client.chat.completions.create({ model: TINY_MODEL_NAME, messages: [{ role: 'user', content: 'hi' }], temperature: 3 }));
+    expect(hot).toMatchObject({ status: 400, param: 'temperature' });
+    const tools = await error(
+      client.chat.completions.create({
+        model: TINY_MODEL_NAME,
+        messages: [{ role: 'user', content: 'hi' }],
+        tools: [{ type: 'function', function: { name: 'f' } }],
+      }),
+    );
+    expect(tools).toMatchObject({ status: 400, param: 'tools', error: { message: "Invalid 'tools': tools is not supported by tunelab's models yet" } });
+  });
+
+  it("records each request's tokens and cost as the organization's inference usage", async () => {
+    const other = await t.server.services.orgs.createKey('usage-team');
+    const them = t.clientFor(other.key);
+    const a = await them.chat.completions.create({ model: TINY_MODEL_NAME, messages: examples[0]!.prompt, max_tokens: 5, temperature: 0 });
+    const b = await them.completions.create({ model: TINY_MODEL_NAME, prompt: '上海', max_tokens: 4, temperature: 0 });
+    const input = a.usage!.prompt_tokens + b.usage!.prompt_tokens;
+    const output = a.usage!.completion_tokens + b.usage!.completion_tokens;
+    const usage = await them.get<{ data: Array<Record<string, number>> }>('/usage');
+    expect(usage.data[0]).toMatchObject({
+      inference_input_tokens: input,
+      inference_output_tokens: output,
+      inference_cost: expect.closeTo((input * 0.012 + output * 0.016) / 1000, 6),
+    });
+  });
+});
