@@ -62,7 +62,7 @@ def cmd_generate(args):
 
 def cmd_serve(args):
     from . import serve
-    return serve.serve(args.model, args.max_batch, args.max_adapters, args.device)
+    return serve.serve(args.model, args.max_batch, args.max_adapters, args.device, args.dtype)
 
 
 def parser():
@@ -97,6 +97,8 @@ def parser():
     srv.add_argument("--max-batch", type=int, default=16, help="sequences decoded together; more wait")
     srv.add_argument("--max-adapters", type=int, default=8, help="LoRA adapters kept loaded")
     srv.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
+    srv.add_argument("--dtype", choices=["auto"] + sorted(DTYPES), default="auto",
+                     help="auto: the config's torch_dtype on CUDA; on CPU bf16 for bf16 weights when the CPU has native bf16, else float32")
     srv.set_defaults(run=cmd_serve)
     return p
 

@@ -257,8 +257,9 @@ def validate(message, vocab, context_length):
 class Server:
     """The protocol: messages in, events out, requests waiting and active."""
 
-    def __init__(self, engine, max_adapters, max_batch):
+    def __init__(self, engine, max_adapters, max_batch, emit=events.emit):
         self.engine = engine
+        self.emit = emit
         self.vocab = engine.config.vocab_size
         self.context_length = engine.context_length
         self.max_batch = max_batch
@@ -294,17 +295,17 @@ class Server:
             self.cancel(rid)
         elif kind == "generate":
             if rid in self.ids:
-                events.emit("error", id=rid, code="invalid_request", message=f"id {rid!r} is already in use")
+                self.emit("error", id=rid, code="invalid_request", message=f"id {rid!r} is already in use")
                 return
             try:
                 fields = validate(message, self.vocab, self.context_length)
             except EngineError as e:
-                events.emit("error", id=rid, code=e.code, message=e.message)
+                self.emit("error", id=rid, code=e.code, message=e.message)
                 return
             self.waiting.append(Request(rid, fields))
             self.ids.add(rid)
         else:
-            events.emit("error", id=rid, code="invalid_request", message=f"unknown message type {kind!r}")
+            self.emit("error", id=rid, code="invalid_request", message=f"unknown message type {kind!r}")
 
     def cancel(self, rid):
         if rid not in self.ids:
@@ -338,12 +339,12 @@ class Server:
     # -- requests ------------------------------------------------------------------------------
     def finish(self, req, reason):
         self.ids.discard(req.id)
-        events.emit("done", id=req.id, finish_reason=reason, prompt_tokens=len(req.prompt),
+        self.emit("done", id=req.id, finish_reason=reason, prompt_tokens=len(req.prompt),
                     completion_tokens=req.generated)
 
     def fail(self, req, code, message):
         self.ids.discard(req.id)
-        events.emit("error", id=req.id, code=code, message=message)
+        self.emit("error", id=req.id, code=code, message=message)
 
     def leave(self, row):
         """Frees cache row `row`: the last active row moves into it."""
@@ -360,7 +361,7 @@ class Server:
             return False
         req.generated += 1
         req.sampler.seen(token)
-        events.emit("tokens", id=req.id, ids=[token])
+        self.emit("tokens", id=req.id, ids=[token])
         if (req.max_tokens is not None and req.generated >= req.max_tokens) \
                 or len(req.prompt) + req.generated >= self.context_length:
             self.finish(req, "length")
@@ -436,8 +437,11 @@ def _exit_now(signum, frame):
     os._exit(0)
 
 
-def resolve(device_name, model_config):
-    """(device, dtype): auto is cuda when available; fp32 on CPU, the config's torch_dtype on CUDA."""
+def resolve(device_name, dtype_name, model_config):
+    """(device, dtype). device auto: cuda when available. dtype auto: on CUDA the config's
+    torch_dtype; on CPU bf16 when the weights are stored in bf16 and the CPU computes in bf16
+    natively (AVX512-BF16 or AMX: decoding reads every weight once per step, and bf16 halves
+    those reads), else fp32."""
     if device_name == "auto":
         device_name = "cuda" if torch.cuda.is_available() else "cpu"
     if device_name.startswith("cuda") and not torch.cuda.is_available():
@@ -446,16 +450,20 @@ def resolve(device_name, model_config):
         device = torch.device(device_name)
     except RuntimeError:
         raise EngineError("invalid_request", f"--device {device_name!r}: not a device (auto, cpu, cuda, cuda:N)") from None
+    if dtype_name != "auto":
+        dtype = DTYPES[dtype_name]
+        if device.type == "cpu" and dtype == torch.float16:
+            raise EngineError("invalid_request", "--dtype float16 is for CUDA; on CPU use float32 or bfloat16")
+        return device, dtype
+    stored = DTYPES.get(model_config.torch_dtype, torch.float32)
     if device.type == "cuda":
-        dtype = DTYPES.get(model_config.torch_dtype, torch.bfloat16)
-        if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-            dtype = torch.float16
-    else:
-        dtype = torch.float32
-    return device, dtype
+        if stored == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+            stored = torch.float16
+        return device, stored
+    return device, torch.bfloat16 if stored == torch.bfloat16 and train.cpu_has_bf16() else torch.float32
 
 
-def serve(model_dir, max_batch=16, max_adapters=8, device_name="auto", stdin=None):
+def serve(model_dir, max_batch=16, max_adapters=8, device_name="auto", dtype_name="auto", stdin=None):
     signal.signal(signal.SIGTERM, _exit_now)
     signal.signal(signal.SIGINT, _exit_now)
     if max_batch < 1 or max_adapters < 1:
@@ -463,7 +471,7 @@ def serve(model_dir, max_batch=16, max_adapters=8, device_name="auto", stdin=Non
     torch.set_num_threads(train.cpu_count())
     start = time.time()
     cfg = config_mod.load(model_dir)
-    device, dtype = resolve(device_name, cfg)
+    device, dtype = resolve(device_name, dtype_name, cfg)
     model = build(cfg, safetensors.load_model(model_dir), dtype, device).eval()
     engine = Engine(model, max_batch)
     events.log(f"loaded {model_dir} ({sum(p.numel() for p in model.parameters()):,} parameters, {str(dtype).replace('torch.', '')}, {device}) "
