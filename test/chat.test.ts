@@ -30,6 +30,7 @@ const RANDOM_MODEL = 'random-qwen3';
 let t: TestServer;
 let client: OpenAI;
 let fineTune: string;
+let loraTune: string;
 let tokenizer: ModelTokenizer;
 
 beforeAll(async () => {
@@ -40,10 +41,24 @@ beforeAll(async () => {
   const file = await client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
   // A fixed seed: without one each job draws its own, and a fine-tune may then mix up two answers.
   const job = await client.fineTuning.jobs.create({ model: TINY_MODEL_NAME, training_file: file.id, suffix: 'chat', seed: 1 });
+  // tunelab-tiny trains fully by default; real models train LoRA adapters, served over their base.
+  const lora = await client.fineTuning.jobs.create({
+    model: TINY_MODEL_NAME,
+    training_file: file.id,
+    suffix: 'lora',
+    seed: 1,
+    method: {
+      type: 'supervised',
+      supervised: { hyperparameters: { full: false, lora_rank: 32, lora_alpha: 64, learning_rate_multiplier: 10 } },
+    },
+  });
   const done = await finished(client, job.id, 300_000);
   expect(done.status).toBe('succeeded');
   fineTune = done.fine_tuned_model!;
-}, 400_000);
+  const loraDone = await finished(client, lora.id, 300_000);
+  expect(loraDone.status).toBe('succeeded');
+  loraTune = loraDone.fine_tuned_model!;
+}, 600_000);
 afterAll(() => t?.cleanup());
 
 const ask = (model: string, example: Example, extra: Partial<OpenAI.ChatCompletionCreateParamsNonStreaming> = {}) =>
@@ -138,6 +153,21 @@ describe('chat completions', () => {
     const short = await ask(fineTune, example, { max_completion_tokens: 3 });
     expect(short.choices[0]!.finish_reason).toBe('length');
     expect(short.usage!.completion_tokens).toBe(3);
+  });
+
+  it('a LoRA fine-tune is served over its base: base and adapter requests share a batch and get what each gets alone', async () => {
+    const alone = [];
+    for (const example of examples.slice(0, 4)) {
+      alone.push((await ask(loraTune, example)).choices[0]!.message.content);
+      alone.push((await ask(TINY_MODEL_NAME, example, { max_tokens: 20 })).choices[0]!.message.content);
+    }
+    expect(alone.filter((answer, i) => i % 2 === 0 && answer === examples[i / 2]!.answer).length).toBeGreaterThan(2);
+    const together = await Promise.all(
+      examples.slice(0, 4).flatMap((example) => [ask(loraTune, example), ask(TINY_MODEL_NAME, example, { max_tokens: 20 })]),
+    );
+    expect(together.map((r) => r.choices[0]!.message.content)).toEqual(alone);
+    // One model server for both: the adapter is applied per row.
+    expect(t.server.services.inference.status().filter((s) => s.modelDir.endsWith(TINY_MODEL_NAME))).toHaveLength(1);
   });
 
   it('checkpoint models answer too, in the style they were trained to by then', async () => {
@@ -236,5 +266,22 @@ describe('serving', () => {
       inference_output_tokens: output,
       inference_cost: expect.closeTo((input * 0.012 + output * 0.016) / 1000, 6),
     });
+  });
+});
+
+describe('a model still loading', () => {
+  it('answers 503 model_loading past the configured wait, then answers once loaded', async () => {
+    const slow = await startTestServer({ serving: { loadTimeoutMs: 1 } });
+    try {
+      new BaseModelRegistry(slow.server.home.models).add(path.join(t.home, 'random-qwen3'), RANDOM_MODEL);
+      const request = () => slow.client.completions.create({ model: RANDOM_MODEL, prompt: 'Hello', max_tokens: 2 });
+      await expect(request()).rejects.toMatchObject({ status: 503, code: 'model_loading', error: { type: 'server_error' } });
+      // It went on loading for the next request.
+      await eventually(() => (slow.server.services.inference.status()[0]?.modelDir ? true : undefined));
+      const answered = await eventually(() => request().catch(() => undefined), 30_000);
+      expect(answered.usage!.completion_tokens).toBe(2);
+    } finally {
+      await slow.cleanup();
+    }
   });
 });
