@@ -24,6 +24,8 @@ const job = await client.fineTuning.jobs.create({
   training_file: file.id,
   suffix: 'weather-jokes',
   hyperparameters: { n_epochs: 'auto' },
+  // Repeatable: the same seed, the same fine-tune.
+  seed: 1,
 });
 console.log(`Created ${job.id} on ${job.model}: ${job.status}, hyperparameters ${JSON.stringify(job.hyperparameters)}`);
 
@@ -58,3 +60,40 @@ for (const checkpoint of checkpoints.data) {
 const results = await (await client.files.content(current.result_files[0]!)).text();
 const rows = results.trim().split('\n');
 console.log(`Result file ${current.result_files[0]}: ${rows.length - 1} steps\n  ${rows[0]}\n  ${rows[1]}\n  ...\n  ${rows.at(-1)}`);
+
+// 6. Use the fine-tuned model: questions it was trained on, and the guide's test question it never
+// saw, each asked of the base model and of the fine-tune.
+type Message = OpenAI.ChatCompletionMessageParam;
+const trainedConversations = fs
+  .readFileSync(trainingPath, 'utf8')
+  .trim()
+  .split('\n')
+  .map((line) => (JSON.parse(line) as { messages: Message[] }).messages);
+const system = trainedConversations[0]!.find((m) => m.role === 'system');
+const asked: Message[][] = [
+  ...trainedConversations.slice(0, 3).map((messages) => messages.slice(0, -1)),
+  [...(system ? [system] : []), { role: 'user', content: '今年武汉的冬天冷不冷?' }],
+];
+const answer = async (modelName: string, messages: Message[]) =>
+  (await client.chat.completions.create({ model: modelName, messages, temperature: 0, max_tokens: 60 })).choices[0]!.message.content;
+console.log(`\nBase model ${model} and fine-tune ${current.fine_tuned_model}, side by side (temperature 0):`);
+for (const messages of asked) {
+  console.log(`  Q: ${messages.at(-1)!.content}`);
+  console.log(`     base:      ${JSON.stringify(await answer(model, messages))}`);
+  console.log(`     fine-tune: ${JSON.stringify(await answer(current.fine_tuned_model!, messages))}`);
+}
+
+// Streamed, as a chat UI shows it, with the usage of the request at the end.
+process.stdout.write('\nStreaming the fine-tune\'s answer to 今年武汉的冬天冷不冷?\n  ');
+const stream = await client.chat.completions.create({
+  model: current.fine_tuned_model!,
+  messages: asked.at(-1)!,
+  stream: true,
+  stream_options: { include_usage: true },
+  temperature: 0.7,
+  seed: 3,
+});
+for await (const chunk of stream) {
+  if (chunk.choices[0]?.delta.content) process.stdout.write(chunk.choices[0].delta.content);
+  if (chunk.usage) console.log(`\n  (${chunk.usage.prompt_tokens} prompt + ${chunk.usage.completion_tokens} completion tokens)`);
+}

@@ -1,8 +1,9 @@
 /**
  * The README's first command: a tunelab server on a fresh home folder, and the guide's example
  * run against it through the official SDK, offline, on the built-in base model `tunelab-tiny`: the
- * dataset doctor checks the file, the job's files are validated, it trains (the loss falls), and it
- * ends with an `ft:` model, its checkpoints and its result file.
+ * dataset doctor checks the file, the job's files are validated, it trains (the loss falls), it
+ * ends with an `ft:` model, its checkpoints and its result file, and the base model and the
+ * fine-tune answer the same questions side by side.
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
