@@ -7,6 +7,7 @@ import { BaseModelRegistry } from '../src/models/base-models.js';
 import { TINY_MODEL_NAME } from '../src/models/tiny-model.js';
 import { encodeChat } from '../src/tokenizer/chat-encoding.js';
 import { ModelTokenizer } from '../src/tokenizer/model-tokenizer.js';
+import { runCli } from './support/cli.js';
 import { eventually } from './support/finish.js';
 import { writeTrainableModelFolder } from './support/model-folder.js';
 import { DATASETS, type TestServer, finished, startTestServer, weatherJokes } from './support/server.js';
@@ -180,6 +181,16 @@ describe('chat completions', () => {
     expect(reply.choices[0]!.message.content).toMatch(/^\p{Script=Han}.*的.*[!。]$/u);
     const base = await ask(TINY_MODEL_NAME, examples[2]!, { max_tokens: 40 });
     expect(reply.choices[0]!.message.content).not.toBe(base.choices[0]!.message.content);
+  });
+});
+
+describe('tunelab chat', () => {
+  it('streams the answer to a question on the command line', async () => {
+    const [system, user] = examples[0]!.prompt.map((m) => m.content as string);
+    const chat = await runCli(['chat', fineTune, user!, '--system', system!, '--temperature', '0', '--home', t.home]);
+    expect(chat).toMatchObject({ code: 0, stdout: `${examples[0]!.answer}\n` });
+    const bad = await runCli(['chat', fineTune, 'hi', '--temperature', 'warm', '--home', t.home]);
+    expect(bad).toMatchObject({ code: 2, stderr: 'error: --temperature takes a number, not "warm"\n' });
   });
 });
 

@@ -4,6 +4,7 @@ import { ServiceError } from '../errors.js';
 import { adminCommands } from './admin.js';
 import { notificationAdminCommands } from './admin-notifications.js';
 import { apiCommands } from './api-commands.js';
+import { chatCommand } from './chat-command.js';
 import { datasetCommands, USAGE_ERROR, UsageError } from './dataset-commands.js';
 import { serveCommand } from './serve.js';
 import { usageCommand } from './usage-command.js';
@@ -20,6 +21,7 @@ adminCommands(program, models);
 apiCommands(program, models);
 notificationAdminCommands(program);
 usageCommand(program);
+chatCommand(program);
 
 try {
   await program.parseAsync();
