@@ -280,9 +280,9 @@ describe('serving', () => {
   });
 });
 
-describe('a model still loading', () => {
-  it('answers 503 model_loading past the configured wait, then answers once loaded', async () => {
-    const slow = await startTestServer({ serving: { loadTimeoutMs: 1 } });
+describe('model servers', () => {
+  it('a model still loading answers 503 model_loading past the configured wait, then answers; an idle one exits', async () => {
+    const slow = await startTestServer({ serving: { loadTimeoutMs: 1, idleMs: 300 } });
     try {
       new BaseModelRegistry(slow.server.home.models).add(path.join(t.home, 'random-qwen3'), RANDOM_MODEL);
       const request = () => slow.client.completions.create({ model: RANDOM_MODEL, prompt: 'Hello', max_tokens: 2 });
@@ -291,6 +291,8 @@ describe('a model still loading', () => {
       await eventually(() => (slow.server.services.inference.status()[0]?.modelDir ? true : undefined));
       const answered = await eventually(() => request().catch(() => undefined), 30_000);
       expect(answered.usage!.completion_tokens).toBe(2);
+      // Nothing asked of it for idle_seconds: it exits and gives its memory back.
+      await eventually(() => (slow.server.services.inference.status().length === 0 ? true : undefined), 5000);
     } finally {
       await slow.cleanup();
     }
