@@ -289,12 +289,18 @@ class ErrorTest(TempDirTest):
         with open(os.path.join(not_lora, "adapter_config.json"), "w") as f:
             json.dump({"peft_type": "PREFIX_TUNING"}, f)
         good = write_adapter(self.path("good"), family, 2, 4, None, seed=3)
+        pattern = write_adapter(self.path("pattern"), family, 2, 4, None, seed=3)
+        with open(os.path.join(pattern, "adapter_config.json")) as f:
+            cfg = json.load(f)
+        with open(os.path.join(pattern, "adapter_config.json"), "w") as f:
+            json.dump(dict(cfg, rank_pattern={"q_proj": 4}), f)
         h = Harness(model)
         h.send(request("ok", prompt(5, 0), max_tokens=6, adapter=good),
                request("range", [1, 2, VOCAB]), request("negative", [-1]), request("empty", []),
                request("long", [1] * 256), request("float", [1.5]),
                request("missing", [1], adapter=self.path("nowhere")),
                request("mismatch", [1], adapter=mismatched), request("peft", [1], adapter=not_lora),
+               request("pattern", [1], adapter=pattern), request("file", [1], adapter=os.path.join(good, "adapter_config.json")),
                request("temp", [1], temperature=-1), request("top_p", [1], top_p=0),
                request("max", [1], max_tokens=0), request("seed", [1], seed="x"),
                request("stops", [1], stop_ids=[1, "a"]), request("pen", [1], presence_penalty=float("nan")),
@@ -304,7 +310,7 @@ class ErrorTest(TempDirTest):
         self.assertEqual(len(h.ids("ok")), 6)
         codes = {e["id"]: e["code"] for e in h.events if e["type"] == "error"}
         self.assertEqual(codes.pop("ok"), "invalid_request")
-        for rid in ("missing", "mismatch", "peft"):
+        for rid in ("missing", "mismatch", "peft", "pattern", "file"):
             self.assertEqual(codes.pop(rid), "invalid_adapter", rid)
         self.assertEqual(set(codes.values()), {"invalid_request"})
         self.assertEqual(set(codes), {"range", "negative", "empty", "long", "float", "temp", "top_p", "max",

@@ -234,6 +234,9 @@ def read_adapter(folder, model):
     rank = config["r"]
     if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
         raise EngineError("invalid_adapter", f"{folder}/{ADAPTER_CONFIG}: r must be a positive integer")
+    for key in ("rank_pattern", "alpha_pattern", "fan_in_fan_out"):
+        if config.get(key):
+            raise EngineError("invalid_adapter", f"{folder}/{ADAPTER_CONFIG}: {key} is not supported")
     path = os.path.join(folder, ADAPTER_WEIGHTS)
     try:
         weights = safetensors.load_file(path)

@@ -16,7 +16,6 @@ import json
 import math
 import os
 import queue
-import random
 import signal
 import sys
 import threading
@@ -520,5 +519,8 @@ def serve(model_dir, max_batch=16, max_adapters=8, device_name="auto", dtype_nam
     events.emit("ready", vocab_size=cfg.vocab_size, context_length=engine.context_length, device=device.type,
                 dtype=str(dtype).replace("torch.", ""), max_batch=max_batch)
     server.start_reader(stdin or sys.stdin)
-    with torch.inference_mode():
-        return server.run()
+    try:
+        with torch.inference_mode():
+            return server.run()
+    except BrokenPipeError:  # whoever read stdout is gone: nothing left to tell anyone
+        os._exit(0)
