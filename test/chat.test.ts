@@ -28,6 +28,20 @@ const examples: Example[] = fs
 
 const RANDOM_MODEL = 'random-qwen3';
 
+/** The pid of the engine serving a base model, found by its command line. */
+function servePid(model: string): number {
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const args = fs.readFileSync(`/proc/${entry}/cmdline`, 'utf8').split('\0');
+      if (args.includes('serve') && args.some((arg) => arg.endsWith(`/models/${model}`) && arg.startsWith(t.home))) return Number(entry);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  throw new Error(`no engine serves ${model}`);
+}
+
 let t: TestServer;
 let client: OpenAI;
 let fineTune: string;
@@ -214,6 +228,14 @@ describe('legacy completions', () => {
     expect(many.choices[0]!.text).toBe(many.choices[1]!.text);
     expect(many.choices[0]!.text).toBe(one.choices[0]!.text.slice(0, many.choices[0]!.text.length));
 
+    // OpenAI's defaults and edge cases: max_tokens null is 16, top_p 0 is greedy, an empty prompt starts a document.
+    const unbounded = await client.completions.create({ model: TINY_MODEL_NAME, prompt: '今天北京', max_tokens: null, temperature: 0 });
+    expect(unbounded.usage!.completion_tokens).toBeLessThanOrEqual(16);
+    const narrow = await client.completions.create({ model: TINY_MODEL_NAME, prompt: '今天北京', max_tokens: 6, temperature: 1, top_p: 0 });
+    expect(narrow.choices[0]!.text).toBe(one.choices[0]!.text);
+    const empty = await client.completions.create({ model: TINY_MODEL_NAME, prompt: '', max_tokens: 3 });
+    expect(empty.usage).toMatchObject({ prompt_tokens: 1, completion_tokens: expect.any(Number) });
+
     const echoed = await client.completions.create({ model: TINY_MODEL_NAME, prompt: '今天北京', max_tokens: 6, temperature: 0, echo: true });
     expect(echoed.choices[0]!.text).toBe(`今天北京${one.choices[0]!.text}`);
   });
@@ -236,6 +258,21 @@ describe('serving', () => {
     expect(next.usage!.completion_tokens).toBe(3);
   });
 
+  it('a model server that dies fails its requests with 503 engine_stopped, and the next request starts another', async () => {
+    await client.completions.create({ model: RANDOM_MODEL, prompt: 'Hello', max_tokens: 1 });
+    const pid = servePid(RANDOM_MODEL);
+    const pending = client.completions.create({ model: RANDOM_MODEL, prompt: 'A long story', max_tokens: 2000 }).then(
+      () => null,
+      (e: unknown) => e,
+    );
+    await eventually(() => (t.server.services.inference.status().some((s) => s.generations > 0) ? true : undefined));
+    process.kill(pid, 'SIGKILL');
+    expect(await pending).toMatchObject({ status: 503, code: 'engine_stopped', error: { message: expect.stringContaining('killed by SIGKILL') } });
+    const next = await client.completions.create({ model: RANDOM_MODEL, prompt: 'Hello', max_tokens: 2 });
+    expect(next.usage!.completion_tokens).toBe(2);
+    expect(servePid(RANDOM_MODEL)).not.toBe(pid);
+  });
+
   it('refuses unknown and foreign models, over-long prompts and bad parameters in OpenAI words', async () => {
     const error = (promise: Promise<unknown>) => promise.then(() => null, (e: unknown) => e as InstanceType<typeof OpenAI.APIError>);
     const unknown = await error(client.chat.completions.create({ model: 'ft:nope', messages: [{ role: 'user', content: 'hi' }] }));
@@ -255,6 +292,20 @@ describe('serving', () => {
 
     const hot = await error(client.chat.completions.create({ model: TINY_MODEL_NAME, messages: [{ role: 'user', content: 'hi' }], temperature: 3 }));
     expect(hot).toMatchObject({ status: 400, param: 'temperature' });
+    const picture = await error(
+      client.chat.completions.create({
+        model: TINY_MODEL_NAME,
+        messages: [{ role: 'user', content: [{ type: 'image_url', image_url: { url: 'https://example.com/a.png' } }] }],
+      }),
+    );
+    expect(picture).toMatchObject({
+      status: 400,
+      param: 'messages.0.content.0',
+      error: { message: 'Invalid \'messages.0.content.0\': a content part of type "image_url": these models take text only' },
+    });
+    // Refused before the stream begins, so the SDK raises it with its status.
+    const outside = await error(client.completions.create({ model: TINY_MODEL_NAME, prompt: [999_999], stream: true }));
+    expect(outside).toMatchObject({ status: 400, param: 'prompt' });
     const tools = await error(
       client.chat.completions.create({
         model: TINY_MODEL_NAME,

@@ -12,6 +12,9 @@ const STATUS: Record<ErrorKind, number> = {
   server: 500,
 };
 
+/** OpenAI's error `type` for a service error. */
+export const errorType = (error: ServiceError) => (STATUS[error.kind] >= 500 ? 'server_error' : 'invalid_request_error');
+
 interface ErrorBody {
   message: string;
   type: string;
@@ -55,7 +58,9 @@ export function sendError(reply: FastifyReply, error: unknown, maxUploadBytes: n
   let body: ErrorBody;
   if (error instanceof ServiceError) {
     status = STATUS[error.kind];
-    body = { message: error.message, type: status >= 500 ? 'server_error' : 'invalid_request_error', param: error.param, code: error.code };
+    body = { message: error.message, type: errorType(error), param: error.param, code: error.code };
+    // The server's own fault that a retry would meet again (a broken adapter): the SDK should not retry it.
+    if (error.kind === 'server') reply.header('x-should-retry', 'false');
   } else {
     const mapped = fromFastify(error as FastifyError, maxUploadBytes);
     if (mapped) [status, body] = mapped;

@@ -3,6 +3,7 @@ import { GenerationError } from '../engine/serve-process.js';
 import { ServiceError } from '../errors.js';
 import type { InferenceService } from '../inference/inference.js';
 import { chatCompletionRequest, completionRequest } from '../inference/requests.js';
+import { errorType } from './errors.js';
 import { parseWith, requireObjectBody } from './parse.js';
 
 export const inferenceRoutes = (inference: InferenceService) => async (app: FastifyInstance) => {
@@ -30,9 +31,13 @@ async function answer<T extends object, Chunk>(
   reply.raw.on('close', () => {
     if (!reply.raw.writableFinished) hangUp.abort();
   });
+  // Gone while the request was authorized: nothing is generated for nobody.
+  if (request.raw.socket?.destroyed) hangUp.abort();
   const result = await run(hangUp.signal);
   if (!(Symbol.asyncIterator in result)) return result;
 
+  // The first chunk is awaited before the response begins, so a refusal still gets its status.
+  const first = await result.next();
   reply.hijack();
   const out = reply.raw;
   out.writeHead(200, {
@@ -42,15 +47,16 @@ async function answer<T extends object, Chunk>(
     'x-request-id': request.id,
   });
   try {
-    for await (const chunk of result) out.write(`data: ${JSON.stringify(chunk)}\n\n`);
+    for (let next = first; !next.done; next = await result.next()) out.write(`data: ${JSON.stringify(next.value)}\n\n`);
     out.write('data: [DONE]\n\n');
   } catch (error) {
     if (!(error instanceof GenerationError && error.code === 'cancelled')) {
       // Headers are gone: the error travels as an event, which the SDK raises as an APIError.
       const known = error instanceof ServiceError;
       if (!known) request.log.error({ err: error }, 'streaming a completion failed');
-      const message = known ? error.message : 'The server had an error while processing your request.';
-      const body = { message, type: 'server_error', param: null, code: known ? error.code : null };
+      const body = known
+        ? { message: error.message, type: errorType(error), param: error.param, code: error.code }
+        : { message: 'The server had an error while processing your request.', type: 'server_error', param: null, code: null };
       out.write(`data: ${JSON.stringify({ error: body })}\n\n`);
     }
   }

@@ -13,6 +13,11 @@ export interface ServePoolOptions {
   maxBatch: number;
   /** LoRA adapters a model server keeps loaded, least recently used dropped first. */
   maxAdapters: number;
+  /**
+   * Model servers running at once: starting another first stops the least recently used idle
+   * one (each full fine-tune and each of its checkpoints is a model folder of its own).
+   */
+  maxModels: number;
 }
 
 export const DEFAULT_SERVE_POOL: Omit<ServePoolOptions, 'logDir'> = {
@@ -20,6 +25,7 @@ export const DEFAULT_SERVE_POOL: Omit<ServePoolOptions, 'logDir'> = {
   loadTimeoutMs: 5 * 60 * 1000,
   maxBatch: 16,
   maxAdapters: 8,
+  maxModels: 4,
 };
 
 /** A model server lent to one request; `release` when the request is over. */
@@ -33,6 +39,7 @@ interface Entry {
   process: ServeProcess;
   leases: number;
   idleTimer: NodeJS.Timeout | null;
+  lastUsed: number;
 }
 
 /**
@@ -48,9 +55,11 @@ export class ServePool {
   constructor(private readonly options: ServePoolOptions) {}
 
   async acquire(modelDir: string, signal?: AbortSignal): Promise<ServeLease> {
-    if (this.closed) throw new GenerationError('engine_stopped', 'The server is shutting down.');
+    if (this.closed) throw new GenerationError('engine_stopped', 'the server is shutting down.');
+    if (signal?.aborted) throw new GenerationError('cancelled', 'The request was cancelled.');
     const entry = this.entry(modelDir);
     entry.leases++;
+    entry.lastUsed = performance.now();
     if (entry.idleTimer) clearTimeout(entry.idleTimer);
     entry.idleTimer = null;
     let released = false;
@@ -58,6 +67,7 @@ export class ServePool {
       if (released) return;
       released = true;
       entry.leases--;
+      entry.lastUsed = performance.now();
       if (entry.leases === 0 && this.entries.get(modelDir) === entry) {
         entry.idleTimer = setTimeout(() => this.retire(modelDir, entry), this.options.idleMs);
         entry.idleTimer.unref();
@@ -86,6 +96,11 @@ export class ServePool {
   private entry(modelDir: string): Entry {
     const existing = this.entries.get(modelDir);
     if (existing?.process.alive) return existing;
+    if (this.entries.size >= this.options.maxModels) {
+      const idle = [...this.entries].filter(([, e]) => e.leases === 0).sort(([, a], [, b]) => a.lastUsed - b.lastUsed)[0];
+      // None idle: all are answering someone, and this request is served too rather than refused.
+      if (idle) void this.retire(idle[0], idle[1]);
+    }
     fs.mkdirSync(this.options.logDir, { recursive: true });
     const process = ServeProcess.start({
       modelDir,
@@ -93,7 +108,7 @@ export class ServePool {
       maxBatch: this.options.maxBatch,
       maxAdapters: this.options.maxAdapters,
     });
-    const entry: Entry = { process, leases: 0, idleTimer: null };
+    const entry: Entry = { process, leases: 0, idleTimer: null, lastUsed: performance.now() };
     this.entries.set(modelDir, entry);
     process.exited.then(() => {
       if (entry.idleTimer) clearTimeout(entry.idleTimer);

@@ -130,16 +130,13 @@ export class ServeProcess {
       }
     });
 
-    this.exited = new Promise<void>((resolve) => {
-      child.once('error', (error) => {
-        this.remember(`could not start the engine: ${error.message}`);
-        resolve();
-      });
-      child.once('close', () => resolve());
-    }).then(() => {
+    this.exited = new Promise<string>((resolve) => {
+      child.once('error', (error) => resolve(`could not start: ${error.message}`));
+      child.once('close', (code, signal) => resolve(signal ? `killed by ${signal}` : `exit status ${code}`));
+    }).then((how) => {
       log.end();
-      const reason = this.recentLog.at(-1) ?? 'no log';
-      this.gone = new GenerationError('engine_stopped', `The model server for ${options.modelDir} stopped (${reason}).`);
+      const last = this.recentLog.at(-1);
+      this.gone = new GenerationError('engine_stopped', `its model server stopped (${how}${last ? `; last log line: ${last}` : ''}).`);
       failReady(this.gone);
       for (const stream of this.streams.values()) stream.fail(this.gone);
       this.streams.clear();
@@ -169,6 +166,7 @@ export class ServeProcess {
    */
   async *generate(request: GenerateRequest, signal?: AbortSignal): AsyncGenerator<GenerationUpdate> {
     if (this.gone) throw this.gone;
+    if (signal?.aborted) throw new GenerationError('cancelled', 'The request was cancelled.');
     const id = `g${this.nextId++}`;
     const stream = new UpdateStream();
     this.streams.set(id, stream);

@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import { GenerationError, type GenerateRequest, type ServeProcess } from '../engine/serve-process.js';
 import type { ModelTokenizer } from '../tokenizer/model-tokenizer.js';
 import { TextStream } from '../tokenizer/text-stream.js';
@@ -35,7 +36,10 @@ export class Generation {
 
   async *events(): AsyncGenerator<ChoiceEvent> {
     const cancel = new AbortController();
+    // Each choice listens on it: n may be far above the default warning threshold of 10.
+    setMaxListeners(this.choices.length + 1, cancel.signal);
     const cancelAll = () => cancel.abort();
+    if (this.signal?.aborted) cancel.abort();
     this.signal?.addEventListener('abort', cancelAll, { once: true });
     const channel = new Channel<ChoiceEvent>();
     let running = this.choices.length;

@@ -45,7 +45,7 @@ export class InferenceService {
     private readonly onError: (message: string, error: unknown) => void = () => {},
   ) {}
 
-  /** A `chat.completion`, or with `stream`, its chunks. Problems with the request are thrown before any chunk. */
+  /** A `chat.completion`, or with `stream`, its chunks. Problems with the request are thrown by the first `next()`, before any chunk. */
   async chat(
     orgId: string,
     request: ChatCompletionRequest,
@@ -61,13 +61,11 @@ export class InferenceService {
     }
     const prompt = renderChat(tokenizer, request.messages);
     const maxTokens = request.max_completion_tokens ?? request.max_tokens ?? null;
-    const run = await this.start(orgId, model, tokenizer, [prompt], maxTokens, request, 'messages', signal);
+    const plan = planRun(model, tokenizer, [prompt], maxTokens, request, 'messages');
     const id = newId('chatcmpl-');
-    const created = unixSeconds();
-    const head = { id, created, model: request.model, system_fingerprint: SYSTEM_FINGERPRINT };
+    const head = { id, created: unixSeconds(), model: request.model, system_fingerprint: SYSTEM_FINGERPRINT };
     if (!request.stream) {
-      const { texts, finishReasons } = await run.collect();
-      await this.record(orgId, request.model, id, run.usage());
+      const { texts, finishReasons } = await this.collect(orgId, plan, id, signal);
       return {
         ...head,
         object: 'chat.completion',
@@ -77,7 +75,7 @@ export class InferenceService {
           logprobs: null,
           finish_reason: finishReasons[index]!,
         })),
-        usage: run.usage(),
+        usage: plan.usage,
       };
     }
     const includeUsage = request.stream_options?.include_usage === true;
@@ -87,21 +85,14 @@ export class InferenceService {
       choices,
       ...(includeUsage ? { usage: usage ?? null } : {}),
     });
-    const self = this;
-    return (async function* () {
-      try {
-        for (let index = 0; index < run.choiceCount; index++) {
-          yield chunk([{ index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }]);
-        }
-        for await (const event of run.events()) {
-          if (event.text) yield chunk([{ index: event.index, delta: { content: event.text }, logprobs: null, finish_reason: null }]);
-          if (event.finishReason) yield chunk([{ index: event.index, delta: {}, logprobs: null, finish_reason: event.finishReason }]);
-        }
-        if (includeUsage) yield chunk([], run.usage());
-      } finally {
-        await self.record(orgId, request.model, id, run.usage());
-      }
-    })();
+    return this.stream(orgId, plan, id, signal, {
+      opening: (index) => [chunk([{ index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }])],
+      event: (event) => [
+        ...(event.text ? [chunk([{ index: event.index, delta: { content: event.text }, logprobs: null, finish_reason: null }])] : []),
+        ...(event.finishReason ? [chunk([{ index: event.index, delta: {}, logprobs: null, finish_reason: event.finishReason }])] : []),
+      ],
+      closing: () => (includeUsage ? [chunk([], plan.usage)] : []),
+    });
   }
 
   /** A `text_completion` (legacy: a prompt in, text out), or with `stream`, its chunks. */
@@ -109,46 +100,40 @@ export class InferenceService {
     const model = await this.models.servable(orgId, request.model);
     const tokenizer = this.tokenizer(model);
     // As prompt/completion examples were trained: the prompt with what the tokenizer adds at the start.
-    const prompts = promptList(request.prompt).map((prompt) =>
-      typeof prompt === 'string' ? tokenizer.encodeWithSpecialTokens(prompt) : prompt,
-    );
-    const run = await this.start(orgId, model, tokenizer, prompts, request.max_tokens, request, 'prompt', signal);
+    const prompts = promptList(request.prompt).map((prompt) => {
+      const ids = typeof prompt === 'string' ? tokenizer.encodeWithSpecialTokens(prompt) : prompt;
+      // An empty prompt starts a new document, which models learned to begin after their end-of-text token.
+      if (ids.length > 0) return ids;
+      if (tokenizer.endOfTurnIds[0] === undefined) throw invalidRequest('The prompt is empty, and this model has no token to start from.', 'prompt');
+      return [tokenizer.endOfTurnIds[0]];
+    });
+    const plan = planRun(model, tokenizer, prompts, request.max_tokens, request, 'prompt');
     const id = newId('cmpl-');
-    const created = unixSeconds();
-    const head = { id, created, model: request.model, system_fingerprint: SYSTEM_FINGERPRINT, object: 'text_completion' as const };
-    const echoes = prompts.map((ids) => (request.echo ? tokenizer.decode(ids, { skipSpecialTokens: true }) : ''));
-    const echo = (index: number) => echoes[Math.floor(index / run.n)]!;
+    const head = { id, created: unixSeconds(), model: request.model, system_fingerprint: SYSTEM_FINGERPRINT, object: 'text_completion' as const };
+    const echoes = promptList(request.prompt).map((prompt) =>
+      !request.echo ? '' : typeof prompt === 'string' ? prompt : tokenizer.decode(prompt, { skipSpecialTokens: true }),
+    );
+    const echo = (index: number) => echoes[Math.floor(index / plan.n)]!;
     if (!request.stream) {
-      const { texts, finishReasons } = await run.collect();
-      await this.record(orgId, request.model, id, run.usage());
+      const { texts, finishReasons } = await this.collect(orgId, plan, id, signal);
       return {
         ...head,
         choices: texts.map((text, index) => ({ index, text: echo(index) + text, logprobs: null, finish_reason: finishReasons[index]! })),
-        usage: run.usage(),
+        usage: plan.usage,
       };
     }
     const includeUsage = request.stream_options?.include_usage === true;
+    // The SDK's type has no null usage; the spec sends `usage: null` on every chunk but the last.
     const chunk = (choices: Completion['choices'], usage?: CompletionUsage): Completion => ({
       ...head,
       choices,
-      ...(includeUsage ? { usage: usage ?? null! } : {}),
+      ...(includeUsage ? { usage: (usage ?? null) as CompletionUsage } : {}),
     });
-    const self = this;
-    return (async function* () {
-      try {
-        if (request.echo) {
-          for (let index = 0; index < run.choiceCount; index++) {
-            yield chunk([{ index, text: echo(index), logprobs: null, finish_reason: null! }]);
-          }
-        }
-        for await (const event of run.events()) {
-          yield chunk([{ index: event.index, text: event.text, logprobs: null, finish_reason: event.finishReason! }]);
-        }
-        if (includeUsage) yield chunk([], run.usage());
-      } finally {
-        await self.record(orgId, request.model, id, run.usage());
-      }
-    })();
+    return this.stream(orgId, plan, id, signal, {
+      opening: (index) => (request.echo ? [chunk([{ index, text: echo(index), logprobs: null, finish_reason: null as never }])] : []),
+      event: (event) => [chunk([{ index: event.index, text: event.text, logprobs: null, finish_reason: event.finishReason as never }])],
+      closing: () => (includeUsage ? [chunk([], plan.usage)] : []),
+    });
   }
 
   /** The model servers running, and how many generations each is working on. */
@@ -156,64 +141,77 @@ export class InferenceService {
     return this.pool.status();
   }
 
-  /**
-   * Checks the prompts against the model's context, waits for its model server (loading it if
-   * need be) and starts every choice: `n` per prompt.
-   */
-  private async start(
-    orgId: string,
-    model: ServableModel,
-    tokenizer: ModelTokenizer,
-    prompts: number[][],
-    maxTokens: number | null,
-    request: SamplingRequest,
-    promptParam: string,
-    signal: AbortSignal | undefined,
-  ): Promise<Run> {
-    const context = modelContextLength(model.weights);
-    for (const ids of prompts) {
-      if (context !== null) checkContext(ids.length, maxTokens, context, promptParam);
-    }
-    let lease: ServeLease;
+  private async collect(orgId: string, plan: Plan, id: string, signal: AbortSignal | undefined) {
+    const texts = Array.from({ length: plan.choiceCount }, () => '');
+    const finishReasons: FinishReason[] = Array.from({ length: plan.choiceCount }, () => 'length');
     try {
-      lease = await this.pool.acquire(model.weights, signal);
-    } catch (error) {
-      throw asServiceError(error, request.model);
+      for await (const event of this.run(plan, signal)) {
+        texts[event.index] += event.text;
+        if (event.finishReason) finishReasons[event.index] = event.finishReason;
+      }
+    } finally {
+      await this.record(orgId, plan, id);
     }
-    const vocab = lease.info.vocabSize;
-    const n = request.n ?? 1;
-    const choices: ChoiceRequest[] = [];
-    prompts.forEach((ids, p) => {
-      if (ids.some((id) => id >= vocab)) {
-        lease.release();
-        throw invalidRequest(`Token ids in '${promptParam}' must be below the model's vocabulary size, ${vocab}.`, promptParam);
-      }
-      const limit = Math.max(1, lease.info.contextLength - ids.length);
-      for (let i = 0; i < n; i++) {
-        const engine: GenerateRequest = {
-          inputIds: ids,
-          adapter: model.adapter,
-          maxTokens: Math.min(maxTokens ?? limit, limit),
-          temperature: request.temperature ?? 1,
-          topP: request.top_p ?? 1,
-          // Each choice its own stream of randomness, the same for the same seed.
-          seed: request.seed === null || request.seed === undefined ? null : request.seed + p * n + i,
-          stopIds: tokenizer.endOfTurnIds,
-          presencePenalty: request.presence_penalty ?? 0,
-          frequencyPenalty: request.frequency_penalty ?? 0,
-        };
-        choices.push({ index: p * n + i, engine });
-      }
-    });
-    const stops = request.stop === null || request.stop === undefined ? [] : [request.stop].flat();
-    const generation = new Generation(lease.process, tokenizer, choices, stops, signal);
-    const promptTokens = prompts.reduce((sum, ids) => sum + ids.length, 0);
-    return new Run(generation, lease, n, choices.length, promptTokens, request.model);
+    return { texts, finishReasons };
   }
 
-  private async record(orgId: string, model: string, id: string, usage: CompletionUsage): Promise<void> {
+  /**
+   * The chunks of a streamed completion. Nothing is yielded before the first generation event, so
+   * a request the model server refuses fails before the response has begun.
+   */
+  private async *stream<Chunk>(
+    orgId: string,
+    plan: Plan,
+    id: string,
+    signal: AbortSignal | undefined,
+    shape: { opening(index: number): Chunk[]; event(event: ChoiceEvent): Chunk[]; closing(): Chunk[] },
+  ): AsyncGenerator<Chunk> {
+    const events = this.run(plan, signal);
+    try {
+      let next = await events.next();
+      for (let index = 0; index < plan.choiceCount; index++) yield* shape.opening(index);
+      for (; !next.done; next = await events.next()) yield* shape.event(next.value);
+      yield* shape.closing();
+    } finally {
+      await events.return(undefined);
+      await this.record(orgId, plan, id);
+    }
+  }
+
+  /**
+   * Waits for the model's server (loading it if need be) and generates every choice, `n` per
+   * prompt. The server is held only while this runs: an abandoned stream gives it back.
+   */
+  private async *run(plan: Plan, signal: AbortSignal | undefined): AsyncGenerator<ChoiceEvent> {
+    let lease: ServeLease;
+    try {
+      lease = await this.pool.acquire(plan.model.weights, signal);
+    } catch (error) {
+      throw asServiceError(error, plan.modelName);
+    }
+    let generation: Generation | null = null;
+    try {
+      const vocab = lease.info.vocabSize;
+      if (plan.prompts.some((ids) => ids.some((id) => id >= vocab))) {
+        throw invalidRequest(`Token ids in '${plan.promptParam}' must be below the model's vocabulary size, ${vocab}.`, plan.promptParam);
+      }
+      generation = new Generation(lease.process, plan.tokenizer, choiceRequests(plan, lease.info.contextLength), plan.stops, signal);
+      yield* generation.events();
+    } catch (error) {
+      throw asServiceError(error, plan.modelName);
+    } finally {
+      lease.release();
+      if (generation) {
+        plan.usage.completion_tokens = generation.completionTokens;
+        plan.usage.total_tokens = plan.usage.prompt_tokens + generation.completionTokens;
+      }
+    }
+  }
+
+  private async record(orgId: string, plan: Plan, id: string): Promise<void> {
+    const usage = plan.usage;
     await this.usage
-      .recordInference({ orgId, model, inputTokens: usage.prompt_tokens, outputTokens: usage.completion_tokens, sourceId: id })
+      .recordInference({ orgId, model: plan.modelName, inputTokens: usage.prompt_tokens, outputTokens: usage.completion_tokens, sourceId: id })
       .catch((error: unknown) => this.onError(`recording the usage of ${id} failed`, error));
   }
 
@@ -229,41 +227,70 @@ export class InferenceService {
   }
 }
 
-/** One request's choices under way; its model server is released when they have all ended. */
-class Run {
-  constructor(
-    private readonly generation: Generation,
-    private readonly lease: ServeLease,
-    readonly n: number,
-    readonly choiceCount: number,
-    private readonly promptTokens: number,
-    private readonly model: string,
-  ) {}
+/** A completion request checked and tokenized, ready to generate; `usage` fills in as it does. */
+interface Plan {
+  model: ServableModel;
+  modelName: string;
+  tokenizer: ModelTokenizer;
+  prompts: number[][];
+  promptParam: string;
+  maxTokens: number | null;
+  request: SamplingRequest;
+  n: number;
+  choiceCount: number;
+  stops: string[];
+  usage: CompletionUsage;
+}
 
-  async *events(): AsyncGenerator<ChoiceEvent> {
-    try {
-      yield* this.generation.events();
-    } catch (error) {
-      throw asServiceError(error, this.model);
-    } finally {
-      this.lease.release();
-    }
-  }
+function planRun(
+  model: ServableModel,
+  tokenizer: ModelTokenizer,
+  prompts: number[][],
+  maxTokens: number | null,
+  request: SamplingRequest,
+  promptParam: string,
+): Plan {
+  const context = modelContextLength(model.weights);
+  if (context !== null) for (const ids of prompts) checkContext(ids.length, maxTokens, context, promptParam);
+  const n = request.n ?? 1;
+  const promptTokens = prompts.reduce((sum, ids) => sum + ids.length, 0);
+  return {
+    model,
+    modelName: request.model,
+    tokenizer,
+    prompts,
+    promptParam,
+    maxTokens,
+    request,
+    n,
+    choiceCount: prompts.length * n,
+    stops: request.stop === null || request.stop === undefined ? [] : [request.stop].flat(),
+    usage: { prompt_tokens: promptTokens, completion_tokens: 0, total_tokens: promptTokens },
+  };
+}
 
-  async collect(): Promise<{ texts: string[]; finishReasons: FinishReason[] }> {
-    const texts = Array.from({ length: this.choiceCount }, () => '');
-    const finishReasons: FinishReason[] = Array.from({ length: this.choiceCount }, () => 'length');
-    for await (const event of this.events()) {
-      texts[event.index] += event.text;
-      if (event.finishReason) finishReasons[event.index] = event.finishReason;
-    }
-    return { texts, finishReasons };
-  }
-
-  usage(): CompletionUsage {
-    const completion = this.generation.completionTokens;
-    return { prompt_tokens: this.promptTokens, completion_tokens: completion, total_tokens: this.promptTokens + completion };
-  }
+function choiceRequests(plan: Plan, contextLength: number): ChoiceRequest[] {
+  const { request, n } = plan;
+  // top_p 0 keeps only the most likely token: greedy, which is what temperature 0 asks the engine for.
+  const greedy = request.top_p === 0;
+  return plan.prompts.flatMap((ids, p) => {
+    const limit = Math.max(1, contextLength - ids.length);
+    return Array.from({ length: n }, (_, i): ChoiceRequest => ({
+      index: p * n + i,
+      engine: {
+        inputIds: ids,
+        adapter: plan.model.adapter,
+        maxTokens: Math.min(plan.maxTokens ?? limit, limit),
+        temperature: greedy ? 0 : (request.temperature ?? 1),
+        topP: greedy ? 1 : (request.top_p ?? 1),
+        // Each choice its own stream of randomness, the same for the same seed.
+        seed: request.seed === null || request.seed === undefined ? null : request.seed + p * n + i,
+        stopIds: plan.tokenizer.endOfTurnIds,
+        presencePenalty: request.presence_penalty ?? 0,
+        frequencyPenalty: request.frequency_penalty ?? 0,
+      },
+    }));
+  });
 }
 
 /** OpenAI's message for a prompt that does not fit, with the numbers. */
@@ -281,7 +308,8 @@ function checkContext(promptTokens: number, maxTokens: number | null, context: n
 
 function renderChat(tokenizer: ModelTokenizer, messages: readonly ChatMessage[]): number[] {
   const templateMessages: WeightedMessage[] = messages.map((message) => {
-    const text = typeof message.content === 'string' || message.content == null ? (message.content ?? null) : message.content.map((part) => part.text).join('');
+    const text =
+      typeof message.content === 'string' || message.content == null ? (message.content ?? null) : message.content.map((part) => part.text ?? '').join('');
     // Chat templates know system, user, assistant and tool; OpenAI's developer role is the system's successor.
     const role = message.role === 'developer' ? 'system' : message.role;
     const rendered: WeightedMessage = { role, content: text };
@@ -311,9 +339,13 @@ function asServiceError(error: unknown, model: string): unknown {
       return error;
     case 'model_loading':
       return new ServiceError('unavailable', `The model \`${model}\` is still loading. ${error.message}`, { code: 'model_loading' });
+    // Worth a retry: the next request starts a new model server.
+    case 'engine_stopped':
+      return new ServiceError('unavailable', `The model \`${model}\` could not answer: ${error.message}`, { code: 'engine_stopped' });
     case 'invalid_request':
       return invalidRequest(error.message);
     default:
+      // A broken adapter or an engine fault fails again on retry.
       return new ServiceError('server', `The model \`${model}\` could not generate: ${error.message}`, { code: error.code });
   }
 }

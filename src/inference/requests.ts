@@ -33,9 +33,15 @@ const sampling = {
 
 const maxTokens = z.number().int('max_tokens must be a whole number').min(1).nullish();
 
-const textPart = z.strictObject({ type: z.literal('text'), text: z.string() });
-
-const content = z.union([z.string(), z.array(textPart, 'this model takes text only: content parts must be {"type": "text", "text": ...}')]);
+// Checked part by part, so an image part is named as such rather than failing the string branch.
+const content = z.union([z.string(), z.array(z.looseObject({ type: z.string(), text: z.string().optional() }))]).superRefine((value, ctx) => {
+  if (typeof value === 'string') return;
+  value.forEach((part, index) => {
+    if (part.type !== 'text' || typeof part.text !== 'string') {
+      ctx.addIssue({ code: 'custom', path: [index], message: `a content part of type "${part.type}": these models take text only` });
+    }
+  });
+});
 
 const message = z.discriminatedUnion('role', [
   z.strictObject({ role: z.enum(['system', 'developer', 'user']), content, name: z.string().optional() }),
@@ -73,8 +79,8 @@ const tokenIds = z.array(z.number().int().min(0)).min(1);
 export const completionRequest = z.strictObject({
   ...sampling,
   prompt: z.union([z.string(), z.array(z.string()).min(1), tokenIds, z.array(tokenIds).min(1)]),
-  // OpenAI's default for the legacy endpoint.
-  max_tokens: maxTokens.default(16),
+  // OpenAI's default for the legacy endpoint, also when null is sent.
+  max_tokens: maxTokens.transform((value) => value ?? 16),
   echo: z.boolean().nullish(),
   best_of: z
     .number()

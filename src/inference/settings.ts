@@ -8,11 +8,12 @@ const FIELDS = {
   load_timeout_seconds: ['loadTimeoutMs', 1000],
   max_batch: ['maxBatch', 1],
   max_adapters: ['maxAdapters', 1],
+  max_models: ['maxModels', 1],
 } as const;
 
 /**
  * The `serving` section of `<home>/config.json`: `{"serving": {"idle_seconds": 600,
- * "load_timeout_seconds": 300, "max_batch": 16, "max_adapters": 8}}`, each optional. A section
+ * "load_timeout_seconds": 300, "max_batch": 16, "max_adapters": 8, "max_models": 4}}`, each optional. A section
  * that is there but wrong is an error naming the field.
  */
 export function loadServingSettings(home: string): ServingSettings {
