@@ -1,6 +1,6 @@
 import type { ChatCompletion, ChatCompletionChunk } from 'openai/resources/chat/completions';
 import type { Completion, CompletionUsage } from 'openai/resources/completions';
-import { GenerationError, type GenerateRequest } from '../engine/serve-process.js';
+import { GenerationError } from '../engine/serve-process.js';
 import type { ServeLease, ServePool } from '../engine/serve-pool.js';
 import { ServiceError, invalidRequest } from '../errors.js';
 import { newId, unixSeconds } from '../ids.js';
