@@ -195,6 +195,7 @@ export class InferenceService {
       if (plan.prompts.some((ids) => ids.some((id) => id >= vocab))) {
         throw invalidRequest(`Token ids in '${plan.promptParam}' must be below the model's vocabulary size, ${vocab}.`, plan.promptParam);
       }
+      plan.started = true;
       generation = new Generation(lease.process, plan.tokenizer, choiceRequests(plan, lease.info.contextLength), plan.stops, signal);
       yield* generation.events();
     } catch (error) {
@@ -208,7 +209,9 @@ export class InferenceService {
     }
   }
 
+  /** A request refused before generating is not charged; one cut short is, for what it used. */
   private async record(orgId: string, plan: Plan, id: string): Promise<void> {
+    if (!plan.started) return;
     const usage = plan.usage;
     await this.usage
       .recordInference({ orgId, model: plan.modelName, inputTokens: usage.prompt_tokens, outputTokens: usage.completion_tokens, sourceId: id })
@@ -240,6 +243,8 @@ interface Plan {
   choiceCount: number;
   stops: string[];
   usage: CompletionUsage;
+  /** Generation began (the prompt went to the engine). */
+  started: boolean;
 }
 
 function planRun(
@@ -266,6 +271,7 @@ function planRun(
     choiceCount: prompts.length * n,
     stops: request.stop === null || request.stop === undefined ? [] : [request.stop].flat(),
     usage: { prompt_tokens: promptTokens, completion_tokens: 0, total_tokens: promptTokens },
+    started: false,
   };
 }
 
