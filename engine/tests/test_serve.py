@@ -333,6 +333,14 @@ class DtypeTest(TempDirTest):
         finally:
             train.cpu_has_bf16 = saved
         self.assertEqual(serve.resolve("cpu", "float32", cfg)[1], torch.float32)
+        # The CPU's one-row and few-row product paths against F.linear
+        engine = Engine(random_model("qwen2").to(torch.bfloat16).eval(), 4)
+        w, b = engine.layers[0].qkv_w, engine.layers[0].qkv_b
+        for rows in (1, 3, 16, 20):
+            x = torch.randn(rows, 1, w.shape[1]).to(torch.bfloat16)
+            expected = torch.nn.functional.linear(x.float(), w.float(), b.float())
+            self.assertLess((engine._linear(x, w, b).float() - expected).abs().max().item(),
+                            0.02 * expected.abs().max().item(), rows)
         h = Harness(random_model("qwen3").to(torch.bfloat16).eval())
         h.send(request("b", prompt(9, 0), max_tokens=10), request("c", prompt(3, 1), max_tokens=10,
                                                                     temperature=0.8, seed=1, frequency_penalty=0.5))
