@@ -103,24 +103,28 @@ def merged_model(family, adapter):
 class CachedDecodingTest(TempDirTest):
     def test_greedy_equals_the_uncached_reference_for_each_family(self):
         # Prompts of 3, 11 and 21 tokens joining at steps 0, 1 and 3; mistral's window is 8, so
-        # both prompts and cached decoding run past it.
+        # both prompts and cached decoding run past it. Prefill in one piece, and in pieces of 4.
         lengths, joins = (3, 11, 21), (0, 1, 3)
+        saved = serve.PREFILL_CHUNK
+        self.addCleanup(setattr, serve, "PREFILL_CHUNK", saved)
         for family in FAMILIES:
-            with self.subTest(family=family):
-                model = random_model(family).eval()
-                prompts = [prompt(n, seed=n) for n in lengths]
-                expected = [generate.generate(model, p, 14)[0] for p in prompts]
-                h = Harness(model)
-                for step in range(4):
-                    for i, join in enumerate(joins):
-                        if join == step:
-                            h.send(request(str(i), prompts[i], max_tokens=14))
-                    h.step()
-                h.run()
-                for i in range(len(prompts)):
-                    self.assertEqual(h.ids(str(i)), expected[i], f"request {i}")
-                    self.assertEqual(h.end(str(i)), {"type": "done", "id": str(i), "finish_reason": "length",
-                                                     "prompt_tokens": lengths[i], "completion_tokens": 14})
+            model = random_model(family).eval()
+            prompts = [prompt(n, seed=n) for n in lengths]
+            expected = [generate.generate(model, p, 14)[0] for p in prompts]
+            for chunk in (saved, 4):
+                with self.subTest(family=family, prefill_chunk=chunk):
+                    serve.PREFILL_CHUNK = chunk
+                    h = Harness(model)
+                    for step in range(4):
+                        for i, join in enumerate(joins):
+                            if join == step:
+                                h.send(request(str(i), prompts[i], max_tokens=14))
+                        h.step()
+                    h.run()
+                    for i in range(len(prompts)):
+                        self.assertEqual(h.ids(str(i)), expected[i], f"request {i}")
+                        self.assertEqual(h.end(str(i)), {"type": "done", "id": str(i), "finish_reason": "length",
+                                                         "prompt_tokens": lengths[i], "completion_tokens": 14})
 
     def test_mixed_adapters_and_lengths_in_one_batch_match_each_run_alone_merged(self):
         family = "qwen2"

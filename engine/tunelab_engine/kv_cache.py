@@ -47,11 +47,15 @@ class KVCache:
         self.k = self.v = None
         self.rows = self.capacity = 0
 
-    def write_prefix(self, layer, row, k, v):
-        """k, v: [T, kv_heads, head_dim], positions 0..T-1 of `row`."""
-        t = k.shape[0]
-        self.k[layer, row, :, :t] = k.transpose(0, 1)
-        self.v[layer, row, :, :t] = v.transpose(0, 1)
+    def write_prefix(self, layer, row, start, k, v):
+        """k, v: [T, kv_heads, head_dim], positions start..start+T-1 of `row`."""
+        end = start + k.shape[0]
+        self.k[layer, row, :, start:end] = k.transpose(0, 1)
+        self.v[layer, row, :, start:end] = v.transpose(0, 1)
+
+    def prefix(self, layer, row, end):
+        """Keys and values [kv_heads, end, head_dim] of positions 0..end-1 of `row` (views)."""
+        return self.k[layer, row, :, :end], self.v[layer, row, :, :end]
 
     def write_step(self, layer, rows, positions, k, v, span):
         """k, v: [B, kv_heads, head_dim] for rows 0..B-1 at `positions` [B]; returns the rows'

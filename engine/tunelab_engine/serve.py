@@ -33,6 +33,7 @@ from .model import HAS_SDPA, attention, attention_bias, build
 from .sampling import Sampler
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+PREFILL_CHUNK = 512  # prompt tokens a prefill forward takes at once
 EOF = object()
 
 
@@ -166,7 +167,7 @@ class Engine:
         emb = torch.cat((freqs, freqs), dim=-1)[:, :, None]
         return emb.cos().to(self.dtype), emb.sin().to(self.dtype)
 
-    def _forward(self, ids, positions, lora_rows, attend):
+    def _forward(self, ids, positions, lora_rows, attend, logits=True):
         """Last positions' logits [B, vocab] (fp32) for ids [B, T]; `attend(layer index, q, k, v)`
         stores k, v and returns the attention output [B, T, heads * head_dim]."""
         b, t = ids.shape
@@ -203,26 +204,43 @@ class Engine:
             if lora_rows:
                 apply_lora(down, m, lora_rows, i, "down")
             x = x + down
+        if not logits:
+            return None
         x = _rms_norm(x[:, -1], self.final_norm)
         return linear(x, self.lm_head_w, None).float()
 
     def prefill(self, row, prompt, adapter):
-        """Runs `prompt` alone, storing its keys and values in cache row `row`; its last logits [vocab]."""
-        t = len(prompt)
-        ids = torch.tensor([prompt], dtype=torch.int64, device=self.device)
-        positions = torch.arange(t, device=self.device)[None]
-        mask = self.model.attention_mask(None, t, self.device)
-        if not HAS_SDPA:
-            mask = attention_bias(mask, t, t, self.dtype, self.device)
-        cache = self.cache
+        """Runs `prompt` alone, storing its keys and values in cache row `row`; its last logits [vocab].
 
-        def attend(i, q, k, v):
-            cache.write_prefix(i, row, k[0], v[0])
-            out = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask)
-            return out.transpose(1, 2).reshape(1, t, self.heads * self.head_dim)
-
+        In pieces of PREFILL_CHUNK tokens, each attending to the cache so far and causally within
+        itself, so a long prompt never builds a [heads, T, T] score tensor."""
         lora_rows = [(adapter, None)] if adapter is not None else None
-        return self._forward(ids, positions, lora_rows, attend)[0]
+        cache, device = self.cache, self.device
+        for start in range(0, len(prompt), PREFILL_CHUNK):
+            piece = prompt[start:start + PREFILL_CHUNK]
+            n, end = len(piece), start + len(piece)
+            ids = torch.tensor([piece], dtype=torch.int64, device=device)
+            positions = torch.arange(start, end, device=device)[None]
+            if start == 0:
+                mask = self.model.attention_mask(None, n, device)  # None: plain causal
+            else:
+                query_pos = positions[0, :, None]
+                key_pos = torch.arange(end, device=device)[None, :]
+                mask = key_pos <= query_pos
+                if self.window is not None:
+                    mask &= query_pos - key_pos < self.window
+                mask = mask[None, None]
+            if not HAS_SDPA:
+                mask = attention_bias(mask, n, end, self.attn_dtype, device)
+
+            def attend(i, q, k, v, start=start, n=n, end=end, mask=mask):
+                cache.write_prefix(i, row, start, k[0], v[0])
+                keys, values = cache.prefix(i, row, end)
+                out = attention(q.transpose(1, 2).to(self.attn_dtype), keys[None], values[None], mask)
+                return out.transpose(1, 2).reshape(1, n, self.heads * self.head_dim).to(self.dtype)
+
+            logits = self._forward(ids, positions, lora_rows, attend, logits=end == len(prompt))
+        return logits[0]
 
     def decode(self, tokens, lengths, lora_rows):
         """One step for cache rows 0..B-1: tokens[i] sits at position lengths[i]; logits [B, vocab]."""
@@ -431,7 +449,7 @@ class Server:
                 continue
             except (RuntimeError, MemoryError) as e:
                 traceback.print_exc()
-                oom = isinstance(e, MemoryError) or "out of memory" in str(e)
+                oom = isinstance(e, MemoryError) or "out of memory" in str(e) or "can't allocate memory" in str(e)
                 self.fail(req, "out_of_memory" if oom else "internal", str(e).splitlines()[0] if str(e) else type(e).__name__)
                 continue
             req.length = len(req.prompt)
