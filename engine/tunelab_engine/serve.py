@@ -199,7 +199,8 @@ class Engine:
             if lora_rows:
                 apply_lora(gu, h, lora_rows, i, "gate_up")
             gate, up = gu.chunk(2, dim=-1)
-            m = F.silu(gate).mul_(up)
+            # silu(gate) * up; for bf16 as sigmoid products (CPU's bf16 silu kernel is ~3x slower)
+            m = F.silu(gate).mul_(up) if gate.dtype == torch.float32 else torch.sigmoid(gate).mul_(gate).mul_(up)
             down = linear(m, w.down_w, w.down_b)
             if lora_rows:
                 apply_lora(down, m, lora_rows, i, "down")
@@ -230,13 +231,19 @@ class Engine:
                 if self.window is not None:
                     mask &= query_pos - key_pos < self.window
                 mask = mask[None, None]
+            # The first piece attends to its own k and v as computed (the model's dtype); later
+            # ones to the cache (attn_dtype).
+            dtype = self.dtype if start == 0 else self.attn_dtype
             if not HAS_SDPA:
-                mask = attention_bias(mask, n, end, self.attn_dtype, device)
+                mask = attention_bias(mask, n, end, dtype, device)
 
-            def attend(i, q, k, v, start=start, n=n, end=end, mask=mask):
+            def attend(i, q, k, v, start=start, n=n, end=end, mask=mask, dtype=dtype):
                 cache.write_prefix(i, row, start, k[0], v[0])
-                keys, values = cache.prefix(i, row, end)
-                out = attention(q.transpose(1, 2).to(self.attn_dtype), keys[None], values[None], mask)
+                if start == 0:
+                    keys, values = k.transpose(1, 2), v.transpose(1, 2)
+                else:
+                    keys, values = (z[None] for z in cache.prefix(i, row, end))
+                out = attention(q.transpose(1, 2).to(dtype), keys, values, mask)
                 return out.transpose(1, 2).reshape(1, n, self.heads * self.head_dim).to(self.dtype)
 
             logits = self._forward(ids, positions, lora_rows, attend, logits=end == len(prompt))
