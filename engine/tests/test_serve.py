@@ -425,6 +425,18 @@ class ProcessTest(TempDirTest):
                 self.assertLess(time.time() - start, 5)
                 proc.stdin.close()
 
+    def test_a_line_that_is_not_json_is_fatal(self):
+        proc = self.start()
+        self.assertEqual(self.read_event(proc)["type"], "ready")
+        proc.stdin.flush()
+        proc.stdin.buffer.write(b'{"type": "generate", "id": "\xff"}\n')  # not UTF-8
+        proc.stdin.buffer.flush()
+        last = self.read_event(proc)
+        self.assertEqual((last["type"], last["code"]), ("error", "invalid_request"))
+        self.assertNotIn("id", last)
+        self.assertEqual(proc.wait(timeout=10), 1)
+        proc.stdin.close()
+
     def test_unreadable_model_is_fatal(self):
         proc = subprocess.run([sys.executable, "-m", "tunelab_engine", "serve", "--model", self.path("none")],
                               env=engine_env(), stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)

@@ -342,27 +342,40 @@ class Server:
         self.ids = set()  # waiting or active
 
     # -- input ---------------------------------------------------------------------------------
-    def start_reader(self, stream):
+    def start_reader(self, fd):
+        """Lines of file descriptor `fd` (as bytes) into the inbox, then EOF. Read with os.read, not
+        through sys.stdin: a daemon thread blocked inside a buffered file's read holds its lock,
+        and the interpreter's shutdown (after a fatal error) then aborts on it."""
         def read():
+            pending = b""
             try:
-                for line in stream:
-                    if line.strip():
-                        self.inbox.put(line)
+                while True:
+                    chunk = os.read(fd, 1 << 16)
+                    if not chunk:
+                        break
+                    *lines, pending = (pending + chunk).split(b"\n")
+                    for line in lines:
+                        if line.strip():
+                            self.inbox.put(line)
+                if pending.strip():
+                    self.inbox.put(pending)
             finally:
                 self.inbox.put(EOF)
 
         threading.Thread(target=read, name="stdin", daemon=True).start()
 
     def handle(self, line):
+        """One input line (str, or bytes as read from stdin, which must be UTF-8)."""
+        shown = (line.decode("utf-8", "replace") if isinstance(line, bytes) else line).strip()[:200]
         try:
             message = json.loads(line)
-        except ValueError:
-            raise EngineError("invalid_request", f"stdin: not a JSON line: {line.strip()[:200]}") from None
+        except ValueError:  # UnicodeDecodeError included
+            raise EngineError("invalid_request", f"stdin: not a JSON line: {shown}") from None
         if not isinstance(message, dict):
-            raise EngineError("invalid_request", f"stdin: not a JSON object: {line.strip()[:200]}")
+            raise EngineError("invalid_request", f"stdin: not a JSON object: {shown}")
         kind, rid = message.get("type"), message.get("id")
         if not isinstance(rid, str) or not rid:
-            raise EngineError("invalid_request", f"stdin: a {kind!r} message without a string id: {line.strip()[:200]}")
+            raise EngineError("invalid_request", f"stdin: a {kind!r} message without a string id: {shown}")
         if kind == "cancel":
             self.cancel(rid)
         elif kind == "generate":
@@ -412,7 +425,7 @@ class Server:
     def finish(self, req, reason):
         self.ids.discard(req.id)
         self.emit("done", id=req.id, finish_reason=reason, prompt_tokens=len(req.prompt),
-                    completion_tokens=req.generated)
+                  completion_tokens=req.generated)
 
     def fail(self, req, code, message):
         self.ids.discard(req.id)
@@ -535,7 +548,7 @@ def resolve(device_name, dtype_name, model_config):
     return device, torch.bfloat16 if stored == torch.bfloat16 and train.cpu_has_bf16() else torch.float32
 
 
-def serve(model_dir, max_batch=16, max_adapters=8, device_name="auto", dtype_name="auto", stdin=None):
+def serve(model_dir, max_batch=16, max_adapters=8, device_name="auto", dtype_name="auto", stdin_fd=0):
     signal.signal(signal.SIGTERM, _exit_now)
     signal.signal(signal.SIGINT, _exit_now)
     if max_batch < 1 or max_adapters < 1:
@@ -551,7 +564,7 @@ def serve(model_dir, max_batch=16, max_adapters=8, device_name="auto", dtype_nam
     server = Server(engine, max_adapters, max_batch)
     events.emit("ready", vocab_size=cfg.vocab_size, context_length=engine.context_length, device=device.type,
                 dtype=str(dtype).replace("torch.", ""), max_batch=max_batch)
-    server.start_reader(stdin or sys.stdin)
+    server.start_reader(stdin_fd)  # bytes: bad UTF-8 makes a bad line, not the end of input
     try:
         with torch.inference_mode():
             return server.run()
