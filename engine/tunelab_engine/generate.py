@@ -1,7 +1,7 @@
 """Greedy or sampled generation for one prompt, recomputing the prefix each token.
 
-Enough for tests and for checking a fine-tune by hand; the batched, cached `serve` command is its
-own piece of work.
+Plain on purpose: it is the reference the batched, cached `serve` is tested against, and the
+`generate` command for checking a fine-tune by hand.
 """
 
 import torch
