@@ -22,13 +22,11 @@ export type FinishReason = 'stop' | 'length' | 'cancelled';
 
 export type GenerationUpdate =
   | { type: 'tokens'; ids: number[] }
-  | { type: 'done'; finishReason: FinishReason; promptTokens: number; completionTokens: number };
+  | { type: 'done'; finishReason: FinishReason };
 
 export interface ServeInfo {
   vocabSize: number;
   contextLength: number;
-  device: string;
-  dtype: string;
 }
 
 /** A request the engine refused or could not finish; `code` is the engine's (`invalid_adapter`, `engine_stopped`, ...). */
@@ -100,12 +98,7 @@ export class ServeProcess {
         return;
       }
       if (event.type === 'ready') {
-        markReady({
-          vocabSize: Number(event.vocab_size),
-          contextLength: Number(event.context_length),
-          device: String(event.device),
-          dtype: String(event.dtype),
-        });
+        markReady({ vocabSize: Number(event.vocab_size), contextLength: Number(event.context_length) });
         return;
       }
       if ((event.type === 'done' || event.type === 'error') && typeof event.id === 'string') this.running.delete(event.id);
@@ -117,12 +110,7 @@ export class ServeProcess {
       if (!stream) return;
       if (event.type === 'tokens') stream.push({ type: 'tokens', ids: event.ids as number[] });
       else if (event.type === 'done') {
-        stream.push({
-          type: 'done',
-          finishReason: event.finish_reason as FinishReason,
-          promptTokens: Number(event.prompt_tokens),
-          completionTokens: Number(event.completion_tokens),
-        });
+        stream.push({ type: 'done', finishReason: event.finish_reason as FinishReason });
         this.streams.delete(event.id as string);
       } else if (event.type === 'error') {
         stream.fail(new GenerationError(String(event.code), String(event.message)));
@@ -208,11 +196,6 @@ export class ServeProcess {
     const timer = setTimeout(() => this.child.kill('SIGKILL'), graceMs);
     await this.exited;
     clearTimeout(timer);
-  }
-
-  /** The engine's last log lines, for error messages. */
-  lastLogLines(): string[] {
-    return [...this.recentLog];
   }
 
   private send(message: object): void {
