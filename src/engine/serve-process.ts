@@ -49,8 +49,6 @@ export interface ServeProcessOptions {
   maxAdapters: number;
 }
 
-const KEPT_LOG_LINES = 8;
-
 /**
  * `python3 -m tunelab_engine serve --model DIR`: one process per served model folder, many
  * generations at once, each a stream of updates. Requests go in as JSON lines on stdin and the
@@ -63,7 +61,8 @@ export class ServeProcess {
   private readonly streams = new Map<string, UpdateStream>();
   /** Requests the engine has been sent and not yet finished (a cancelled one stays until the engine says so). */
   private readonly running = new Set<string>();
-  private readonly recentLog: string[] = [];
+  /** The engine's last log line: it names the cause when the process dies. */
+  private lastLog: string | null = null;
   private nextId = 0;
   private gone: GenerationError | null = null;
 
@@ -123,7 +122,7 @@ export class ServeProcess {
       child.once('close', (code, signal) => resolve(signal ? `killed by ${signal}` : `exit status ${code}`));
     }).then((how) => {
       log.end();
-      const last = this.recentLog.at(-1);
+      const last = this.lastLog;
       this.gone = new GenerationError('engine_stopped', `its model server stopped (${how}${last ? `; last log line: ${last}` : ''}).`);
       failReady(this.gone);
       for (const stream of this.streams.values()) stream.fail(this.gone);
@@ -204,8 +203,7 @@ export class ServeProcess {
   }
 
   private remember(line: string): void {
-    this.recentLog.push(line);
-    if (this.recentLog.length > KEPT_LOG_LINES) this.recentLog.shift();
+    this.lastLog = line;
   }
 }
 
