@@ -113,82 +113,123 @@ def attention(q, k, v, mask):
     return torch.bmm(probs, v.reshape(b * kv_heads, s, d)).view(b, h, t, d)
 
 
+_ATTENTION_WORKER = None
+
+
+def _one_thread(work, items):
+    """work(item) for each item, on one OpenMP thread each: this thread and, with two or more
+    threads allowed, a helper thread that takes about half of the items (by `item[-1]`, a cost).
+    Their results are returned in order. Torch releases the GIL inside each op, so the two run
+    side by side; every op stays on its own thread instead of waking the other (see
+    _PerExampleAttention)."""
+    global _ATTENTION_WORKER
+    threads = torch.get_num_threads()
+    results = [None] * len(items)
+    mine, theirs = list(range(len(items))), []
+    if threads > 1 and len(items) > 1:
+        load = [0, 0]
+        mine = []
+        for i in sorted(range(len(items)), key=lambda i: -items[i][-1]):
+            (mine if load[0] <= load[1] else theirs).append(i)
+            load[0 if load[0] <= load[1] else 1] += items[i][-1]
+    if theirs and _ATTENTION_WORKER is None:
+        import concurrent.futures
+        _ATTENTION_WORKER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="attention")
+
+    def run(indices):
+        with torch.no_grad():
+            for i in indices:
+                results[i] = work(items[i])
+
+    def helper(indices):
+        torch.set_num_threads(1)
+        run(indices)
+
+    torch.set_num_threads(1)
+    try:
+        future = _ATTENTION_WORKER.submit(helper, theirs) if theirs else None
+        run(mine)
+        if future is not None:
+            future.result()
+    finally:
+        torch.set_num_threads(threads)
+    return results
+
+
 class _PerExampleAttention(torch.autograd.Function):
     """Attention one example at a time over packed q, k, v ([1, N, heads, D]) without SDPA; the
     output is [1, N, heads * D]. `examples` holds (start, n, width, bias) per example: each is laid
     out padded to `width` with its padded rows zeroed, and `bias` is its additive mask.
 
-    Runs on one thread: these are ~10 small bmm and softmax calls per example, and with two
-    threads each of them wakes the sleeping OpenMP thread (OMP_WAIT_POLICY=PASSIVE); a layer's
-    attention forward and backward took 34-39 ms at 2 threads against 18-20 ms at 1 (SmolLM2
-    shape, 9 examples). The backward is written out (the same products autograd would form) so
-    that it too runs on one thread, and each example's padded copy is made once, transposed into
-    the bmm layout in the same pass, instead of a pad and then a reshape copy."""
+    Each example's ~10 small bmm and softmax calls run on one OpenMP thread: with two, each of
+    them wakes the sleeping OpenMP thread (OMP_WAIT_POLICY=PASSIVE); a layer's attention forward
+    and backward took 34-39 ms at 2 threads against 18-20 ms at 1 (SmolLM2 shape, 9 examples).
+    The examples are shared out between this thread and a helper thread (`_one_thread`), so both
+    cores work without waking each other per op. The backward is written out (the same products
+    autograd would form) so that it runs the same way, and each example's padded copy is made
+    once, transposed into the bmm layout in the same pass, instead of a pad and then a reshape copy."""
 
     @staticmethod
     def forward(ctx, q, k, v, examples):
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            _, n_tokens, h, d = q.shape
-            kv_heads = k.shape[2]
-            groups = h // kv_heads
-            scale = d ** -0.5
-            out = torch.empty(1, n_tokens, h, d, dtype=q.dtype, device=q.device)
-            saved = []
-            for start, n, width, bias in examples:
-                qs = q.new_empty(kv_heads, groups, width, d)
-                torch.mul(q[0, start:start + n].view(n, kv_heads, groups, d).permute(1, 2, 0, 3), scale, out=qs[:, :, :n])
-                ks = k.new_empty(kv_heads, width, d)
-                vs = v.new_empty(kv_heads, width, d)
-                ks[:, :n] = k[0, start:start + n].transpose(0, 1)
-                vs[:, :n] = v[0, start:start + n].transpose(0, 1)
-                if width > n:
-                    qs[:, :, n:].zero_()
-                    ks[:, n:].zero_()
-                    vs[:, n:].zero_()
-                qs = qs.view(kv_heads, groups * width, d)
-                scores = torch.bmm(qs, ks.transpose(1, 2)).view(kv_heads, groups, width, width) + bias[0, :, None]
-                probs = torch.softmax(scores, dim=-1).view(kv_heads, groups * width, width)
-                o = torch.bmm(probs, vs).view(kv_heads, groups, width, d)
-                out[0, start:start + n].view(n, kv_heads, groups, d).copy_(o[:, :, :n].permute(2, 0, 1, 3))
-                saved += [qs, ks, vs, probs]
-            ctx.save_for_backward(*saved)
-            ctx.examples = [(start, n, width) for start, n, width, _ in examples]
-            ctx.shapes = (n_tokens, h, kv_heads, d)
-        finally:
-            torch.set_num_threads(threads)
+        _, n_tokens, h, d = q.shape
+        kv_heads = k.shape[2]
+        groups = h // kv_heads
+        scale = d ** -0.5
+        out = torch.empty(1, n_tokens, h, d, dtype=q.dtype, device=q.device)
+
+        def one(item):
+            start, n, width, bias, _ = item
+            qs = q.new_empty(kv_heads, groups, width, d)
+            torch.mul(q[0, start:start + n].view(n, kv_heads, groups, d).permute(1, 2, 0, 3), scale, out=qs[:, :, :n])
+            ks = k.new_empty(kv_heads, width, d)
+            vs = v.new_empty(kv_heads, width, d)
+            ks[:, :n] = k[0, start:start + n].transpose(0, 1)
+            vs[:, :n] = v[0, start:start + n].transpose(0, 1)
+            if width > n:
+                qs[:, :, n:].zero_()
+                ks[:, n:].zero_()
+                vs[:, n:].zero_()
+            qs = qs.view(kv_heads, groups * width, d)
+            scores = torch.bmm(qs, ks.transpose(1, 2)).view(kv_heads, groups, width, width) + bias[0, :, None]
+            probs = torch.softmax(scores, dim=-1).view(kv_heads, groups * width, width)
+            o = torch.bmm(probs, vs).view(kv_heads, groups, width, d)
+            out[0, start:start + n].view(n, kv_heads, groups, d).copy_(o[:, :, :n].permute(2, 0, 1, 3))
+            return qs, ks, vs, probs
+
+        saved = _one_thread(one, [(start, n, width, bias, width * width) for start, n, width, bias in examples])
+        ctx.save_for_backward(*[t for four in saved for t in four])
+        ctx.examples = [(start, n, width) for start, n, width, _ in examples]
+        ctx.shapes = (n_tokens, h, kv_heads, d)
         return out.view(1, n_tokens, h * d)
 
     @staticmethod
     def backward(ctx, grad):
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            n_tokens, h, kv_heads, d = ctx.shapes
-            groups = h // kv_heads
-            scale = d ** -0.5
-            saved = ctx.saved_tensors
-            grad = grad.view(1, n_tokens, h, d)
-            grad_q = torch.empty_like(grad)
-            grad_k = grad.new_empty(1, n_tokens, kv_heads, d)
-            grad_v = grad.new_empty(1, n_tokens, kv_heads, d)
-            for i, (start, n, width) in enumerate(ctx.examples):
-                qs, ks, vs, probs = saved[4 * i:4 * i + 4]
-                g = grad.new_zeros(kv_heads, groups, width, d)
-                g[:, :, :n] = grad[0, start:start + n].view(n, kv_heads, groups, d).permute(1, 2, 0, 3)
-                g = g.view(kv_heads, groups * width, d)
-                grad_probs = torch.bmm(g, vs.transpose(1, 2))
-                gv = torch.bmm(probs.transpose(1, 2), g)
-                grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
-                gq = torch.bmm(grad_scores, ks).view(kv_heads, groups, width, d)
-                gk = torch.bmm(grad_scores.transpose(1, 2), qs)
-                torch.mul(gq[:, :, :n].permute(2, 0, 1, 3), scale,
-                          out=grad_q[0, start:start + n].view(n, kv_heads, groups, d))
-                grad_k[0, start:start + n] = gk[:, :n].transpose(0, 1)
-                grad_v[0, start:start + n] = gv[:, :n].transpose(0, 1)
-        finally:
-            torch.set_num_threads(threads)
+        n_tokens, h, kv_heads, d = ctx.shapes
+        groups = h // kv_heads
+        scale = d ** -0.5
+        saved = ctx.saved_tensors
+        grad = grad.view(1, n_tokens, h, d)
+        grad_q = torch.empty_like(grad)
+        grad_k = grad.new_empty(1, n_tokens, kv_heads, d)
+        grad_v = grad.new_empty(1, n_tokens, kv_heads, d)
+
+        def one(item):
+            i, start, n, width, _ = item
+            qs, ks, vs, probs = saved[4 * i:4 * i + 4]
+            g = grad.new_zeros(kv_heads, groups, width, d)
+            g[:, :, :n] = grad[0, start:start + n].view(n, kv_heads, groups, d).permute(1, 2, 0, 3)
+            g = g.view(kv_heads, groups * width, d)
+            grad_probs = torch.bmm(g, vs.transpose(1, 2))
+            gv = torch.bmm(probs.transpose(1, 2), g)
+            grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
+            gq = torch.bmm(grad_scores, ks).view(kv_heads, groups, width, d)
+            gk = torch.bmm(grad_scores.transpose(1, 2), qs)
+            torch.mul(gq[:, :, :n].permute(2, 0, 1, 3), scale,
+                      out=grad_q[0, start:start + n].view(n, kv_heads, groups, d))
+            grad_k[0, start:start + n] = gk[:, :n].transpose(0, 1)
+            grad_v[0, start:start + n] = gv[:, :n].transpose(0, 1)
+
+        _one_thread(one, [(i, start, n, width, width * width) for i, (start, n, width) in enumerate(ctx.examples)])
         return grad_q, grad_k, grad_v, None
 
 
