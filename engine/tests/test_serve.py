@@ -11,7 +11,7 @@ import unittest
 
 import torch
 
-from tunelab_engine import config, generate, kv_cache, lora, serve, train
+from tunelab_engine import config, generate, kv_cache, lora, sampling, serve, train
 from tunelab_engine.model import Transformer, init_weights
 from tunelab_engine.serve import Engine, Server
 
@@ -260,6 +260,18 @@ class SamplingTest(TempDirTest):
 
     def test_tiny_top_p_is_greedy(self):
         self.assertEqual(self.sample(temperature=1.5, top_p=1e-6, seed=3), self.sample(temperature=0.0))
+
+    def test_top_p_keeps_to_the_nucleus_even_when_it_is_wide(self):
+        # Slowly falling probabilities over 5,000 tokens: top_p 0.9 keeps most of them, far more
+        # than the first candidates looked at, and never one past the head a full sort finds.
+        logits = -torch.arange(5000, dtype=torch.float32) * 1e-4
+        probs = torch.softmax(logits, -1)
+        cutoff = int(((probs.cumsum(0) - probs) < 0.9).sum())
+        fields = {"temperature": 1.0, "top_p": 0.9, "seed": 5, "presence": 0.0, "frequency": 0.0}
+        sampler = sampling.Sampler(type("Req", (), fields)(), 5000, "cpu")
+        draws = [sampler.draw(logits.clone()) for _ in range(300)]
+        self.assertTrue(all(d < cutoff for d in draws))
+        self.assertGreater(max(draws), 4 * sampling.NUCLEUS_START)
 
     def test_penalties_as_openai_defines_them(self):
         presence, frequency = 0.8, 0.6
