@@ -13,6 +13,15 @@ from .helpers import FAMILIES, TempDirTest, random_model, run_engine, save_rando
 
 
 class FamiliesTest(TempDirTest):
+    def assert_packed_like_alone(self, model, batch, examples):
+        """The packed batch's logits and labels equal each example's run on its own."""
+        with torch.no_grad():
+            hidden = model(batch.input_ids, batch.position_ids, batch.seq_ids, batch.layout)
+            got = model.logits(hidden[0][batch.positions])
+            want = torch.cat([model.logits(model(torch.tensor([e])))[0, :-1] for e in examples])
+        self.assertEqual(batch.labels.tolist(), [t for e in examples for t in e[1:]])
+        self.assertLess((got - want).abs().max().item(), 1e-5)
+
     def test_each_family_builds_and_runs(self):
         ids = torch.randint(0, 96, (2, 12), generator=torch.Generator().manual_seed(0))
         for family in FAMILIES:
@@ -61,12 +70,7 @@ class FamiliesTest(TempDirTest):
         self.assertIsNotNone(batch.layout)
         self.assertEqual(tuple(batch.input_ids.shape), (1, 24))
         model = random_model("qwen2").eval()
-        with torch.no_grad():
-            hidden = model(batch.input_ids, batch.position_ids, batch.seq_ids, batch.layout)
-            got = model.logits(hidden[0][batch.positions])
-            want = torch.cat([model.logits(model(torch.tensor([e])))[0, :-1] for e in examples])
-        self.assertEqual(batch.labels.tolist(), [t for e in examples for t in e[1:]])
-        self.assertLess((got - want).abs().max().item(), 1e-5)
+        self.assert_packed_like_alone(model, batch, examples)
 
     def test_per_example_attention_matches_autograd_through_padded_attention(self):
         # The hand-written forward and backward (on one thread) against autograd through
@@ -121,12 +125,7 @@ class FamiliesTest(TempDirTest):
                 self.assertEqual(batch.tokens, sum(map(len, chosen)))
                 self.assertEqual(batch.input_ids.shape[1] % 8, 0)
                 self.assertEqual(batch.layout.width % 8, 0)
-                with torch.no_grad():
-                    hidden = model(batch.input_ids, batch.position_ids, batch.seq_ids, batch.layout)
-                    got = model.logits(hidden[0][batch.positions])
-                    want = torch.cat([model.logits(model(torch.tensor([e])))[0, :-1] for e in chosen])
-                self.assertEqual(batch.labels.tolist(), [t for e in chosen for t in e[1:]])
-                self.assertLess((got - want).abs().max().item(), 1e-5)
+                self.assert_packed_like_alone(model, batch, chosen)
         finally:
             data.SHAPE_MULTIPLE, data.PER_EXAMPLE_ATTENTION = saved
 

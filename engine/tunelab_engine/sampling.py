@@ -54,6 +54,7 @@ class Sampler:
                 break
             k = min(k * 8, probs.numel())
         keep = head.cumsum(0) - head < self.top_p
+        keep[0] = True  # the most likely token is always in the head: top_p 0 is greedy, as OpenAI's is
         return int(order[keep][torch.multinomial(head[keep], 1, generator=self.generator)])
 
     def sample(self, logits):

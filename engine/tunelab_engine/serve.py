@@ -307,8 +307,8 @@ def validate(message, vocab, context_length):
     top_p = message.get("top_p", 1.0)
     if top_p is None:
         top_p = 1.0
-    if not _is_number(top_p) or not 0 < top_p <= 1:
-        bad("top_p must be a number in (0, 1]")
+    if not _is_number(top_p) or not 0 <= top_p <= 1:
+        bad("top_p must be a number in [0, 1]")
     seed = message.get("seed")
     if seed is not None and not _is_int(seed):
         bad("seed must be an integer or null")

@@ -1,6 +1,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import readline from 'node:readline';
+import { Channel } from '../channel.js';
 import type { EngineEvent } from './engine-command.js';
 import { engineEnv, enginePython } from './python.js';
 
@@ -58,7 +59,7 @@ export class ServeProcess {
   /** Resolves once the model is loaded; rejects when the engine dies first. */
   readonly ready: Promise<ServeInfo>;
   readonly exited: Promise<void>;
-  private readonly streams = new Map<string, UpdateStream>();
+  private readonly streams = new Map<string, Channel<GenerationUpdate>>();
   /** Requests the engine has been sent and not yet finished (a cancelled one stays until the engine says so). */
   private readonly running = new Set<string>();
   /** The engine's last log line: it names the cause when the process dies. */
@@ -155,7 +156,7 @@ export class ServeProcess {
     if (this.gone) throw this.gone;
     if (signal?.aborted) throw new GenerationError('cancelled', 'The request was cancelled.');
     const id = `g${this.nextId++}`;
-    const stream = new UpdateStream();
+    const stream = new Channel<GenerationUpdate>();
     this.streams.set(id, stream);
     const cancel = () => {
       if (this.streams.delete(id)) this.send({ type: 'cancel', id });
@@ -177,8 +178,7 @@ export class ServeProcess {
       frequency_penalty: request.frequencyPenalty,
     });
     try {
-      for (;;) {
-        const update = await stream.next();
+      for await (const update of stream.drain()) {
         yield update;
         if (update.type === 'done') return;
       }
@@ -204,33 +204,5 @@ export class ServeProcess {
 
   private remember(line: string): void {
     this.lastLog = line;
-  }
-}
-
-/** Updates pushed by the engine's reader and pulled by one consumer, in order. */
-class UpdateStream {
-  private readonly queue: GenerationUpdate[] = [];
-  private waiting: { resolve: (update: GenerationUpdate) => void; reject: (error: Error) => void } | null = null;
-  private error: Error | null = null;
-
-  push(update: GenerationUpdate): void {
-    if (this.waiting) {
-      this.waiting.resolve(update);
-      this.waiting = null;
-    } else this.queue.push(update);
-  }
-
-  fail(error: Error): void {
-    if (this.error) return;
-    this.error = error;
-    this.waiting?.reject(error);
-    this.waiting = null;
-  }
-
-  next(): Promise<GenerationUpdate> {
-    const queued = this.queue.shift();
-    if (queued) return Promise.resolve(queued);
-    if (this.error) return Promise.reject(this.error);
-    return new Promise((resolve, reject) => (this.waiting = { resolve, reject }));
   }
 }

@@ -1,4 +1,5 @@
 import { setMaxListeners } from 'node:events';
+import { Channel } from '../channel.js';
 import { GenerationError, type GenerateRequest, type ServeProcess } from '../engine/serve-process.js';
 import type { ModelTokenizer } from '../tokenizer/model-tokenizer.js';
 import { TextStream } from '../tokenizer/text-stream.js';
@@ -78,46 +79,5 @@ export class Generation {
         return;
       }
     }
-  }
-}
-
-/** Events pushed by several producers and read by one consumer, in order; the first failure ends it. */
-class Channel<T> {
-  private readonly queue: T[] = [];
-  private wake: (() => void) | null = null;
-  private ended = false;
-  private error: { cause: unknown } | null = null;
-
-  push(item: T): void {
-    this.queue.push(item);
-    this.notify();
-  }
-
-  end(): void {
-    this.ended = true;
-    this.notify();
-  }
-
-  fail(cause: unknown): void {
-    this.error ??= { cause };
-    this.notify();
-  }
-
-  async *drain(): AsyncGenerator<T> {
-    for (;;) {
-      if (this.error) throw this.error.cause;
-      const item = this.queue.shift();
-      if (item !== undefined) {
-        yield item;
-        continue;
-      }
-      if (this.ended) return;
-      await new Promise<void>((resolve) => (this.wake = resolve));
-    }
-  }
-
-  private notify(): void {
-    this.wake?.();
-    this.wake = null;
   }
 }

@@ -10,24 +10,16 @@ import { type WeightedMessage, encodeChat } from '../tokenizer/chat-encoding.js'
 import { ModelTokenizer } from '../tokenizer/model-tokenizer.js';
 import type { UsageService } from '../usage/usage.js';
 import { type ChoiceEvent, type ChoiceRequest, type FinishReason, Generation } from './generation.js';
-import type { ChatCompletionRequest, ChatMessage, CompletionRequest } from './requests.js';
-
-/** What a completion request has in common, chat or legacy: sampling, choices, streaming. */
-interface SamplingRequest {
-  model: string;
-  temperature?: number | null;
-  top_p?: number | null;
-  n?: number | null;
-  stop?: string | string[] | null;
-  seed?: number | null;
-  presence_penalty?: number | null;
-  frequency_penalty?: number | null;
-  stream?: boolean | null;
-  stream_options?: { include_usage?: boolean } | null;
-}
+import type { ChatCompletionRequest, ChatMessage, CompletionRequest, SamplingRequest } from './requests.js';
 
 const SYSTEM_FINGERPRINT = 'fp_tunelab';
-const TOKENIZERS_KEPT = 16;
+const MODELS_KEPT = 16;
+
+interface ModelText {
+  tokenizer: ModelTokenizer;
+  /** max_position_embeddings, or null when the config does not say. */
+  context: number | null;
+}
 
 /**
  * Chat and legacy completions for base models, fine-tunes and checkpoints: the model's own
@@ -36,7 +28,7 @@ const TOKENIZERS_KEPT = 16;
  * recorded as the organization's usage.
  */
 export class InferenceService {
-  private readonly tokenizers = new Map<string, ModelTokenizer>();
+  private readonly texts = new Map<string, ModelText>();
 
   constructor(
     private readonly models: ModelService,
@@ -52,7 +44,7 @@ export class InferenceService {
     signal?: AbortSignal,
   ): Promise<ChatCompletion | AsyncGenerator<ChatCompletionChunk>> {
     const model = await this.models.servable(orgId, request.model);
-    const tokenizer = this.tokenizer(model);
+    const { tokenizer, context } = this.modelText(model);
     if (!tokenizer.hasChatTemplate) {
       throw invalidRequest(
         `The model \`${request.model}\` has no chat template; use /v1/completions with a prompt instead.`,
@@ -61,7 +53,7 @@ export class InferenceService {
     }
     const prompt = renderChat(tokenizer, request.messages);
     const maxTokens = request.max_completion_tokens ?? request.max_tokens ?? null;
-    const plan = planRun(model, tokenizer, [prompt], maxTokens, request, 'messages');
+    const plan = planRun(model, tokenizer, context, [prompt], maxTokens, request, 'messages');
     const id = newId('chatcmpl-');
     const head = { id, created: unixSeconds(), model: request.model, system_fingerprint: SYSTEM_FINGERPRINT };
     if (!request.stream) {
@@ -98,7 +90,7 @@ export class InferenceService {
   /** A `text_completion` (legacy: a prompt in, text out), or with `stream`, its chunks. */
   async complete(orgId: string, request: CompletionRequest, signal?: AbortSignal): Promise<Completion | AsyncGenerator<Completion>> {
     const model = await this.models.servable(orgId, request.model);
-    const tokenizer = this.tokenizer(model);
+    const { tokenizer, context } = this.modelText(model);
     // As prompt/completion examples were trained: the prompt with what the tokenizer adds at the start.
     const prompts = promptList(request.prompt).map((prompt) => {
       const ids = typeof prompt === 'string' ? tokenizer.encodeWithSpecialTokens(prompt) : prompt;
@@ -107,7 +99,7 @@ export class InferenceService {
       if (tokenizer.endOfTurnIds[0] === undefined) throw invalidRequest('The prompt is empty, and this model has no token to start from.', 'prompt');
       return [tokenizer.endOfTurnIds[0]];
     });
-    const plan = planRun(model, tokenizer, prompts, request.max_tokens, request, 'prompt');
+    const plan = planRun(model, tokenizer, context, prompts, request.max_tokens, request, 'prompt');
     const id = newId('cmpl-');
     const head = { id, created: unixSeconds(), model: request.model, system_fingerprint: SYSTEM_FINGERPRINT, object: 'text_completion' as const };
     const echoes = promptList(request.prompt).map((prompt) =>
@@ -218,15 +210,16 @@ export class InferenceService {
       .catch((error: unknown) => this.onError(`recording the usage of ${id} failed`, error));
   }
 
-  private tokenizer(model: ServableModel): ModelTokenizer {
-    let tokenizer = this.tokenizers.get(model.weights);
-    if (!tokenizer) {
-      tokenizer = ModelTokenizer.load(model.weights);
-      if (this.tokenizers.size >= TOKENIZERS_KEPT) this.tokenizers.delete(this.tokenizers.keys().next().value!);
-    } else this.tokenizers.delete(model.weights);
+  /** The model folder's tokenizer and context length, read once per folder rather than per request. */
+  private modelText(model: ServableModel): ModelText {
+    let text = this.texts.get(model.weights);
+    if (!text) {
+      text = { tokenizer: ModelTokenizer.load(model.weights), context: modelContextLength(model.weights) };
+      if (this.texts.size >= MODELS_KEPT) this.texts.delete(this.texts.keys().next().value!);
+    } else this.texts.delete(model.weights);
     // Re-inserted: a Map keeps insertion order, so the first key is the least recently used.
-    this.tokenizers.set(model.weights, tokenizer);
-    return tokenizer;
+    this.texts.set(model.weights, text);
+    return text;
   }
 }
 
@@ -250,12 +243,12 @@ interface Plan {
 function planRun(
   model: ServableModel,
   tokenizer: ModelTokenizer,
+  context: number | null,
   prompts: number[][],
   maxTokens: number | null,
   request: SamplingRequest,
   promptParam: string,
 ): Plan {
-  const context = modelContextLength(model.weights);
   if (context !== null) for (const ids of prompts) checkContext(ids.length, maxTokens, context, promptParam);
   const n = request.n ?? 1;
   const promptTokens = prompts.reduce((sum, ids) => sum + ids.length, 0);
@@ -277,8 +270,6 @@ function planRun(
 
 function choiceRequests(plan: Plan, contextLength: number): ChoiceRequest[] {
   const { request, n } = plan;
-  // top_p 0 keeps only the most likely token: greedy, which is what temperature 0 asks the engine for.
-  const greedy = request.top_p === 0;
   return plan.prompts.flatMap((ids, p) => {
     const limit = Math.max(1, contextLength - ids.length);
     return Array.from({ length: n }, (_, i): ChoiceRequest => ({
@@ -287,8 +278,8 @@ function choiceRequests(plan: Plan, contextLength: number): ChoiceRequest[] {
         inputIds: ids,
         adapter: plan.model.adapter,
         maxTokens: Math.min(plan.maxTokens ?? limit, limit),
-        temperature: greedy ? 0 : (request.temperature ?? 1),
-        topP: greedy ? 1 : (request.top_p ?? 1),
+        temperature: request.temperature ?? 1,
+        topP: request.top_p ?? 1,
         // Each choice its own stream of randomness, the same for the same seed.
         seed: request.seed === null || request.seed === undefined ? null : request.seed + p * n + i,
         stopIds: plan.tokenizer.endOfTurnIds,

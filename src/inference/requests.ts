@@ -91,5 +91,7 @@ export const completionRequest = z.strictObject({
 });
 
 export type ChatCompletionRequest = z.infer<typeof chatCompletionRequest>;
+/** What chat and legacy completion requests share: the model, sampling, choices, streaming. */
+export type SamplingRequest = z.infer<z.ZodObject<typeof sampling>>;
 export type CompletionRequest = z.infer<typeof completionRequest>;
 export type ChatMessage = ChatCompletionRequest['messages'][number];
