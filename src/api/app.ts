@@ -14,6 +14,7 @@ import { filesRoutes } from './files.js';
 import { inferenceRoutes } from './inference.js';
 import { jobsRoutes } from './jobs.js';
 import { modelsRoutes } from './models.js';
+import { uiRoutes } from './ui.js';
 import { usageRoutes } from './usage.js';
 
 declare module 'fastify' {
@@ -98,6 +99,7 @@ export function buildApi(services: Services, options: ApiOptions): FastifyInstan
     },
     { prefix: '/v1' },
   );
+  app.register(uiRoutes());
 
   return app;
 }

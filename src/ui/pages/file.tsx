@@ -1,0 +1,3 @@
+export function FilePage(_props: Record<string, unknown>) {
+  return <p>File</p>;
+}

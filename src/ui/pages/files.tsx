@@ -1,0 +1,3 @@
+export function FilesPage(_props: Record<string, unknown>) {
+  return <p>Files</p>;
+}

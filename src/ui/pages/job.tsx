@@ -1,0 +1,3 @@
+export function JobPage(_props: Record<string, unknown>) {
+  return <p>Job</p>;
+}

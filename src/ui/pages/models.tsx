@@ -1,0 +1,3 @@
+export function ModelsPage(_props: Record<string, unknown>) {
+  return <p>Models</p>;
+}

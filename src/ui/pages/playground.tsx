@@ -1,0 +1,3 @@
+export function PlaygroundPage(_props: Record<string, unknown>) {
+  return <p>Playground</p>;
+}

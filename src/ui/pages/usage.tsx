@@ -1,0 +1,3 @@
+export function UsagePage(_props: Record<string, unknown>) {
+  return <p>Usage</p>;
+}

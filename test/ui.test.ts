@@ -1,0 +1,55 @@
+import type { Browser } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { dashboardURL, launchBrowser, openDashboard, screenshot } from './support/browser.js';
+import { type TestServer, startTestServer, weatherJokes } from './support/server.js';
+
+let t: TestServer;
+let browser: Browser;
+
+beforeAll(async () => {
+  t = await startTestServer();
+  browser = await launchBrowser();
+});
+afterAll(async () => {
+  await browser?.close();
+  await t?.cleanup();
+});
+
+describe('the dashboard', () => {
+  it('is served at /ui/ without fetching anything from elsewhere, and signs in with an API key', async () => {
+    const page = await browser.newPage();
+    const elsewhere: string[] = [];
+    page.on('request', (request) => {
+      if (!request.url().startsWith(new URL(t.server.baseURL).origin) && !request.url().startsWith('data:')) elsewhere.push(request.url());
+    });
+    await page.goto(new URL('/', t.server.baseURL).href);
+    expect(page.url()).toBe(`${dashboardURL(t)}`);
+    await page.getByLabel('API key').fill('sk-not-a-key');
+    await page.getByRole('button', { name: 'Sign in' }).click();
+    await expect.poll(() => page.getByRole('alert').textContent()).toMatch(/Incorrect API key/);
+    await screenshot(page, 'sign-in');
+
+    await page.getByLabel('API key').fill(t.client.apiKey);
+    await page.keyboard.press('Enter');
+    await page.getByRole('heading', { name: 'Fine-tuning jobs' }).waitFor();
+    expect(elsewhere).toEqual([]);
+    await page.close();
+  });
+
+  it('lists the jobs of the organization, filtered by status', async () => {
+    const file = await t.client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
+    // No engine slots here: the job stays queued once its file is checked, or validating before that.
+    const job = await t.client.fineTuning.jobs.create({ model: 'tiny-qwen3', training_file: file.id, suffix: 'listed' });
+    const page = await openDashboard(browser, t);
+    const row = page.getByRole('row').filter({ hasText: job.id });
+    await row.waitFor();
+    expect(await row.textContent()).toContain('tiny-qwen3');
+    expect(await row.textContent()).toContain('listed');
+    await screenshot(page, 'jobs');
+
+    await page.getByLabel('Status').selectOption('succeeded');
+    await page.getByText('No succeeded jobs.').waitFor();
+    expect(page.url()).toContain('status=succeeded');
+    await page.close();
+  });
+});
