@@ -12,6 +12,8 @@ import { type ServingSettings, loadServingSettings } from './inference/settings.
 import { FileValidation } from './jobs/file-validation.js';
 import { JobService } from './jobs/jobs.js';
 import { JobRunner } from './jobs/runner.js';
+import { FileReports } from './datasets/file-reports.js';
+import { ModelTokenizers } from './datasets/model-tokenizers.js';
 import { loadDatasetSettings } from './datasets/settings.js';
 import { BaseModelRegistry } from './models/base-models.js';
 import { ModelService } from './models/models.js';
@@ -74,14 +76,17 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   const logError = (message: string, error: unknown) => app.log.error({ err: error }, message);
   const smtp = loadSmtpSettings(home.root);
   const notifications = new NotificationService(store.db, smtp ? await smtpMailer(smtp) : null, logError, options.notifications);
-  const usage = new UsageService(store.db, loadDatasetSettings(home.root).prices, logError);
+  const datasetSettings = loadDatasetSettings(home.root);
+  const tokenizers = new ModelTokenizers();
+  const fileReports = new FileReports(files, baseModels, datasetSettings, tokenizers);
+  const usage = new UsageService(store.db, datasetSettings.prices, logError);
   const models = new ModelService(store.db, baseModels);
   const servePool = new ServePool({ ...loadServingSettings(home.root), ...options.serving, logDir: home.logs });
   const inference = new InferenceService(models, servePool, usage, logError);
-  const services: Services = { orgs, files, models, jobs, notifications, usage, inference };
+  const services: Services = { orgs, files, fileReports, models, jobs, notifications, usage, inference };
   const maxUploadBytes = options.maxUploadBytes ?? DEFAULT_MAX_UPLOAD_BYTES;
   const app = buildApi(services, { maxUploadBytes, logger: options.logger ?? false });
-  const validation = new FileValidation(jobs, files, baseModels, loadDatasetSettings(home.root), home.work, (message, error) =>
+  const validation = new FileValidation(jobs, files, baseModels, datasetSettings, tokenizers, home.work, (message, error) =>
     app.log.error({ err: error }, message),
   );
 

@@ -1,6 +1,7 @@
 import multipart from '@fastify/multipart';
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify';
 import { ServiceError, invalidRequest } from '../errors.js';
+import type { FileReports } from '../datasets/file-reports.js';
 import type { FileService } from '../files/files.js';
 import { newId } from '../ids.js';
 import type { InferenceService } from '../inference/inference.js';
@@ -27,6 +28,7 @@ declare module 'fastify' {
 export interface Services {
   orgs: OrgService;
   files: FileService;
+  fileReports: FileReports;
   models: ModelService;
   jobs: JobService;
   notifications: NotificationService;
@@ -91,7 +93,7 @@ export function buildApi(services: Services, options: ApiOptions): FastifyInstan
         }
         request.org = await services.orgs.authenticate(key);
       });
-      v1.register(filesRoutes(services.files, options.maxUploadBytes));
+      v1.register(filesRoutes(services.files, services.fileReports, options.maxUploadBytes));
       v1.register(modelsRoutes(services.models));
       v1.register(jobsRoutes(services.jobs));
       v1.register(usageRoutes(services.usage));

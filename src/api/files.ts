@@ -1,5 +1,6 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { z } from 'zod';
+import type { FileReports } from '../datasets/file-reports.js';
 import type { StagedBlob } from '../files/blob-store.js';
 import type { FileService } from '../files/files.js';
 import { ServiceError, invalidRequest } from '../errors.js';
@@ -10,12 +11,19 @@ const expiresAfter = z.object({
   seconds: z.coerce.number().int().min(3600).max(2592000),
 });
 
+/** Rendered examples a report may carry: enough to see the masking, not a copy of the file. */
+const MAX_SHOWN_EXAMPLES = 20;
+
 const filesPage = pageQuery({ max: 10000, default: 10000, ordered: true });
 const purposeFilter = z.object({ purpose: z.string().optional() });
+const reportQuery = z.object({
+  model: z.string().min(1).optional(),
+  show: z.coerce.number().int().min(0).max(MAX_SHOWN_EXAMPLES).default(0),
+});
 /** Room for the form's own bytes around the file: boundaries, part headers, the purpose field. */
 const FORM_OVERHEAD_BYTES = 64 * 1024;
 
-export const filesRoutes = (files: FileService, maxUploadBytes: number) => async (app: FastifyInstance) => {
+export const filesRoutes = (files: FileService, reports: FileReports, maxUploadBytes: number) => async (app: FastifyInstance) => {
   app.post('/files', async (request) => {
     if (!request.isMultipart()) {
       throw invalidRequest(
@@ -70,6 +78,17 @@ export const filesRoutes = (files: FileService, maxUploadBytes: number) => async
   });
 
   app.delete<{ Params: { id: string } }>('/files/:id', async (request) => files.delete(request.org.id, request.params.id));
+
+  // Ours: the dataset doctor's report on a fine-tune file, counted with a base model, before any job.
+  app.get<{ Params: { id: string } }>('/files/:id/report', async (request, reply) => {
+    const query = parseWith(reportQuery, request.query);
+    // A large file takes a while to read: a client that gave up stops the reading.
+    const abort = new AbortController();
+    reply.raw.on('close', () => {
+      if (!reply.raw.writableFinished) abort.abort();
+    });
+    return reports.report(request.org.id, request.params.id, { model: query.model ?? null, show: query.show, signal: abort.signal });
+  });
 };
 
 /**

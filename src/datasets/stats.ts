@@ -7,7 +7,19 @@ export interface Distribution {
   median: number;
   p5: number;
   p95: number;
+  /** Round-edged bins from below `min` to `max`, empty ones included, for drawing. */
+  histogram: HistogramBin[];
 }
+
+/** Examples whose value lies from `from` to `to`, both included (the values are whole counts). */
+export interface HistogramBin {
+  from: number;
+  to: number;
+  count: number;
+}
+
+/** At most this many bins: enough for a shape, few enough to read on a phone. */
+export const MAX_HISTOGRAM_BINS = 20;
 
 /**
  * Per-example counts kept as a histogram (value -> how many examples), so memory grows with the
@@ -53,7 +65,26 @@ export class Samples {
       median: quantile(0.5),
       p5: quantile(0.05),
       p95: quantile(0.95),
+      histogram: this.histogram(values[0]!, values[values.length - 1]!),
     };
+  }
+
+  /** Bins of a round width (1, 2, 5 times a power of ten) starting at a multiple of it, so edges read as plain numbers. */
+  private histogram(min: number, max: number): HistogramBin[] {
+    const low = Math.floor(min);
+    const high = Math.floor(max);
+    const roundWidth = (step: number) => [1, 2, 5][step % 3]! * 10 ** Math.floor(step / 3);
+    let step = 0;
+    while (Math.floor(high / roundWidth(step)) - Math.floor(low / roundWidth(step)) + 1 > MAX_HISTOGRAM_BINS) step++;
+    const width = roundWidth(step);
+    const start = Math.floor(low / width) * width;
+    const bins = Array.from({ length: Math.floor((high - start) / width) + 1 }, (_, i) => ({
+      from: start + i * width,
+      to: start + (i + 1) * width - 1,
+      count: 0,
+    }));
+    for (const [value, count] of this.counts) bins[Math.floor((Math.floor(value) - start) / width)]!.count += count;
+    return bins;
   }
 }
 

@@ -3,10 +3,10 @@ import path from 'node:path';
 import { ServiceError } from '../errors.js';
 import { examineFiles, trainingContext, type DatasetReport } from '../datasets/doctor.js';
 import type { DatasetError } from '../datasets/findings.js';
+import type { ModelTokenizers } from '../datasets/model-tokenizers.js';
 import type { DatasetSettings } from '../datasets/settings.js';
 import type { FileService } from '../files/files.js';
 import { modelContextLength, type BaseModelRegistry } from '../models/base-models.js';
-import { ModelTokenizer } from '../tokenizer/model-tokenizer.js';
 import type { FineTuningJob, JobService } from './jobs.js';
 import { WorkLoop } from './work-loop.js';
 
@@ -27,7 +27,6 @@ export class FileValidation {
     () => this.drain(),
     (error) => this.log('looking for jobs to validate failed', error),
   );
-  private readonly tokenizers = new Map<string, ModelTokenizer>();
   /** The job whose files are being read, and how to stop reading them. */
   private current: { jobId: string; abort: AbortController } | null = null;
 
@@ -36,6 +35,7 @@ export class FileValidation {
     private readonly files: FileService,
     private readonly baseModels: BaseModelRegistry,
     private readonly settings: DatasetSettings,
+    private readonly tokenizers: ModelTokenizers,
     private readonly workDir: string,
     private readonly log: (message: string, error?: unknown) => void,
   ) {}
@@ -85,7 +85,7 @@ export class FileValidation {
   private async validate(job: FineTuningJob, signal: AbortSignal): Promise<boolean> {
     const model = this.baseModels.get(job.model);
     if (!model) throw new Error(`the base model ${job.model} is no longer registered`);
-    const tokenizer = this.tokenizer(model.path);
+    const tokenizer = this.tokenizers.get(model.path);
     const nEpochs = job.hyperparameters.n_epochs;
     const open = (fileId: string) => () => this.read(job.organization_id, fileId);
     const report = await examineFiles(
@@ -123,16 +123,6 @@ export class FileValidation {
 
   private async *read(orgId: string, fileId: string): AsyncGenerator<Buffer> {
     yield* (await this.files.content(orgId, fileId)).stream;
-  }
-
-  /** Tokenizers take a moment to load (Qwen's vocabulary is 150k entries): one per model folder. */
-  private tokenizer(folder: string): ModelTokenizer {
-    let tokenizer = this.tokenizers.get(folder);
-    if (!tokenizer) {
-      tokenizer = ModelTokenizer.load(folder);
-      this.tokenizers.set(folder, tokenizer);
-    }
-    return tokenizer;
   }
 }
 
