@@ -15,7 +15,7 @@ afterAll(async () => {
 });
 
 const report = (fileId: string, query: Record<string, string | number> = {}) =>
-  t.client.get<unknown, FileReport>(`/files/${fileId}/report`, { query });
+  t.client.get<FileReport>(`/files/${fileId}/report`, { query });
 
 describe('GET /v1/files/{id}/report', () => {
   it("gives the doctor's report on an uploaded file, counted with a base model, with histograms and examples shown", async () => {
