@@ -34,6 +34,7 @@ export function serveCommand(program: Command): void {
         logger: { level: process.env.TUNELAB_LOG_LEVEL ?? 'info' },
       });
       server.app.log.info(`tunelab serving ${server.home.root} at ${server.baseURL}`);
+      server.app.log.info(`Dashboard: ${new URL('/ui/', server.baseURL).href} (sign in with the key in ${server.home.apiKeyFile})`);
       const stop = async () => {
         await server.close();
         process.exit(0);

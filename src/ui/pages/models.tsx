@@ -1,3 +1,132 @@
-export function ModelsPage(_props: Record<string, unknown>) {
-  return <p>Models</p>;
+import { useState } from 'preact/hooks';
+import { del, get, listAll, type FineTuningJob, type List, type Model, type ModelDeleted } from '../api.js';
+import { ErrorMessage, Loading, PageHeader } from '../components/common.js';
+import { useLoad } from '../components/use-load.js';
+import { dateTime } from '../format.js';
+import { href } from '../router.js';
+
+/** What an `ft:` name says: `ft:{base}:{org}:{suffix}:{id8}`, and `:ckpt-step-{N}` for a checkpoint. */
+export function parseFineTunedName(id: string): { base: string; id8: string; step: number | null } | null {
+  const parts = id.split(':');
+  const step = /^ckpt-step-(\d+)$/.exec(parts.at(-1) ?? '')?.[1];
+  if (step !== undefined) parts.pop();
+  // Read from the right: a base model's name is the one part that may hold a colon.
+  if (parts[0] !== 'ft' || parts.length < 5) return null;
+  return { base: parts.slice(1, -3).join(':'), id8: parts.at(-1)!, step: step === undefined ? null : Number(step) };
+}
+
+/** The job that made a fine-tune or checkpoint: its name carries the first 8 characters of the job's id. */
+export const jobOf = (jobs: FineTuningJob[], modelId: string) => {
+  const id8 = parseFineTunedName(modelId)?.id8;
+  return id8 ? jobs.find((job) => job.id.slice(job.id.indexOf('-') + 1).startsWith(id8)) : undefined;
+};
+
+export function ModelsPage() {
+  const loaded = useLoad(async (signal) => {
+    const [models, jobs] = await Promise.all([get<List<Model>>('/models', undefined, signal), listAll<FineTuningJob>('/fine_tuning/jobs', {}, signal)]);
+    return { models: models.data, jobs };
+  }, []);
+  const [deleting, setDeleting] = useState<string | null>(null);
+  const [error, setError] = useState<Error>();
+
+  const remove = async (id: string) => {
+    if (!confirm(`Delete ${id}? Its weights are removed from the server; this cannot be undone.`)) return;
+    setDeleting(id);
+    setError(undefined);
+    try {
+      await del<ModelDeleted>(`/models/${encodeURIComponent(id)}`);
+      loaded.reload();
+    } catch (failure) {
+      setError(failure as Error);
+    } finally {
+      setDeleting(null);
+    }
+  };
+
+  const { models, jobs } = loaded.data ?? { models: [], jobs: [] };
+  const base = models.filter((model) => model.owned_by === 'system');
+  const tuned = models.filter((model) => model.owned_by !== 'system').sort((a, b) => b.created - a.created || a.id.localeCompare(b.id));
+
+  return (
+    <>
+      <PageHeader title="Models" />
+      <ErrorMessage error={loaded.error ?? error} />
+      {!loaded.data ? (
+        !loaded.error && <Loading what="models" />
+      ) : (
+        <>
+          <h2>Base models</h2>
+          <div class="table-scroll">
+            <table class="list" aria-label="Base models">
+              <thead>
+                <tr>
+                  <th scope="col">Model</th>
+                  <th scope="col">Added</th>
+                  <th scope="col">Try it</th>
+                </tr>
+              </thead>
+              <tbody>
+                {base.map((model) => (
+                  <tr key={model.id}>
+                    <td class="mono">{model.id}</td>
+                    <td>{dateTime(model.created)}</td>
+                    <td>
+                      <a href={href('playground', { left: model.id })}>Playground</a>
+                    </td>
+                  </tr>
+                ))}
+              </tbody>
+            </table>
+          </div>
+
+          <h2>Fine-tuned models</h2>
+          {tuned.length === 0 ? (
+            <p class="muted">No fine-tuned models yet: a job that succeeds makes one, and its checkpoints are models too.</p>
+          ) : (
+            <div class="table-scroll">
+              <table class="list" aria-label="Fine-tuned models">
+                <thead>
+                  <tr>
+                    <th scope="col">Model</th>
+                    <th scope="col">Kind</th>
+                    <th scope="col">Job</th>
+                    <th scope="col">Created</th>
+                    <th scope="col">Actions</th>
+                  </tr>
+                </thead>
+                <tbody>
+                  {tuned.map((model) => {
+                    const name = parseFineTunedName(model.id);
+                    const job = jobOf(jobs, model.id);
+                    return (
+                      <tr key={model.id}>
+                        <td class="mono wrap">{model.id}</td>
+                        <td>{name?.step !== null && name?.step !== undefined ? `checkpoint, step ${name.step}` : 'fine-tune'}</td>
+                        <td>{job ? <a href={href('jobs', job.id)}>{job.id}</a> : '—'}</td>
+                        <td>{dateTime(model.created)}</td>
+                        <td>
+                          <div class="actions">
+                          <a
+                            class="button secondary"
+                            href={href('playground', { left: name?.base ?? job?.model ?? model.id, right: model.id })}
+                            aria-label={`Compare ${model.id} with its base model in the playground`}
+                          >
+                            Compare
+                          </a>
+                          <button class="danger" disabled={deleting === model.id} onClick={() => remove(model.id)} aria-label={`Delete ${model.id}`}>
+                            {deleting === model.id ? 'Deleting…' : 'Delete'}
+                          </button>
+                          </div>
+                        </td>
+                      </tr>
+                    );
+                  })}
+                </tbody>
+              </table>
+            </div>
+          )}
+        </>
+      )}
+    </>
+  );
 }
