@@ -9,6 +9,7 @@ export const CHROMIUM = process.env.CHROMIUM ?? '/usr/bin/chromium';
 export const SCREENSHOTS = path.resolve(import.meta.dirname, '../../test-results/ui');
 
 export function launchBrowser(): Promise<Browser> {
+  if (!fs.existsSync(CHROMIUM)) throw new Error(`The dashboard's tests drive Chromium, and there is none at ${CHROMIUM}: apt-get install chromium, or set CHROMIUM.`);
   return chromium.launch({
     executablePath: CHROMIUM,
     headless: true,
