@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Browser, Page, Route } from 'playwright-core';
+import { toFile } from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FileReport } from '../src/datasets/file-reports.js';
 import { count, dollars } from '../src/ui/format.js';
@@ -124,6 +125,38 @@ describe('the files pages', () => {
     }
     expect(await page.getByRole('list', { name: 'Errors by category' }).textContent()).toContain('invalid json: 2');
     await screenshot(page, 'file-errors');
+    await page.close();
+  });
+
+  it('shows screening flags, warnings past the listed ones, and histograms of wide ranges', async () => {
+    // 30 examples without a system message, of growing length; an e-mail address (warned) and a card number (blocked).
+    const examples = Array.from({ length: 30 }, (_, i) => ({
+      messages: [
+        { role: 'user', content: i === 3 ? 'Write to ada@example.com about the weather.' : `Question ${i}: how is the weather?` },
+        { role: 'assistant', content: i === 8 ? 'Pay with 4111 1111 1111 1111.' : 'Sunny and mild. '.repeat(1 + i * i) },
+      ],
+    }));
+    const file = await t.client.files.create({
+      file: await toFile(Buffer.from(examples.map((example) => JSON.stringify(example)).join('\n')), 'flagged.jsonl'),
+      purpose: 'fine-tune',
+    });
+    const report = await apiReport(file.id);
+    expect(report.screening.flagged_lines).toEqual([9]);
+    const page = await openDashboard(browser, t, `#/files/${file.id}`);
+    await page.getByText('cannot train', { exact: true }).waitFor();
+    expect(await page.locator('.verdict').textContent()).toContain(report.screening.message!);
+    const screening = page.getByRole('list', { name: 'Screening flags by category' });
+    expect(await screening.textContent()).toContain('email: 1');
+    expect(await screening.textContent()).toContain('payment card: 1');
+    expect(await page.getByRole('list', { name: 'Warnings by category' }).textContent()).toContain('missing system message: 30');
+    await page.getByText(`The first ${report.warnings.length} are listed`).waitFor();
+
+    const totals = report.token_counts[BASE_MODEL]!.distributions.total_tokens!.histogram;
+    expect(totals.length).toBeGreaterThan(10);
+    expect(totals[0]!.to).toBeGreaterThan(totals[0]!.from);
+    const bars = page.locator('figure.histogram').filter({ hasText: 'Total tokens per example' }).locator('.histogram-bar');
+    expect(await bars.count()).toBe(totals.length);
+    await screenshot(page, 'file-flagged');
     await page.close();
   });
 

@@ -12,6 +12,9 @@ import './files.css';
 /** Examples rendered as the model sees them: enough to check the masking at a glance. */
 const SHOWN_EXAMPLES = 3;
 
+/** Longer lists of warnings are folded, so a file with a warning per line does not bury the rest of the report. */
+const FOLD_AFTER = 5;
+
 /** The select's value for "no base model": OpenAI's counts only. */
 const OPENAI_ONLY = '';
 
@@ -126,7 +129,7 @@ function ReportView({ report }: { report: FileReport }) {
         <Findings title="Errors" findings={report.errors} counts={report.error_counts} totalCount={errorTotal} tone="bad" />
       )}
       {warningTotal > 0 && (
-        <Findings title="Warnings" findings={report.warnings} counts={report.warning_counts} totalCount={warningTotal} tone="busy" />
+        <Findings title="Warnings" findings={report.warnings} counts={report.warning_counts} totalCount={warningTotal} tone="busy" fold />
       )}
 
       <h2>Tokens</h2>
@@ -214,12 +217,15 @@ function Findings({
   counts,
   totalCount,
   tone,
+  fold = false,
 }: {
   title: string;
   findings: Array<DatasetError | DatasetWarning>;
   counts: Partial<Record<string, number>>;
   totalCount: number;
   tone: 'bad' | 'busy';
+  /** Fold a long table behind a summary: warnings inform, they do not stop a job. */
+  fold?: boolean;
 }) {
   return (
     <>
@@ -234,36 +240,53 @@ function Findings({
         ))}
       </ul>
       {findings.length < totalCount && <p class="muted">The first {count(findings.length)} are listed; the counts above are all of them.</p>}
-      <div class="table-scroll">
-        <table class="list findings">
-          <thead>
-            <tr>
-              <th scope="col" class="number">Line</th>
-              <th scope="col" class="number">Message</th>
-              <th scope="col">Field</th>
-              <th scope="col">Category</th>
-              <th scope="col">Problem</th>
-            </tr>
-          </thead>
-          <tbody>
-            {findings.map((finding, index) => (
-              <tr key={index}>
-                <td class="number">{finding.line ?? 'file'}</td>
-                <td class="number">{finding.message_index ?? '—'}</td>
-                <td class="mono">{finding.field ?? '—'}</td>
-                <td>{finding.category.replaceAll('_', ' ')}</td>
-                <td class="problem">{finding.message}</td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
-      </div>
+      {fold && findings.length > FOLD_AFTER ? (
+        <details class="findings-fold">
+          <summary>
+            Show the {count(findings.length)} listed {title.toLowerCase()}
+          </summary>
+          <FindingsTable findings={findings} />
+        </details>
+      ) : (
+        <FindingsTable findings={findings} />
+      )}
     </>
+  );
+}
+
+function FindingsTable({ findings }: { findings: Array<DatasetError | DatasetWarning> }) {
+  return (
+    <div class="table-scroll">
+      <table class="list findings">
+        <thead>
+          <tr>
+            <th scope="col" class="number">Line</th>
+            <th scope="col" class="number">Message</th>
+            <th scope="col">Field</th>
+            <th scope="col">Category</th>
+            <th scope="col">Problem</th>
+          </tr>
+        </thead>
+        <tbody>
+          {findings.map((finding, index) => (
+            <tr key={index}>
+              <td class="number">{finding.line ?? 'file'}</td>
+              <td class="number">{finding.message_index ?? '—'}</td>
+              <td class="mono">{finding.field ?? '—'}</td>
+              <td>{finding.category.replaceAll('_', ' ')}</td>
+              <td class="problem">{finding.message}</td>
+            </tr>
+          ))}
+        </tbody>
+      </table>
+    </div>
   );
 }
 
 function Screening({ report }: { report: FileReport }) {
   const { screening } = report;
+  // Each category's action is the policy's, so any one listed finding tells it.
+  const blocking = new Set<string>(screening.findings.filter((finding) => finding.action === 'block').map((finding) => finding.category));
   if (screening.findings.length === 0) {
     return <p class="muted">Nothing flagged: no e-mail addresses, phone or card numbers, ID numbers, keys or blocked terms.</p>;
   }
@@ -272,7 +295,7 @@ function Screening({ report }: { report: FileReport }) {
       {screening.blocked ? <p class="error">{screening.message}</p> : <p>Flagged for a look; nothing blocks training.</p>}
       <ul class="category-counts" aria-label="Screening flags by category">
         {Object.entries(screening.counts).map(([category, n]) => (
-          <li key={category} class={`badge ${screening.blocked ? 'bad' : 'busy'}`}>
+          <li key={category} class={`badge ${blocking.has(category) ? 'bad' : 'busy'}`}>
             {category.replaceAll('_', ' ')}: {count(n)}
           </li>
         ))}
