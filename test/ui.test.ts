@@ -22,8 +22,9 @@ describe('the dashboard', () => {
     page.on('request', (request) => {
       if (!request.url().startsWith(new URL(t.server.baseURL).origin) && !request.url().startsWith('data:')) elsewhere.push(request.url());
     });
-    await page.goto(new URL('/', t.server.baseURL).href);
+    const response = await page.goto(new URL('/', t.server.baseURL).href);
     expect(page.url()).toBe(`${dashboardURL(t)}`);
+    expect(response!.headers()['content-security-policy']).toContain("connect-src 'self'");
     await page.getByLabel('API key').fill('sk-not-a-key');
     await page.getByRole('button', { name: 'Sign in' }).click();
     await expect.poll(() => page.getByRole('alert').textContent()).toMatch(/Incorrect API key/);
@@ -50,6 +51,32 @@ describe('the dashboard', () => {
     await page.getByLabel('Status').selectOption('succeeded');
     await page.getByText('No succeeded jobs.').waitFor();
     expect(page.url()).toContain('status=succeeded');
+    await page.close();
+  });
+
+  it('is reachable by keyboard: a skip link first, then the sections, and sign-out asks for a key again', async () => {
+    const page = await openDashboard(browser, t);
+    await page.getByRole('heading', { name: 'Fine-tuning jobs' }).waitFor();
+    await page.keyboard.press('Tab');
+    expect(await page.evaluate(() => document.activeElement?.textContent)).toBe('Skip to content');
+    await page.keyboard.press('Enter');
+    expect(await page.evaluate(() => document.activeElement?.id)).toBe('main');
+    expect(page.url()).toMatch(/#\/jobs$/);
+    await page.getByRole('link', { name: 'Skip to content' }).focus();
+    const focused: string[] = [];
+    for (let i = 0; i < 7; i++) {
+      await page.keyboard.press('Tab');
+      focused.push((await page.evaluate(() => document.activeElement?.textContent)) ?? '');
+    }
+    expect(focused).toEqual(['tunelab', 'Jobs', 'Files', 'Models', 'Playground', 'Usage', 'Sign out']);
+    await page.keyboard.press('Shift+Tab');
+    await page.keyboard.press('Enter');
+    await page.getByRole('heading', { name: 'Usage' }).waitFor();
+    expect(page.url()).toMatch(/#\/usage$/);
+
+    await page.getByRole('button', { name: 'Sign out' }).focus();
+    await page.keyboard.press('Enter');
+    await page.getByLabel('API key').waitFor();
     await page.close();
   });
 });

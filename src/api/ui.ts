@@ -8,6 +8,19 @@ import { ServiceError } from '../errors.js';
 export const UI_DIR = fileURLToPath(new URL('../../dist/ui', import.meta.url));
 
 /**
+ * The browser may load and call this server only: the dashboard's data stays on it. Inline styles
+ * are allowed because uPlot sizes its canvas with them.
+ */
+const CONTENT_SECURITY_POLICY = [
+  "default-src 'self'",
+  "img-src 'self' data: blob:",
+  "style-src 'self' 'unsafe-inline'",
+  "connect-src 'self'",
+  "frame-ancestors 'none'",
+  "form-action 'none'",
+].join('; ');
+
+/**
  * The dashboard at /ui/: static files only. It signs in with an API key and reads everything
  * through /v1 like any other client, so nothing here needs authorization.
  */
@@ -23,8 +36,11 @@ export const uiRoutes = (root = UI_DIR) => async (app: FastifyInstance) => {
   await app.register(fastifyStatic, {
     root,
     prefix: '/ui/',
-    // File names under assets/ carry a hash of their content; index.html must be asked for every time.
-    setHeaders: (response, filePath) =>
-      response.setHeader('cache-control', filePath.includes('/assets/') ? 'public, max-age=31536000, immutable' : 'no-cache'),
+    setHeaders: (response, filePath) => {
+      // File names under assets/ carry a hash of their content; index.html must be asked for every time.
+      response.setHeader('cache-control', filePath.includes('/assets/') ? 'public, max-age=31536000, immutable' : 'no-cache');
+      response.setHeader('content-security-policy', CONTENT_SECURITY_POLICY);
+      response.setHeader('x-content-type-options', 'nosniff');
+    },
   });
 };

@@ -49,7 +49,15 @@ export function App() {
   if (!signedIn) return <SignInPage onSignedIn={() => setSignedIn(true)} />;
   return (
     <>
-      <a class="skip" href="#main">
+      {/* The fragment holds the page's route, so the skip link moves the focus itself instead of following #main. */}
+      <a
+        class="skip"
+        href="#main"
+        onClick={(event) => {
+          event.preventDefault();
+          document.getElementById('main')?.focus();
+        }}
+      >
         Skip to content
       </a>
       <header class="top">
