@@ -1,3 +1,4 @@
+import { useState } from 'preact/hooks';
 import type { FileReport } from '../../datasets/file-reports.js';
 import type { DatasetError, DatasetWarning } from '../../datasets/findings.js';
 import { get, type FileObject, type List, type Model } from '../api.js';
@@ -37,12 +38,14 @@ export function FilePage({ id }: { id: string }) {
   );
   const current = report.data && (report.data.model ?? OPENAI_ONLY) === model ? report.data : null;
 
+  const [deleteFailure, setDeleteFailure] = useState<Error | null>(null);
   const remove = async () => {
     if (!file.data) return;
+    setDeleteFailure(null);
     try {
       if (await confirmAndDelete(file.data)) navigate(href('files'));
     } catch (error) {
-      alert((error as Error).message);
+      setDeleteFailure(error as Error);
     }
   };
 
@@ -72,7 +75,7 @@ export function FilePage({ id }: { id: string }) {
         </button>
       </PageHeader>
       <p class="file-id muted mono">{id}</p>
-      <ErrorMessage error={file.error ?? baseModels.error} />
+      <ErrorMessage error={file.error ?? baseModels.error ?? deleteFailure} />
       {file.data && (
         <section class="panel report-facts">
           <Facts
