@@ -30,7 +30,7 @@ describe('the dashboard', () => {
     await expect.poll(() => page.getByRole('alert').textContent()).toMatch(/Incorrect API key/);
     await screenshot(page, 'sign-in');
 
-    await page.getByLabel('API key').fill(t.client.apiKey);
+    await page.getByLabel('API key').fill(t.apiKey);
     await page.keyboard.press('Enter');
     await page.getByRole('heading', { name: 'Fine-tuning jobs' }).waitFor();
     expect(elsewhere).toEqual([]);

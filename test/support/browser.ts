@@ -33,7 +33,7 @@ export async function openDashboard(
   viewport = { width: 1280, height: 900 },
 ): Promise<Page> {
   const page = await browser.newPage({ viewport, colorScheme: 'light' });
-  await page.addInitScript((key) => localStorage.setItem('tunelab.apiKey', key), t.client.apiKey);
+  await page.addInitScript((key) => localStorage.setItem('tunelab.apiKey', key), t.apiKey);
   await page.goto(`${dashboardURL(t)}${hash}`);
   return page;
 }

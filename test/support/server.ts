@@ -15,6 +15,8 @@ export interface TestServer {
   server: RunningServer;
   /** The SDK, holding the key of the organization created on first start ("personal"). */
   client: OpenAI;
+  /** That key. */
+  apiKey: string;
   home: string;
   clientFor(key: string): OpenAI;
   /** Stops the server; the home folder stays until `cleanup`. */
@@ -58,10 +60,12 @@ export async function startTestServer(options: Partial<ServerOptions> = {}): Pro
     if (!stopped) await server.close();
     stopped = true;
   };
+  const apiKey = fs.readFileSync(path.join(home, 'api-key'), 'utf8').trim();
   return {
     server,
     home,
-    client: clientFor(fs.readFileSync(path.join(home, 'api-key'), 'utf8').trim()),
+    client: clientFor(apiKey),
+    apiKey,
     clientFor,
     stop,
     cleanup: async () => {
