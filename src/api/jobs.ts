@@ -1,4 +1,5 @@
 import type { FastifyInstance } from 'fastify';
+import { z } from 'zod';
 import { createJobRequest } from '../jobs/job-request.js';
 import type { JobService } from '../jobs/jobs.js';
 import type { UserAction } from '../jobs/status.js';
@@ -9,6 +10,7 @@ type JobParams = { Params: { id: string } };
 const jobsPage = pageQuery({ max: 100, default: 20 });
 const eventsPage = pageQuery({ max: 100, default: 20 });
 const checkpointsPage = pageQuery({ max: 100, default: 10 });
+const metricsQuery = z.object({ from_step: z.coerce.number().int().min(0).default(0) });
 
 export const jobsRoutes = (jobs: JobService) => async (app: FastifyInstance) => {
   app.post('/fine_tuning/jobs', async (request) =>
@@ -35,6 +37,12 @@ export const jobsRoutes = (jobs: JobService) => async (app: FastifyInstance) => 
   app.get<JobParams>('/fine_tuning/jobs/:id/validation_report', async (request) =>
     jobs.validationReport(request.org.id, request.params.id),
   );
+
+  // Ours: the loss curve, oldest step first; `from_step` lets a poller fetch only what is new.
+  app.get<JobParams>('/fine_tuning/jobs/:id/metrics', async (request) => {
+    const { from_step } = parseWith(metricsQuery, request.query);
+    return { object: 'list', data: await jobs.stepMetrics(request.org.id, request.params.id, from_step) };
+  });
 
   app.get<JobParams>('/fine_tuning/jobs/:id/events', async (request) => {
     const page = await jobs.listEvents(request.org.id, request.params.id, eventsPage(request.query));

@@ -21,6 +21,18 @@ export type FineTuningJob = Omit<OpenAIFineTuningJob, 'status'> & {
   user_provided_suffix: string | null;
 };
 
+/** One training step as the engine reported it; the validation fields only at the steps evaluated. */
+export interface StepMetrics {
+  step: number;
+  total_steps: number;
+  train_loss: number;
+  train_mean_token_accuracy: number;
+  valid_loss?: number;
+  valid_mean_token_accuracy?: number;
+  full_valid_loss?: number;
+  full_valid_mean_token_accuracy?: number;
+}
+
 export interface NewEvent {
   level?: JobEventTable['level'];
   message: string;
@@ -254,6 +266,18 @@ export class JobService {
       .orderBy('seq', 'asc')
       .execute();
     return rows.map((row) => ({ id: row.id, data: row.data === null ? {} : JSON.parse(row.data) }));
+  }
+
+  /**
+   * Ours: the loss curve for a person, steps `fromStep` and later. From, not after: an evaluation
+   * joins its step's metrics after the step was recorded, so a poller asks again from the last step
+   * it holds and replaces that step.
+   */
+  async stepMetrics(orgId: string, jobId: string, fromStep = 0): Promise<StepMetrics[]> {
+    await this.row(orgId, jobId);
+    // The runner writes these from the engine's step events, in this shape.
+    const steps = (await this.metrics(jobId)).map((m) => m.data as unknown as StepMetrics);
+    return steps.filter((m) => m.step >= fromStep);
   }
 
   /** While the job runs: when it is expected to finish, from the speed measured so far. */

@@ -1,3 +1,484 @@
-export function JobPage(_props: Record<string, unknown>) {
-  return <p>Job</p>;
+import type { ComponentChildren } from 'preact';
+import { useEffect, useMemo, useRef, useState } from 'preact/hooks';
+import type { StepMetrics } from '../../jobs/jobs.js';
+import { USER_ACTIONS, isFinished, type JobStatus, type UserAction } from '../../jobs/status.js';
+import {
+  ApiError,
+  apiKey,
+  get,
+  listAll,
+  post,
+  type FileObject,
+  type FineTuningJob,
+  type FineTuningJobCheckpoint,
+  type FineTuningJobEvent,
+  type List,
+} from '../api.js';
+import { ErrorMessage, Facts, Loading, PageHeader, StatusBadge } from '../components/common.js';
+import { LineChart } from '../components/line-chart.js';
+import { useLoad } from '../components/use-load.js';
+import { bytes, count, dateTime, duration, number } from '../format.js';
+import { href } from '../router.js';
+import { jobDuration } from './jobs.js';
+import './job.css';
+
+/** Everything the page shows, fetched together so one poll gives a consistent picture. */
+interface JobView {
+  job: FineTuningJob;
+  /** Newest first, as the API lists them. */
+  events: FineTuningJobEvent[];
+  /** Oldest step first. */
+  metrics: StepMetrics[];
+  checkpoints: FineTuningJobCheckpoint[];
+}
+
+const POLL_MS = 2000;
+
+export function JobPage({ id }: { id: string }) {
+  // What the last poll had: the next asks only for newer events and steps.
+  const previous = useRef<JobView | undefined>(undefined);
+  const view = useLoad(
+    async (signal) => {
+      const known = previous.current?.job.id === id ? previous.current : undefined;
+      previous.current = await loadView(id, known, signal);
+      return previous.current;
+    },
+    [id],
+    { everyMs: POLL_MS, while: ({ job }) => !isFinished(job.status) },
+  );
+  const shown = view.data?.job.id === id ? view.data : undefined;
+
+  if (!shown) {
+    return (
+      <>
+        <p>
+          <a href={href('jobs')}>← Jobs</a>
+        </p>
+        <ErrorMessage error={view.error} />
+        {!view.error && <Loading what="the job" />}
+      </>
+    );
+  }
+  const { job, events, metrics, checkpoints } = shown;
+  return (
+    <div class="job-page">
+      <p class="back">
+        <a href={href('jobs')}>← Jobs</a>
+      </p>
+      <PageHeader
+        title={
+          <>
+            {job.id} <StatusBadge status={job.status} />
+          </>
+        }
+      >
+        <JobActions job={job} onDone={view.reload} />
+      </PageHeader>
+      <ErrorMessage error={view.error} />
+      {job.status === 'failed' && job.error && <ErrorMessage error={job.error.message} />}
+      <Timeline job={job} events={events} />
+      <section class="panel" aria-labelledby="job-facts">
+        <h2 id="job-facts">Details</h2>
+        <Facts facts={details(job, metrics)} />
+        <div class="names">
+          <Facts facts={names(job)} />
+        </div>
+      </section>
+      <section class="panel" aria-labelledby="job-hyperparameters">
+        <h2 id="job-hyperparameters">Hyperparameters</h2>
+        <Hyperparameters job={job} />
+      </section>
+      <section class="panel" aria-labelledby="job-curve">
+        <h2 id="job-curve">Training curve</h2>
+        <Curve job={job} metrics={metrics} />
+      </section>
+      <section class="panel" aria-labelledby="job-checkpoints">
+        <h2 id="job-checkpoints">Checkpoints</h2>
+        <Checkpoints job={job} checkpoints={checkpoints} />
+      </section>
+      {job.result_files.length > 0 && (
+        <section class="panel" aria-labelledby="job-results">
+          <h2 id="job-results">Result file</h2>
+          <ResultFiles ids={job.result_files} />
+        </section>
+      )}
+      <section class="panel" aria-labelledby="job-events">
+        <h2 id="job-events">Events</h2>
+        <EventsLog events={events} />
+      </section>
+    </div>
+  );
+}
+
+async function loadView(id: string, known: JobView | undefined, signal: AbortSignal): Promise<JobView> {
+  const path = `/fine_tuning/jobs/${encodeURIComponent(id)}`;
+  // The job first: once it reads finished, the steps and events fetched after it are all there are.
+  const job = await get<FineTuningJob>(path, undefined, signal);
+  const [events, metrics, checkpoints] = await Promise.all([
+    newerEvents(`${path}/events`, known?.events ?? [], signal),
+    newerMetrics(`${path}/metrics`, known?.metrics ?? [], signal),
+    listAll<FineTuningJobCheckpoint>(`${path}/checkpoints`, {}, signal),
+  ]);
+  return { job, events, metrics, checkpoints };
+}
+
+/**
+ * The events list pages from the newest, with no way to ask for those after a given one: pages are
+ * read until one reaches an event already held. The newest held events are read again, since an
+ * evaluation rewrites its step's event.
+ */
+async function newerEvents(path: string, known: FineTuningJobEvent[], signal: AbortSignal): Promise<FineTuningJobEvent[]> {
+  if (known.length === 0) return listAll<FineTuningJobEvent>(path, {}, signal);
+  const held = new Set(known.map((event) => event.id));
+  const fresh: FineTuningJobEvent[] = [];
+  let after: string | undefined;
+  for (;;) {
+    const page = await get<List<FineTuningJobEvent>>(path, { limit: 100, after }, signal);
+    fresh.push(...page.data);
+    if (!page.has_more || page.data.length === 0 || page.data.some((event) => held.has(event.id))) break;
+    after = page.data.at(-1)!.id;
+  }
+  const read = new Set(fresh.map((event) => event.id));
+  return [...fresh, ...known.filter((event) => !read.has(event.id))];
+}
+
+/** From the last step held, not after it: that step may have gained its evaluation since. */
+async function newerMetrics(path: string, known: StepMetrics[], signal: AbortSignal): Promise<StepMetrics[]> {
+  const last = known.at(-1)?.step;
+  const { data } = await get<List<StepMetrics>>(path, { from_step: last }, signal);
+  return last === undefined ? data : [...known.filter((m) => m.step < last), ...data];
+}
+
+const ACTION_LABELS: Record<UserAction, string> = { pause: 'Pause', resume: 'Resume', cancel: 'Cancel job' };
+
+function JobActions({ job, onDone }: { job: FineTuningJob; onDone: () => void }) {
+  const [busy, setBusy] = useState(false);
+  const [confirming, setConfirming] = useState(false);
+  const [error, setError] = useState<Error>();
+  const answer = useRef<HTMLButtonElement>(null);
+  // Focus moves to the question's answer, so a keyboard user is not left on a button that went away.
+  useEffect(() => {
+    if (confirming) answer.current?.focus();
+  }, [confirming]);
+  const legal = (Object.keys(USER_ACTIONS) as UserAction[]).filter((action) =>
+    (USER_ACTIONS[action].from as readonly JobStatus[]).includes(job.status),
+  );
+  const act = async (action: UserAction) => {
+    setBusy(true);
+    setError(undefined);
+    try {
+      await post(`/fine_tuning/jobs/${encodeURIComponent(job.id)}/${action}`);
+    } catch (failure) {
+      setError(failure as Error);
+    } finally {
+      setBusy(false);
+      setConfirming(false);
+      onDone();
+    }
+  };
+  if (legal.length === 0 && !error) return null;
+
+  return (
+    <div class="job-actions">
+      {confirming ? (
+        <div class="confirm" role="group" aria-label="Confirm cancelling">
+          <span>Cancel this job? It cannot be resumed.</span>
+          <button class="danger" disabled={busy} onClick={() => act('cancel')} ref={answer}>
+            Yes, cancel it
+          </button>
+          <button class="secondary" disabled={busy} onClick={() => setConfirming(false)}>
+            Keep it
+          </button>
+        </div>
+      ) : (
+        legal.map((action) => (
+          <button
+            key={action}
+            class={action === 'cancel' ? 'danger' : 'secondary'}
+            disabled={busy}
+            onClick={() => (action === 'cancel' ? setConfirming(true) : act(action))}
+          >
+            {ACTION_LABELS[action]}
+          </button>
+        ))
+      )}
+      <ErrorMessage error={error} />
+    </div>
+  );
+}
+
+/** A moment in the job's life, read from its events, which say what happened in words only. */
+interface Milestone {
+  label: string;
+  status: string;
+  at: number;
+  /** Why, where the words say more than the status: a restart, a resumption from a checkpoint, a failure. */
+  detail?: string;
+}
+
+const MILESTONES: Array<{ matches: (message: string) => boolean; label: string; status: JobStatus; detail?: boolean }> = [
+  { matches: (m) => m.startsWith('Created fine-tuning job'), label: 'created', status: 'validating_files' },
+  { matches: (m) => m.startsWith('Validating training file'), label: 'validating files', status: 'validating_files' },
+  { matches: (m) => m.startsWith('Files validated'), label: 'queued', status: 'queued' },
+  { matches: (m) => m === USER_ACTIONS.pause.message, label: 'paused', status: 'paused' },
+  { matches: (m) => m === USER_ACTIONS.resume.message, label: 'resumed', status: 'queued' },
+  { matches: (m) => m === USER_ACTIONS.cancel.message, label: 'cancelled', status: 'cancelled' },
+  { matches: (m) => m.startsWith('Fine-tuning job started'), label: 'running', status: 'running' },
+  { matches: (m) => m.startsWith('Fine-tuning job resumed from'), label: 'running', status: 'running', detail: true },
+  { matches: (m) => m.startsWith('The server restarted'), label: 'queued', status: 'queued', detail: true },
+  { matches: (m) => m.startsWith('The engine was stopped from outside'), label: 'queued', status: 'queued', detail: true },
+  { matches: (m) => m.startsWith('The job has successfully completed'), label: 'succeeded', status: 'succeeded' },
+];
+
+function milestones(events: FineTuningJobEvent[]): Milestone[] {
+  return events
+    .filter((event) => event.type !== 'metrics')
+    .reverse()
+    .flatMap((event): Milestone[] => {
+      // Only a failure is told at the error level, whatever its words.
+      if (event.level === 'error') return [{ label: 'failed', status: 'failed', at: event.created_at, detail: event.message }];
+      const milestone = MILESTONES.find((m) => m.matches(event.message));
+      return milestone ? [{ label: milestone.label, status: milestone.status, at: event.created_at, detail: milestone.detail ? event.message : undefined }] : [];
+    });
+}
+
+function Timeline({ job, events }: { job: FineTuningJob; events: FineTuningJobEvent[] }) {
+  const steps = milestones(events);
+  return (
+    <section aria-labelledby="job-timeline">
+      <h2 id="job-timeline" class="visually-hidden">
+        Timeline
+      </h2>
+      <ol class="timeline">
+        {steps.map((step, index) => (
+          <li key={index} class={`tone-${step.status}`}>
+            <span class="timeline-label">{step.label}</span>
+            <time dateTime={new Date(step.at * 1000).toISOString()}>{clock(step.at)}</time>
+            {step.detail && step.label !== 'failed' && <span class="timeline-detail">{step.detail}</span>}
+          </li>
+        ))}
+        {job.status === 'running' && job.estimated_finish && (
+          <li class="timeline-expected">
+            <span class="timeline-label">expected to finish</span>
+            <time dateTime={new Date(job.estimated_finish * 1000).toISOString()}>{clock(job.estimated_finish)}</time>
+          </li>
+        )}
+      </ol>
+    </section>
+  );
+}
+
+/** Seconds matter on a timeline where a small job goes from created to succeeded within a minute. */
+const clock = (unixSeconds: number) => new Date(unixSeconds * 1000).toLocaleString(undefined, { dateStyle: 'medium', timeStyle: 'medium' });
+
+const fileLink = (id: string | null) => (id ? <a href={href('files', id)}>{id}</a> : '—');
+
+const playgroundLink = (job: FineTuningJob, model: string) => (
+  <a href={href('playground', { left: job.model, right: model })}>Open in playground</a>
+);
+
+function details(job: FineTuningJob, metrics: StepMetrics[]): Array<[string, ComponentChildren]> {
+  const last = metrics.at(-1);
+  return [
+    ['Base model', job.model],
+    ['Suffix', job.user_provided_suffix ?? '—'],
+    ['Progress', last ? `step ${count(last.step)} of ${count(last.total_steps)}` : '—'],
+    ['Trained tokens', count(job.trained_tokens)],
+    ['Seed', String(job.seed)],
+    ['Created', dateTime(job.created_at)],
+    job.finished_at ? ['Finished', dateTime(job.finished_at)] : ['Estimated finish', dateTime(job.estimated_finish)],
+    ['Duration', duration(jobDuration(job))],
+  ];
+}
+
+/** Long identifiers, given wider columns than the short facts. */
+function names(job: FineTuningJob): Array<[string, ComponentChildren]> {
+  return [
+    [
+      'Fine-tuned model',
+      job.fine_tuned_model ? (
+        <>
+          <span class="mono">{job.fine_tuned_model}</span> · {playgroundLink(job, job.fine_tuned_model)}
+        </>
+      ) : (
+        '—'
+      ),
+    ],
+    ['Training file', fileLink(job.training_file)],
+    ['Validation file', fileLink(job.validation_file)],
+  ];
+}
+
+const HYPERPARAMETER_NAMES: Record<string, string> = {
+  n_epochs: 'Epochs',
+  batch_size: 'Batch size',
+  learning_rate_multiplier: 'Learning rate multiplier',
+  full: 'Method',
+  lora_rank: 'LoRA rank',
+  lora_alpha: 'LoRA alpha',
+};
+
+function Hyperparameters({ job }: { job: FineTuningJob }) {
+  const given = (job.method?.supervised?.hyperparameters ?? job.hyperparameters) as Record<string, unknown>;
+  const values = Object.entries(given).map(([name, value]): [string, string] => [
+    HYPERPARAMETER_NAMES[name] ?? name,
+    name === 'full' ? (value ? 'full fine-tune' : 'LoRA adapter') : String(value),
+  ]);
+  // The runner writes the resolved values when the job starts; until then they are as asked.
+  const unresolved = Object.values(given).includes('auto');
+  return (
+    <>
+      {unresolved && <p class="muted">As requested: "auto" is resolved when the job starts.</p>}
+      <Facts facts={values} />
+    </>
+  );
+}
+
+function Curve({ job, metrics }: { job: FineTuningJob; metrics: StepMetrics[] }) {
+  const chart = useMemo(() => {
+    const validated = job.validation_file !== null;
+    return {
+      x: metrics.map((m) => m.step),
+      series: [
+        { label: 'Training loss', values: metrics.map((m) => m.train_loss ?? null), color: 'var(--series-1)' },
+        ...(validated ? [{ label: 'Validation loss', values: metrics.map((m) => m.valid_loss ?? null), color: 'var(--series-2)', sparse: true }] : []),
+        { label: 'Token accuracy', values: metrics.map((m) => m.train_mean_token_accuracy ?? null), color: 'var(--series-3)', right: true, digits: 3 },
+      ],
+    };
+  }, [metrics, job.validation_file]);
+
+  if (metrics.length === 0) {
+    return <p class="muted">{isFinished(job.status) ? 'This job trained no steps.' : 'No steps yet: the curve starts when the job runs.'}</p>;
+  }
+  return (
+    <LineChart
+      title="Loss and token accuracy per step"
+      x={chart.x}
+      xLabel="Step"
+      xMax={metrics.at(-1)!.total_steps}
+      leftLabel="Loss"
+      rightLabel="Token accuracy"
+      rightRange={[0, 1]}
+      series={chart.series}
+    />
+  );
+}
+
+function Checkpoints({ job, checkpoints }: { job: FineTuningJob; checkpoints: FineTuningJobCheckpoint[] }) {
+  if (checkpoints.length === 0) {
+    return <p class="muted">{isFinished(job.status) ? 'No checkpoints.' : 'None yet: one is saved at the end of each epoch.'}</p>;
+  }
+  const byStep = [...checkpoints].sort((a, b) => a.step_number - b.step_number);
+  return (
+    <div class="table-scroll">
+      <table class="list checkpoints">
+        <thead>
+          <tr>
+            <th scope="col" class="number">
+              Step
+            </th>
+            <th scope="col">Model</th>
+            <th scope="col" class="number">
+              Training loss
+            </th>
+            <th scope="col" class="number">
+              Validation loss
+            </th>
+            <th scope="col" class="number">
+              Token accuracy
+            </th>
+            <th scope="col">Playground</th>
+          </tr>
+        </thead>
+        <tbody>
+          {byStep.map((checkpoint) => {
+            const metrics = checkpoint.metrics as Record<string, number | undefined>;
+            return (
+              <tr key={checkpoint.id}>
+                {/* The labels head the cells where a narrow screen stacks each row into a card. */}
+                <td class="number" data-label="Step">
+                  {checkpoint.step_number}
+                </td>
+                <td class="mono" data-label="Model">
+                  {checkpoint.fine_tuned_model_checkpoint}
+                </td>
+                <td class="number" data-label="Training loss">
+                  {number(metrics.train_loss)}
+                </td>
+                <td class="number" data-label="Validation loss">
+                  {number(metrics.full_valid_loss ?? metrics.valid_loss)}
+                </td>
+                <td class="number" data-label="Token accuracy">
+                  {number(metrics.train_mean_token_accuracy, 3)}
+                </td>
+                <td>{playgroundLink(job, checkpoint.fine_tuned_model_checkpoint)}</td>
+              </tr>
+            );
+          })}
+        </tbody>
+      </table>
+    </div>
+  );
+}
+
+function ResultFiles({ ids }: { ids: string[] }) {
+  const files = useLoad((signal) => Promise.all(ids.map((id) => get<FileObject>(`/files/${encodeURIComponent(id)}`, undefined, signal))), [ids.join()]);
+  const [error, setError] = useState<Error>();
+  if (!files.data) return files.error ? <ErrorMessage error={files.error} /> : <Loading what="the result file" />;
+  return (
+    <>
+      <ul class="result-files">
+        {files.data.map((file) => (
+          <li key={file.id}>
+            <span class="mono">{file.filename}</span> <span class="muted">({bytes(file.bytes)})</span>{' '}
+            <button class="secondary" onClick={() => download(file).then(() => setError(undefined), setError)}>
+              Download
+            </button>
+          </li>
+        ))}
+      </ul>
+      <ErrorMessage error={error} />
+    </>
+  );
+}
+
+/** A file's content needs the key in a header, which a plain link cannot send: fetched, then saved from a blob. */
+async function download(file: FileObject): Promise<void> {
+  const response = await fetch(new URL(`../v1/files/${encodeURIComponent(file.id)}/content`, location.href), {
+    headers: { authorization: `Bearer ${apiKey.get() ?? ''}` },
+  });
+  if (!response.ok) throw new ApiError(response.status, `${file.filename} could not be downloaded: ${response.status} ${response.statusText}`);
+  const url = URL.createObjectURL(await response.blob());
+  const link = document.createElement('a');
+  link.href = url;
+  link.download = file.filename;
+  link.click();
+  // The browser reads the blob after the click returns; a minute is plenty before letting it go.
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}
+
+function EventsLog({ events }: { events: FineTuningJobEvent[] }) {
+  const [withSteps, setWithSteps] = useState(false);
+  const stepEvents = events.filter((event) => event.type === 'metrics').length;
+  const shown = withSteps ? events : events.filter((event) => event.type !== 'metrics');
+  return (
+    <>
+      {stepEvents > 0 && (
+        <label class="events-filter">
+          <input type="checkbox" checked={withSteps} onChange={(event) => setWithSteps(event.currentTarget.checked)} /> Show the{' '}
+          {count(stepEvents)} step events (the curve above holds them too)
+        </label>
+      )}
+      {/* Focusable, so a keyboard can scroll a long log. */}
+      <ol class="events" tabIndex={0} aria-label="Events, newest first">
+        {shown.map((event) => (
+          <li key={event.id} class={`level-${event.level}`}>
+            <time dateTime={new Date(event.created_at * 1000).toISOString()}>{clock(event.created_at)}</time>
+            <span class={`level level-${event.level}`}>{event.level}</span>
+            <span class="message">{event.message}</span>
+          </li>
+        ))}
+      </ol>
+    </>
+  );
 }
