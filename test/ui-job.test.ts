@@ -24,7 +24,7 @@ afterAll(async () => {
 });
 
 /** The metrics endpoint as the dashboard calls it, with whichever key. */
-async function metrics(jobId: string, query = '', key = t.client.apiKey!): Promise<{ status: number; body: { object?: string; data: StepMetrics[] } }> {
+async function metrics(jobId: string, query = '', key = t.apiKey): Promise<{ status: number; body: { object?: string; data: StepMetrics[] } }> {
   const response = await fetch(new URL(`fine_tuning/jobs/${jobId}/metrics${query}`, `${t.server.baseURL}/`), {
     headers: { authorization: `Bearer ${key}` },
   });
