@@ -195,6 +195,9 @@ describe('the files pages', () => {
     // And from the file's own page, which goes back to the list.
     await page.goto(page.url().replace(/#.*$/, `#/files/${kept.id}`));
     await page.getByRole('heading', { name: 'marv.jsonl' }).waitFor();
+    const [download] = await Promise.all([page.waitForEvent('download'), page.getByRole('button', { name: 'Download' }).click()]);
+    expect(download.suggestedFilename()).toBe('marv.jsonl');
+    expect(fs.readFileSync((await download.path())!)).toEqual(Buffer.from(await (await t.client.files.content(kept.id)).arrayBuffer()));
     page.once('dialog', (dialog) => dialog.accept());
     await page.getByRole('button', { name: 'Delete file' }).click();
     await page.waitForURL(/#\/files$/);

@@ -1,7 +1,7 @@
 import { useState } from 'preact/hooks';
 import type { FileReport } from '../../datasets/file-reports.js';
 import type { DatasetError, DatasetWarning } from '../../datasets/findings.js';
-import { get, type FileObject, type List, type Model } from '../api.js';
+import { downloadFile, get, type FileObject, type List, type Model } from '../api.js';
 import { ErrorMessage, Facts, Loading, PageHeader, StatusBadge } from '../components/common.js';
 import { Histogram } from '../components/histogram.js';
 import { useLoad } from '../components/use-load.js';
@@ -38,14 +38,14 @@ export function FilePage({ id }: { id: string }) {
   );
   const current = report.data && (report.data.model ?? OPENAI_ONLY) === model ? report.data : null;
 
-  const [deleteFailure, setDeleteFailure] = useState<Error | null>(null);
+  const [actionFailure, setActionFailure] = useState<Error | null>(null);
   const remove = async () => {
     if (!file.data) return;
-    setDeleteFailure(null);
+    setActionFailure(null);
     try {
       if (await confirmAndDelete(file.data)) navigate(href('files'));
     } catch (error) {
-      setDeleteFailure(error as Error);
+      setActionFailure(error as Error);
     }
   };
 
@@ -70,12 +70,15 @@ export function FilePage({ id }: { id: string }) {
             <option value={OPENAI_ONLY}>OpenAI's tokenizer only</option>
           </select>
         </label>
+        <button class="secondary" onClick={() => file.data && downloadFile(file.data).then(() => setActionFailure(null), setActionFailure)} disabled={!file.data}>
+          Download
+        </button>
         <button class="danger" onClick={remove} disabled={!file.data}>
           Delete file
         </button>
       </PageHeader>
       <p class="file-id muted mono">{id}</p>
-      <ErrorMessage error={file.error ?? baseModels.error ?? deleteFailure} />
+      <ErrorMessage error={file.error ?? baseModels.error ?? actionFailure} />
       {file.data && (
         <section class="panel report-facts">
           <Facts

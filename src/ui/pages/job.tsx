@@ -3,8 +3,7 @@ import { useEffect, useMemo, useRef, useState } from 'preact/hooks';
 import type { StepMetrics } from '../../jobs/jobs.js';
 import { USER_ACTIONS, isFinished, type JobStatus, type UserAction } from '../../jobs/status.js';
 import {
-  ApiError,
-  apiKey,
+  downloadFile,
   get,
   listAll,
   post,
@@ -431,7 +430,7 @@ function ResultFiles({ ids }: { ids: string[] }) {
         {files.data.map((file) => (
           <li key={file.id}>
             <span class="mono">{file.filename}</span> <span class="muted">({bytes(file.bytes)})</span>{' '}
-            <button class="secondary" onClick={() => download(file).then(() => setError(undefined), setError)}>
+            <button class="secondary" onClick={() => downloadFile(file).then(() => setError(undefined), setError)}>
               Download
             </button>
           </li>
@@ -440,21 +439,6 @@ function ResultFiles({ ids }: { ids: string[] }) {
       <ErrorMessage error={error} />
     </>
   );
-}
-
-/** A file's content needs the key in a header, which a plain link cannot send: fetched, then saved from a blob. */
-async function download(file: FileObject): Promise<void> {
-  const response = await fetch(new URL(`../v1/files/${encodeURIComponent(file.id)}/content`, location.href), {
-    headers: { authorization: `Bearer ${apiKey.get() ?? ''}` },
-  });
-  if (!response.ok) throw new ApiError(response.status, `${file.filename} could not be downloaded: ${response.status} ${response.statusText}`);
-  const url = URL.createObjectURL(await response.blob());
-  const link = document.createElement('a');
-  link.href = url;
-  link.download = file.filename;
-  link.click();
-  // The browser reads the blob after the click returns; a minute is plenty before letting it go.
-  setTimeout(() => URL.revokeObjectURL(url), 60_000);
 }
 
 function EventsLog({ events }: { events: FineTuningJobEvent[] }) {
