@@ -61,6 +61,8 @@ try {
   console.log(`\n# tunelab usage --home ${home}`);
   await run([cli, 'usage', '--home', home]);
   console.log(`\nDone. The home folder is ${home}: the fine-tune is in adapters/, its training log in work/.`);
+  console.log(`To see the job's loss curve and compare the two models in the dashboard: npx tunelab serve --home ${home}`);
+  console.log(`then open http://127.0.0.1:8000/ui/ and sign in with the key in ${keyFile}.`);
 } finally {
   stop();
 }
