@@ -4,7 +4,8 @@ import { defineConfig } from 'vite';
 /** The dashboard: built from src/ui into dist/ui, which the server serves at /ui/. */
 export default defineConfig({
   root: fileURLToPath(new URL('./src/ui', import.meta.url)),
-  base: '/ui/',
+  // Relative, like the API's address in api.ts: the dashboard works under whatever prefix a proxy gives the server.
+  base: './',
   logLevel: 'warn',
   build: {
     outDir: fileURLToPath(new URL('./dist/ui', import.meta.url)),

@@ -55,12 +55,15 @@ describe('GET /v1/files/{id}/report', () => {
     expect(body.errors.filter((error) => error.category === 'invalid_json').map((error) => error.line)).toEqual([1, 2]);
   });
 
-  it('refuses an unknown model, a file of another purpose, a bad show and an unknown file', async () => {
+  it("refuses an unknown model, a file of another purpose, a bad show, an unknown file and another organization's file", async () => {
     const file = await t.client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
     await expect(report(file.id, { model: 'no-such-model' })).rejects.toMatchObject({ status: 404, code: 'model_not_found', param: 'model' });
     await expect(report(file.id, { show: 100 })).rejects.toMatchObject({ status: 400, param: 'show' });
     const other = await t.client.files.create({ file: await toFile(Buffer.from('{}\n'), 'batch.jsonl'), purpose: 'batch' });
     await expect(report(other.id)).rejects.toMatchObject({ status: 400, code: 'invalid_file_purpose', param: 'file_id' });
     await expect(report('file-nope')).rejects.toBeInstanceOf(OpenAI.NotFoundError);
+    // Another organization's key cannot read the file through its report.
+    const stranger = t.clientFor((await t.server.services.orgs.createKey('stranger-corp')).key);
+    await expect(stranger.get(`/files/${file.id}/report`, { query: { model: BASE_MODEL } })).rejects.toMatchObject({ status: 404 });
   });
 });

@@ -80,6 +80,35 @@ describe('the playground', () => {
   }, 180_000);
 });
 
+describe('the playground, when an answer goes wrong', () => {
+  it('shows one pane refused while the other answers, and stops both when asked', async () => {
+    const missing = `${fineTune}x`;
+    const page = await openDashboard(browser, t, `#/playground?left=${TINY_MODEL_NAME}&right=${encodeURIComponent(missing)}`);
+    await page.getByLabel('Message').fill(question);
+    await page.getByLabel('Message').press('Enter');
+    await pane(page, 'Right').locator('.error').waitFor();
+    expect(await pane(page, 'Right').locator('.error').textContent()).toContain(`The model \`${missing}\` does not exist`);
+    await pane(page, 'Left').locator('.assistant[data-done="true"]').waitFor({ timeout: 60_000 });
+    expect(await pane(page, 'Left').locator('.error').count()).toBe(0);
+
+    // Long answers from the base model on both sides, stopped as soon as text arrives.
+    await page.getByLabel('Right model').selectOption(TINY_MODEL_NAME);
+    await page.getByLabel('Max tokens').fill('');
+    await page.getByLabel('Max tokens').type('400');
+    expect(await page.getByLabel('Max tokens').inputValue()).toBe('400');
+    await page.getByLabel('Temperature').fill('1');
+    await page.getByLabel('Message').fill('讲个长故事');
+    await page.getByLabel('Message').press('Enter');
+    await expect.poll(() => pane(page, 'Left').locator('.assistant').nth(1).textContent(), { timeout: 60_000 }).not.toBe('…');
+    await page.getByRole('button', { name: 'Stop' }).click();
+    for (const side of ['Left', 'Right'] as const) {
+      await expect.poll(() => pane(page, side).locator('.turn').nth(1).locator('.error').textContent()).toBe('Stopped.');
+    }
+    await page.getByRole('button', { name: 'Send' }).waitFor();
+    await page.close();
+  }, 180_000);
+});
+
 describe('the models page', () => {
   it('lists base models and fine-tunes with their job, and deletes a checkpoint', async () => {
     const checkpoints = (await t.client.fineTuning.jobs.checkpoints.list(jobId)).data.map((c) => c.fine_tuned_model_checkpoint);

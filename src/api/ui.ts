@@ -25,8 +25,9 @@ const CONTENT_SECURITY_POLICY = [
  * through /v1 like any other client, so nothing here needs authorization.
  */
 export const uiRoutes = (root = UI_DIR) => async (app: FastifyInstance) => {
-  app.get('/', (_request, reply) => reply.redirect('/ui/'));
-  app.get('/ui', (_request, reply) => reply.redirect('/ui/'));
+  // Relative redirects, so a proxy that serves the server under a prefix keeps it.
+  app.get('/', (_request, reply) => reply.redirect('ui/'));
+  app.get('/ui', (_request, reply) => reply.redirect('ui/'));
   if (!fs.existsSync(`${root}/index.html`)) {
     app.get('/ui/*', async () => {
       throw new ServiceError('not_found', 'The dashboard is not built: run `npm run build` in the tunelab folder.');

@@ -53,7 +53,7 @@ export class FileReports {
       );
     }
     const report = await examineFiles(
-      { training: () => this.read(orgId, fileId) },
+      { training: () => this.files.bytes(orgId, fileId) },
       {
         model: model && { name: model.name, tokenizer: this.tokenizers.get(model.path) },
         context: trainingContext(model ? modelContextLength(model.path) : null),
@@ -64,9 +64,5 @@ export class FileReports {
       },
     );
     return { object: 'file.report', file_id: fileId, model: model?.name ?? null, ...report };
-  }
-
-  private async *read(orgId: string, fileId: string): AsyncGenerator<Buffer> {
-    yield* (await this.files.content(orgId, fileId)).stream;
   }
 }

@@ -112,6 +112,11 @@ export class FileService {
     return { file, stream: this.blobs.read(id) };
   }
 
+  /** The bytes of a file, as the dataset doctor reads them: opened only when the reading starts. */
+  async *bytes(orgId: string, id: string): AsyncGenerator<Buffer> {
+    yield* (await this.content(orgId, id)).stream;
+  }
+
   /** What validation found: `processed`, or `error` with the reason shown as `status_details`. */
   async setStatus(id: string, status: 'processed' | 'error', details: string | null = null): Promise<void> {
     await this.db.updateTable('files').set({ status, status_details: details }).where('id', '=', id).execute();

@@ -87,7 +87,7 @@ export class FileValidation {
     if (!model) throw new Error(`the base model ${job.model} is no longer registered`);
     const tokenizer = this.tokenizers.get(model.path);
     const nEpochs = job.hyperparameters.n_epochs;
-    const open = (fileId: string) => () => this.read(job.organization_id, fileId);
+    const open = (fileId: string) => () => this.files.bytes(job.organization_id, fileId);
     const report = await examineFiles(
       { training: open(job.training_file), validation: job.validation_file ? open(job.validation_file) : null },
       {
@@ -119,10 +119,6 @@ export class FileValidation {
 
   private async fail(job: FineTuningJob, error: JobError): Promise<void> {
     await this.jobs.move(job.id, 'validating_files', 'failed', { level: 'error', message: error.message }, { error: JSON.stringify(error) });
-  }
-
-  private async *read(orgId: string, fileId: string): AsyncGenerator<Buffer> {
-    yield* (await this.files.content(orgId, fileId)).stream;
   }
 }
 

@@ -102,9 +102,12 @@ export async function signIn(key: string): Promise<void> {
  * Uploads a file as the SDK does (multipart, purpose `fine-tune`). XMLHttpRequest rather than
  * fetch: only it reports the request body's progress.
  */
-export function uploadFile(file: File, onProgress: (sent: number, total: number) => void): Promise<FileObject> {
+export function uploadFile(file: File, onProgress: (sent: number, total: number) => void, signal?: AbortSignal): Promise<FileObject> {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
+    signal?.addEventListener('abort', () => xhr.abort());
+    // The server stores an upload whole or not at all: one cut off here leaves nothing behind.
+    xhr.onabort = () => reject(new ApiError(0, `The upload of ${file.name} was cancelled; nothing was stored.`));
     xhr.open('POST', url('/files'));
     for (const [name, value] of Object.entries(headers())) xhr.setRequestHeader(name, value);
     xhr.upload.onprogress = (event) => onProgress(event.loaded, event.total);
@@ -148,24 +151,29 @@ export async function* streamChat(
   if (!response.ok || !response.body) throw await failure(response);
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = '';
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) return;
-    buffer += value;
-    let end: number;
-    while ((end = buffer.indexOf('\n\n')) >= 0) {
-      const data = buffer
-        .slice(0, end)
-        .split('\n')
-        .filter((line) => line.startsWith('data:'))
-        .map((line) => line.slice(5).trimStart())
-        .join('\n');
-      buffer = buffer.slice(end + 2);
-      if (data === '[DONE]') return;
-      if (!data) continue;
-      const event = JSON.parse(data) as ChatCompletionChunk | { error: { message: string; code?: string } };
-      if ('error' in event) throw new ApiError(500, event.error.message, event.error.code ?? null);
-      yield event;
+  try {
+    for (;;) {
+      const { done, value } = await reader.read();
+      // The server always ends with [DONE]: a stream that ends before it was cut off on the way.
+      if (done) throw new ApiError(0, 'The answer was cut off: the connection closed before it was complete.');
+      buffer += value;
+      let end: number;
+      while ((end = buffer.indexOf('\n\n')) >= 0) {
+        const data = buffer
+          .slice(0, end)
+          .split('\n')
+          .filter((line) => line.startsWith('data:'))
+          .map((line) => line.slice(5).trimStart())
+          .join('\n');
+        buffer = buffer.slice(end + 2);
+        if (data === '[DONE]') return;
+        if (!data) continue;
+        const event = JSON.parse(data) as ChatCompletionChunk | { error: { message: string; code?: string } };
+        if ('error' in event) throw new ApiError(500, event.error.message, event.error.code ?? null);
+        yield event;
+      }
     }
+  } finally {
+    await reader.cancel().catch(() => {});
   }
 }

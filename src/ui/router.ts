@@ -12,7 +12,16 @@ export interface Route {
 
 export function currentRoute(): Route {
   const [path = '', query = ''] = location.hash.replace(/^#\/?/, '').split('?');
-  return { parts: path.split('/').filter(Boolean).map(decodeURIComponent), query: new URLSearchParams(query) };
+  return { parts: path.split('/').filter(Boolean).map(decodePart), query: new URLSearchParams(query) };
+}
+
+/** A malformed escape (`%E0`) is kept as written, so the page says there is no such page rather than failing. */
+function decodePart(part: string): string {
+  try {
+    return decodeURIComponent(part);
+  } catch {
+    return part;
+  }
 }
 
 export function useRoute(): Route {

@@ -21,7 +21,7 @@ const OPENAI_ONLY = '';
 
 export function FilePage({ id }: { id: string }) {
   const route = useRoute();
-  const file = useLoad((signal) => get<FileObject>(`/files/${id}`, undefined, signal), [id]);
+  const file = useLoad((signal) => get<FileObject>(`/files/${encodeURIComponent(id)}`, undefined, signal), [id]);
   const baseModels = useLoad(
     (signal) => get<List<Model>>('/models', undefined, signal).then((list) => list.data.filter((model) => model.owned_by === 'system')),
     [],
@@ -33,7 +33,7 @@ export function FilePage({ id }: { id: string }) {
     (signal) =>
       model === undefined || !readable
         ? Promise.resolve(null)
-        : get<FileReport>(`/files/${id}/report`, { model: model || undefined, show: SHOWN_EXAMPLES }, signal),
+        : get<FileReport>(`/files/${encodeURIComponent(id)}/report`, { model: model || undefined, show: SHOWN_EXAMPLES }, signal),
     [id, model, readable],
   );
   const current = report.data && (report.data.model ?? OPENAI_ONLY) === model ? report.data : null;

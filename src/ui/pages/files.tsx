@@ -3,19 +3,20 @@ import { del, get, uploadFile, type FileObject, type List } from '../api.js';
 import { ErrorMessage, Loading, PageHeader, StatusBadge } from '../components/common.js';
 import { useLoad } from '../components/use-load.js';
 import { bytes, count, dateTime } from '../format.js';
-import { href, navigate } from '../router.js';
+import { currentRoute, href, navigate } from '../router.js';
 import './files.css';
 
 interface Upload {
   name: string;
   sent: number;
   total: number;
+  abort: AbortController;
 }
 
 /** Asks first: a file a job still names cannot be read back once deleted. */
 export async function confirmAndDelete(file: FileObject): Promise<boolean> {
   if (!confirm(`Delete ${file.filename} (${file.id})? This cannot be undone.`)) return false;
-  await del(`/files/${file.id}`);
+  await del(`/files/${encodeURIComponent(file.id)}`);
   return true;
 }
 
@@ -27,10 +28,13 @@ export function FilesPage() {
 
   const send = async (file: File) => {
     setFailure(null);
-    setUpload({ name: file.name, sent: 0, total: file.size });
+    const abort = new AbortController();
+    setUpload({ name: file.name, sent: 0, total: file.size, abort });
     try {
-      const stored = await uploadFile(file, (sent, total) => setUpload({ name: file.name, sent, total }));
-      navigate(href('files', stored.id));
+      const stored = await uploadFile(file, (sent, total) => setUpload({ name: file.name, sent, total, abort }), abort.signal);
+      // The upload goes on while the reader looks at other pages; it only takes them to the file if they are still here.
+      if (currentRoute().parts.join('/') === 'files') navigate(href('files', stored.id));
+      else setUpload(null);
     } catch (error) {
       setFailure(error as Error);
       setUpload(null);
@@ -94,6 +98,9 @@ export function FilesPage() {
           <span class="muted">
             {bytes(upload.sent)} of {bytes(upload.total)}
           </span>
+          <button type="button" class="secondary" onClick={() => upload.abort.abort()}>
+            Cancel upload
+          </button>
         </div>
       )}
       <ErrorMessage error={failure} />

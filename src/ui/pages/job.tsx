@@ -151,7 +151,9 @@ async function newerMetrics(path: string, known: StepMetrics[], signal: AbortSig
 const ACTION_LABELS: Record<UserAction, string> = { pause: 'Pause', resume: 'Resume', cancel: 'Cancel job' };
 
 function JobActions({ job, onDone }: { job: FineTuningJob; onDone: () => void }) {
-  const [busy, setBusy] = useState(false);
+  // Until the page has the job's new status, the old status's buttons stay disabled: a second click would be refused.
+  const [actedFrom, setActedFrom] = useState<JobStatus | null>(null);
+  const busy = actedFrom === job.status;
   const [confirming, setConfirming] = useState(false);
   const [error, setError] = useState<Error>();
   const answer = useRef<HTMLButtonElement>(null);
@@ -163,14 +165,14 @@ function JobActions({ job, onDone }: { job: FineTuningJob; onDone: () => void })
     (USER_ACTIONS[action].from as readonly JobStatus[]).includes(job.status),
   );
   const act = async (action: UserAction) => {
-    setBusy(true);
+    setActedFrom(job.status);
     setError(undefined);
     try {
       await post(`/fine_tuning/jobs/${encodeURIComponent(job.id)}/${action}`);
     } catch (failure) {
       setError(failure as Error);
+      setActedFrom(null);
     } finally {
-      setBusy(false);
       setConfirming(false);
       onDone();
     }
@@ -430,7 +432,7 @@ function ResultFiles({ ids }: { ids: string[] }) {
         {files.data.map((file) => (
           <li key={file.id}>
             <span class="mono">{file.filename}</span> <span class="muted">({bytes(file.bytes)})</span>{' '}
-            <button class="secondary" onClick={() => downloadFile(file).then(() => setError(undefined), setError)}>
+            <button class="secondary" aria-label={`Download ${file.filename}`} onClick={() => downloadFile(file).then(() => setError(undefined), setError)}>
               Download
             </button>
           </li>

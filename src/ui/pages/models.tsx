@@ -15,6 +15,13 @@ export function parseFineTunedName(id: string): { base: string; id8: string; ste
   return { base: parts.slice(1, -3).join(':'), id8: parts.at(-1)!, step: step === undefined ? null : Number(step) };
 }
 
+export type ModelKind = 'base' | 'fine-tune' | 'checkpoint';
+
+export function modelKind(model: Model): ModelKind {
+  if (model.owned_by === 'system') return 'base';
+  return (parseFineTunedName(model.id)?.step ?? null) === null ? 'fine-tune' : 'checkpoint';
+}
+
 /** The job that made a fine-tune or checkpoint: its name carries the first 8 characters of the job's id. */
 export const jobOf = (jobs: FineTuningJob[], modelId: string) => {
   const id8 = parseFineTunedName(modelId)?.id8;
@@ -44,8 +51,8 @@ export function ModelsPage() {
   };
 
   const { models, jobs } = loaded.data ?? { models: [], jobs: [] };
-  const base = models.filter((model) => model.owned_by === 'system');
-  const tuned = models.filter((model) => model.owned_by !== 'system').sort((a, b) => b.created - a.created || a.id.localeCompare(b.id));
+  const base = models.filter((model) => modelKind(model) === 'base');
+  const tuned = models.filter((model) => modelKind(model) !== 'base').sort((a, b) => b.created - a.created || a.id.localeCompare(b.id));
 
   return (
     <>
@@ -101,7 +108,7 @@ export function ModelsPage() {
                     return (
                       <tr key={model.id}>
                         <td class="mono wrap">{model.id}</td>
-                        <td>{name?.step !== null && name?.step !== undefined ? `checkpoint, step ${name.step}` : 'fine-tune'}</td>
+                        <td>{modelKind(model) === 'checkpoint' ? `checkpoint, step ${name!.step}` : 'fine-tune'}</td>
                         <td>{job ? <a href={href('jobs', job.id)}>{job.id}</a> : '—'}</td>
                         <td>{dateTime(model.created)}</td>
                         <td>

@@ -4,7 +4,7 @@ import { get, streamChat, type List, type Model } from '../api.js';
 import { ErrorMessage, PageHeader } from '../components/common.js';
 import { useLoad } from '../components/use-load.js';
 import { href } from '../router.js';
-import { parseFineTunedName } from './models.js';
+import { modelKind, parseFineTunedName } from './models.js';
 import './playground.css';
 
 interface Answer {
@@ -26,21 +26,22 @@ const SIDES = [0, 1] as const;
 type Side = (typeof SIDES)[number];
 const SIDE_NAMES = ['Left', 'Right'] as const;
 
-/** Fine-tunes default to the newest; checkpoints and base models are there to pick. */
+/**
+ * Unless the address names them: a base model on the left and, on the right, its newest
+ * fine-tune (or the newest of any base); a fine-tune named alone gets its base beside it.
+ */
 function defaultModels(models: Model[], left: string | null, right: string | null): [string, string] {
-  const base = models.filter((model) => model.owned_by === 'system');
-  const tuned = models.filter((model) => model.owned_by !== 'system' && parseFineTunedName(model.id)?.step === null);
-  const newestTune = [...tuned].sort((a, b) => b.created - a.created)[0]?.id;
-  const leftModel = left ?? (right ? parseFineTunedName(right)?.base : undefined) ?? base[0]?.id ?? models[0]?.id ?? '';
-  const rightModel = right ?? (newestTune && parseFineTunedName(newestTune)?.base === leftModel ? newestTune : undefined) ?? newestTune ?? leftModel;
-  return [leftModel, rightModel];
+  const newestFirst = models.filter((model) => modelKind(model) === 'fine-tune').sort((a, b) => b.created - a.created);
+  const leftModel = left ?? (right ? parseFineTunedName(right)?.base : undefined) ?? models.find((model) => modelKind(model) === 'base')?.id ?? models[0]?.id ?? '';
+  const ownTune = newestFirst.find((model) => parseFineTunedName(model.id)?.base === leftModel);
+  return [leftModel, right ?? ownTune?.id ?? newestFirst[0]?.id ?? leftModel];
 }
 
 function ModelSelect({ label, id, value, models, onChange }: { label: string; id: string; value: string; models: Model[]; onChange: (id: string) => void }) {
   const groups: Array<[string, Model[]]> = [
-    ['Base models', models.filter((model) => model.owned_by === 'system')],
-    ['Fine-tuned models', models.filter((model) => model.owned_by !== 'system' && parseFineTunedName(model.id)?.step === null)],
-    ['Checkpoints', models.filter((model) => (parseFineTunedName(model.id)?.step ?? null) !== null)],
+    ['Base models', models.filter((model) => modelKind(model) === 'base')],
+    ['Fine-tuned models', models.filter((model) => modelKind(model) === 'fine-tune')],
+    ['Checkpoints', models.filter((model) => modelKind(model) === 'checkpoint')],
   ];
   return (
     <div class="field">
@@ -68,8 +69,9 @@ export function PlaygroundPage({ left, right }: { left: string | null; right: st
   const models = useLoad((signal) => get<List<Model>>('/models', undefined, signal), []);
   const [chosen, setChosen] = useState<[string, string] | null>(null);
   const [system, setSystem] = useState('');
-  const [temperature, setTemperature] = useState(0);
-  const [maxTokens, setMaxTokens] = useState(256);
+  // Kept as typed: a number state would turn a field cleared to retype into 0 or 1 at once.
+  const [temperature, setTemperature] = useState('0');
+  const [maxTokens, setMaxTokens] = useState('256');
   const [turns, setTurns] = useState<Turn[]>([]);
   const [draft, setDraft] = useState('');
   const [running, setRunning] = useState<AbortController | null>(null);
@@ -101,11 +103,15 @@ export function PlaygroundPage({ left, right }: { left: string | null; right: st
   const ask = async (side: Side, model: string, history: Turn[], question: string, index: number, signal: AbortSignal) => {
     const messages: ChatCompletionMessageParam[] = [];
     if (system.trim()) messages.push({ role: 'system', content: system });
-    for (const turn of history) messages.push({ role: 'user', content: turn.user }, { role: 'assistant', content: turn.answers[side].text });
+    // A turn this model failed or was stopped on is left out: it never gave that answer.
+    for (const turn of history) {
+      if (!turn.answers[side].error) messages.push({ role: 'user', content: turn.user }, { role: 'assistant', content: turn.answers[side].text });
+    }
     messages.push({ role: 'user', content: question });
     const started = performance.now();
     try {
-      for await (const chunk of streamChat({ model, messages, temperature, max_tokens: maxTokens, stream_options: { include_usage: true } }, signal)) {
+      const sampling = { temperature: Number(temperature), max_tokens: Number(maxTokens) };
+      for await (const chunk of streamChat({ model, messages, ...sampling, stream_options: { include_usage: true } }, signal)) {
         const choice = chunk.choices[0];
         const delta = choice?.delta.content ?? '';
         updateAnswer(index, side, (answer) => ({
@@ -152,11 +158,11 @@ export function PlaygroundPage({ left, right }: { left: string | null; right: st
             ))}
             <div class="field">
               <label for="temperature">Temperature</label>
-              <input id="temperature" type="number" min={0} max={2} step={0.1} value={temperature} onInput={(e) => setTemperature(Number(e.currentTarget.value))} />
+              <input id="temperature" type="number" min={0} max={2} step={0.1} value={temperature} onInput={(e) => setTemperature(e.currentTarget.value)} />
             </div>
             <div class="field">
               <label for="max-tokens">Max tokens</label>
-              <input id="max-tokens" type="number" min={1} step={1} value={maxTokens} onInput={(e) => setMaxTokens(Math.max(1, Math.round(Number(e.currentTarget.value))))} />
+              <input id="max-tokens" type="number" min={1} step={1} value={maxTokens} onInput={(e) => setMaxTokens(e.currentTarget.value)} />
             </div>
             <div class="field wide">
               <label for="system">System prompt</label>
