@@ -123,6 +123,10 @@ describe('the models page', () => {
     expect(await checkpointRow.textContent()).toMatch(/checkpoint, step \d+/);
     expect(await checkpointRow.getByRole('link', { name: jobId }).count()).toBe(1);
     await screenshot(page, 'models');
+    await page.setViewportSize({ width: 390, height: 844 });
+    expect(await page.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(390);
+    await screenshot(page, 'models-narrow');
+    await page.setViewportSize({ width: 1280, height: 900 });
 
     page.once('dialog', (dialog) => dialog.accept());
     await page.getByRole('button', { name: `Delete ${intermediate}` }).click();
@@ -145,6 +149,10 @@ describe('the usage page', () => {
     expect(cells[3]).toBe(month!.inference_input_tokens.toLocaleString('en-US'));
     expect(month!.inference_output_tokens).toBeGreaterThan(0);
     await screenshot(page, 'usage');
+    await page.setViewportSize({ width: 390, height: 844 });
+    expect(await page.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(390);
+    await screenshot(page, 'usage-narrow');
+    await page.setViewportSize({ width: 1280, height: 900 });
     await page.close();
   });
 });

@@ -47,6 +47,13 @@ describe('the dashboard', () => {
     expect(await row.textContent()).toContain('tiny-qwen3');
     expect(await row.textContent()).toContain('listed');
     await screenshot(page, 'jobs');
+    // On a phone each job is a card: every column still there, nothing wider than the screen.
+    await page.setViewportSize({ width: 390, height: 844 });
+    const trainedTokens = await row.locator('td[data-label="Trained tokens"]').boundingBox();
+    expect(trainedTokens!.x + trainedTokens!.width).toBeLessThanOrEqual(390);
+    expect(await page.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(390);
+    await screenshot(page, 'jobs-narrow');
+    await page.setViewportSize({ width: 1280, height: 900 });
 
     await page.getByLabel('Status').selectOption('succeeded');
     await page.getByText('No succeeded jobs.').waitFor();

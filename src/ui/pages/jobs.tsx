@@ -41,7 +41,7 @@ export function JobsPage({ status }: { status: string | null }) {
         </p>
       ) : (
         <div class="table-scroll">
-          <table class="list">
+          <table class="list cards" aria-label="Jobs">
             <thead>
               <tr>
                 <th scope="col">Job</th>
@@ -56,17 +56,19 @@ export function JobsPage({ status }: { status: string | null }) {
             <tbody>
               {shown.map((job) => (
                 <tr key={job.id}>
-                  <td>
+                  <td class="card-title">
                     <a href={href('jobs', job.id)}>{job.id}</a>
                   </td>
-                  <td>
+                  <td data-label="Status">
                     <StatusBadge status={job.status} />
                   </td>
-                  <td>{job.model}</td>
-                  <td>{job.user_provided_suffix ?? '—'}</td>
-                  <td>{dateTime(job.created_at)}</td>
-                  <td>{duration(jobDuration(job))}</td>
-                  <td class="number">{count(job.trained_tokens)}</td>
+                  <td data-label="Base model">{job.model}</td>
+                  <td data-label="Suffix">{job.user_provided_suffix ?? '—'}</td>
+                  <td data-label="Created">{dateTime(job.created_at)}</td>
+                  <td data-label="Duration">{duration(jobDuration(job))}</td>
+                  <td class="number" data-label="Trained tokens">
+                    {count(job.trained_tokens)}
+                  </td>
                 </tr>
               ))}
             </tbody>

@@ -64,7 +64,7 @@ export function ModelsPage() {
         <>
           <h2>Base models</h2>
           <div class="table-scroll">
-            <table class="list" aria-label="Base models">
+            <table class="list cards" aria-label="Base models">
               <thead>
                 <tr>
                   <th scope="col">Model</th>
@@ -75,10 +75,12 @@ export function ModelsPage() {
               <tbody>
                 {base.map((model) => (
                   <tr key={model.id}>
-                    <td class="mono">{model.id}</td>
-                    <td>{dateTime(model.created)}</td>
-                    <td>
-                      <a href={href('playground', { left: model.id })}>Playground</a>
+                    <td class="mono card-title">{model.id}</td>
+                    <td data-label="Added">{dateTime(model.created)}</td>
+                    <td data-label="Try it">
+                      <a href={href('playground', { left: model.id })} aria-label={`Open ${model.id} in the playground`}>
+                        Playground
+                      </a>
                     </td>
                   </tr>
                 ))}
@@ -91,7 +93,7 @@ export function ModelsPage() {
             <p class="muted">No fine-tuned models yet: a job that succeeds makes one, and its checkpoints are models too.</p>
           ) : (
             <div class="table-scroll">
-              <table class="list" aria-label="Fine-tuned models">
+              <table class="list cards" aria-label="Fine-tuned models">
                 <thead>
                   <tr>
                     <th scope="col">Model</th>
@@ -107,11 +109,11 @@ export function ModelsPage() {
                     const job = jobOf(jobs, model.id);
                     return (
                       <tr key={model.id}>
-                        <td class="mono wrap">{model.id}</td>
-                        <td>{modelKind(model) === 'checkpoint' ? `checkpoint, step ${name!.step}` : 'fine-tune'}</td>
-                        <td>{job ? <a href={href('jobs', job.id)}>{job.id}</a> : '—'}</td>
-                        <td>{dateTime(model.created)}</td>
-                        <td>
+                        <td class="mono wrap card-title">{model.id}</td>
+                        <td data-label="Kind">{modelKind(model) === 'checkpoint' ? `checkpoint, step ${name!.step}` : 'fine-tune'}</td>
+                        <td data-label="Job">{job ? <a href={href('jobs', job.id)}>{job.id}</a> : '—'}</td>
+                        <td data-label="Created">{dateTime(model.created)}</td>
+                        <td class="card-title">
                           <div class="actions">
                           <a
                             class="button secondary"

@@ -25,7 +25,7 @@ export function UsagePage() {
         <p class="muted">Nothing used yet.</p>
       ) : (
         <div class="table-scroll">
-          <table class="list" aria-label="Usage per month">
+          <table class="list cards" aria-label="Usage per month">
             <thead>
               <tr>
                 <th scope="col">Month</th>
@@ -44,17 +44,31 @@ export function UsagePage() {
             <tbody>
               {months.map((month) => (
                 <tr key={month.month}>
-                  <th scope="row">{monthName(month.month)}</th>
-                  <td class="number">{count(month.training_jobs)}</td>
-                  <td class="number">{count(month.training_tokens)}</td>
-                  <td class="number">{dollars(month.training_cost)}</td>
-                  <td class="number">{count(month.inference_input_tokens)}</td>
-                  <td class="number">{count(month.inference_output_tokens)}</td>
-                  <td class="number">{dollars(month.inference_cost)}</td>
-                  <td class="number">
+                  <th scope="row" class="card-title">
+                    {monthName(month.month)}
+                  </th>
+                  <td class="number" data-label="Jobs">
+                    {count(month.training_jobs)}
+                  </td>
+                  <td class="number" data-label="Training tokens">
+                    {count(month.training_tokens)}
+                  </td>
+                  <td class="number" data-label="Training">
+                    {dollars(month.training_cost)}
+                  </td>
+                  <td class="number" data-label="Input tokens">
+                    {count(month.inference_input_tokens)}
+                  </td>
+                  <td class="number" data-label="Output tokens">
+                    {count(month.inference_output_tokens)}
+                  </td>
+                  <td class="number" data-label="Inference">
+                    {dollars(month.inference_cost)}
+                  </td>
+                  <td class="number" data-label="Total">
                     <strong>{dollars(month.total_cost)}</strong>
                   </td>
-                  <td class="bar-cell" aria-hidden="true">
+                  <td class="bar-cell card-title" aria-hidden="true">
                     <span class="bar training" style={{ width: `${highest ? (month.training_cost / highest) * 100 : 0}%` }} />
                     <span class="bar inference" style={{ width: `${highest ? (month.inference_cost / highest) * 100 : 0}%` }} />
                   </td>
@@ -62,6 +76,9 @@ export function UsagePage() {
               ))}
             </tbody>
           </table>
+          <p class="legend muted" aria-hidden="true">
+            <span class="bar training" /> training <span class="bar inference" /> inference, against the most expensive month
+          </p>
         </div>
       )}
     </>
