@@ -112,8 +112,8 @@ export function FilesPage() {
       ) : files.data.length === 0 ? (
         <p class="muted">No files yet: drop one above, or upload with the SDK or `tunelab`.</p>
       ) : (
-        <div class="table-scroll files-scroll">
-          <table class="list files-list">
+        <div class="table-scroll">
+          <table class="list cards files-list" aria-label="Files">
             <thead>
               <tr>
                 <th scope="col">File</th>
@@ -129,16 +129,16 @@ export function FilesPage() {
             <tbody>
               {files.data.map((file) => (
                 <tr key={file.id}>
-                  <td class="file-name">
+                  <td class="file-name card-title">
                     <a href={href('files', file.id)}>{file.filename}</a>
                     <div class="muted mono">{file.id}</div>
                   </td>
-                  <td>{file.purpose}</td>
-                  <td class="number" title={`${count(file.bytes)} bytes`}>
+                  <td data-label="Purpose">{file.purpose}</td>
+                  <td class="number" data-label="Size" title={`${count(file.bytes)} bytes`}>
                     {bytes(file.bytes)}
                   </td>
-                  <td>{dateTime(file.created_at)}</td>
-                  <td>
+                  <td data-label="Created">{dateTime(file.created_at)}</td>
+                  <td data-label="Status">
                     <StatusBadge status={file.status} />
                     {file.status_details && <div class="muted status-details">{file.status_details}</div>}
                   </td>

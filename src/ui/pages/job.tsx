@@ -372,7 +372,7 @@ function Checkpoints({ job, checkpoints }: { job: FineTuningJob; checkpoints: Fi
   const byStep = [...checkpoints].sort((a, b) => a.step_number - b.step_number);
   return (
     <div class="table-scroll">
-      <table class="list checkpoints">
+      <table class="list cards checkpoints" aria-label="Checkpoints">
         <thead>
           <tr>
             <th scope="col" class="number">
@@ -396,11 +396,10 @@ function Checkpoints({ job, checkpoints }: { job: FineTuningJob; checkpoints: Fi
             const metrics = checkpoint.metrics as Record<string, number | undefined>;
             return (
               <tr key={checkpoint.id}>
-                {/* The labels head the cells where a narrow screen stacks each row into a card. */}
                 <td class="number" data-label="Step">
                   {checkpoint.step_number}
                 </td>
-                <td class="mono" data-label="Model">
+                <td class="mono card-title">
                   {checkpoint.fine_tuned_model_checkpoint}
                 </td>
                 <td class="number" data-label="Training loss">
@@ -412,7 +411,7 @@ function Checkpoints({ job, checkpoints }: { job: FineTuningJob; checkpoints: Fi
                 <td class="number" data-label="Token accuracy">
                   {number(metrics.train_mean_token_accuracy, 3)}
                 </td>
-                <td>{playgroundLink(job, checkpoint.fine_tuned_model_checkpoint)}</td>
+                <td class="card-title">{playgroundLink(job, checkpoint.fine_tuned_model_checkpoint)}</td>
               </tr>
             );
           })}
