@@ -58,10 +58,20 @@ describe('the files pages', () => {
     await page.route('**/v1/files', (route) => (route.request().method() === 'POST' ? hold(route) : route.continue()));
     await page.locator('input[type=file]').setInputFiles(dataset('weather-jokes.jsonl'));
     await page.getByRole('progressbar', { name: 'Uploading weather-jokes.jsonl' }).waitFor();
-    expect(await page.locator('.upload-progress').textContent()).toMatch(/Uploading weather-jokes\.jsonl: \d+%/);
+    expect(await page.locator('.upload-progress').textContent()).toContain('Uploading weather-jokes.jsonl: 0%');
+    // The bar's values as the upload reports its progress (the page is the same document after it moves on).
+    await page.evaluate(() => {
+      const seen = ((window as unknown as { progressSeen: number[] }).progressSeen = []);
+      const bar = document.querySelector('progress')!;
+      new MutationObserver(() => seen.push(bar.value)).observe(bar, { attributes: true, attributeFilter: ['value'] });
+    });
     await screenshot(page, 'files-uploading');
     await (await held).continue();
     const fileId = await fileIdOf(page);
+    const size = fs.statSync(dataset('weather-jokes.jsonl')).size;
+    // The request's body is the form around the file, a little more than the file.
+    const seen = await page.evaluate(() => (window as unknown as { progressSeen: number[] }).progressSeen);
+    expect(Math.max(...seen)).toBeGreaterThanOrEqual(size);
     await page.getByText('can train', { exact: true }).waitFor();
 
     const report = await apiReport(fileId);

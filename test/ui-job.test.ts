@@ -3,9 +3,10 @@ import type OpenAI from 'openai';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { StepMetrics } from '../src/jobs/jobs.js';
+import { USER_ACTIONS } from '../src/jobs/status.js';
 import { TINY_MODEL_NAME } from '../src/models/tiny-model.js';
 import { launchBrowser, openDashboard, screenshot } from './support/browser.js';
-import { type TestServer, finished, metricsSteps, startTestServer, validated, weatherJokes } from './support/server.js';
+import { type TestServer, allEvents, finished, metricsSteps, startTestServer, validated, weatherJokes } from './support/server.js';
 
 let t: TestServer;
 let browser: Browser;
@@ -76,9 +77,9 @@ describe('the job page', () => {
 
     // Timeline, resolved hyperparameters, checkpoints that open in the playground, the fine-tuned model.
     const timeline = page.locator('.timeline');
-    for (const moment of ['created', 'validating files', 'queued', 'running', 'succeeded']) {
-      await timeline.getByText(moment, { exact: true }).first().waitFor();
-    }
+    const moves = (await allEvents(t.client, trained.id)).flatMap((e) => (e.data as { status?: string }).status ?? []);
+    expect(moves).toEqual(['validating_files', 'queued', 'running', 'succeeded']);
+    expect(await timeline.locator('.timeline-label').allTextContents()).toEqual(['created', 'validating files', 'queued', 'running', 'succeeded']);
     const hyperparameters = await page.getByRole('region', { name: 'Hyperparameters' }).textContent();
     expect(hyperparameters).toContain('Epochs10');
     expect(hyperparameters).not.toContain('auto');
@@ -133,7 +134,9 @@ describe('the job page', () => {
     await badge.filter({ hasText: 'cancelled' }).waitFor();
     expect((await t.client.fineTuning.jobs.retrieve(job.id)).status).toBe('cancelled');
     await expect.poll(() => page.locator('.job-actions button').count()).toBe(0);
-    for (const moment of ['paused', 'resumed', 'cancelled']) await page.locator('.timeline').getByText(moment, { exact: true }).waitFor();
+    for (const moment of ['paused', 'cancelled']) await page.locator('.timeline').getByText(moment, { exact: true }).waitFor();
+    // Back in queued after the pause, with the words that say why.
+    await page.locator('.timeline').getByText(USER_ACTIONS.resume.message).waitFor();
     await screenshot(page, 'job-cancelled');
     await page.close();
   }, 120_000);

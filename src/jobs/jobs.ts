@@ -113,6 +113,7 @@ export class JobService {
               message: job.validation_file
                 ? `Validating training file: ${job.training_file} and validation file: ${job.validation_file}`
                 : `Validating training file: ${job.training_file}`,
+              data: { status: 'validating_files' },
             },
           ].map((event) => eventRow(job.id, event, now)),
         )
@@ -233,8 +234,10 @@ export class JobService {
       // 409: the SDK retries, and the retry reads the job as it now is.
       if (!updated) throw new ServiceError('conflict', `Job ${jobId} was changed by another request while it was ${from}.`);
       await within?.(trx);
+      // The move's last event carries the new status: the dashboard's timeline reads it, not the words.
       const events = Array.isArray(event) ? event : [event];
-      await trx.insertInto('job_events').values(events.map((e) => eventRow(jobId, e, now))).execute();
+      const told = events.map((e, i) => (i === events.length - 1 ? { ...e, data: { ...e.data, status: to } } : e));
+      await trx.insertInto('job_events').values(told.map((e) => eventRow(jobId, e, now))).execute();
       return toJob(updated);
     });
     return this.changed(moved);

@@ -12,13 +12,11 @@ export type { ChatCompletionChunk, FileObject, FineTuningJob, FineTuningJobCheck
 const BASE = new URL('../v1', location.href).pathname;
 const KEY_STORAGE = 'tunelab.apiKey';
 
-/** An OpenAI-style error body, kept whole so a page can say what the server said. */
+/** A refusal with the server's own words (its OpenAI-style `error.message`) and status; 0 when no answer came. */
 export class ApiError extends Error {
   constructor(
     readonly status: number,
     message: string,
-    readonly code: string | null = null,
-    readonly param: string | null = null,
   ) {
     super(message);
   }
@@ -28,7 +26,6 @@ export interface List<T> {
   object: 'list';
   data: T[];
   has_more?: boolean;
-  last_id?: string | null;
 }
 
 export const apiKey = {
@@ -49,10 +46,9 @@ function headers(extra: Record<string, string> = {}): Record<string, string> {
 }
 
 async function failure(response: Response): Promise<ApiError> {
-  const body = (await response.json().catch(() => null)) as { error?: { message?: string; code?: string; param?: string } } | null;
-  const error = body?.error;
+  const body = (await response.json().catch(() => null)) as { error?: { message?: string } } | null;
   if (response.status === 401) signedOut.forEach((listener) => listener());
-  return new ApiError(response.status, error?.message ?? `${response.status} ${response.statusText}`, error?.code ?? null, error?.param ?? null);
+  return new ApiError(response.status, body?.error?.message ?? `${response.status} ${response.statusText}`);
 }
 
 type Query = Record<string, string | number | undefined>;
@@ -79,14 +75,22 @@ export const get = <T>(path: string, query?: Query, signal?: AbortSignal) => req
 export const post = <T>(path: string, body?: unknown) => request<T>('POST', path, { body });
 export const del = <T>(path: string) => request<T>('DELETE', path);
 
-/** Every item of a cursor-paged list (jobs, events, checkpoints), newest first as the API gives them. */
-export async function listAll<T extends { id: string }>(path: string, query: Query = {}, signal?: AbortSignal): Promise<T[]> {
+/**
+ * Every item of a cursor-paged list (jobs, events, checkpoints), newest first as the API gives
+ * them; or, with `enough`, the pages up to the first it accepts.
+ */
+export async function listAll<T extends { id: string }>(
+  path: string,
+  query: Query = {},
+  signal?: AbortSignal,
+  enough: (page: T[]) => boolean = () => false,
+): Promise<T[]> {
   const items: T[] = [];
   let after: string | undefined;
   for (;;) {
     const page = await get<List<T>>(path, { ...query, limit: 100, after }, signal);
     items.push(...page.data);
-    if (!page.has_more || page.data.length === 0) return items;
+    if (!page.has_more || page.data.length === 0 || enough(page.data)) return items;
     after = page.data.at(-1)!.id;
   }
 }
@@ -168,8 +172,8 @@ export async function* streamChat(
         buffer = buffer.slice(end + 2);
         if (data === '[DONE]') return;
         if (!data) continue;
-        const event = JSON.parse(data) as ChatCompletionChunk | { error: { message: string; code?: string } };
-        if ('error' in event) throw new ApiError(500, event.error.message, event.error.code ?? null);
+        const event = JSON.parse(data) as ChatCompletionChunk | { error: { message: string } };
+        if ('error' in event) throw new ApiError(500, event.error.message);
         yield event;
       }
     }

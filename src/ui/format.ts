@@ -27,3 +27,9 @@ export function bytes(n: number): string {
 }
 
 export const number = (value: unknown, digits = 4) => (typeof value === 'number' ? value.toFixed(digits) : '—');
+
+/** An identifier as words: `validating_files` is "validating files". */
+export const words = (identifier: string) => identifier.replaceAll('_', ' ');
+
+/** A count with its noun: "1 example", "1,024 examples". */
+export const counted = (n: number, noun: string) => `${count(n)} ${noun}${n === 1 ? '' : 's'}`;

@@ -1,4 +1,5 @@
 import type { ComponentChildren } from 'preact';
+import { words } from '../format.js';
 
 export function ErrorMessage({ error }: { error: Error | string | undefined | null }) {
   if (!error) return null;
@@ -27,7 +28,7 @@ const STATUS_TONE: Record<string, string> = {
 };
 
 export function StatusBadge({ status }: { status: string }) {
-  return <span class={`badge ${STATUS_TONE[status] ?? 'quiet'}`}>{status.replace('_', ' ')}</span>;
+  return <span class={`badge ${STATUS_TONE[status] ?? 'quiet'}`}>{words(status)}</span>;
 }
 
 export function PageHeader({ title, children }: { title: ComponentChildren; children?: ComponentChildren }) {

@@ -1,5 +1,5 @@
 import type { Distribution, HistogramBin } from '../../datasets/stats.js';
-import { count } from '../format.js';
+import { count, counted } from '../format.js';
 
 /** Axis labels that fit under the bars on a phone: about this many, whatever the number of bins. */
 const MAX_AXIS_LABELS = 5;
@@ -26,7 +26,7 @@ export function Histogram({ title, distribution, unit }: { title: string; distri
       <figcaption>{title}</figcaption>
       <div class="histogram-plot" role="img" aria-label={`${title}. Examples by ${unit}: ${described}.`}>
         <span class="histogram-peak" aria-hidden="true">
-          {count(peak)} example{peak === 1 ? '' : 's'}
+          {counted(peak, 'example')}
         </span>
         <div class="histogram-bars" style={{ gridTemplateColumns: `repeat(${bins.length}, minmax(0, 1fr))` }}>
           {bins.map((bin) => (
@@ -34,7 +34,7 @@ export function Histogram({ title, distribution, unit }: { title: string; distri
               key={bin.from}
               class="histogram-bar"
               style={{ height: `${(bin.count / peak) * 100}%` }}
-              title={`${range(bin)} ${unit}: ${count(bin.count)} example${bin.count === 1 ? '' : 's'}`}
+              title={`${range(bin)} ${unit}: ${counted(bin.count, 'example')}`}
             />
           ))}
         </div>

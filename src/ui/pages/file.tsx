@@ -5,7 +5,7 @@ import { downloadFile, get, type FileObject, type List, type Model } from '../ap
 import { ErrorMessage, Facts, Loading, PageHeader, StatusBadge } from '../components/common.js';
 import { Histogram } from '../components/histogram.js';
 import { useLoad } from '../components/use-load.js';
-import { bytes, count, dateTime, dollars } from '../format.js';
+import { bytes, count, counted, dateTime, dollars, words } from '../format.js';
 import { href, navigate, useRoute } from '../router.js';
 import { confirmAndDelete } from './files.js';
 import './files.css';
@@ -36,7 +36,6 @@ export function FilePage({ id }: { id: string }) {
         : get<FileReport>(`/files/${encodeURIComponent(id)}/report`, { model: model || undefined, show: SHOWN_EXAMPLES }, signal),
     [id, model, readable],
   );
-  const current = report.data && (report.data.model ?? OPENAI_ONLY) === model ? report.data : null;
 
   const [actionFailure, setActionFailure] = useState<Error | null>(null);
   const remove = async () => {
@@ -94,8 +93,8 @@ export function FilePage({ id }: { id: string }) {
       )}
       {file.data && !readable && <p class="muted">The dataset report reads fine-tuning files; this one's purpose is {file.data.purpose}.</p>}
       <ErrorMessage error={report.error} />
-      {readable && !current && !report.error && <Loading what={`the dataset report${model ? ` with ${model}'s tokenizer` : ''}`} />}
-      {current && <ReportView report={current} />}
+      {readable && !report.data && !report.error && <Loading what={`the dataset report${model ? ` with ${model}'s tokenizer` : ''}`} />}
+      {report.data && <ReportView report={report.data} />}
     </>
   );
 }
@@ -112,9 +111,9 @@ function ReportView({ report }: { report: FileReport }) {
         <p>
           {report.can_train ? <span class="badge good">can train</span> : <span class="badge bad">cannot train</span>}{' '}
           {report.can_train
-            ? `${count(report.n_examples)} examples${warningTotal ? `, ${count(warningTotal)} warning${warningTotal === 1 ? '' : 's'} to look at` : ''}.`
+            ? `${count(report.n_examples)} examples${warningTotal ? `, ${counted(warningTotal, 'warning')} to look at` : ''}.`
             : errorTotal
-              ? `${count(errorTotal)} error${errorTotal === 1 ? '' : 's'}: fix them before a job can use this file.`
+              ? `${counted(errorTotal, 'error')}: fix them before a job can use this file.`
               : report.screening.message}
         </p>
         <Facts
@@ -241,7 +240,7 @@ function Findings({
       <ul class="category-counts" aria-label={`${title} by category`}>
         {Object.entries(counts).map(([category, n]) => (
           <li key={category} class={`badge ${tone}`}>
-            {category.replaceAll('_', ' ')}: {count(n)}
+            {words(category)}: {count(n)}
           </li>
         ))}
       </ul>
@@ -279,7 +278,7 @@ function FindingsTable({ findings }: { findings: Array<DatasetError | DatasetWar
               <td class="number">{finding.line ?? 'file'}</td>
               <td class="number">{finding.message_index ?? '—'}</td>
               <td class="mono">{finding.field ?? '—'}</td>
-              <td>{finding.category.replaceAll('_', ' ')}</td>
+              <td>{words(finding.category)}</td>
               <td class="problem">{finding.message}</td>
             </tr>
           ))}
@@ -302,7 +301,7 @@ function Screening({ report }: { report: FileReport }) {
       <ul class="category-counts" aria-label="Screening flags by category">
         {Object.entries(screening.counts).map(([category, n]) => (
           <li key={category} class={`badge ${blocking.has(category) ? 'bad' : 'busy'}`}>
-            {category.replaceAll('_', ' ')}: {count(n)}
+            {words(category)}: {count(n)}
           </li>
         ))}
       </ul>
@@ -322,7 +321,7 @@ function Screening({ report }: { report: FileReport }) {
               <tr key={index}>
                 <td class="number">{finding.line ?? 'file'}</td>
                 <td class="mono">{finding.field ?? '—'}</td>
-                <td>{finding.category.replaceAll('_', ' ')}</td>
+                <td>{words(finding.category)}</td>
                 <td>{finding.action}</td>
                 <td class="mono">{finding.excerpt}</td>
               </tr>

@@ -16,7 +16,7 @@ import {
 import { ErrorMessage, Facts, Loading, PageHeader, StatusBadge } from '../components/common.js';
 import { LineChart } from '../components/line-chart.js';
 import { useLoad } from '../components/use-load.js';
-import { bytes, count, dateTime, duration, number } from '../format.js';
+import { bytes, count, dateTime, duration, number, words } from '../format.js';
 import { href } from '../router.js';
 import { jobDuration } from './jobs.js';
 import './job.css';
@@ -45,9 +45,7 @@ export function JobPage({ id }: { id: string }) {
     [id],
     { everyMs: POLL_MS, while: ({ job }) => !isFinished(job.status) },
   );
-  const shown = view.data?.job.id === id ? view.data : undefined;
-
-  if (!shown) {
+  if (!view.data) {
     return (
       <>
         <p>
@@ -58,7 +56,7 @@ export function JobPage({ id }: { id: string }) {
       </>
     );
   }
-  const { job, events, metrics, checkpoints } = shown;
+  const { job, events, metrics, checkpoints } = view.data;
   return (
     <div class="job-page">
       <p class="back">
@@ -127,16 +125,8 @@ async function loadView(id: string, known: JobView | undefined, signal: AbortSig
  * evaluation rewrites its step's event.
  */
 async function newerEvents(path: string, known: FineTuningJobEvent[], signal: AbortSignal): Promise<FineTuningJobEvent[]> {
-  if (known.length === 0) return listAll<FineTuningJobEvent>(path, {}, signal);
   const held = new Set(known.map((event) => event.id));
-  const fresh: FineTuningJobEvent[] = [];
-  let after: string | undefined;
-  for (;;) {
-    const page = await get<List<FineTuningJobEvent>>(path, { limit: 100, after }, signal);
-    fresh.push(...page.data);
-    if (!page.has_more || page.data.length === 0 || page.data.some((event) => held.has(event.id))) break;
-    after = page.data.at(-1)!.id;
-  }
+  const fresh = await listAll<FineTuningJobEvent>(path, {}, signal, (page) => page.some((event) => held.has(event.id)));
   const read = new Set(fresh.map((event) => event.id));
   return [...fresh, ...known.filter((event) => !read.has(event.id))];
 }
@@ -208,43 +198,29 @@ function JobActions({ job, onDone }: { job: FineTuningJob; onDone: () => void })
   );
 }
 
-/** A moment in the job's life, read from its events, which say what happened in words only. */
+/** A moment in the job's life: its creation, then each status it entered. */
 interface Milestone {
-  label: string;
-  status: string;
+  status: JobStatus | 'created';
   at: number;
-  /** Why, where the words say more than the status: a restart, a resumption from a checkpoint, a failure. */
+  /** Why, when the job enters a status again (a restart, a resumption from a checkpoint) or fails. */
   detail?: string;
 }
 
-const MILESTONES: Array<{ matches: (message: string) => boolean; label: string; status: JobStatus; detail?: boolean }> = [
-  { matches: (m) => m.startsWith('Created fine-tuning job'), label: 'created', status: 'validating_files' },
-  { matches: (m) => m.startsWith('Validating training file'), label: 'validating files', status: 'validating_files' },
-  { matches: (m) => m.startsWith('Files validated'), label: 'queued', status: 'queued' },
-  { matches: (m) => m === USER_ACTIONS.pause.message, label: 'paused', status: 'paused' },
-  { matches: (m) => m === USER_ACTIONS.resume.message, label: 'resumed', status: 'queued' },
-  { matches: (m) => m === USER_ACTIONS.cancel.message, label: 'cancelled', status: 'cancelled' },
-  { matches: (m) => m.startsWith('Fine-tuning job started'), label: 'running', status: 'running' },
-  { matches: (m) => m.startsWith('Fine-tuning job resumed from'), label: 'running', status: 'running', detail: true },
-  { matches: (m) => m.startsWith('The server restarted'), label: 'queued', status: 'queued', detail: true },
-  { matches: (m) => m.startsWith('The engine was stopped from outside'), label: 'queued', status: 'queued', detail: true },
-  { matches: (m) => m.startsWith('The job has successfully completed'), label: 'succeeded', status: 'succeeded' },
-];
-
-function milestones(events: FineTuningJobEvent[]): Milestone[] {
-  return events
-    .filter((event) => event.type !== 'metrics')
-    .reverse()
-    .flatMap((event): Milestone[] => {
-      // Only a failure is told at the error level, whatever its words.
-      if (event.level === 'error') return [{ label: 'failed', status: 'failed', at: event.created_at, detail: event.message }];
-      const milestone = MILESTONES.find((m) => m.matches(event.message));
-      return milestone ? [{ label: milestone.label, status: milestone.status, at: event.created_at, detail: milestone.detail ? event.message : undefined }] : [];
-    });
+/** The job's status events carry the status they moved it to (`data.status`), oldest first here. */
+function milestones(job: FineTuningJob, events: FineTuningJobEvent[]): Milestone[] {
+  const reached = new Set<string>();
+  const moves = [...events].reverse().flatMap((event): Milestone[] => {
+    const status = (event.data as { status?: JobStatus } | undefined)?.status;
+    if (!status) return [];
+    const again = reached.has(status);
+    reached.add(status);
+    return [{ status, at: event.created_at, detail: again || status === 'failed' ? event.message : undefined }];
+  });
+  return [{ status: 'created', at: job.created_at }, ...moves];
 }
 
 function Timeline({ job, events }: { job: FineTuningJob; events: FineTuningJobEvent[] }) {
-  const steps = milestones(events);
+  const steps = milestones(job, events);
   return (
     <section aria-labelledby="job-timeline">
       <h2 id="job-timeline" class="visually-hidden">
@@ -253,9 +229,10 @@ function Timeline({ job, events }: { job: FineTuningJob; events: FineTuningJobEv
       <ol class="timeline">
         {steps.map((step, index) => (
           <li key={index} class={`tone-${step.status}`}>
-            <span class="timeline-label">{step.label}</span>
+            <span class="timeline-label">{words(step.status)}</span>
             <time dateTime={new Date(step.at * 1000).toISOString()}>{clock(step.at)}</time>
-            {step.detail && step.label !== 'failed' && <span class="timeline-detail">{step.detail}</span>}
+            {/* A failure's reason is told above the timeline already. */}
+            {step.detail && step.status !== 'failed' && <span class="timeline-detail">{step.detail}</span>}
           </li>
         ))}
         {job.status === 'running' && job.estimated_finish && (

@@ -2,7 +2,7 @@ import { isFinished, type JobStatus } from '../../jobs/status.js';
 import { listAll, type FineTuningJob } from '../api.js';
 import { ErrorMessage, Loading, PageHeader, StatusBadge } from '../components/common.js';
 import { useLoad } from '../components/use-load.js';
-import { count, dateTime, duration } from '../format.js';
+import { count, dateTime, duration, words } from '../format.js';
 import { href, navigate } from '../router.js';
 
 const STATUSES: JobStatus[] = ['validating_files', 'queued', 'running', 'paused', 'succeeded', 'failed', 'cancelled'];
@@ -26,7 +26,7 @@ export function JobsPage({ status }: { status: string | null }) {
             <option value="">all</option>
             {STATUSES.map((s) => (
               <option key={s} value={s}>
-                {s.replace('_', ' ')}
+                {words(s)}
               </option>
             ))}
           </select>
@@ -37,7 +37,7 @@ export function JobsPage({ status }: { status: string | null }) {
         !jobs.error && <Loading what="jobs" />
       ) : shown.length === 0 ? (
         <p class="muted">
-          {status ? `No ${status.replace('_', ' ')} jobs.` : 'No jobs yet: upload a file on the Files page, then start a job with the SDK or the CLI.'}
+          {status ? `No ${words(status)} jobs.` : 'No jobs yet: upload a file on the Files page, then start a job with the SDK or the CLI.'}
         </p>
       ) : (
         <div class="table-scroll">
