@@ -61,7 +61,8 @@ describe('the files pages', () => {
     expect(await page.locator('.upload-progress').textContent()).toContain('Uploading weather-jokes.jsonl: 0%');
     // The bar's values as the upload reports its progress (the page is the same document after it moves on).
     await page.evaluate(() => {
-      const seen = ((window as unknown as { progressSeen: number[] }).progressSeen = []);
+      const seen: number[] = [];
+      (window as unknown as { progressSeen: number[] }).progressSeen = seen;
       const bar = document.querySelector('progress')!;
       new MutationObserver(() => seen.push(bar.value)).observe(bar, { attributes: true, attributeFilter: ['value'] });
     });
