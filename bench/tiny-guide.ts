@@ -12,7 +12,7 @@ import path from 'node:path';
 import OpenAI from 'openai';
 import { machine, startBenchServer, writeResult } from './support.js';
 
-const DATASET = path.resolve(import.meta.dirname, '../../shared/datasets/weather-jokes.jsonl');
+const DATASET = path.resolve(import.meta.dirname, '../examples/data/weather-jokes.jsonl');
 const RUNS = 3;
 
 const runs = [];

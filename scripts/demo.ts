@@ -45,7 +45,7 @@ try {
   console.log('# tunelab models list   (tunelab-tiny was made on first start)');
   await run([cli, 'models', 'list', '--home', home]);
 
-  const dataset = path.resolve(root, '../shared/datasets/weather-jokes.jsonl');
+  const dataset = path.resolve(root, 'examples/data/weather-jokes.jsonl');
   console.log('\n# tunelab validate weather-jokes.jsonl --model tunelab-tiny --show 1');
   await run([cli, 'validate', dataset, '--model', 'tunelab-tiny', '--show', '1', '--home', home]);
 

@@ -10,7 +10,7 @@ import { encodeChat } from '../src/tokenizer/chat-encoding.js';
 import { ModelTokenizer } from '../src/tokenizer/model-tokenizer.js';
 import { type EngineEvent, runEngine } from './support/engine-run.js';
 
-const DATASET = path.resolve(import.meta.dirname, '../../shared/datasets/weather-jokes.jsonl');
+const DATASET = path.resolve(import.meta.dirname, '../examples/data/weather-jokes.jsonl');
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tunelab-tiny-'));
 const modelsDir = path.join(dir, 'models');
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));

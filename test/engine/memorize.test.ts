@@ -10,7 +10,7 @@ import { type EngineEvent, runEngine } from '../support/engine-run.js';
  * The guide's weather dataset, tokenized here (text never enters the engine), learned by a tiny
  * random model until greedy generation gives back every trained answer.
  */
-const DATASET = path.resolve(import.meta.dirname, '../../../shared/datasets/weather-jokes.jsonl');
+const DATASET = path.resolve(import.meta.dirname, '../../examples/data/weather-jokes.jsonl');
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tunelab-engine-'));
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 

@@ -8,7 +8,7 @@ import { BaseModelRegistry } from '../../src/models/base-models.js';
 import { type RunningServer, type ServerOptions, startServer } from '../../src/server.js';
 import { writeModelFolder } from './model-folder.js';
 
-export const DATASETS = path.resolve(import.meta.dirname, '../../../shared/datasets');
+export const DATASETS = path.resolve(import.meta.dirname, '../../examples/data');
 export const BASE_MODEL = 'tiny-qwen3';
 
 export interface TestServer {
