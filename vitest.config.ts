@@ -1,3 +1,4 @@
+import path from 'node:path';
 import { defineConfig } from 'vitest/config';
 import { findPostgresBin } from './test/support/postgres.js';
 
@@ -8,8 +9,12 @@ if (!postgresAvailable) {
   console.warn('PostgreSQL not found (apt-get install postgresql, or set TUNELAB_TEST_POSTGRES_URL): store tests run on SQLite only.');
 }
 
+// The engine's environment that `npm test` makes (scripts/test-prerequisites.sh), unless one is named.
+const enginePython = process.env.TUNELAB_PYTHON ?? path.resolve(import.meta.dirname, '.venv/bin/python');
+
 export default defineConfig({
   test: {
+    env: { TUNELAB_PYTHON: enginePython },
     testTimeout: 60_000,
     hookTimeout: 60_000,
     // Two cores: one file at a time keeps servers from starving each other.

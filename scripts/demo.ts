@@ -9,6 +9,8 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { resolveHome } from '../src/config.js';
+import { locateEnginePython } from '../src/engine/setup.js';
 
 const root = path.resolve(import.meta.dirname, '..');
 const cli = path.join(root, 'dist/cli/main.js');
@@ -25,9 +27,15 @@ const run = (args: string[], env: NodeJS.ProcessEnv = {}) =>
     child.once('exit', (code) => (code === 0 ? resolve() : reject(new Error(`${args.join(' ')} exited with ${code}`))));
   });
 
-console.log(`# tunelab serve --home ${home} --port ${port}`);
+// The engine's environment is the user's own (made once in ~/.tunelab, or $TUNELAB_PYTHON), not
+// one per demo: the demo's fresh home is for its data.
+console.log('# tunelab setup   (the engine\'s Python environment: made on the first run, checked after)');
+await run([cli, 'setup']);
+const enginePython = locateEnginePython(resolveHome());
+
+console.log(`\n# tunelab serve --home ${home} --port ${port}`);
 const server = spawn(process.execPath, [cli, 'serve', '--home', home, '--port', String(port)], {
-  env: { ...process.env, TUNELAB_LOG_LEVEL: 'warn' },
+  env: { ...process.env, TUNELAB_LOG_LEVEL: 'warn', ...(enginePython ? { TUNELAB_PYTHON: enginePython } : {}) },
   stdio: 'inherit',
 });
 const stop = () => server.exitCode === null && server.kill('SIGTERM');

@@ -6,7 +6,9 @@ import { DEFAULT_MAX_UPLOAD_BYTES, type HomeLayout, homeLayout } from './config.
 import { LocalBlobStore } from './files/blob-store.js';
 import { writePrivateFile } from './files/durable.js';
 import { FileService } from './files/files.js';
+import { useEnginePython } from './engine/python.js';
 import { ServePool } from './engine/serve-pool.js';
+import { locateEnginePython } from './engine/setup.js';
 import { InferenceService } from './inference/inference.js';
 import { type ServingSettings, loadServingSettings } from './inference/settings.js';
 import { FileValidation } from './jobs/file-validation.js';
@@ -59,6 +61,9 @@ const EXPIRED_FILES_SWEEP_MS = 10 * 60 * 1000;
 export async function startServer(options: ServerOptions): Promise<RunningServer> {
   const home = homeLayout(options.home);
   fs.mkdirSync(home.root, { recursive: true });
+  // `tunelab serve` runs setup first when there is none; without one, jobs fail with what to do.
+  const python = locateEnginePython(home.root);
+  if (python) useEnginePython(python);
   const store = await openStore(options.database ?? home.database);
   try {
     return await serve(store, home, options);

@@ -7,6 +7,7 @@ import { apiCommands } from './api-commands.js';
 import { chatCommand } from './chat-command.js';
 import { datasetCommands, USAGE_ERROR, UsageError } from './dataset-commands.js';
 import { serveCommand } from './serve.js';
+import { setupCommand } from './setup-command.js';
 import { usageCommand } from './usage-command.js';
 
 const program = new Command('tunelab')
@@ -14,6 +15,7 @@ const program = new Command('tunelab')
   .showHelpAfterError()
   // Usage errors exit 2, so scripts can tell "you called me wrong" from "the file cannot train" (1).
   .exitOverride();
+setupCommand(program);
 serveCommand(program);
 datasetCommands(program);
 const models = program.command('models').description('base models and fine-tunes');

@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { DEFAULT_MAX_UPLOAD_BYTES, parseByteSize, resolveHome } from '../config.js';
+import { ensureEngineEnvironment } from './setup-command.js';
 
 export function serveCommand(program: Command): void {
   program
@@ -22,10 +23,12 @@ export function serveCommand(program: Command): void {
       process.env.TUNELAB_ENGINE_SLOTS ? Number.parseInt(process.env.TUNELAB_ENGINE_SLOTS, 10) : 1,
     )
     .action(async (options: { host: string; port: number; home?: string; database?: string; maxUploadSize: number; slots: number }) => {
+      const home = resolveHome(options.home);
+      await ensureEngineEnvironment(home);
       // Loaded here: the other commands need none of the server's modules.
       const { startServer } = await import('../server.js');
       const server = await startServer({
-        home: resolveHome(options.home),
+        home,
         host: options.host,
         port: options.port,
         database: options.database,
