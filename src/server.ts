@@ -17,6 +17,7 @@ import { JobRunner } from './jobs/runner.js';
 import { FileReports } from './datasets/file-reports.js';
 import { ModelTokenizers } from './datasets/model-tokenizers.js';
 import { loadDatasetSettings } from './datasets/settings.js';
+import { UploadChecks } from './datasets/upload-checks.js';
 import { BaseModelRegistry } from './models/base-models.js';
 import { ModelService } from './models/models.js';
 import { TINY_MODEL_NAME, ensureTinyModel } from './models/tiny-model.js';
@@ -108,6 +109,9 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
       app.log.warn({ err: error }, `The built-in model ${TINY_MODEL_NAME} could not be made; other base models still work`),
     );
   }
+  const uploadChecks = new UploadChecks(files, datasetSettings, (message, error) => app.log.error({ err: error }, message));
+  files.onStored(() => uploadChecks.kick());
+  uploadChecks.kick();
   // Jobs a restart interrupted while their files were being checked are checked again.
   jobs.onChange((job) => validation.jobChanged(job));
   validation.kick();
@@ -147,6 +151,7 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
     app,
     close: async () => {
       clearInterval(sweeper);
+      await uploadChecks.stop();
       await validation.stop();
       await runner.stop();
       await notifications.stop();

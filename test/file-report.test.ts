@@ -32,8 +32,10 @@ describe('GET /v1/files/{id}/report', () => {
     expect(body.shown_examples).toHaveLength(2);
     expect(body.shown_examples[0]!.segments.some((segment) => segment.trained)).toBe(true);
     expect(body.shown_examples[0]!.segments.some((segment) => !segment.trained)).toBe(true);
-    // Reading a file for its report changes nothing about it.
-    expect((await t.client.files.retrieve(file.id)).status).toBe('uploaded');
+    // Reading a file for its report changes nothing about it: its status is its upload check's.
+    await expect.poll(async () => (await t.client.files.retrieve(file.id)).status).toBe('processed');
+    await t.client.get(`/files/${file.id}/report`, { query: { model: 'no-such-model' } }).catch(() => {});
+    expect(await t.client.files.retrieve(file.id)).toMatchObject({ status: 'processed', status_details: null });
   });
 
   it("without a model counts OpenAI's tokens only", async () => {

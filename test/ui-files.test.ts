@@ -120,7 +120,7 @@ describe('the files pages', () => {
     const page = await openDashboard(browser, t, '#/files');
     await page.getByText('Drop a JSONL file here, or choose one').waitFor();
     await dropFile(page, 'notes.txt', 'not a dataset\n');
-    await expect.poll(() => page.getByRole('alert').textContent()).toMatch(/'notes\.txt' must be a \.jsonl file/);
+    await expect.poll(() => page.getByRole('alert').textContent()).toMatch(/'notes\.txt' is not JSON lines/);
 
     await dropFile(page, 'sports-headlines-as-printed.jsonl', fs.readFileSync(dataset('sports-headlines-as-printed.jsonl'), 'utf8'));
     const fileId = await fileIdOf(page);
@@ -174,12 +174,14 @@ describe('the files pages', () => {
   it('lists the files with their size and status, and deletes one once confirmed', async () => {
     const kept = await t.client.files.create({ file: fs.createReadStream(dataset('marv.jsonl')), purpose: 'fine-tune' });
     const doomed = await t.client.files.create({ file: fs.createReadStream(dataset('sports-headlines.jsonl')), purpose: 'fine-tune' });
+    // Checked seconds after upload, as OpenAI's files are.
+    await expect.poll(async () => (await t.client.files.retrieve(doomed.id)).status).toBe('processed');
     const page = await openDashboard(browser, t, '#/files');
     const row = page.getByRole('row').filter({ hasText: doomed.id });
     await row.waitFor();
     expect(await row.textContent()).toContain('sports-headlines.jsonl');
     expect(await row.textContent()).toContain('fine-tune');
-    expect(await row.textContent()).toContain('uploaded');
+    expect(await row.textContent()).toContain('processed');
     await screenshot(page, 'files');
     // The drop zone is reached with the keyboard: its file input is the first stop after the header.
     await page.getByRole('button', { name: 'Sign out' }).focus();

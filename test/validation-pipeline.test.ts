@@ -75,24 +75,29 @@ describe('validating_files', () => {
     expect(report.validation).toMatchObject({ n_examples: 2, can_train: true });
   });
 
-  it("fails a job with too few examples in OpenAI's words, and marks the file", async () => {
+  it("fails a job with too few examples in OpenAI's words; the file itself is well formed", async () => {
     const file = await t.client.files.create({ file: fs.createReadStream(path.join(DATASETS, 'marv.jsonl')), purpose: 'fine-tune' });
     const job = await validated(t.client, (await t.client.fineTuning.jobs.create({ model: BASE_MODEL, training_file: file.id })).id);
     const message = 'Training file has 3 example(s), but must have at least 10 examples';
     expect(job).toMatchObject({ status: 'failed', error: { code: 'invalid_n_examples', param: 'training_file', message } });
     expect(job.finished_at).not.toBeNull();
-    expect(await t.client.files.retrieve(file.id)).toMatchObject({ status: 'error', status_details: message });
+    expect(await t.client.files.retrieve(file.id)).toMatchObject({ status: 'processed', status_details: null });
     expect((await t.client.fineTuning.jobs.listEvents(job.id)).data[0]).toMatchObject({ level: 'error', message });
     expect(fs.existsSync(path.join(t.home, 'work', job.id, 'train'))).toBe(false);
   });
 
-  it('fails on a bad validation file, naming it and the example', async () => {
+  it('refuses a job on a bad validation file at create, naming it and the example', async () => {
     const training = await t.client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
     const validation = await upload(t, 'valid.jsonl', [chat(1), '{"messages": [{"role": "user", "content": "Hi"}]}']);
-    const job = await validated(t.client, (await t.client.fineTuning.jobs.create({ model: BASE_MODEL, training_file: training.id, validation_file: validation.id })).id);
-    expect(job.error).toMatchObject({ code: 'invalid_validation_file', param: 'validation_file', message: expect.stringContaining('Invalid file format. Line 2, field "messages": The example has no assistant message') });
+    const reason = 'Invalid file format. Line 2, field "messages": The example has no assistant message';
+    await expect(t.client.fineTuning.jobs.create({ model: BASE_MODEL, training_file: training.id, validation_file: validation.id })).rejects.toMatchObject({
+      status: 400,
+      code: 'invalid_validation_file',
+      param: 'validation_file',
+      message: expect.stringContaining(reason),
+    });
     expect((await t.client.files.retrieve(training.id)).status).toBe('processed');
-    expect((await t.client.files.retrieve(validation.id)).status).toBe('error');
+    expect(await t.client.files.retrieve(validation.id)).toMatchObject({ status: 'error', status_details: expect.stringContaining(reason) });
   });
 
   it('fails a job whose data hits a blocking screen, with the flagged lines', async () => {

@@ -1,8 +1,7 @@
 import type { FastifyInstance, FastifyRequest } from 'fastify';
 import { z } from 'zod';
 import type { FileReports } from '../datasets/file-reports.js';
-import type { StagedBlob } from '../files/blob-store.js';
-import type { FileService } from '../files/files.js';
+import type { FileService, ReceivedUpload } from '../files/files.js';
 import { ServiceError, invalidRequest } from '../errors.js';
 import { listBody, pageQuery, parseWith } from './parse.js';
 
@@ -96,7 +95,7 @@ export const filesRoutes = (files: FileService, reports: FileReports, maxUploadB
  * before the purpose field.
  */
 async function readUploadForm(request: FastifyRequest, files: FileService) {
-  let staged: StagedBlob | undefined;
+  let staged: ReceivedUpload | undefined;
   let filename = '';
   const fields: Record<string, string> = {};
   try {

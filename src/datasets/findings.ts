@@ -84,3 +84,12 @@ export interface ScreeningFinding extends Location {
   /** The matched text with most of it masked, so the report itself does not spread the secret. */
   excerpt: string;
 }
+
+/** A finding's place and reason in one phrase: "Line 3, message 1, field \"content\": ...". */
+export function describeError(error: DatasetError): string {
+  if (error.line === null) return error.message;
+  const parts = [`Line ${error.line}`];
+  if (error.message_index !== null) parts.push(`message ${error.message_index}`);
+  if (error.field !== null) parts.push(`field "${error.field}"`);
+  return `${parts.join(', ')}: ${error.message}`;
+}

@@ -90,3 +90,14 @@ function utf8Valid(sequence: Uint8Array): boolean {
     return false;
   }
 }
+
+/**
+ * Whether the first bytes of a file are JSON lines: the first line that is not blank opens a JSON
+ * object. Content decides, not the name: the 2023 SDK named every upload `file`. A file whose first
+ * line is longer than `head` is given the benefit of the doubt; the full check reads it all.
+ */
+export function startsLikeJsonLines(head: Buffer): boolean {
+  const text = head.toString('utf8').replace(/^\uFEFF/, '');
+  const first = text.split('\n').find((line) => line.trim() !== '');
+  return first === undefined || first.trimStart().startsWith('{');
+}

@@ -1,4 +1,5 @@
 import { Readable } from 'node:stream';
+import { startsLikeJsonLines } from '../datasets/jsonl.js';
 import type { FileDeleted, FileObject as OpenAIFileObject } from 'openai/resources/files';
 import { invalidRequest, noSuch } from '../errors.js';
 import { newId, unixSeconds } from '../ids.js';
@@ -12,10 +13,17 @@ import type { Selectable } from 'kysely';
 export const UPLOAD_PURPOSES = ['fine-tune', 'assistants', 'batch', 'vision', 'user_data', 'evals'] as const;
 export type Purpose = (typeof UPLOAD_PURPOSES)[number] | 'fine-tune-results';
 
+/** An upload's bytes held aside, with its first few kilobytes to tell what it holds. */
+export interface ReceivedUpload extends StagedBlob {
+  readonly head: Buffer;
+}
+
+const HEAD_BYTES = 64 * 1024;
+
 export interface NewFile {
   filename: string;
   purpose: string | undefined;
-  content: StagedBlob;
+  content: ReceivedUpload;
   expiresAfterSeconds?: number | undefined;
 }
 
@@ -27,9 +35,24 @@ export class FileService {
     private readonly blobs: BlobStore,
   ) {}
 
+  private readonly storedListeners: Array<() => void> = [];
+
   /** Receives the bytes of an upload before its form fields are known (they may come after the file). */
-  receive(content: Readable): Promise<StagedBlob> {
-    return this.blobs.stage(content);
+  async receive(content: Readable): Promise<ReceivedUpload> {
+    let head = Buffer.alloc(0);
+    async function* keepingHead(source: AsyncIterable<Buffer>) {
+      for await (const chunk of source) {
+        if (head.length < HEAD_BYTES) head = Buffer.concat([head, chunk.subarray(0, HEAD_BYTES - head.length)]);
+        yield chunk;
+      }
+    }
+    const staged = await this.blobs.stage(Readable.from(keepingHead(content)));
+    return Object.assign(staged, { head });
+  }
+
+  /** Called after each upload is stored (its format check starts then). */
+  onStored(listener: () => void): void {
+    this.storedListeners.push(listener);
   }
 
   /** Stores an upload: the row is written only after the bytes are committed, and nothing is kept on a refusal. */
@@ -37,13 +60,15 @@ export class FileService {
     try {
       const purpose = checkPurpose(file.purpose);
       if (file.content.bytes === 0) throw invalidRequest(`File '${file.filename}' is empty.`, 'file');
-      if (purpose === 'fine-tune' && !file.filename.toLowerCase().endsWith('.jsonl')) {
+      if (purpose === 'fine-tune' && !startsLikeJsonLines(file.content.head)) {
         throw invalidRequest(
-          `Invalid file format for Fine-Tuning API: '${file.filename}' must be a .jsonl file (one JSON example per line).`,
+          `Invalid file format for Fine-Tuning API: '${file.filename}' is not JSON lines (its first line is not a JSON object; a fine-tune file has one JSON example per line).`,
           'file',
         );
       }
-      return await this.store(orgId, file.filename, purpose, file.content, file.expiresAfterSeconds);
+      const stored = await this.store(orgId, file.filename, purpose, file.content, file.expiresAfterSeconds);
+      for (const listener of this.storedListeners) listener();
+      return stored;
     } finally {
       await file.content.discard();
     }
@@ -115,6 +140,31 @@ export class FileService {
   /** The bytes of a file, as the dataset doctor reads them: opened only when the reading starts. */
   async *bytes(orgId: string, id: string): AsyncGenerator<Buffer> {
     yield* (await this.content(orgId, id)).stream;
+  }
+
+  /**
+   * The file once its format check has ended, or as it is after `timeoutMs`: a job created right
+   * after an upload waits for the verdict (milliseconds for the guide's files) rather than racing it.
+   */
+  async checked(orgId: string, id: string, param: string, timeoutMs = 10_000): Promise<FileObject> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const file = await this.get(orgId, id, param);
+      if (file.status !== 'uploaded' || file.purpose !== 'fine-tune' || Date.now() >= deadline) return file;
+      await new Promise((resolve) => setTimeout(resolve, 25));
+    }
+  }
+
+  /** Fine-tune uploads whose format has not been checked yet, oldest first. */
+  async unchecked(): Promise<Array<{ id: string; org_id: string }>> {
+    return this.db
+      .selectFrom('files')
+      .select(['id', 'org_id'])
+      .where('purpose', '=', 'fine-tune')
+      .where('status', '=', 'uploaded')
+      .where('deleted_at', 'is', null)
+      .orderBy('seq')
+      .execute();
   }
 
   /** What validation found: `processed`, or `error` with the reason shown as `status_details`. */

@@ -2,7 +2,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { ServiceError } from '../errors.js';
 import { examineFiles, trainingContext, type DatasetReport } from '../datasets/doctor.js';
-import type { DatasetError } from '../datasets/findings.js';
+import { describeError } from '../datasets/findings.js';
 import type { ModelTokenizers } from '../datasets/model-tokenizers.js';
 import type { DatasetSettings } from '../datasets/settings.js';
 import type { FileService } from '../files/files.js';
@@ -18,7 +18,7 @@ export interface JobError {
 
 /**
  * The `validating_files` step: the dataset doctor runs on the job's files, writes the training
- * arrays into the job's work folder, marks the files `processed` or `error`, keeps its report,
+ * arrays into the job's work folder, keeps its report (the files' own status is their upload check's),
  * and moves the job to `queued` or fails it with OpenAI's error codes. Jobs are taken one at a
  * time, oldest first; those a restart interrupted are taken again on start.
  */
@@ -104,10 +104,6 @@ export class FileValidation {
 
     const trainingError = fileError(report, 'training_file');
     const validationError = report.validation ? fileError(report.validation, 'validation_file') : null;
-    await this.files.setStatus(job.training_file, trainingError ? 'error' : 'processed', trainingError?.message ?? null);
-    if (job.validation_file) {
-      await this.files.setStatus(job.validation_file, validationError ? 'error' : 'processed', validationError?.message ?? null);
-    }
     const error = trainingError ?? validationError;
     if (error) {
       await this.fail(job, error);
@@ -132,7 +128,7 @@ export function fileError(report: DatasetReport, param: 'training_file' | 'valid
   if (first?.category === 'invalid_n_examples') return { code: 'invalid_n_examples', message: first.message, param };
   if (first) {
     const more = total > 1 ? ` (${total - 1} more error${total > 2 ? 's' : ''} in the validation report)` : '';
-    return { code: `invalid_${param}`, message: `Invalid file format. ${locate(first)}${first.message}${more}`, param };
+    return { code: `invalid_${param}`, message: `Invalid file format. ${describeError(first)}${more}`, param };
   }
   if (report.format === 'preference') {
     // Preference pairs are DPO data; jobs train supervised only, and would silently learn just the preferred side.
@@ -140,12 +136,4 @@ export function fileError(report: DatasetReport, param: 'training_file' | 'valid
   }
   if (report.screening.blocked) return { code: `invalid_${param}`, message: report.screening.message ?? 'This file failed screening.', param };
   return null;
-}
-
-function locate(error: DatasetError): string {
-  if (error.line === null) return '';
-  const parts = [`Line ${error.line}`];
-  if (error.message_index !== null) parts.push(`message ${error.message_index}`);
-  if (error.field !== null) parts.push(`field "${error.field}"`);
-  return `${parts.join(', ')}: `;
 }

@@ -336,7 +336,7 @@ export class JobService {
   }
 
   private async checkTrainingData(orgId: string, fileId: string, param: 'training_file' | 'validation_file') {
-    const file = await this.files.get(orgId, fileId, param).catch((error: unknown) => {
+    const file = await this.files.checked(orgId, fileId, param).catch((error: unknown) => {
       if (error instanceof ServiceError && error.kind === 'not_found') {
         throw invalidRequest(`Invalid ${param}: no such file ${fileId}.`, param, `invalid_${param}`);
       }
@@ -348,6 +348,9 @@ export class JobService {
         param,
         `invalid_${param}`,
       );
+    }
+    if (file.status === 'error') {
+      throw invalidRequest(`Invalid ${param}: ${fileId} cannot be used for fine-tuning. ${file.status_details}`, param, `invalid_${param}`);
     }
   }
 }
