@@ -83,7 +83,7 @@ class Trainer:
         self.optimizer = make_optimizer(params, spec)
         # Full fine-tuning keeps fp32 master weights and computes in bf16 under autocast; LoRA holds
         # the frozen weights in bf16 already, so nothing is recast per step.
-        self.autocast = spec.method == "full" and self.dtype == torch.bfloat16
+        self.autocast = spec.training == "full" and self.dtype == torch.bfloat16
         self.steps_per_epoch = math.ceil(self.train_data.n_examples / spec.batch_size)
         self.total_steps = spec.n_epochs * self.steps_per_epoch
         self.step = 0
@@ -102,7 +102,7 @@ class Trainer:
 
     def _build_model(self):
         spec = self.spec
-        if spec.method == "lora":
+        if spec.training == "lora":
             model = build(self.config, safetensors.load_model(spec.model), self.dtype, self.device)
             if spec.resume_from:
                 lora.load_adapter(model, spec.resume_from, spec.lora.dropout)
@@ -218,7 +218,7 @@ class Trainer:
                     truncated_examples=truncated, packing_efficiency=round(self.packing_efficiency(0), 4),
                     trainable_parameters=sum(p.numel() for p in self.params),
                     parameters=sum(p.numel() for p in self.model.parameters()),
-                    method=spec.method, device=str(self.device), dtype=str(self.dtype).replace("torch.", ""),
+                    training=spec.training, device=str(self.device), dtype=str(self.dtype).replace("torch.", ""),
                     threads=torch.get_num_threads())
         started = time.perf_counter()
         while self.step < self.total_steps:
