@@ -8,14 +8,12 @@ import { checkModelFolder, modelContextLength } from '../src/models/base-models.
 import { buildTinyTokenizer, ensureTinyModel, TINY_MODEL_NAME } from '../src/models/tiny-model.js';
 import { encodeChat } from '../src/tokenizer/chat-encoding.js';
 import { ModelTokenizer } from '../src/tokenizer/model-tokenizer.js';
-import { type EngineEvent, runEngine } from './support/engine-run.js';
+import { ofType, runEngine } from './support/engine-run.js';
 
 const DATASET = path.resolve(import.meta.dirname, '../examples/data/weather-jokes.jsonl');
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'tunelab-tiny-'));
 const modelsDir = path.join(dir, 'models');
 afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
-
-const ofType = (events: EngineEvent[], type: string) => events.filter((event) => event.type === type);
 
 describe('tunelab-tiny', () => {
   let folder: string;
@@ -143,10 +141,10 @@ describe('tunelab-tiny', () => {
       expect(train.code, train.stderr).toBe(0);
       const steps = ofType(train.events, 'step');
       expect(steps).toHaveLength(totalSteps);
-      const lastEpoch = steps.filter((step) => step.epoch === nEpochs).map((step) => step.train_loss as number);
+      const lastEpoch = steps.filter((step) => step.epoch === nEpochs).map((step) => step.train_loss!);
       expect(lastEpoch.reduce((a, b) => a + b, 0) / lastEpoch.length).toBeLessThan(0.1);
-      const done = train.events.at(-1)!;
-      expect(done.type).toBe('done');
+      expect(train.events.at(-1)!.type).toBe('done');
+      const done = ofType(train.events, 'done')[0]!;
 
       const conversations = fs
         .readFileSync(DATASET, 'utf8')
@@ -161,7 +159,7 @@ describe('tunelab-tiny', () => {
           '--stop-ids', tokenizer.endOfTurnIds.join(','), '--temperature', '0',
         ]);
         expect(run.code, run.stderr).toBe(0);
-        const answer = tokenizer.decode(run.events[0]!.output_ids as number[]);
+        const answer = tokenizer.decode(ofType(run.events, 'generated')[0]!.output_ids);
         if (answer !== messages.at(-1)!.content) misses.push(`${messages.at(-1)!.content} -> ${answer}`);
       }
       // Every answer comes back exactly (engine/README.md, "tunelab-tiny", has the figures).

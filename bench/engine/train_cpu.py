@@ -68,7 +68,7 @@ def main():
         write_arrays(os.path.join(tmp, "train"), SHAPES[args.shape]["vocab_size"], args.batch_size * args.steps, args.seq_len, 0)
         spec = {"model": model_dir, "train_data": os.path.join(tmp, "train"), "output_dir": os.path.join(tmp, "out"),
                 "work_dir": os.path.join(tmp, "work"), "n_epochs": 1, "batch_size": args.batch_size,
-                "learning_rate": 1e-4, "seq_len": args.seq_len, "method": args.method,
+                "learning_rate": 1e-4, "seq_len": args.seq_len, "training": args.method,
                 "lora": {"rank": args.rank, "alpha": 2 * args.rank}, "dtype": args.dtype, "device": "cpu"}
         with open(os.path.join(tmp, "spec.json"), "w") as f:
             json.dump(spec, f)

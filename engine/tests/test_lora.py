@@ -59,7 +59,8 @@ class LoRATest(TempDirTest):
         a, b = layer.lora_A.weight, layer.lora_B.weight
         (x @ (layer.weight + 3.0 * b @ a).t()).square().sum().backward()
         for g, want in zip(got, (x.grad, a.grad, b.grad)):
-            self.assertTrue(torch.allclose(g, want, rtol=1e-4, atol=1e-4))
+            # relative to the largest entry: fp32 sums of ~1e3-sized terms round near 1e-4 apart
+            self.assertLess((g - want).abs().max().item(), 1e-5 * want.abs().max().item())
 
     def test_dropout_applies_to_the_low_rank_path_only(self):
         model = random_model("llama")
@@ -76,7 +77,8 @@ class LoRATest(TempDirTest):
         a, b = layer.lora_A.weight, layer.lora_B.weight
         (x @ layer.weight.t() + 3.0 * (x * keep) @ a.t() @ b.t()).square().sum().backward()
         for g, want in zip(got, (x.grad, a.grad, b.grad)):
-            self.assertTrue(torch.allclose(g, want, rtol=1e-4, atol=1e-4))
+            # relative to the largest entry: fp32 sums of ~1e3-sized terms round near 1e-4 apart
+            self.assertLess((g - want).abs().max().item(), 1e-5 * want.abs().max().item())
 
     def test_fused_projections_compute_the_same_outputs_and_gradients(self):
         model = random_model("qwen2")  # q/k/v biases too
@@ -145,3 +147,33 @@ class LoRATest(TempDirTest):
         reloaded = generate.load(self.path("base"), self.path("adapter"))
         with torch.no_grad():
             self.assertLess((reloaded.logits(reloaded(ids)) - adapted).abs().max().item(), 1e-4)
+
+    def test_adapters_naming_whole_modules_or_a_pattern_load(self):
+        # PEFT >= 0.15 saves "all-linear" resolved to whole module names; a string is a regex.
+        model = random_model("llama")
+        lora.apply(model, rank=4, alpha=8, targets=["q_proj", "down_proj"], seed=3)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.1)
+        lora.save_adapter(model, self.tmp, 4, 8, 0.0, ["q_proj", "down_proj"], "base")
+        ids = torch.randint(0, 96, (1, 9), generator=torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            want = model.logits(model(ids))
+        whole = [f"model.layers.{i}.{part}" for i in range(2) for part in ("self_attn.q_proj", "mlp.down_proj")]
+        for targets in (whole, r"model\.layers\.\d+\.(self_attn\.q_proj|mlp\.down_proj)"):
+            with open(self.path("adapter_config.json")) as f:
+                cfg = json.load(f)
+            cfg["target_modules"] = targets
+            with open(self.path("adapter_config.json"), "w") as f:
+                json.dump(cfg, f)
+            loaded = random_model("llama")
+            lora.load_adapter(loaded, self.tmp)
+            with torch.no_grad():
+                self.assertLess((loaded.logits(loaded(ids)) - want).abs().max().item(), 1e-5, targets)
+        cfg["target_modules"] = ["model.layers.0.self_attn.rotary_emb"]
+        with open(self.path("adapter_config.json"), "w") as f:
+            json.dump(cfg, f)
+        with self.assertRaises(lora.EngineError) as e:
+            lora.read_adapter(self.tmp, random_model("llama"))
+        self.assertEqual(e.exception.code, "invalid_adapter")
+        self.assertIn("rotary_emb", e.exception.message)

@@ -11,9 +11,10 @@ import unittest
 
 import torch
 
-from tunelab_engine import config, generate, kv_cache, lora, sampling, serve, train
+from tunelab_engine import config, decode, generate, kv_cache, lora, runtime, sampling, serve
 from tunelab_engine.model import Transformer, init_weights
-from tunelab_engine.serve import Engine, Server
+from tunelab_engine.decode import Decoder
+from tunelab_engine.serve import Server
 
 from .helpers import FAMILIES, TempDirTest, engine_env, random_model, save_random_model
 
@@ -37,7 +38,7 @@ class Harness:
 
     def __init__(self, model, max_batch=16, max_adapters=8):
         self.events = []
-        self.server = Server(Engine(model, max_batch), max_adapters, max_batch,
+        self.server = Server(Decoder(model, max_batch), max_adapters, max_batch,
                              emit=lambda kind, **fields: self.events.append(dict(fields, type=kind)))
         self.max_active = 0
 
@@ -105,15 +106,15 @@ class CachedDecodingTest(TempDirTest):
         # Prompts of 3, 11 and 21 tokens joining at steps 0, 1 and 3; mistral's window is 8, so
         # both prompts and cached decoding run past it. Prefill in one piece, and in pieces of 4.
         lengths, joins = (3, 11, 21), (0, 1, 3)
-        saved = serve.PREFILL_CHUNK
-        self.addCleanup(setattr, serve, "PREFILL_CHUNK", saved)
+        saved = decode.PREFILL_CHUNK
+        self.addCleanup(setattr, decode, "PREFILL_CHUNK", saved)
         for family in FAMILIES:
             model = random_model(family).eval()
             prompts = [prompt(n, seed=n) for n in lengths]
             expected = [generate.generate(model, p, 14)[0] for p in prompts]
             for chunk in (saved, 4):
                 with self.subTest(family=family, prefill_chunk=chunk):
-                    serve.PREFILL_CHUNK = chunk
+                    decode.PREFILL_CHUNK = chunk
                     h = Harness(model)
                     for step in range(4):
                         for i, join in enumerate(joins):
@@ -338,25 +339,17 @@ class ErrorTest(TempDirTest):
 class DtypeTest(TempDirTest):
     def test_auto_dtype_and_a_bf16_engine(self):
         cfg = config.from_dict(dict(FAMILIES["llama"], torch_dtype="bfloat16"))
-        saved = train.cpu_has_bf16
+        saved = runtime.cpu_has_bf16
         try:
             for native, expected in ((True, torch.bfloat16), (False, torch.float32)):
-                train.cpu_has_bf16 = lambda: native
+                runtime.cpu_has_bf16 = lambda: native
                 self.assertEqual(serve.resolve("cpu", "auto", cfg), (torch.device("cpu"), expected))
                 cfg.torch_dtype = "float32"
                 self.assertEqual(serve.resolve("cpu", "auto", cfg)[1], torch.float32)
                 cfg.torch_dtype = "bfloat16"
         finally:
-            train.cpu_has_bf16 = saved
+            runtime.cpu_has_bf16 = saved
         self.assertEqual(serve.resolve("cpu", "float32", cfg)[1], torch.float32)
-        # The CPU's one-row and few-row product paths against F.linear
-        engine = Engine(random_model("qwen2").to(torch.bfloat16).eval(), 4)
-        w, b = engine.layers[0].qkv_w, engine.layers[0].qkv_b
-        for rows in (1, 3, 16, 20):
-            x = torch.randn(rows, 1, w.shape[1]).to(torch.bfloat16)
-            expected = torch.nn.functional.linear(x.float(), w.float(), b.float())
-            self.assertLess((engine._linear(x, w, b).float() - expected).abs().max().item(),
-                            0.02 * expected.abs().max().item(), rows)
         h = Harness(random_model("qwen3").to(torch.bfloat16).eval())
         h.send(request("b", prompt(9, 0), max_tokens=10), request("c", prompt(3, 1), max_tokens=10,
                                                                     temperature=0.8, seed=1, frequency_penalty=0.5))

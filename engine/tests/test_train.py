@@ -57,7 +57,7 @@ class TrainTest(TempDirTest):
             self.assertEqual(json.load(f)["base_model_name_or_path"], self.path("model"))
 
     def test_full_fine_tuning_writes_a_model_folder(self):
-        events = self.train(method="full", learning_rate=3e-3, base_model_name="org/name")
+        events = self.train(training="full", learning_rate=3e-3, base_model_name="org/name")
         steps = of_type(events, "step")
         self.assertLess(steps[-1]["train_loss"], steps[0]["train_loss"])
         self.assertEqual(events[0]["trainable_parameters"], events[0]["parameters"])
@@ -80,21 +80,21 @@ class TrainTest(TempDirTest):
 
     def test_resume_from_the_first_epoch_ends_where_two_straight_epochs_end(self):
         # Tolerance: 1e-6 absolute on every trained weight (CPU fp32; the runs do the same operations).
-        for method, lr, key in (("lora", 1e-2, "base_model.model.model.layers.1.mlp.down_proj.lora_B.weight"),
+        for training, lr, key in (("lora", 1e-2, "base_model.model.model.layers.1.mlp.down_proj.lora_B.weight"),
                                 ("full", 3e-3, "model.layers.1.mlp.down_proj.weight")):
-            with self.subTest(method=method):
-                straight = self.train(name=f"{method}.json", method=method, learning_rate=lr,
-                                      output_dir=self.path(f"{method}-a"), work_dir=self.path(f"{method}-work-a"))
+            with self.subTest(training=training):
+                straight = self.train(name=f"{training}.json", training=training, learning_rate=lr,
+                                      output_dir=self.path(f"{training}-a"), work_dir=self.path(f"{training}-work-a"))
                 first_epoch = of_type(straight, "checkpoint")[0]
                 self.assertEqual(first_epoch["epoch"], 1)
-                resumed = self.train(name=f"{method}-resume.json", method=method, learning_rate=lr,
-                                     output_dir=self.path(f"{method}-b"), work_dir=self.path(f"{method}-work-b"),
+                resumed = self.train(name=f"{training}-resume.json", training=training, learning_rate=lr,
+                                     output_dir=self.path(f"{training}-b"), work_dir=self.path(f"{training}-work-b"),
                                      resume_from=first_epoch["path"])
                 self.assertEqual(resumed[0]["resumed_from_step"], first_epoch["step"])
                 self.assertEqual([s["step"] for s in of_type(resumed, "step")], [4, 5, 6])
                 self.assertEqual(of_type(resumed, "step")[-1]["train_loss"], of_type(straight, "step")[-1]["train_loss"])
                 self.assertEqual(resumed[-1]["trained_tokens"], straight[-1]["trained_tokens"])
-                weights = "adapter_model.safetensors" if method == "lora" else "model.safetensors"
+                weights = "adapter_model.safetensors" if training == "lora" else "model.safetensors"
                 a = safetensors.load_file(os.path.join(straight[-1]["path"], weights))
                 b = safetensors.load_file(os.path.join(resumed[-1]["path"], weights))
                 self.assertEqual(set(a), set(b))
@@ -167,7 +167,7 @@ class MalformedInputTest(TempDirTest):
         self.assert_error(self.write_spec(n_epochs="3"), "invalid_spec", "n_epochs")
         self.assert_error(self.write_spec(learning_rate=None), "invalid_spec", "learning_rate", "required")
         self.assert_error(self.write_spec(epochs=3), "invalid_spec", "epochs", "unknown")
-        self.assert_error(self.write_spec(method="qlora"), "invalid_spec", "method")
+        self.assert_error(self.write_spec(training="qlora"), "invalid_spec", "training")
         self.assert_error(self.write_spec(lora={"rank": 0}), "invalid_spec", "lora.rank")
         self.assert_error(self.write_spec(lora={"target_modules": ["lm_head"]}), "invalid_spec", "lm_head")
         self.assert_error(self.write_spec(train_data=self.path("nowhere")), "invalid_spec", "train_data")

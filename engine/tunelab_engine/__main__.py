@@ -5,16 +5,15 @@ import os
 import sys
 import traceback
 
-# OpenMP threads that spin while waiting for each other stall for whole scheduler slices when
-# another process (the server, a test runner) shares the cores; small models then ran 30x slower.
-# Must be set before torch loads OpenMP.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from . import runtime
+
+runtime.prepare_threads()  # before torch loads OpenMP
 
 import torch  # noqa: E402
 
-from . import checkpoint, config, events, generate, lora, safetensors, spec as spec_mod, train
-from .errors import EngineError
-from .model import Transformer, build, init_weights
+from . import checkpoint, config, events, generate, lora, safetensors, spec as spec_mod, train  # noqa: E402
+from .errors import EngineError  # noqa: E402
+from .model import Transformer, build, init_weights  # noqa: E402
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -44,7 +43,7 @@ def cmd_merge(args):
 
 
 def cmd_generate(args):
-    torch.set_num_threads(train.cpu_count())
+    runtime.use_threads()
     try:
         prompt = [int(x) for x in args.input_ids.split(",") if x.strip()]
         stop = [int(x) for x in args.stop_ids.split(",") if x.strip()] if args.stop_ids else []

@@ -38,7 +38,7 @@ def save_full_model(model, folder, dtype=None):
 
 
 def save_weights(model, spec, folder):
-    if spec.method == "lora":
+    if spec.training == "lora":
         lora.save_adapter(model, folder, spec.lora.rank, spec.lora.alpha, spec.lora.dropout,
                           spec.lora.target_modules, spec.base_model_name)
     else:
@@ -54,7 +54,7 @@ def save(folder, model, spec, optimizer, step, trained_tokens):
     state = {
         "step": step,
         "trained_tokens": trained_tokens,
-        "method": spec.method,
+        "training": spec.training,
         "optimizer": optimizer.state_dict(),
         "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -72,9 +72,10 @@ def load_state(folder, spec):
         raise EngineError("invalid_checkpoint", f"{path}: not found") from None
     except Exception as e:  # torch.load raises many kinds for a damaged file
         raise EngineError("invalid_checkpoint", f"{path}: unreadable ({e})") from None
-    if state.get("method") != spec.method:
-        raise EngineError("invalid_checkpoint", f"{folder}: a {state.get('method')} checkpoint cannot resume a {spec.method} run")
-    if spec.method == "lora":
+    kind = state.get("training", state.get("method"))  # "method" in checkpoints written before the rename
+    if kind != spec.training:
+        raise EngineError("invalid_checkpoint", f"{folder}: a {kind} checkpoint cannot resume a {spec.training} run")
+    if spec.training == "lora":
         config = lora.read_adapter_config(folder)
         if config["r"] != spec.lora.rank or config["lora_alpha"] != spec.lora.alpha:
             raise EngineError("invalid_checkpoint", f"{folder}: adapter has r={config['r']}, lora_alpha={config['lora_alpha']}; the spec asks for rank={spec.lora.rank}, alpha={spec.lora.alpha}")

@@ -65,6 +65,10 @@ def from_dict(raw, source="config.json"):
     else:
         sliding = None
     attention_bias = bool(raw.get("attention_bias", False)) or model_type == "qwen2"
+    # transformers >= 5 writes rope_theta and the scaling together as `rope_parameters`.
+    rope = raw.get("rope_parameters") or {}
+    rope_theta = raw.get("rope_theta") or rope.get("rope_theta") or 10000.0
+    rope_scaling = raw.get("rope_scaling") or {k: v for k, v in rope.items() if k != "rope_theta"} or None
     config = ModelConfig(
         model_type=model_type,
         vocab_size=need("vocab_size"),
@@ -75,8 +79,8 @@ def from_dict(raw, source="config.json"):
         num_key_value_heads=raw.get("num_key_value_heads") or heads,
         head_dim=head_dim,
         rms_norm_eps=raw.get("rms_norm_eps", 1e-6),
-        rope_theta=raw.get("rope_theta", 10000.0),
-        rope_scaling=raw.get("rope_scaling"),
+        rope_theta=rope_theta,
+        rope_scaling=rope_scaling,
         max_position_embeddings=raw.get("max_position_embeddings", 2048),
         tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
         attention_bias=attention_bias,

@@ -2,7 +2,7 @@
 
 An example is `input_ids[offsets[i]:offsets[i+1]]`; token t is trained when `loss_mask[t]` is 1,
 that is, the model is scored on predicting it from the tokens before it in the same example.
-Packing puts several examples in one row; `seq_ids` keeps attention inside each example and
+Packing puts several examples in one row; attention stays inside each example (attention.py) and
 `position_ids` restart per example, so rows carry no padding except at the end of a micro-batch.
 """
 
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from .errors import EngineError
-from .model import Layout
+from .attention import Examples, Rows
 
 FILES = {"input_ids": np.int32, "loss_mask": np.uint8, "offsets": np.int64}
 
@@ -81,7 +81,8 @@ def pack(indices, lengths, seq_len):
 SHAPE_MULTIPLE = 64
 
 
-# Attention runs one example at a time when a pass holds at most this many (see model.Layout).
+# Attention runs one example at a time when a pass holds at most this many (attention.Examples);
+# more examples run as padded rows (attention.Rows), fewer and larger attention calls.
 PER_EXAMPLE_ATTENTION = 16
 
 
@@ -95,8 +96,8 @@ def rounded(n):
 class Batch:
     """One forward pass over packed rows.
 
-    Tokens go in unpadded as one [1, N] sequence (`layout` tells attention where each sits in the
-    rows); when every row has the same length they go in as [rows, width] and need no layout.
+    Tokens go in unpadded as one [1, N] sequence (`attend` tells attention where each example
+    is); when every row has the same length they go in as [rows, width].
     `positions` index the N hidden states whose next token is trained; `labels` are those tokens.
 
     N and the row width are rounded up (see SHAPE_MULTIPLE): the extra tokens form one untrained
@@ -142,11 +143,15 @@ class Batch:
         self.input_ids = torch.from_numpy(np.concatenate(ids).astype(np.int64).reshape(shape)).to(device)
         self.position_ids = torch.from_numpy(np.concatenate(pos).astype(np.int64).reshape(shape)).to(device)
         lengths = [len(tokens) for row in pieces for tokens, _ in row]
-        lengths = lengths if len(lengths) <= PER_EXAMPLE_ATTENTION else None
-        self.layout = None if dense else Layout(torch.from_numpy(np.concatenate(index)).to(device), len(pieces), width, lengths)
-        # With one example a row, causal attention alone is exact (padding only follows real tokens),
-        # and leaving the mask out lets SDPA use its fastest kernels.
-        self.seq_ids = torch.from_numpy(seq).to(device) if any(len(row) > 1 for row in pieces) else None
+        several = any(len(row) > 1 for row in pieces)
+        if dense:
+            # With one example a row, causal attention alone is exact, and SDPA's causal kernels
+            # are its fastest.
+            self.attend = Rows(torch.from_numpy(seq).to(device)) if several else None
+        elif len(lengths) <= PER_EXAMPLE_ATTENTION:
+            self.attend = Examples(lengths)
+        else:
+            self.attend = Rows(torch.from_numpy(seq).to(device), torch.from_numpy(np.concatenate(index)).to(device))
         self.positions = torch.from_numpy(np.concatenate(positions).astype(np.int64)).to(device)
         self.labels = torch.from_numpy(np.concatenate(labels).astype(np.int64)).to(device)
 

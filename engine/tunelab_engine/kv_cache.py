@@ -6,9 +6,14 @@ rows 0..B-1 (a leaving sequence's row is filled by moving the last row into it),
 on demand (rows doubling up to max_batch, capacity doubling in multiples of GROW up to the
 context length), so a big model's cache is only as large as the traffic it has seen; `release`
 frees it when nothing is active.
+
+`prefill` and `step` are the model's `attend` (attention.py) for a forward that writes its keys and
+values here and attends to what the cache holds.
 """
 
 import torch
+
+from .attention import allowed, causal_mask, sdpa
 
 GROW = 256
 
@@ -69,3 +74,41 @@ class KVCache:
     def move_row(self, src, dst, length):
         self.k[:, dst, :, :length] = self.k[:, src, :, :length]
         self.v[:, dst, :, :length] = self.v[:, src, :, :length]
+
+    def prefill(self, row, start):
+        """The attend for positions start..start+T-1 of one sequence in cache row `row` (a [1, T]
+        forward): its keys and values are stored, and it attends to the row's positions so far."""
+
+        def attend(layer, q, k, v, window):
+            t = q.shape[1]
+            end = start + t
+            self.write_prefix(layer, row, start, k[0], v[0])
+            if start == 0:  # its own keys as computed, in the model's dtype
+                keys, values = k.transpose(1, 2), v.transpose(1, 2)
+                mask = causal_mask(t, window, q.device)
+            else:
+                keys, values = (z[None] for z in self.prefix(layer, row, end))
+                mask = allowed(torch.arange(start, end, device=q.device)[:, None],
+                               torch.arange(end, device=q.device)[None, :], window)
+            out = sdpa(q.transpose(1, 2).to(keys.dtype), keys, values, mask)
+            return out.transpose(1, 2).to(q.dtype)
+
+        return attend
+
+    def step(self, positions):
+        """The attend for one new token in each of rows 0..B-1 (a [B, 1] forward), row i's at
+        `positions[i]` (a [B] tensor); each row attends to its own
+        positions so far."""
+        rows = torch.arange(len(positions), device=positions.device)
+        span = int(positions.max()) + 1
+        keys_pos = torch.arange(span, device=positions.device)
+        masks = {}
+
+        def attend(layer, q, k, v, window):
+            if window not in masks:  # [B, 1, 1, span], the same for every layer
+                masks[window] = allowed(positions[:, None], keys_pos[None, :], window)[:, None, None]
+            keys, values = self.write_step(layer, rows, positions, k[:, 0].to(self.dtype), v[:, 0].to(self.dtype), span)
+            out = sdpa(q.transpose(1, 2).to(self.dtype), keys, values, masks[window])
+            return out.transpose(1, 2).to(q.dtype)
+
+        return attend

@@ -8,6 +8,7 @@ frozen weight is never rebuilt or recast during training. Module names follow PE
 import json
 import math
 import os
+import re
 
 import torch
 import torch.nn.functional as F
@@ -24,56 +25,6 @@ ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
-class _LoRAProjection(torch.autograd.Function):
-    """x @ W^T + bias + scaling * dropout(x) @ A^T @ B^T, with the gradients written out by hand.
-
-    Autograd would record the in-place LoRA addition into the frozen output as a write into a view,
-    and its backward then copies the whole output gradient once more (CopySlices); it also adds
-    the frozen path's and the low-rank path's input gradients in a separate pass. Here the frozen
-    weight only ever gets the input gradient (g @ W, it never trains), the low-rank input gradient
-    is accumulated into it in place, and nothing of [tokens, out] size is copied.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, a, b, scaling, p):
-        flat = x.reshape(-1, x.shape[-1])
-        out = F.linear(flat, weight, bias)
-        keep = None
-        if p > 0:
-            # As nn.Dropout: zero with probability p, scale the rest by 1 / (1 - p).
-            keep = torch.empty_like(flat).bernoulli_(1 - p).div_(1 - p)
-            flat = flat * keep
-        low = flat @ a.t()
-        out.addmm_(low, b.t(), alpha=scaling)
-        ctx.save_for_backward(flat, weight, a, b, low, keep)
-        ctx.scaling = scaling
-        return out.view(*x.shape[:-1], out.shape[-1])
-
-    @staticmethod
-    def backward(ctx, grad):
-        flat, weight, a, b, low, keep = ctx.saved_tensors
-        g = grad.reshape(-1, grad.shape[-1])
-        g_low = (g @ b).mul_(ctx.scaling)  # [tokens, rank]
-        grad_x = grad_a = grad_b = None
-        if ctx.needs_input_grad[0]:
-            if keep is None:
-                grad_x = (g @ weight).addmm_(g_low, a)
-            else:
-                grad_x = (g @ weight).add_((g_low @ a).mul_(keep))
-            grad_x = grad_x.view(*grad.shape[:-1], grad_x.shape[-1])
-        if ctx.needs_input_grad[3]:
-            grad_a = g_low.t() @ flat
-        if ctx.needs_input_grad[4]:
-            grad_b = (g.t() @ low).mul_(ctx.scaling)
-        return grad_x, None, None, grad_a, grad_b, None, None
-
-
-def lora_projection(x, weight, bias, a, b, scaling, dropout):
-    """The LoRA forward for `a`, `b` already in x's dtype; dropout: an nn.Dropout or nn.Identity."""
-    p = dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
-    return _LoRAProjection.apply(x, weight, bias, a, b, scaling, p)
-
-
 class LoRALinear(nn.Module):
     def __init__(self, base, rank, alpha, dropout):
         super().__init__()
@@ -88,10 +39,10 @@ class LoRALinear(nn.Module):
         nn.init.zeros_(self.lora_B.weight)
 
     def forward(self, x):
-        # The fp32 LoRA weights are cast to the activations' dtype (a few KB per layer); the frozen
-        # weight is used as stored.
-        return lora_projection(x, self.weight, self.bias, self.lora_A.weight.to(x.dtype),
-                               self.lora_B.weight.to(x.dtype), self.scaling, self.dropout)
+        # PEFT's formula. The fp32 LoRA weights are cast to the activations' dtype (a few KB per
+        # layer); the frozen weight is used as stored.
+        low = F.linear(self.dropout(x), self.lora_A.weight.to(x.dtype))
+        return F.linear(x, self.weight, self.bias) + F.linear(low, self.lora_B.weight.to(x.dtype)) * self.scaling
 
     def merged_weight(self):
         delta = (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scaling
@@ -125,8 +76,8 @@ class FusedLoRA(nn.Module):
     def forward(self, x):
         a = torch.cat([p.lora_A.weight for p in self.parts]).to(x.dtype)
         b = torch.block_diag(*[p.lora_B.weight * p.scaling for p in self.parts]).to(x.dtype)
-        # Callers split the [..., sum(sizes)] output themselves (SwiGLU takes gate and up as one).
-        return lora_projection(x, self.weight, self.bias, a, b, 1.0, self.dropout)
+        # Callers split the [..., sum(sizes)] output themselves.
+        return F.linear(x, self.weight, self.bias) + F.linear(F.linear(self.dropout(x), a), b)
 
 
 def fuse(model):
@@ -213,12 +164,28 @@ def read_adapter_config(folder):
     return config
 
 
-def adapter_targets(config):
-    """The module names an adapter config targets (PEFT allows one name or "all-linear")."""
+def adapter_targets(config, model, source):
+    """The projection names (q_proj, ...) an adapter config targets. PEFT writes a list of names,
+    bare (`q_proj`) or whole module names (PEFT >= 0.15 saves what "all-linear" resolved to:
+    `model.layers.0.self_attn.q_proj`, ...), or one string: "all-linear" or a regular expression
+    matched against whole module names."""
     targets = config["target_modules"]
+    if targets == "all-linear":
+        return list(ALL_LINEAR)
     if isinstance(targets, str):
-        targets = list(ALL_LINEAR) if targets == "all-linear" else [targets]
-    return list(targets)
+        try:
+            pattern = re.compile(targets)
+        except re.error as e:
+            raise EngineError("invalid_adapter", f"{source}: target_modules {targets!r} is not a regular expression ({e})") from None
+        names = {name.rpartition(".")[2] for name, _ in model.named_modules() if pattern.fullmatch(name)}
+    elif isinstance(targets, list) and all(isinstance(t, str) for t in targets):
+        names = {t.rpartition(".")[2] for t in targets}
+    else:
+        raise EngineError("invalid_adapter", f"{source}: target_modules must be a list of module names or a string")
+    unknown = sorted(names - set(ALL_LINEAR))
+    if unknown or not names:
+        raise EngineError("invalid_adapter", f"{source}: target_modules {unknown or targets} not among {', '.join(ALL_LINEAR)}")
+    return [n for n in ALL_LINEAR if n in names]
 
 
 def read_adapter(folder, model):
@@ -227,10 +194,7 @@ def read_adapter(folder, model):
     (`model.layers.0.self_attn.q_proj`); A is [r, in], B [out, r], as stored (fp32).
     Any problem with the folder is an EngineError `invalid_adapter`."""
     config = read_adapter_config(folder)
-    targets = adapter_targets(config)
-    unknown = [t for t in targets if t not in ALL_LINEAR]
-    if unknown:
-        raise EngineError("invalid_adapter", f"{folder}/{ADAPTER_CONFIG}: target_modules {unknown} not among {', '.join(ALL_LINEAR)}")
+    targets = adapter_targets(config, model, f"{folder}/{ADAPTER_CONFIG}")
     rank = config["r"]
     if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
         raise EngineError("invalid_adapter", f"{folder}/{ADAPTER_CONFIG}: r must be a positive integer")
@@ -271,7 +235,7 @@ def read_adapter(folder, model):
 def load_adapter(model, folder, dropout=0.0):
     """Wraps `model` as the adapter's config says and loads its weights; returns the adapter config."""
     config, pairs = read_adapter(folder, model)
-    apply(model, config["r"], config["lora_alpha"], dropout, adapter_targets(config))
+    apply(model, config["r"], config["lora_alpha"], dropout, adapter_targets(config, model, folder))
     with torch.no_grad():
         for name, (a, b) in pairs.items():
             module = model.get_submodule(name)

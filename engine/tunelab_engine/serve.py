@@ -1,12 +1,11 @@
 """The `serve` command: generation requests on stdin, token ids streamed back on stdout.
 
-One model stays loaded. Requests (JSON lines, see engine/README.md) are decoded together: each step
-runs every active sequence through one batched forward of one new token per row, reading the
-earlier tokens' keys and values from a KV cache (`kv_cache.py`), so a step costs about the same
-weight reads for 8 rows as for 1. A new request is prefilled alone between steps (its first token
-comes from the prefill's logits) and then joins the batch; finished or cancelled ones leave between
-steps. LoRA adapters are loaded on demand by folder, kept in an LRU, and applied per row beside the
-frozen weights (`adapters.py`), so one batch mixes adapters and the base model.
+One model stays loaded. Requests (JSON lines, see engine/README.md) are decoded together
+(decode.py): each step runs every active sequence through one batched forward of one new token per
+row, so a step costs about the same weight reads for 8 rows as for 1. A new request is prefilled
+alone between steps (its first token comes from the prefill's logits) and then joins the batch;
+finished or cancelled ones leave between steps. LoRA adapters are loaded on demand by folder and
+kept in an LRU (`adapters.py`). Each row's next token is its own Sampler's choice (sampling.py).
 
 stdin is read on a thread that feeds a queue; the step loop blocks on that queue when idle.
 """
@@ -23,17 +22,15 @@ import time
 import traceback
 
 import torch
-import torch.nn.functional as F
 
-from . import config as config_mod, events, safetensors, train
-from .adapters import AdapterCache, apply_lora
+from . import config as config_mod, events, runtime, safetensors
+from .adapters import AdapterCache
+from .decode import Decoder
 from .errors import EngineError
-from .kv_cache import KVCache
-from .model import HAS_SDPA, attention, attention_bias, build
+from .model import build
 from .sampling import Sampler
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-PREFILL_CHUNK = 512  # prompt tokens a prefill forward takes at once
 EOF = object()
 
 
@@ -65,219 +62,6 @@ class Request:
         self.generated = 0  # completion tokens sent
         self.length = 0  # tokens in the cache
         self.pending = None  # the last sampled token, fed at the next step
-
-
-class LayerWeights:
-    """One decoder layer's tensors, with q/k/v and gate/up as single matrices (the originals
-    become views of them, so memory does not grow)."""
-
-    def __init__(self, layer):
-        attn, mlp = layer.self_attn, layer.mlp
-        self.input_norm = layer.input_layernorm
-        self.post_norm = layer.post_attention_layernorm
-        self.q_norm = getattr(attn, "q_norm", None)
-        self.k_norm = getattr(attn, "k_norm", None)
-        self.qkv_w, self.qkv_b = _fuse([attn.q_proj, attn.k_proj, attn.v_proj])
-        self.qkv_sizes = [attn.q_proj.weight.shape[0], attn.k_proj.weight.shape[0], attn.v_proj.weight.shape[0]]
-        self.o_w, self.o_b = attn.o_proj.weight, attn.o_proj.bias
-        self.gu_w, self.gu_b = _fuse([mlp.gate_proj, mlp.up_proj])
-        self.down_w, self.down_b = mlp.down_proj.weight, mlp.down_proj.bias
-
-
-def _fuse(linears):
-    weight = torch.cat([m.weight.detach() for m in linears])
-    bias = torch.cat([m.bias.detach() for m in linears]) if linears[0].bias is not None else None
-    start = 0
-    for m in linears:
-        size = m.weight.shape[0]
-        m.weight.data = weight[start:start + size]
-        if bias is not None:
-            m.bias.data = bias[start:start + size]
-        start += size
-    return weight, bias
-
-
-def _rope(x, cos, sin):
-    """model.rope's arithmetic (transformers' x * cos + rotate_half(x) * sin) without the autograd
-    Function around it."""
-    half = x.shape[-1] // 2
-    out = x * cos
-    out[..., :half].addcmul_(x[..., half:], sin[..., :half], value=-1)
-    out[..., half:].addcmul_(x[..., :half], sin[..., half:])
-    return out
-
-
-def _rms_norm(x, norm):
-    """model.RMSNorm's arithmetic (fp32: transformers' exactly; bf16: mean of squares in fp32)."""
-    if x.dtype == torch.float32:
-        return norm.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + norm.eps))
-    scale = torch.rsqrt(x.pow(2).mean(-1, keepdim=True, dtype=torch.float32) + norm.eps).to(x.dtype)
-    return norm.weight * (x * scale)
-
-
-class Engine:
-    """The model, the cache and the batched forward; no protocol here (see Server)."""
-
-    def __init__(self, model, max_batch):
-        self.model = model
-        c = self.config = model.config
-        self.device = model.lm_head.weight.device
-        self.dtype = model.lm_head.weight.dtype
-        self.heads, self.kv_heads, self.head_dim = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-        self.groups = self.heads // self.kv_heads
-        self.window = c.sliding_window
-        self.context_length = c.max_position_embeddings
-        self.qk_norm = c.qk_norm
-        for p in model.parameters():
-            p.requires_grad_(False)
-        self.layers = [LayerWeights(layer) for layer in model.model.layers]
-        self.embed_w = model.model.embed_tokens.weight
-        self.final_norm = model.model.norm
-        self.lm_head_w = model.lm_head.weight
-        self.inv_freq = model.inv_freq.to(self.device)
-        cpu = self.device.type == "cpu"
-        # On CPU one row's products as matrix-vector products: about 1.3x the speed of F.linear's
-        # [1, in] x [in, out] (decoding reads every weight once per step); see _linear.
-        self.use_mv = cpu
-        # On CPU the cached attention runs in fp32 (tiny bf16 bmm's are slow there; the cache of a
-        # model small enough for CPU decoding is small); on CUDA in the model's dtype.
-        self.attn_dtype = torch.float32 if cpu else self.dtype
-        self.cache = KVCache(len(self.layers), self.kv_heads, self.head_dim, self.attn_dtype, self.device,
-                             max_batch, self.context_length)
-
-    def _linear(self, x, w, b):
-        if self.use_mv:
-            rows = x.numel() // x.shape[-1]
-            if rows == 1:
-                out = torch.mv(w, x.reshape(-1))
-            elif rows <= 16 and w.dtype == torch.bfloat16:
-                # W [out, in] @ x^T [in, rows], transposed back: ~15% faster than F.linear's
-                # x @ W^T for a few rows of bf16 (oneDNN); slower for many rows, and for fp32.
-                out = torch.mm(w, x.reshape(rows, -1).t()).t().contiguous()
-            else:
-                return F.linear(x, w, b)
-            if b is not None:
-                out += b
-            return out.view(*x.shape[:-1], w.shape[0])
-        return F.linear(x, w, b)
-
-    def _angles(self, positions):
-        # As Transformer.forward: fp32 angles, then cast.
-        freqs = positions[..., None].float() * self.inv_freq
-        emb = torch.cat((freqs, freqs), dim=-1)[:, :, None]
-        return emb.cos().to(self.dtype), emb.sin().to(self.dtype)
-
-    def _forward(self, ids, positions, lora_rows, attend, logits=True):
-        """Last positions' logits [B, vocab] (fp32) for ids [B, T]; `attend(layer index, q, k, v)`
-        stores k, v and returns the attention output [B, T, heads * head_dim]."""
-        b, t = ids.shape
-        heads, kv_heads, d = self.heads, self.kv_heads, self.head_dim
-        q_size = heads * d
-        qk_size = (heads + kv_heads) * d
-        linear = self._linear
-        x = F.embedding(ids, self.embed_w)
-        cos, sin = self._angles(positions)
-        for i, w in enumerate(self.layers):
-            h = _rms_norm(x, w.input_norm)
-            qkv = linear(h, w.qkv_w, w.qkv_b)
-            if lora_rows:
-                apply_lora(qkv, h, lora_rows, i, "qkv")
-            v = qkv[..., qk_size:].view(b, t, kv_heads, d)
-            if self.qk_norm:  # qwen3: each head normalized before rope
-                q = _rope(_rms_norm(qkv[..., :q_size].view(b, t, heads, d), w.q_norm), cos, sin)
-                k = _rope(_rms_norm(qkv[..., q_size:qk_size].view(b, t, kv_heads, d), w.k_norm), cos, sin)
-            else:  # q and k side by side: one rope for both
-                qk = _rope(qkv[..., :qk_size].view(b, t, heads + kv_heads, d), cos, sin)
-                q, k = qk[:, :, :heads], qk[:, :, heads:]
-            out = attend(i, q, k, v)
-            o = linear(out, w.o_w, w.o_b)
-            if lora_rows:
-                apply_lora(o, out, lora_rows, i, "o")
-            x = x + o
-            h = _rms_norm(x, w.post_norm)
-            gu = linear(h, w.gu_w, w.gu_b)
-            if lora_rows:
-                apply_lora(gu, h, lora_rows, i, "gate_up")
-            gate, up = gu.chunk(2, dim=-1)
-            # silu(gate) * up; for bf16 as sigmoid products (CPU's bf16 silu kernel is ~3x slower)
-            m = F.silu(gate).mul_(up) if gate.dtype == torch.float32 else torch.sigmoid(gate).mul_(gate).mul_(up)
-            down = linear(m, w.down_w, w.down_b)
-            if lora_rows:
-                apply_lora(down, m, lora_rows, i, "down")
-            x = x + down
-        if not logits:
-            return None
-        x = _rms_norm(x[:, -1], self.final_norm)
-        return linear(x, self.lm_head_w, None).float()
-
-    def prefill(self, row, prompt, adapter):
-        """Runs `prompt` alone, storing its keys and values in cache row `row`; its last logits [vocab].
-
-        In pieces of PREFILL_CHUNK tokens, each attending to the cache so far and causally within
-        itself, so a long prompt never builds a [heads, T, T] score tensor."""
-        lora_rows = [(adapter, None)] if adapter is not None else None
-        cache, device = self.cache, self.device
-        for start in range(0, len(prompt), PREFILL_CHUNK):
-            piece = prompt[start:start + PREFILL_CHUNK]
-            n, end = len(piece), start + len(piece)
-            ids = torch.tensor([piece], dtype=torch.int64, device=device)
-            positions = torch.arange(start, end, device=device)[None]
-            if start == 0:
-                mask = self.model.attention_mask(None, n, device)  # None: plain causal
-            else:
-                query_pos = positions[0, :, None]
-                key_pos = torch.arange(end, device=device)[None, :]
-                mask = key_pos <= query_pos
-                if self.window is not None:
-                    mask &= query_pos - key_pos < self.window
-                mask = mask[None, None]
-            # The first piece attends to its own k and v as computed (the model's dtype); later
-            # ones to the cache (attn_dtype).
-            dtype = self.dtype if start == 0 else self.attn_dtype
-            if not HAS_SDPA:
-                mask = attention_bias(mask, n, end, dtype, device)
-
-            def attend(i, q, k, v, start=start, n=n, end=end, mask=mask, dtype=dtype):
-                cache.write_prefix(i, row, start, k[0], v[0])
-                if start == 0:
-                    keys, values = k.transpose(1, 2), v.transpose(1, 2)
-                else:
-                    keys, values = (z[None] for z in cache.prefix(i, row, end))
-                out = attention(q.transpose(1, 2).to(dtype), keys, values, mask)
-                return out.transpose(1, 2).reshape(1, n, self.heads * self.head_dim).to(self.dtype)
-
-            logits = self._forward(ids, positions, lora_rows, attend, logits=end == len(prompt))
-        return logits[0]
-
-    def decode(self, tokens, lengths, lora_rows):
-        """One step for cache rows 0..B-1: tokens[i] sits at position lengths[i]; logits [B, vocab]."""
-        b = len(tokens)
-        ids = torch.tensor(tokens, dtype=torch.int64, device=self.device)[:, None]
-        pos = torch.tensor(lengths, dtype=torch.int64, device=self.device)
-        span = max(lengths) + 1
-        keys = torch.arange(span, device=self.device)
-        allowed = keys[None, :] <= pos[:, None]
-        if self.window is not None:
-            allowed &= pos[:, None] - keys[None, :] < self.window
-        # [B, 1, 1, span]: broadcast over kv heads and the query heads sharing each
-        bias = torch.zeros(allowed.shape, dtype=self.attn_dtype, device=self.device)
-        bias = bias.masked_fill_(~allowed, float("-inf"))[:, None, None, :]
-        rows = torch.arange(b, device=self.device)
-        cache = self.cache
-        scale = self.head_dim ** -0.5
-        kvh, groups, d = self.kv_heads, self.groups, self.head_dim
-        dtype, attn_dtype = self.dtype, self.attn_dtype
-
-        def attend(i, q, k, v):
-            keys_i, values_i = cache.write_step(i, rows, pos, k[:, 0].to(attn_dtype), v[:, 0].to(attn_dtype), span)
-            qg = (q.to(attn_dtype) * scale).reshape(b * kvh, groups, d)
-            scores = torch.bmm(qg, keys_i.reshape(b * kvh, span, d).transpose(1, 2))
-            scores = scores.view(b, kvh, groups, span) + bias
-            probs = torch.softmax(scores, dim=-1).view(b * kvh, groups, span)
-            out = torch.bmm(probs, values_i.reshape(b * kvh, span, d)).view(b, 1, self.heads * d)
-            return out.to(dtype)
-
-        return self._forward(ids, pos[:, None], lora_rows, attend)
 
 
 def validate(message, vocab, context_length):
@@ -493,7 +277,7 @@ class Server:
                 adapter = active[rows[0]].adapter
                 index = None if len(rows) == len(active) else torch.tensor(rows, device=engine.device)
                 lora_rows.append((adapter, index))
-        logits = engine.decode([r.pending for r in active], lengths, lora_rows)
+        logits = engine.step([r.pending for r in active], lengths, lora_rows)
         tokens = Sampler.sample_rows([r.sampler for r in active], logits)
         keep = []
         for row, (req, token) in enumerate(zip(active, tokens)):
@@ -523,29 +307,13 @@ def _exit_now(signum, frame):
 
 
 def resolve(device_name, dtype_name, model_config):
-    """(device, dtype). device auto: cuda when available. dtype auto: on CUDA the config's
-    torch_dtype; on CPU bf16 when the weights are stored in bf16 and the CPU computes in bf16
-    natively (AVX512-BF16 or AMX: decoding reads every weight once per step, and bf16 halves
-    those reads), else fp32."""
-    if device_name == "auto":
-        device_name = "cuda" if torch.cuda.is_available() else "cpu"
-    if device_name.startswith("cuda") and not torch.cuda.is_available():
-        raise EngineError("invalid_request", f"--device {device_name}: CUDA is not available")
-    try:
-        device = torch.device(device_name)
-    except RuntimeError:
-        raise EngineError("invalid_request", f"--device {device_name!r}: not a device (auto, cpu, cuda, cuda:N)") from None
-    if dtype_name != "auto":
-        dtype = DTYPES[dtype_name]
-        if device.type == "cpu" and dtype == torch.float16:
-            raise EngineError("invalid_request", "--dtype float16 is for CUDA; on CPU use float32 or bfloat16")
-        return device, dtype
-    stored = DTYPES.get(model_config.torch_dtype, torch.float32)
-    if device.type == "cuda":
-        if stored == torch.bfloat16 and not torch.cuda.is_bf16_supported():
-            stored = torch.float16
-        return device, stored
-    return device, torch.bfloat16 if stored == torch.bfloat16 and train.cpu_has_bf16() else torch.float32
+    """(device, dtype) for --device and --dtype (see runtime.serving_dtype for auto)."""
+    device = runtime.device(device_name, "invalid_request", "--device")
+    if dtype_name == "auto":
+        return device, runtime.serving_dtype(DTYPES.get(model_config.torch_dtype, torch.float32), device)
+    if device.type == "cpu" and dtype_name == "float16":
+        raise EngineError("invalid_request", "--dtype float16 is for CUDA; on CPU use float32 or bfloat16")
+    return device, DTYPES[dtype_name]
 
 
 def serve(model_dir, max_batch=16, max_adapters=8, device_name="auto", dtype_name="auto", stdin_fd=0):
@@ -553,12 +321,12 @@ def serve(model_dir, max_batch=16, max_adapters=8, device_name="auto", dtype_nam
     signal.signal(signal.SIGINT, _exit_now)
     if max_batch < 1 or max_adapters < 1:
         raise EngineError("invalid_request", "--max-batch and --max-adapters must be >= 1")
-    torch.set_num_threads(train.cpu_count())
+    runtime.use_threads()
     start = time.time()
     cfg = config_mod.load(model_dir)
     device, dtype = resolve(device_name, dtype_name, cfg)
     model = build(cfg, safetensors.load_model(model_dir), dtype, device).eval()
-    engine = Engine(model, max_batch)
+    engine = Decoder(model, max_batch)
     events.log(f"loaded {model_dir} ({sum(p.numel() for p in model.parameters()):,} parameters, {str(dtype).replace('torch.', '')}, {device}) "
                f"in {time.time() - start:.2f} s")
     server = Server(engine, max_adapters, max_batch)

@@ -31,7 +31,7 @@ class Spec:
     base_model_name: Optional[str] = None
     valid_data: Optional[str] = None
     resume_from: Optional[str] = None
-    method: str = "lora"
+    training: str = "lora"  # which weights train: "lora" (an adapter) or "full"
     lora: LoRASpec = dataclasses.field(default_factory=LoRASpec)
     seq_len: int = 2048
     gradient_accumulation_steps: int = 1
@@ -69,10 +69,14 @@ def from_dict(raw):
     _check(isinstance(raw, dict), "(root)", "the spec must be a JSON object")
     fields = {f.name: f for f in dataclasses.fields(Spec)}
     for key in raw:
-        _check(key in fields, key, "unknown field")
+        _check(key in fields or key == "method", key, "unknown field")
     for key in ("model", "train_data", "output_dir", "work_dir", "n_epochs", "batch_size", "learning_rate"):
         _check(key in raw and raw[key] is not None, key, "required")
     values = dict(raw)
+    # Specs written before `training` was named so called it `method` (a resumed job keeps its spec).
+    if "method" in values:
+        _check("training" not in values, "method", "the old name of 'training': give only 'training'")
+        values["training"] = values.pop("method")
     lora_raw = values.pop("lora", None) or {}
     _check(isinstance(lora_raw, dict), "lora", "must be an object")
     lora_fields = {f.name for f in dataclasses.fields(LoRASpec)}
@@ -96,7 +100,7 @@ def from_dict(raw):
         _check(_is_number(getattr(spec, key)) and 0 <= getattr(spec, key) < 1, key, "must lie in [0, 1)")
     _check(_is_number(spec.adam_eps) and spec.adam_eps > 0, "adam_eps", "must be a number > 0")
     _check(spec.max_grad_norm is None or (_is_number(spec.max_grad_norm) and spec.max_grad_norm >= 0), "max_grad_norm", "must be a number >= 0 or null (0 or null: no clipping)")
-    _check(spec.method in ("lora", "full"), "method", f"{spec.method!r} is not 'lora' or 'full'")
+    _check(spec.training in ("lora", "full"), "training", f"{spec.training!r} is not 'lora' or 'full'")
     _check(spec.lr_schedule in ("cosine", "linear", "constant"), "lr_schedule", f"{spec.lr_schedule!r} is not 'cosine', 'linear' or 'constant'")
     _check(spec.dtype in ("auto", "bfloat16", "float32"), "dtype", f"{spec.dtype!r} is not 'auto', 'bfloat16' or 'float32'")
     _check(isinstance(spec.device, str) and (spec.device in ("auto", "cpu", "cuda") or spec.device.startswith("cuda:")), "device", f"{spec.device!r} is not 'auto', 'cpu', 'cuda' or 'cuda:N'")

@@ -14,45 +14,10 @@ import time
 
 import torch
 
-from . import checkpoint, config, data, events, lora, safetensors
+from . import checkpoint, config, data, events, lora, runtime, safetensors
 from .errors import EngineError
 from .loss import linear_cross_entropy
 from .model import build
-
-
-def cpu_count():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
-def cpu_has_bf16():
-    """bf16 matmuls only pay on CPUs with native bf16 (AVX512-BF16 or AMX); elsewhere they are emulated."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise EngineError("invalid_spec", f"spec field 'device': {name} requested but CUDA is not available")
-    return torch.device(name)
-
-
-def resolve_dtype(name, device):
-    if name == "float32":
-        return torch.float32
-    if name == "bfloat16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    return torch.bfloat16 if cpu_has_bf16() else torch.float32
 
 
 def lr_at(spec, step, total):
@@ -82,17 +47,11 @@ class Cancellation:
         events.log(f"signal {signum}: stopping after the current step")
 
 
-def make_optimizer(params, spec, device):
+def make_optimizer(params, spec):
     kwargs = dict(lr=spec.learning_rate, betas=(spec.adam_beta1, spec.adam_beta2), eps=spec.adam_eps,
                   weight_decay=spec.weight_decay)
-    options = torch.optim.AdamW.__init__.__code__.co_varnames
-    if device.type == "cuda" and "fused" in options:
-        kwargs["fused"] = True
-    elif "foreach" in options:
-        # One op per update stage over all tensors: LoRA has ~400 small ones, and the per-tensor
-        # loop (torch 1.13's CPU default) spends more on dispatch than on arithmetic.
-        kwargs["foreach"] = True
-    return torch.optim.AdamW(params, **kwargs)
+    # torch's fused AdamW (CUDA and CPU): one kernel over all tensors, where LoRA has ~400 small ones.
+    return torch.optim.AdamW(params, fused=True, **kwargs)
 
 
 def scored(model, batch, dtype, autocast):
@@ -101,7 +60,7 @@ def scored(model, batch, dtype, autocast):
     device = batch.input_ids.device
     context = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
     with context:
-        hidden = model(batch.input_ids, batch.position_ids, batch.seq_ids, batch.layout)
+        hidden = model(batch.input_ids, batch.position_ids, batch.attend)
         hidden = hidden.reshape(-1, hidden.shape[-1])[batch.positions]
         return linear_cross_entropy(hidden.to(dtype), model.lm_head.weight, batch.labels)
 
@@ -110,9 +69,9 @@ class Trainer:
     def __init__(self, spec):
         self.spec = spec
         self.cancel = Cancellation()
-        torch.set_num_threads(spec.threads or cpu_count())
-        self.device = resolve_device(spec.device)
-        self.dtype = resolve_dtype(spec.dtype, self.device)
+        runtime.use_threads(spec.threads)
+        self.device = runtime.device(spec.device, "invalid_spec", "spec field 'device'")
+        self.dtype = runtime.training_dtype(spec.dtype, self.device)
         torch.manual_seed(spec.seed)
         self.config = config.load(spec.model)
         self.train_data = data.Arrays(spec.train_data, self.config.vocab_size)
@@ -121,10 +80,10 @@ class Trainer:
         self.model, params = self._build_model()
         self.model.gradient_checkpointing = spec.gradient_checkpointing
         self.params = params
-        self.optimizer = make_optimizer(params, spec, self.device)
+        self.optimizer = make_optimizer(params, spec)
         # Full fine-tuning keeps fp32 master weights and computes in bf16 under autocast; LoRA holds
         # the frozen weights in bf16 already, so nothing is recast per step.
-        self.autocast = spec.method == "full" and self.dtype == torch.bfloat16
+        self.autocast = spec.training == "full" and self.dtype == torch.bfloat16
         self.steps_per_epoch = math.ceil(self.train_data.n_examples / spec.batch_size)
         self.total_steps = spec.n_epochs * self.steps_per_epoch
         self.step = 0
@@ -143,7 +102,7 @@ class Trainer:
 
     def _build_model(self):
         spec = self.spec
-        if spec.method == "lora":
+        if spec.training == "lora":
             model = build(self.config, safetensors.load_model(spec.model), self.dtype, self.device)
             if spec.resume_from:
                 lora.load_adapter(model, spec.resume_from, spec.lora.dropout)
@@ -259,7 +218,7 @@ class Trainer:
                     truncated_examples=truncated, packing_efficiency=round(self.packing_efficiency(0), 4),
                     trainable_parameters=sum(p.numel() for p in self.params),
                     parameters=sum(p.numel() for p in self.model.parameters()),
-                    method=spec.method, device=str(self.device), dtype=str(self.dtype).replace("torch.", ""),
+                    training=spec.training, device=str(self.device), dtype=str(self.dtype).replace("torch.", ""),
                     threads=torch.get_num_threads())
         started = time.perf_counter()
         while self.step < self.total_steps:

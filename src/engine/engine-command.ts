@@ -1,11 +1,8 @@
 import { spawn } from 'node:child_process';
+import { type EngineEvent, parseEngineEvent } from './protocol.js';
 import { engineEnv, enginePython } from './python.js';
 
-/** One JSON line of the engine (engine/README.md, "Events of train"). */
-export interface EngineEvent {
-  type: string;
-  [field: string]: unknown;
-}
+export type { EngineEvent } from './protocol.js';
 
 export interface EngineResult {
   code: number | null;
@@ -13,7 +10,7 @@ export interface EngineResult {
   stderr: string;
 }
 
-/** Runs a short engine command (`init`, `merge`, `generate`) to its end and collects its events and log. */
+/** Runs an engine command (`init`, `merge`, `generate`, or a `train` waited for) to its end and collects its events and log; a stdout line that is not an event goes to `stderr`. */
 export function runEngineCommand(args: string[]): Promise<EngineResult> {
   return new Promise((resolve, reject) => {
     const child = spawn(enginePython(), ['-m', 'tunelab_engine', ...args], { env: engineEnv(), stdio: ['ignore', 'pipe', 'pipe'] });
@@ -23,10 +20,12 @@ export function runEngineCommand(args: string[]): Promise<EngineResult> {
     child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
     child.on('error', reject);
     child.on('close', (code) => {
-      const events = stdout
-        .split('\n')
-        .filter((line) => line.trim())
-        .map((line) => JSON.parse(line) as EngineEvent);
+      const events: EngineEvent[] = [];
+      for (const line of stdout.split('\n').filter((l) => l.trim())) {
+        const event = parseEngineEvent(line);
+        if (event) events.push(event);
+        else stderr += `${line}\n`;
+      }
       resolve({ code, events, stderr });
     });
   });

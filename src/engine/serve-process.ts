@@ -2,7 +2,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import readline from 'node:readline';
 import { Channel } from '../channel.js';
-import type { EngineEvent } from './engine-command.js';
+import { type GenerateMessage, type ServeEvent, type ServeMessage, parseServeEvent } from './protocol.js';
 import { engineEnv, enginePython } from './python.js';
 
 /** One generation, in the engine's terms: token ids in, token ids out (engine/README.md, "serve"). */
@@ -90,31 +90,29 @@ export class ServeProcess {
     this.ready.catch(() => {});
 
     readline.createInterface({ input: child.stdout!, crlfDelay: Infinity }).on('line', (line) => {
-      let event: EngineEvent;
-      try {
-        event = JSON.parse(line) as EngineEvent;
-      } catch {
+      const event: ServeEvent | null = parseServeEvent(line);
+      if (!event) {
         this.remember(line);
         return;
       }
       if (event.type === 'ready') {
-        markReady({ vocabSize: Number(event.vocab_size), contextLength: Number(event.context_length) });
+        markReady({ vocabSize: event.vocab_size, contextLength: event.context_length });
         return;
       }
-      if ((event.type === 'done' || event.type === 'error') && typeof event.id === 'string') this.running.delete(event.id);
-      const stream = typeof event.id === 'string' ? this.streams.get(event.id) : undefined;
+      if ((event.type === 'done' || event.type === 'error') && event.id !== undefined) this.running.delete(event.id);
+      const stream = event.id !== undefined ? this.streams.get(event.id) : undefined;
       if (event.type === 'error' && !stream) {
-        this.remember(`${String(event.code)}: ${String(event.message)}`);
+        this.remember(`${event.code}: ${event.message}`);
         return;
       }
       if (!stream) return;
-      if (event.type === 'tokens') stream.push({ type: 'tokens', ids: event.ids as number[] });
+      if (event.type === 'tokens') stream.push({ type: 'tokens', ids: event.ids });
       else if (event.type === 'done') {
-        stream.push({ type: 'done', finishReason: event.finish_reason as FinishReason });
-        this.streams.delete(event.id as string);
+        stream.push({ type: 'done', finishReason: event.finish_reason });
+        this.streams.delete(event.id);
       } else if (event.type === 'error') {
-        stream.fail(new GenerationError(String(event.code), String(event.message)));
-        this.streams.delete(event.id as string);
+        stream.fail(new GenerationError(event.code, event.message));
+        this.streams.delete(event.id!);
       }
     });
 
@@ -164,7 +162,7 @@ export class ServeProcess {
     };
     signal?.addEventListener('abort', cancel, { once: true });
     this.running.add(id);
-    this.send({
+    const message: GenerateMessage = {
       type: 'generate',
       id,
       input_ids: request.inputIds,
@@ -176,7 +174,8 @@ export class ServeProcess {
       stop_ids: request.stopIds,
       presence_penalty: request.presencePenalty,
       frequency_penalty: request.frequencyPenalty,
-    });
+    };
+    this.send(message);
     try {
       for await (const update of stream.drain()) {
         yield update;
@@ -197,7 +196,7 @@ export class ServeProcess {
     clearTimeout(timer);
   }
 
-  private send(message: object): void {
+  private send(message: ServeMessage): void {
     if (this.gone || !this.child.stdin!.writable) return;
     this.child.stdin!.write(`${JSON.stringify(message)}\n`);
   }

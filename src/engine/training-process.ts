@@ -2,7 +2,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import readline from 'node:readline';
-import type { EngineEvent } from './engine-command.js';
+import { type EngineEvent, parseEngineEvent } from './protocol.js';
 import { engineEnv, enginePython } from './python.js';
 
 export interface Exit {
@@ -73,14 +73,9 @@ export class TrainingProcess {
     const lines = readline.createInterface({ input: this.child.stdout!, crlfDelay: Infinity });
     for await (const line of lines) {
       if (!line.trim()) continue;
-      let event: unknown;
-      try {
-        event = JSON.parse(line);
-      } catch {
-        this.recentLog.push(line);
-        continue;
-      }
-      if (event && typeof event === 'object' && typeof (event as EngineEvent).type === 'string') yield event as EngineEvent;
+      const event = parseEngineEvent(line);
+      if (event) yield event;
+      else this.recentLog.push(line);
     }
   }
 

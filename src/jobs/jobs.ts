@@ -5,6 +5,7 @@ import type {
   FineTuningJobEvent,
 } from 'openai/resources/fine-tuning/jobs/jobs';
 import type { FineTuningJobCheckpoint } from 'openai/resources/fine-tuning/jobs/checkpoints';
+import type { StepMetrics } from '../engine/protocol.js';
 import { ServiceError, invalidRequest, noSuch } from '../errors.js';
 import type { FileService } from '../files/files.js';
 import { newId, unixSeconds } from '../ids.js';
@@ -21,17 +22,7 @@ export type FineTuningJob = Omit<OpenAIFineTuningJob, 'status'> & {
   user_provided_suffix: string | null;
 };
 
-/** One training step as the engine reported it; the validation fields only at the steps evaluated. */
-export interface StepMetrics {
-  step: number;
-  total_steps: number;
-  train_loss: number;
-  train_mean_token_accuracy: number;
-  valid_loss?: number;
-  valid_mean_token_accuracy?: number;
-  full_valid_loss?: number;
-  full_valid_mean_token_accuracy?: number;
-}
+export type { StepMetrics };
 
 export interface NewEvent {
   level?: JobEventTable['level'];

@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { HomeLayout } from '../config.js';
 import { enginePython } from '../engine/python.js';
-import type { EngineEvent } from '../engine/engine-command.js';
+import type { DoneEvent, EngineEvent, EvalEvent, StepEvent, StepMetrics, TrainingSpec } from '../engine/protocol.js';
 import { type Exit, TrainingProcess, stopOrphan } from '../engine/training-process.js';
 import { ServiceError } from '../errors.js';
 import type { FileService } from '../files/files.js';
@@ -44,7 +44,7 @@ const ESTIMATE_EVERY_MS = 2000;
 /** A stopping server waits this long for engines to save a checkpoint before killing them. */
 const SHUTDOWN_GRACE_MS = 15_000;
 
-type Metrics = Record<string, unknown> & { step: number };
+type Metrics = Partial<StepMetrics> & { step: number };
 
 /** One engine process training one job, and what the runner learned from its events so far. */
 interface Run {
@@ -65,7 +65,7 @@ interface Run {
   lastCheckpointStep: number;
   lastEstimateAt: number;
   error: { code: string; message: string } | null;
-  done: EngineEvent | null;
+  done: DoneEvent | null;
   /** The step the engine saved when it was stopped (`cancelled` event), by the runner or not. */
   stoppedAtStep: number | null;
 }
@@ -179,7 +179,7 @@ export class JobRunner {
     // A resumed run keeps the spec it started with (same schedule, same curve), from its checkpoint.
     const written = resumeFrom && fs.existsSync(this.specPath(job.id)) ? JSON.parse(fs.readFileSync(this.specPath(job.id), 'utf8')) : null;
     const valid = fs.existsSync(path.join(work, 'valid')) ? path.join(work, 'valid') : null;
-    const spec = written ?? {
+    const spec: TrainingSpec = written ?? {
       // The model's own engine settings first: the fields below are the runner's to set.
       ...defaults.engine,
       model: model.path,
@@ -188,7 +188,7 @@ export class JobRunner {
       valid_data: valid,
       output_dir: path.join(this.home.adapters, job.id),
       work_dir: work,
-      method: resolved.full ? 'full' : 'lora',
+      training: resolved.full ? 'full' : 'lora',
       ...(resolved.full ? {} : { lora: { rank: resolved.lora_rank, alpha: resolved.lora_alpha } }),
       n_epochs: resolved.n_epochs,
       batch_size: resolved.batch_size,
@@ -305,7 +305,7 @@ export class JobRunner {
     }
   }
 
-  private async onStep(run: Run, event: EngineEvent): Promise<void> {
+  private async onStep(run: Run, event: StepEvent): Promise<void> {
     const step = Number(event.step);
     // A run resumed from a checkpoint repeats the steps after it that were already recorded.
     if (run.lastMetrics && step <= run.lastMetrics.data.step) return;
@@ -328,10 +328,10 @@ export class JobRunner {
   }
 
   /** An evaluation follows the step it was made at: it joins that step's metrics event. */
-  private async onEval(run: Run, event: EngineEvent): Promise<void> {
+  private async onEval(run: Run, event: EvalEvent): Promise<void> {
     if (!run.lastMetrics || run.lastMetrics.data.step !== Number(event.step)) return;
     const data: Metrics = { ...run.lastMetrics.data };
-    for (const key of ['valid_loss', 'valid_mean_token_accuracy', 'full_valid_loss', 'full_valid_mean_token_accuracy']) {
+    for (const key of ['valid_loss', 'valid_mean_token_accuracy', 'full_valid_loss', 'full_valid_mean_token_accuracy'] as const) {
       if (key in event) data[key] = event[key];
     }
     await this.services.jobs.updateEvent(run.lastMetrics.id, { message: stepMessage(data), data });

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { BYTE_VOCAB_SIZE, type ChatMessage, END_OF_TURN, decodeBytes, encodeChat, encodePrompt } from '../support/engine-byte-tokens.js';
 import { writeTrainingArrays } from '../support/engine-npy.js';
-import { type EngineEvent, runEngine } from '../support/engine-run.js';
+import { ofType, runEngine } from '../support/engine-run.js';
 
 /**
  * The guide's weather dataset, tokenized here (text never enters the engine), learned by a tiny
@@ -29,10 +29,6 @@ const TINY_CONFIG = {
   tie_word_embeddings: true,
 };
 
-function ofType(events: EngineEvent[], type: string): EngineEvent[] {
-  return events.filter((e) => e.type === type);
-}
-
 describe.skipIf(!fs.existsSync(DATASET))('engine memorizes weather-jokes.jsonl', () => {
   const conversations = fs
     .readFileSync(DATASET, 'utf8')
@@ -51,7 +47,7 @@ describe.skipIf(!fs.existsSync(DATASET))('engine memorizes weather-jokes.jsonl',
       train_data: path.join(dir, 'train'),
       output_dir: path.join(dir, 'out'),
       work_dir: path.join(dir, 'work'),
-      method: 'full',
+      training: 'full',
       n_epochs: 30,
       batch_size: 1,
       learning_rate: 3e-3,
@@ -66,11 +62,11 @@ describe.skipIf(!fs.existsSync(DATASET))('engine memorizes weather-jokes.jsonl',
     const steps = ofType(train.events, 'step');
     expect(steps).toHaveLength(300);
     // The mean over the last epoch, not one example's loss.
-    const lastEpoch = steps.slice(-10).map((s) => s.train_loss as number);
+    const lastEpoch = steps.slice(-10).map((s) => s.train_loss!);
     expect(lastEpoch.reduce((a, b) => a + b, 0) / lastEpoch.length).toBeLessThan(0.1);
     expect(ofType(train.events, 'checkpoint')).toHaveLength(30);
-    const done = train.events.at(-1)!;
-    expect(done.type).toBe('done');
+    expect(train.events.at(-1)!.type).toBe('done');
+    const done = ofType(train.events, 'done')[0]!;
 
     for (const messages of conversations) {
       const answer = messages.at(-1)!.content;
@@ -80,9 +76,9 @@ describe.skipIf(!fs.existsSync(DATASET))('engine memorizes weather-jokes.jsonl',
         '--max-new-tokens', '200', '--stop-ids', String(END_OF_TURN), '--temperature', '0',
       ]);
       expect(run.code, run.stderr).toBe(0);
-      const generated = run.events[0]!;
+      const generated = ofType(run.events, 'generated')[0]!;
       expect(generated.finish_reason).toBe('stop');
-      expect(decodeBytes(generated.output_ids as number[])).toBe(answer);
+      expect(decodeBytes(generated.output_ids)).toBe(answer);
     }
   });
 });
