@@ -17,6 +17,8 @@ export interface HomeLayout {
   adapters: string;
   /** Logs of the model servers that answer chat and completions. */
   logs: string;
+  /** A few megabytes kept free for recording a job's failure when the disk fills (src/files/disk.ts). */
+  diskReserve: string;
 }
 
 export function resolveHome(flag?: string): string {
@@ -36,6 +38,7 @@ export function homeLayout(home: string): HomeLayout {
     work: path.join(root, 'work'),
     adapters: path.join(root, 'adapters'),
     logs: path.join(root, 'logs'),
+    diskReserve: path.join(root, 'disk-reserve'),
   };
 }
 

@@ -4,6 +4,7 @@ import type { FastifyInstance, FastifyServerOptions } from 'fastify';
 import { type Services, buildApi } from './api/app.js';
 import { DEFAULT_MAX_UPLOAD_BYTES, type HomeLayout, homeLayout } from './config.js';
 import { LocalBlobStore } from './files/blob-store.js';
+import { DiskSpace } from './files/disk.js';
 import { writePrivateFile } from './files/durable.js';
 import { FileService } from './files/files.js';
 import { ServePool } from './engine/serve-pool.js';
@@ -85,8 +86,10 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   const inference = new InferenceService(models, servePool, usage, logError);
   const services: Services = { orgs, files, fileReports, models, jobs, notifications, usage, inference };
   const maxUploadBytes = options.maxUploadBytes ?? DEFAULT_MAX_UPLOAD_BYTES;
-  const app = buildApi(services, { maxUploadBytes, logger: options.logger ?? false });
-  const validation = new FileValidation(jobs, files, baseModels, datasetSettings, tokenizers, home.work, (message, error) =>
+  const disk = new DiskSpace(home.root, home.diskReserve);
+  await disk.setAside();
+  const app = buildApi(services, { maxUploadBytes, disk, logger: options.logger ?? false });
+  const validation = new FileValidation(jobs, files, baseModels, datasetSettings, tokenizers, home.work, disk, (message, error) =>
     app.log.error({ err: error }, message),
   );
 
@@ -106,7 +109,7 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   // Jobs a restart interrupted while their files were being checked are checked again.
   jobs.onChange((job) => validation.jobChanged(job));
   validation.kick();
-  const runner = new JobRunner({ db: store.db, jobs, models: services.models, files, orgs, baseModels }, home, {
+  const runner = new JobRunner({ db: store.db, jobs, models: services.models, files, orgs, baseModels, disk }, home, {
     slots: options.engineSlots ?? 1,
     log: (message, error) => app.log.error({ err: error }, message),
   });

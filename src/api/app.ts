@@ -10,7 +10,8 @@ import type { ModelService } from '../models/models.js';
 import type { NotificationService } from '../notifications/notifications.js';
 import type { Organization, OrgService } from '../orgs/orgs.js';
 import type { UsageService } from '../usage/usage.js';
-import { sendError } from './errors.js';
+import type { DiskSpace } from '../files/disk.js';
+import { sendClientError, sendError } from './errors.js';
 import { filesRoutes } from './files.js';
 import { inferenceRoutes } from './inference.js';
 import { jobsRoutes } from './jobs.js';
@@ -38,6 +39,8 @@ export interface Services {
 
 export interface ApiOptions {
   maxUploadBytes: number;
+  /** The home folder's disk, named when it is full. */
+  disk: DiskSpace;
   logger: FastifyServerOptions['logger'];
 }
 
@@ -49,7 +52,8 @@ export function buildApi(services: Services, options: ApiOptions): FastifyInstan
     routerOptions: { maxParamLength: 500 },
     // A client refused mid-upload may still be sending; on shutdown such sockets are cut, not waited for.
     forceCloseConnections: true,
-    frameworkErrors: (error, _request, reply) => sendError(reply, error, options.maxUploadBytes),
+    frameworkErrors: (error, _request, reply) => sendError(reply, error, options),
+    clientErrorHandler: sendClientError,
   });
 
   app.addHook('onRequest', async (request, reply) => {
@@ -74,9 +78,9 @@ export function buildApi(services: Services, options: ApiOptions): FastifyInstan
     fileHwm: 256 * 1024,
   });
 
-  app.setErrorHandler((error, _request, reply) => sendError(reply, error, options.maxUploadBytes));
+  app.setErrorHandler((error, _request, reply) => sendError(reply, error, options));
   app.setNotFoundHandler((request, reply) =>
-    sendError(reply, new ServiceError('not_found', `Invalid URL (${request.method} ${request.url})`), options.maxUploadBytes),
+    sendError(reply, new ServiceError('not_found', `Invalid URL (${request.method} ${request.url})`), options),
   );
 
   app.register(
