@@ -23,6 +23,7 @@ import { type DeliveryOptions, NotificationService } from './notifications/notif
 import { loadSmtpSettings } from './notifications/settings.js';
 import { smtpMailer } from './notifications/smtp.js';
 import { OrgService } from './orgs/orgs.js';
+import { SecretBox } from './store/secret-box.js';
 import { type Store, openStore } from './store/store.js';
 import { UsageService } from './usage/usage.js';
 
@@ -59,7 +60,11 @@ const EXPIRED_FILES_SWEEP_MS = 10 * 60 * 1000;
 /** Opens (or creates) a home folder and serves it. */
 export async function startServer(options: ServerOptions): Promise<RunningServer> {
   const home = homeLayout(options.home);
-  fs.mkdirSync(home.root, { recursive: true });
+  // Everything the server writes (the database, its WAL, uploaded files, checkpoints) is its own:
+  // other local users may not read training data or secrets.
+  process.umask(0o077);
+  fs.mkdirSync(home.root, { recursive: true, mode: 0o700 });
+  fs.chmodSync(home.root, 0o700);
   const store = await openStore(options.database ?? home.database);
   try {
     return await serve(store, home, options);
@@ -76,7 +81,8 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   const jobs = new JobService(store.db, files, baseModels);
   const logError = (message: string, error: unknown) => app.log.error({ err: error }, message);
   const smtp = loadSmtpSettings(home.root);
-  const notifications = new NotificationService(store.db, smtp ? await smtpMailer(smtp) : null, logError, options.notifications);
+  const secrets = await SecretBox.load(home.secretKeyFile);
+  const notifications = new NotificationService(store.db, secrets, smtp ? await smtpMailer(smtp) : null, logError, options.notifications);
   const datasetSettings = loadDatasetSettings(home.root);
   const tokenizers = new ModelTokenizers();
   const fileReports = new FileReports(files, baseModels, datasetSettings, tokenizers);
@@ -120,6 +126,7 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
     usage.jobChanged(job);
   });
   await usage.sweep();
+  await notifications.sealStoredSecrets();
   await notifications.sweep(jobs);
   const sweeper = setInterval(() => {
     files.deleteExpired().catch((error) => app.log.error({ err: error }, 'deleting expired files failed'));

@@ -39,6 +39,8 @@ function sqliteDialect(file: string) {
   database.pragma('synchronous = NORMAL');
   database.pragma('foreign_keys = ON');
   database.pragma('busy_timeout = 5000');
+  // Files made by an older server, before it set its umask: the database holds training data and secrets.
+  for (const suffix of ['', '-wal', '-shm']) if (fs.existsSync(file + suffix)) fs.chmodSync(file + suffix, 0o600);
   return new SqliteStoreDialect(withStatementCache(database));
 }
 
