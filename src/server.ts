@@ -102,7 +102,10 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   if (await orgs.isEmpty()) {
     // The file is written before the key commits: a start cut short leaves an empty organization
     // table, and the next start makes both again.
-    const { organization } = await orgs.createKey('personal', (key) => writePrivateFile(home.apiKeyFile, `${key}\n`));
+    const { organization } = await orgs.createKey('personal', {
+      name: 'first key',
+      beforeCommit: (key) => writePrivateFile(home.apiKeyFile, `${key}\n`),
+    });
     app.log.info(`Created organization "${organization.name}" (${organization.id}); its API key is in ${home.apiKeyFile}`);
   }
   await files.sweep();

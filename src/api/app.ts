@@ -8,21 +8,22 @@ import type { InferenceService } from '../inference/inference.js';
 import type { JobService } from '../jobs/jobs.js';
 import type { ModelService } from '../models/models.js';
 import type { NotificationService } from '../notifications/notifications.js';
-import type { Organization, OrgService } from '../orgs/orgs.js';
+import type { Caller, OrgService } from '../orgs/orgs.js';
 import type { UsageService } from '../usage/usage.js';
 import type { DiskSpace } from '../files/disk.js';
 import { sendClientError, sendError } from './errors.js';
 import { filesRoutes } from './files.js';
 import { inferenceRoutes } from './inference.js';
 import { jobsRoutes } from './jobs.js';
+import { keysRoutes } from './keys.js';
 import { modelsRoutes } from './models.js';
 import { uiRoutes } from './ui.js';
 import { usageRoutes } from './usage.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
-    /** The organization the request's API key belongs to; set before any /v1 handler runs. */
-    org: Organization;
+    /** The organization the request's API key belongs to, and the key; set before any /v1 handler runs. */
+    org: Caller;
   }
 }
 
@@ -85,7 +86,7 @@ export function buildApi(services: Services, options: ApiOptions): FastifyInstan
 
   app.register(
     async (v1) => {
-      v1.decorateRequest('org', undefined as unknown as Organization);
+      v1.decorateRequest('org', undefined as unknown as Caller);
       v1.addHook('onRequest', async (request) => {
         const header = request.headers.authorization;
         const key = header?.match(/^Bearer\s+(\S+)\s*$/i)?.[1];
@@ -102,6 +103,7 @@ export function buildApi(services: Services, options: ApiOptions): FastifyInstan
       v1.register(jobsRoutes(services.jobs));
       v1.register(usageRoutes(services.usage));
       v1.register(inferenceRoutes(services.inference));
+      v1.register(keysRoutes(services.orgs));
     },
     { prefix: '/v1' },
   );

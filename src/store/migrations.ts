@@ -211,5 +211,15 @@ export function migrations(dialect: Dialect): Record<string, Migration> {
         await db.schema.createIndex('usage_records_by_source').on('usage_records').columns(['kind', 'source_id']).unique().execute();
       },
     },
+    '0005_api_key_lifecycle': {
+      async up(db: Kysely<any>) {
+        // Keys made before keys had names and roles could do everything: they stay owners.
+        await db.schema.alterTable('api_keys').addColumn('name', 'text', (c) => c.notNull().defaultTo('')).execute();
+        await db.schema.alterTable('api_keys').addColumn('role', 'text', (c) => c.notNull().defaultTo('owner')).execute();
+        await db.schema.alterTable('api_keys').addColumn('last_used_at', 'bigint').execute();
+        await db.schema.alterTable('api_keys').addColumn('revoked_at', 'bigint').execute();
+        await db.schema.createIndex('api_keys_by_org').on('api_keys').columns(['org_id', 'created_at']).execute();
+      },
+    },
   };
 }

@@ -36,7 +36,15 @@ export interface ApiKeyTable {
   key_hash: string;
   /** The first characters, so a person can tell keys apart in a listing. */
   key_prefix: string;
+  /** A person's name for it ("ci", "laptop"); '' when none was given. */
+  name: string;
+  /** `owner` keys may list, revoke and rotate the organization's keys; `member` keys use the API. */
+  role: 'owner' | 'member';
   created_at: number;
+  /** Unix seconds, to the minute: written at most once a minute per key. */
+  last_used_at: number | null;
+  /** A revoked key is refused from its next request on; the row stays so listings can show it. */
+  revoked_at: number | null;
 }
 
 export interface FileTable {
