@@ -15,7 +15,7 @@ interface ApiKey {
   revoked_at: number | null;
 }
 
-const listKeys = async (client: OpenAI) => (await client.get<unknown, { data: ApiKey[] }>('/organization/api_keys')).data;
+const listKeys = async (client: OpenAI) => (await client.get<{ data: ApiKey[] }>('/organization/api_keys')).data;
 
 const refused = (promise: Promise<unknown>) => promise.then(() => null, (error: unknown) => error as InstanceType<typeof OpenAI.APIError>);
 
@@ -58,7 +58,7 @@ describe('API keys through the API', () => {
   it("rotating gives a new key with the old one's name and role and refuses the old one; the last owner key cannot be revoked", async () => {
     const owner = (await listKeys(t.client)).find((k) => k.role === 'owner')!;
     expect(await refused(t.client.delete(`/organization/api_keys/${owner.id}`))).toMatchObject({ status: 400, code: 'last_owner_key' });
-    const rotated = await t.client.post<unknown, ApiKey & { value: string; replaces: string }>(`/organization/api_keys/${owner.id}/rotate`);
+    const rotated = await t.client.post<ApiKey & { value: string; replaces: string }>(`/organization/api_keys/${owner.id}/rotate`);
     expect(rotated).toMatchObject({ name: 'first key', role: 'owner', replaces: owner.id });
     expect(rotated.value).toMatch(/^sk-tl-/);
     expect(await refused(t.client.models.list())).toMatchObject({ status: 401 });
