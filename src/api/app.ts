@@ -16,6 +16,8 @@ import { filesRoutes } from './files.js';
 import { inferenceRoutes } from './inference.js';
 import { jobsRoutes } from './jobs.js';
 import { keysRoutes } from './keys.js';
+import { loggedUrl, safeLogger } from './logging.js';
+import { refuseForbiddenKeys, refuseForbiddenQueryKeys } from './parse.js';
 import { modelsRoutes } from './models.js';
 import { uiRoutes } from './ui.js';
 import { usageRoutes } from './usage.js';
@@ -47,7 +49,7 @@ export interface ApiOptions {
 
 export function buildApi(services: Services, options: ApiOptions): FastifyInstance {
   const app = Fastify({
-    logger: options.logger,
+    logger: safeLogger(options.logger),
     genReqId: () => newId('req_'),
     // ft: model ids are long and full of colons; the default 100-character limit on a path parameter is too short.
     routerOptions: { maxParamLength: 500 },
@@ -65,12 +67,20 @@ export function buildApi(services: Services, options: ApiOptions): FastifyInstan
   app.removeContentTypeParser('application/json');
   app.addContentTypeParser('application/json', { parseAs: 'string' }, (_request, body, done) => {
     if (body === '') return done(null, undefined);
+    let parsed: unknown;
     try {
-      done(null, JSON.parse(body as string));
+      parsed = JSON.parse(body as string);
     } catch (error) {
-      done(invalidRequest(`We could not parse the JSON body of your request: ${(error as Error).message}`), undefined);
+      return done(invalidRequest(`We could not parse the JSON body of your request: ${(error as Error).message}`), undefined);
     }
+    try {
+      refuseForbiddenKeys(parsed);
+    } catch (error) {
+      return done(error as Error, undefined);
+    }
+    done(null, parsed);
   });
+  app.addHook('preValidation', async (request) => refuseForbiddenQueryKeys(request.query));
 
   app.register(multipart, {
     limits: { fileSize: options.maxUploadBytes, files: 1, fields: 8, parts: 10 },
@@ -81,7 +91,7 @@ export function buildApi(services: Services, options: ApiOptions): FastifyInstan
 
   app.setErrorHandler((error, _request, reply) => sendError(reply, error, options));
   app.setNotFoundHandler((request, reply) =>
-    sendError(reply, new ServiceError('not_found', `Invalid URL (${request.method} ${request.url})`), options),
+    sendError(reply, new ServiceError('not_found', `Invalid URL (${request.method} ${loggedUrl(request.url)})`), options),
   );
 
   app.register(

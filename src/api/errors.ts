@@ -48,6 +48,12 @@ function fromFastify(error: FastifyError, maxUploadBytes: number): [number, Erro
       return [413, body('The request body is too large.', null, 'request_too_large')];
     case 'FST_REQ_FILE_TOO_LARGE':
       return [413, body(`The file is larger than this server accepts (${maxUploadBytes} bytes).`, 'file', 'file_too_large')];
+    case 'FST_PROTO_VIOLATION':
+      // The multipart plugin refuses the field before its name reaches us.
+      return [
+        400,
+        body("A form field is named after a property every object has ('__proto__', 'constructor', 'toString', ...): such names cannot be used.", null, 'invalid_key'),
+      ];
     case 'FST_FILES_LIMIT':
     case 'FST_PARTS_LIMIT':
     case 'FST_FIELDS_LIMIT':
