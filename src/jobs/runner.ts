@@ -124,7 +124,7 @@ export class JobRunner {
     if (this.options.slots === 0) return;
     for (const job of await this.services.jobs.withStatus('running')) {
       await stopOrphan(this.pidPath(job.id));
-      const checkpoint = await this.resumePoint(job.id, lastStep(await this.services.jobs.metrics(job.id)));
+      const checkpoint = await this.resumePoint(job.id, (await this.services.jobs.lastStep(job.id))?.data.step ?? 0);
       await this.services.jobs.move(job.id, 'running', 'queued', {
         message: checkpoint
           ? `The server restarted while the job was running; it continues from its checkpoint at step ${checkpoint.step}`
@@ -203,8 +203,8 @@ export class JobRunner {
     const work = this.workDir(job.id);
     const stepsPerEpoch = Math.ceil(report.n_examples / resolved.batch_size);
     const totalSteps = stepsPerEpoch * resolved.n_epochs;
-    const history = await this.services.jobs.metrics(job.id);
-    const resumeFrom = await this.resumePoint(job.id, lastStep(history));
+    const last = await this.services.jobs.lastStep(job.id);
+    const resumeFrom = await this.resumePoint(job.id, last?.data.step ?? 0);
     const space = checkpointSpace(model.path, {
       full: resolved.full,
       loraRank: resolved.lora_rank ?? 0,
@@ -251,7 +251,6 @@ export class JobRunner {
       { message: resumeFrom ? `Fine-tuning job resumed from its checkpoint at step ${resumeFrom.step}` : 'Fine-tuning job started' },
       { method: { type: 'supervised', supervised: { hyperparameters: resolved } } },
     );
-    const last = history.at(-1);
     const checkpoints = await this.services.jobs.checkpoints(job.id);
     const run: Run = {
       job: running,
@@ -263,7 +262,7 @@ export class JobRunner {
       space,
       totalSteps,
       startStep: resumeFrom?.step ?? 0,
-      lastMetrics: last ? { id: last.id, data: last.data as Metrics } : null,
+      lastMetrics: last,
       lastCheckpointStep: Math.max(0, ...checkpoints.map((c) => c.step_number)),
       lastEstimateAt: 0,
       error: null,
@@ -274,7 +273,8 @@ export class JobRunner {
       if (spaceWarning) await this.services.jobs.appendEvent(job.id, { level: 'warn', message: spaceWarning });
       // An epoch's checkpoint saved as the engine was stopped (or as the server died) and not yet a model.
       if (resumeFrom && resumeFrom.step % stepsPerEpoch === 0) {
-        await this.registerCheckpoint(run, resumeFrom.step, resumeFrom.path, history.find((m) => m.data.step === resumeFrom.step)?.data as Metrics | undefined);
+        const [atCheckpoint] = await this.services.jobs.metrics(job.id, resumeFrom.step);
+        await this.registerCheckpoint(run, resumeFrom.step, resumeFrom.path, atCheckpoint?.data.step === resumeFrom.step ? atCheckpoint.data : undefined);
       }
       run.engine = TrainingProcess.start({ specPath: this.specPath(job.id), logPath: path.join(work, 'engine.log'), pidPath: this.pidPath(job.id) });
     } catch (error) {
@@ -393,7 +393,7 @@ export class JobRunner {
       train_loss: event.train_loss,
       train_mean_token_accuracy: event.train_mean_token_accuracy,
     };
-    const id = await this.services.jobs.appendEvent(run.job.id, { type: 'metrics', message: stepMessage(data), data });
+    const id = await this.services.jobs.recordStep(run.job.id, { message: stepMessage(data), data });
     run.lastMetrics = { id, data };
     // From the engine's own clock, so a backlog of events here does not skew it.
     const now = typeof event.time === 'number' ? event.time * 1000 : Date.now();
@@ -412,7 +412,7 @@ export class JobRunner {
     for (const key of ['valid_loss', 'valid_mean_token_accuracy', 'full_valid_loss', 'full_valid_mean_token_accuracy']) {
       if (key in event) data[key] = event[key];
     }
-    await this.services.jobs.updateEvent(run.lastMetrics.id, { message: stepMessage(data), data });
+    await this.services.jobs.updateStep(run.job.id, run.lastMetrics.id, { message: stepMessage(data), data });
     run.lastMetrics = { id: run.lastMetrics.id, data };
   }
 
@@ -582,8 +582,6 @@ function validationFacts(report: Record<string, unknown>): ValidationFacts {
   }
   return report as unknown as ValidationFacts;
 }
-
-const lastStep = (metrics: Array<{ data: Record<string, unknown> }>) => Number(metrics.at(-1)?.data.step ?? 0);
 
 /** A checkpoint's metrics are its step's, without the run's length. */
 function checkpointMetrics(metrics: Metrics): Record<string, unknown> {

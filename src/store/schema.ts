@@ -12,6 +12,7 @@ export interface Database {
   jobs: JobTable;
   job_metadata: JobMetadataTable;
   job_events: JobEventTable;
+  job_metrics: JobMetricsTable;
   job_checkpoints: JobCheckpointTable;
   job_validation_reports: JobValidationReportTable;
   fine_tuned_models: FineTunedModelTable;
@@ -105,6 +106,16 @@ export interface JobEventTable {
   type: 'message' | 'metrics';
   /** JSON or null. */
   data: string | null;
+}
+
+/** One row per training step: the metrics event's data again, keyed by step, for the curve. */
+export interface JobMetricsTable {
+  job_id: string;
+  step: number;
+  /** The step's metrics event, rewritten with it when an evaluation joins the step. */
+  event_id: string;
+  /** JSON: the step's metrics, as its event's data. */
+  data: string;
 }
 
 export interface JobCheckpointTable {
