@@ -553,6 +553,8 @@ export class JobRunner {
     const models = new Set(await this.services.models.folders(jobId));
     const stale = folders.filter((folder) => folder.step > recordedSteps || (folder !== resume && !models.has(folder.path)));
     await removeFolders(stale.map((folder) => folder.path));
+    // The checkpoints kept as models are not resumed from: only the resume point needs its optimizer state.
+    await dropTrainingState(folders.filter((folder) => folder !== resume && !stale.includes(folder)));
     return resume;
   }
 
