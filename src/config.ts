@@ -9,6 +9,8 @@ export interface HomeLayout {
   blobs: string;
   models: string;
   apiKeyFile: string;
+  /** The key that seals secrets kept in the database (src/store/secret-box.ts). */
+  secretKeyFile: string;
   /** Where the server last listened, for the CLI on the same machine. */
   baseUrlFile: string;
   /** Per job: the training arrays, engine logs and checkpoints. */
@@ -17,6 +19,8 @@ export interface HomeLayout {
   adapters: string;
   /** Logs of the model servers that answer chat and completions. */
   logs: string;
+  /** A few megabytes kept free for recording a job's failure when the disk fills (src/files/disk.ts). */
+  diskReserve: string;
 }
 
 export function resolveHome(flag?: string): string {
@@ -32,10 +36,12 @@ export function homeLayout(home: string): HomeLayout {
     blobs: path.join(root, 'blobs'),
     models: path.join(root, 'models'),
     apiKeyFile: path.join(root, 'api-key'),
+    secretKeyFile: path.join(root, 'secret-key'),
     baseUrlFile: path.join(root, 'base-url'),
     work: path.join(root, 'work'),
     adapters: path.join(root, 'adapters'),
     logs: path.join(root, 'logs'),
+    diskReserve: path.join(root, 'disk-reserve'),
   };
 }
 

@@ -4,6 +4,7 @@ import type { FastifyInstance, FastifyServerOptions } from 'fastify';
 import { type Services, buildApi } from './api/app.js';
 import { DEFAULT_MAX_UPLOAD_BYTES, type HomeLayout, homeLayout } from './config.js';
 import { LocalBlobStore } from './files/blob-store.js';
+import { DiskSpace } from './files/disk.js';
 import { writePrivateFile } from './files/durable.js';
 import { FileService } from './files/files.js';
 import { useEnginePython } from './engine/python.js';
@@ -25,6 +26,7 @@ import { type DeliveryOptions, NotificationService } from './notifications/notif
 import { loadSmtpSettings } from './notifications/settings.js';
 import { smtpMailer } from './notifications/smtp.js';
 import { OrgService } from './orgs/orgs.js';
+import { SecretBox } from './store/secret-box.js';
 import { type Store, openStore } from './store/store.js';
 import { UsageService } from './usage/usage.js';
 
@@ -61,7 +63,11 @@ const EXPIRED_FILES_SWEEP_MS = 10 * 60 * 1000;
 /** Opens (or creates) a home folder and serves it. */
 export async function startServer(options: ServerOptions): Promise<RunningServer> {
   const home = homeLayout(options.home);
-  fs.mkdirSync(home.root, { recursive: true });
+  // Everything the server writes (the database, its WAL, uploaded files, checkpoints) is its own:
+  // other local users may not read training data or secrets.
+  process.umask(0o077);
+  fs.mkdirSync(home.root, { recursive: true, mode: 0o700 });
+  fs.chmodSync(home.root, 0o700);
   // `tunelab serve` runs setup first when there is none; without one, jobs fail with what to do.
   const python = locateEnginePython(home.root);
   if (python) useEnginePython(python);
@@ -81,7 +87,8 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   const jobs = new JobService(store.db, files, baseModels);
   const logError = (message: string, error: unknown) => app.log.error({ err: error }, message);
   const smtp = loadSmtpSettings(home.root);
-  const notifications = new NotificationService(store.db, smtp ? await smtpMailer(smtp) : null, logError, options.notifications);
+  const secrets = await SecretBox.load(home.secretKeyFile);
+  const notifications = new NotificationService(store.db, secrets, smtp ? await smtpMailer(smtp) : null, logError, options.notifications);
   const datasetSettings = loadDatasetSettings(home.root);
   const tokenizers = new ModelTokenizers();
   const fileReports = new FileReports(files, baseModels, datasetSettings, tokenizers);
@@ -91,15 +98,20 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   const inference = new InferenceService(models, servePool, usage, logError);
   const services: Services = { orgs, files, fileReports, models, jobs, notifications, usage, inference };
   const maxUploadBytes = options.maxUploadBytes ?? DEFAULT_MAX_UPLOAD_BYTES;
-  const app = buildApi(services, { maxUploadBytes, logger: options.logger ?? false });
-  const validation = new FileValidation(jobs, files, baseModels, datasetSettings, tokenizers, home.work, (message, error) =>
+  const disk = new DiskSpace(home.root, home.diskReserve);
+  await disk.setAside();
+  const app = buildApi(services, { maxUploadBytes, disk, logger: options.logger ?? false });
+  const validation = new FileValidation(jobs, files, baseModels, datasetSettings, tokenizers, home.work, disk, (message, error) =>
     app.log.error({ err: error }, message),
   );
 
   if (await orgs.isEmpty()) {
     // The file is written before the key commits: a start cut short leaves an empty organization
     // table, and the next start makes both again.
-    const { organization } = await orgs.createKey('personal', (key) => writePrivateFile(home.apiKeyFile, `${key}\n`));
+    const { organization } = await orgs.createKey('personal', {
+      name: 'first key',
+      beforeCommit: (key) => writePrivateFile(home.apiKeyFile, `${key}\n`),
+    });
     app.log.info(`Created organization "${organization.name}" (${organization.id}); its API key is in ${home.apiKeyFile}`);
   }
   await files.sweep();
@@ -115,7 +127,7 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   // Jobs a restart interrupted while their files were being checked are checked again.
   jobs.onChange((job) => validation.jobChanged(job));
   validation.kick();
-  const runner = new JobRunner({ db: store.db, jobs, models: services.models, files, orgs, baseModels }, home, {
+  const runner = new JobRunner({ db: store.db, jobs, models: services.models, files, orgs, baseModels, disk }, home, {
     slots: options.engineSlots ?? 1,
     log: (message, error) => app.log.error({ err: error }, message),
   });
@@ -126,6 +138,7 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
     usage.jobChanged(job);
   });
   await usage.sweep();
+  await notifications.sealStoredSecrets();
   await notifications.sweep(jobs);
   const sweeper = setInterval(() => {
     files.deleteExpired().catch((error) => app.log.error({ err: error }, 'deleting expired files failed'));

@@ -126,8 +126,8 @@ describe('a job through the engine', () => {
     expect(fs.existsSync(path.join(t.home, 'work', job.id, 'train'))).toBe(false);
   });
 
-  it('pauses and resumes: the curve continues where it stopped, no step twice', async () => {
-    const created = await trainingJob(3, 5);
+  it('pauses and resumes: the curve continues where it stopped, no step twice; only the newest checkpoint keeps optimizer state', async () => {
+    const created = await trainingJob(3, 12);
     expect((await client.fineTuning.jobs.pause(created.id)).status).toBe('paused');
     await waitFor(async () =>
       (await client.fineTuning.jobs.listEvents(created.id)).data.some((e) => e.message.startsWith('Checkpoint saved at step')),
@@ -135,9 +135,18 @@ describe('a job through the engine', () => {
     const stoppedAt = (await metricsSteps(client, created.id)).length;
     expect((await client.fineTuning.jobs.retrieve(created.id)).status).toBe('paused');
 
+    const checkpoints = path.join(t.home, 'work', created.id, 'checkpoints');
+    const holdingState = () => fs.readdirSync(checkpoints).filter((name) => fs.existsSync(path.join(checkpoints, name, 'training_state.pt')));
+    expect(holdingState()).toEqual([`step-${stoppedAt}`]);
+
     expect((await client.fineTuning.jobs.resume(created.id)).status).toBe('queued');
+    await untilStep(client, created.id, 22);
+    expect(holdingState()).not.toContain('step-10');
     const job = await finished(client, created.id);
     expect(job.status).toBe('succeeded');
+    // A finished job resumes no more: its checkpoints are models, without optimizer state.
+    expect(fs.readdirSync(checkpoints).length).toBeGreaterThan(0);
+    expect(holdingState()).toEqual([]);
     expect(await metricsSteps(client, created.id)).toEqual(Array.from({ length: 30 }, (_, i) => i + 1));
     const messages = (await client.fineTuning.jobs.listEvents(created.id, { limit: 100 })).data.map((e) => e.message);
     expect(messages).toContain(`Fine-tuning job resumed from its checkpoint at step ${stoppedAt}`);

@@ -8,20 +8,24 @@ import type { InferenceService } from '../inference/inference.js';
 import type { JobService } from '../jobs/jobs.js';
 import type { ModelService } from '../models/models.js';
 import type { NotificationService } from '../notifications/notifications.js';
-import type { Organization, OrgService } from '../orgs/orgs.js';
+import type { Caller, OrgService } from '../orgs/orgs.js';
 import type { UsageService } from '../usage/usage.js';
-import { sendError } from './errors.js';
+import type { DiskSpace } from '../files/disk.js';
+import { sendClientError, sendError } from './errors.js';
 import { filesRoutes } from './files.js';
 import { inferenceRoutes } from './inference.js';
 import { jobsRoutes } from './jobs.js';
+import { keysRoutes } from './keys.js';
+import { loggedUrl, safeLogger } from './logging.js';
+import { refuseForbiddenKeys, refuseForbiddenQueryKeys } from './parse.js';
 import { modelsRoutes } from './models.js';
 import { uiRoutes } from './ui.js';
 import { usageRoutes } from './usage.js';
 
 declare module 'fastify' {
   interface FastifyRequest {
-    /** The organization the request's API key belongs to; set before any /v1 handler runs. */
-    org: Organization;
+    /** The organization the request's API key belongs to, and the key; set before any /v1 handler runs. */
+    org: Caller;
   }
 }
 
@@ -38,18 +42,21 @@ export interface Services {
 
 export interface ApiOptions {
   maxUploadBytes: number;
+  /** The home folder's disk, named when it is full. */
+  disk: DiskSpace;
   logger: FastifyServerOptions['logger'];
 }
 
 export function buildApi(services: Services, options: ApiOptions): FastifyInstance {
   const app = Fastify({
-    logger: options.logger,
+    logger: safeLogger(options.logger),
     genReqId: () => newId('req_'),
     // ft: model ids are long and full of colons; the default 100-character limit on a path parameter is too short.
     routerOptions: { maxParamLength: 500 },
     // A client refused mid-upload may still be sending; on shutdown such sockets are cut, not waited for.
     forceCloseConnections: true,
-    frameworkErrors: (error, _request, reply) => sendError(reply, error, options.maxUploadBytes),
+    frameworkErrors: (error, _request, reply) => sendError(reply, error, options),
+    clientErrorHandler: sendClientError,
   });
 
   app.addHook('onRequest', async (request, reply) => {
@@ -60,12 +67,20 @@ export function buildApi(services: Services, options: ApiOptions): FastifyInstan
   app.removeContentTypeParser('application/json');
   app.addContentTypeParser('application/json', { parseAs: 'string' }, (_request, body, done) => {
     if (body === '') return done(null, undefined);
+    let parsed: unknown;
     try {
-      done(null, JSON.parse(body as string));
+      parsed = JSON.parse(body as string);
     } catch (error) {
-      done(invalidRequest(`We could not parse the JSON body of your request: ${(error as Error).message}`), undefined);
+      return done(invalidRequest(`We could not parse the JSON body of your request: ${(error as Error).message}`), undefined);
     }
+    try {
+      refuseForbiddenKeys(parsed);
+    } catch (error) {
+      return done(error as Error, undefined);
+    }
+    done(null, parsed);
   });
+  app.addHook('preValidation', async (request) => refuseForbiddenQueryKeys(request.query));
 
   app.register(multipart, {
     limits: { fileSize: options.maxUploadBytes, files: 1, fields: 8, parts: 10 },
@@ -74,14 +89,14 @@ export function buildApi(services: Services, options: ApiOptions): FastifyInstan
     fileHwm: 256 * 1024,
   });
 
-  app.setErrorHandler((error, _request, reply) => sendError(reply, error, options.maxUploadBytes));
+  app.setErrorHandler((error, _request, reply) => sendError(reply, error, options));
   app.setNotFoundHandler((request, reply) =>
-    sendError(reply, new ServiceError('not_found', `Invalid URL (${request.method} ${request.url})`), options.maxUploadBytes),
+    sendError(reply, new ServiceError('not_found', `Invalid URL (${request.method} ${loggedUrl(request.url)})`), options),
   );
 
   app.register(
     async (v1) => {
-      v1.decorateRequest('org', undefined as unknown as Organization);
+      v1.decorateRequest('org', undefined as unknown as Caller);
       v1.addHook('onRequest', async (request) => {
         const header = request.headers.authorization;
         const key = header?.match(/^Bearer\s+(\S+)\s*$/i)?.[1];
@@ -98,6 +113,7 @@ export function buildApi(services: Services, options: ApiOptions): FastifyInstan
       v1.register(jobsRoutes(services.jobs));
       v1.register(usageRoutes(services.usage));
       v1.register(inferenceRoutes(services.inference));
+      v1.register(keysRoutes(services.orgs));
     },
     { prefix: '/v1' },
   );

@@ -1,5 +1,14 @@
+import { STATUS_CODES } from 'node:http';
+import type { Socket } from 'node:net';
 import type { FastifyError, FastifyReply } from 'fastify';
 import { type ErrorKind, ServiceError } from '../errors.js';
+import { type DiskSpace, isDiskFull } from '../files/disk.js';
+
+/** What the error answers need to know of the server. */
+export interface ErrorContext {
+  maxUploadBytes: number;
+  disk: DiskSpace;
+}
 
 const STATUS: Record<ErrorKind, number> = {
   invalid_request: 400,
@@ -39,6 +48,12 @@ function fromFastify(error: FastifyError, maxUploadBytes: number): [number, Erro
       return [413, body('The request body is too large.', null, 'request_too_large')];
     case 'FST_REQ_FILE_TOO_LARGE':
       return [413, body(`The file is larger than this server accepts (${maxUploadBytes} bytes).`, 'file', 'file_too_large')];
+    case 'FST_PROTO_VIOLATION':
+      // The multipart plugin refuses the field before its name reaches us.
+      return [
+        400,
+        body("A form field is named after a property every object has ('__proto__', 'constructor', 'toString', ...): such names cannot be used.", null, 'invalid_key'),
+      ];
     case 'FST_FILES_LIMIT':
     case 'FST_PARTS_LIMIT':
     case 'FST_FIELDS_LIMIT':
@@ -51,7 +66,7 @@ function fromFastify(error: FastifyError, maxUploadBytes: number): [number, Erro
   }
 }
 
-export function sendError(reply: FastifyReply, error: unknown, maxUploadBytes: number): FastifyReply {
+export function sendError(reply: FastifyReply, error: unknown, context: ErrorContext): FastifyReply {
   // Set here too: errors the router raises before any hook runs still carry the id.
   reply.header('x-request-id', reply.request.id);
   let status: number;
@@ -62,9 +77,20 @@ export function sendError(reply: FastifyReply, error: unknown, maxUploadBytes: n
     // The server's own fault that a retry would meet again (a broken adapter): the SDK should not retry it.
     if (error.kind === 'server') reply.header('x-should-retry', 'false');
   } else {
-    const mapped = fromFastify(error as FastifyError, maxUploadBytes);
+    const mapped = fromFastify(error as FastifyError, context.maxUploadBytes);
     if (mapped) [status, body] = mapped;
-    else {
+    else if (isDiskFull(error)) {
+      // 507: nothing was kept, and a retry meets the same full disk until a person frees space.
+      reply.log.error({ err: error }, 'the disk is full');
+      status = 507;
+      body = {
+        message: `${context.disk.fullMessage('storing what this request sent')}. Nothing was kept; try again once space is freed.`,
+        type: 'server_error',
+        param: null,
+        code: 'insufficient_storage',
+      };
+      reply.header('x-should-retry', 'false');
+    } else {
       // A client that hangs up mid-request is not a server fault, and hears no answer anyway.
       if (reply.request.raw.socket?.destroyed) reply.log.info({ err: error }, 'client went away');
       else reply.log.error({ err: error }, 'request failed');
@@ -77,4 +103,26 @@ export function sendError(reply: FastifyReply, error: unknown, maxUploadBytes: n
   // Refused before the body was read: the rest of it is not wanted, so the connection ends with this answer.
   if (status === 413) reply.header('connection', 'close');
   return reply.code(status).send({ error: body });
+}
+
+/**
+ * Requests Node's HTTP parser refuses before Fastify sees them (a request line and headers over
+ * 16 KB, a malformed request, a client too slow to send its headers), answered in OpenAI's shape.
+ */
+export function sendClientError(error: NodeJS.ErrnoException, socket: Socket): void {
+  if (error.code === 'ECONNRESET' || socket.destroyed) return;
+  const [status, message, code] =
+    error.code === 'HPE_HEADER_OVERFLOW'
+      ? [431, 'The URL and headers of the request are larger than this server accepts (16 KB): send long values in the body.', 'request_header_fields_too_large']
+      : error.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+        ? [408, 'The request took too long to arrive.', 'request_timeout']
+        : [400, `The request is not valid HTTP: ${error.message}`, 'invalid_http'];
+  const body = JSON.stringify({ error: { message, type: 'invalid_request_error', param: null, code } });
+  if (socket.writable) {
+    socket.write(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status]}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n` +
+        `x-should-retry: false\r\nConnection: close\r\n\r\n${body}`,
+    );
+  }
+  socket.destroy(error);
 }

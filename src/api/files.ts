@@ -3,7 +3,7 @@ import { z } from 'zod';
 import type { FileReports } from '../datasets/file-reports.js';
 import type { FileService, ReceivedUpload } from '../files/files.js';
 import { ServiceError, invalidRequest } from '../errors.js';
-import { listBody, pageQuery, parseWith } from './parse.js';
+import { listBody, pageQuery, parseWith, refuseForbiddenName } from './parse.js';
 
 const expiresAfter = z.object({
   anchor: z.literal('created_at', "expires_after[anchor] must be 'created_at'"),
@@ -101,6 +101,7 @@ async function readUploadForm(request: FastifyRequest, files: FileService) {
   try {
     for await (const part of request.parts()) {
       if (part.type === 'field') {
+        refuseForbiddenName(part.fieldname);
         fields[part.fieldname] = String(part.value);
         continue;
       }

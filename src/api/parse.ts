@@ -29,6 +29,45 @@ function mostSpecific(issue: z.core.$ZodIssue): z.core.$ZodIssue {
   return closest ? { ...closest, path: [...issue.path, ...closest.path] } : issue;
 }
 
+const FORBIDDEN_KEYS = new Set(['__proto__', 'constructor', 'prototype']);
+
+/**
+ * Refuses an object key `__proto__`, `constructor` or `prototype` anywhere in a request's JSON
+ * body: copied into a plain object such a key is dropped or changes the object's prototype, so
+ * metadata and every other free-form map would lose it silently. The 400 names the key and where.
+ */
+export function refuseForbiddenKeys(body: unknown): void {
+  const stack: Array<{ value: unknown; path: string[] }> = [{ value: body, path: [] }];
+  while (stack.length) {
+    const { value, path } = stack.pop()!;
+    if (value === null || typeof value !== 'object') continue;
+    for (const [key, child] of Object.entries(value)) {
+      if (!Array.isArray(value) && FORBIDDEN_KEYS.has(key)) throw forbiddenKey(key, path.join('.'));
+      stack.push({ value: child, path: [...path, key] });
+    }
+  }
+}
+
+/** The same for query parameters: `metadata[__proto__]=x` as well as `__proto__=x`. */
+export function refuseForbiddenQueryKeys(query: unknown): void {
+  for (const name of Object.keys(query ?? {})) refuseForbiddenName(name);
+}
+
+/** A form field's or query parameter's name, brackets read as nesting. */
+export function refuseForbiddenName(name: string): void {
+  const parts = name.split(/[[\]]+/).filter(Boolean);
+  const key = parts.find((part) => FORBIDDEN_KEYS.has(part));
+  if (key !== undefined) throw forbiddenKey(key, parts.slice(0, parts.indexOf(key)).join('.'));
+}
+
+function forbiddenKey(key: string, where: string): Error {
+  return invalidRequest(
+    `Invalid key '${key}'${where ? ` in '${where}'` : ''}: '__proto__', 'constructor' and 'prototype' cannot be used as keys.`,
+    where || key,
+    'invalid_key',
+  );
+}
+
 export function requireObjectBody(body: unknown): Record<string, unknown> {
   if (body === undefined || body === null || typeof body !== 'object' || Array.isArray(body)) {
     throw invalidRequest('The request body must be a JSON object.');

@@ -17,15 +17,18 @@ const adminOptions = (command: Command) =>
 
 /** Opens the home's database, finds the organization, and hands both to `work`. */
 async function withOrg(options: AdminOptions, work: (notifications: NotificationService, orgId: string) => Promise<void>) {
-  const [{ openStore }, { NotificationService }] = await Promise.all([
+  const [{ openStore }, { NotificationService }, { SecretBox }] = await Promise.all([
     import('../store/store.js'),
     import('../notifications/notifications.js'),
+    import('../store/secret-box.js'),
   ]);
-  const store = await openStore(options.database ?? homeLayout(resolveHome(options.home)).database);
+  const home = homeLayout(resolveHome(options.home));
+  const secrets = await SecretBox.load(home.secretKeyFile);
+  const store = await openStore(options.database ?? home.database);
   try {
     const org = await store.db.selectFrom('organizations').select('id').where('name', '=', options.org).executeTakeFirst();
     if (!org) throw new Error(`No organization named "${options.org}" (tunelab keys create --org ${options.org} makes one).`);
-    await work(new NotificationService(store.db, null), org.id);
+    await work(new NotificationService(store.db, secrets, null), org.id);
   } finally {
     await store.close();
   }

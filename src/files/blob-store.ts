@@ -44,7 +44,7 @@ export class LocalBlobStore implements BlobStore {
     const temporary = path.join(this.incoming, randomToken(16));
     const hash = createHash('sha256');
     let bytes = 0;
-    const file = await fsp.open(temporary, 'wx');
+    const file = await fsp.open(temporary, 'wx', 0o600);
     // The bytes must be on disk before the row names them. Syncing what has arrived every few
     // megabytes, while more arrives, leaves the final sync only the tail to wait for.
     let syncing: Promise<void> | undefined;

@@ -5,6 +5,7 @@ import { examineFiles, trainingContext, type DatasetReport } from '../datasets/d
 import { describeError } from '../datasets/findings.js';
 import type { ModelTokenizers } from '../datasets/model-tokenizers.js';
 import type { DatasetSettings } from '../datasets/settings.js';
+import { type DiskSpace, isDiskFull } from '../files/disk.js';
 import type { FileService } from '../files/files.js';
 import { modelContextLength, type BaseModelRegistry } from '../models/base-models.js';
 import type { FineTuningJob, JobService } from './jobs.js';
@@ -37,6 +38,7 @@ export class FileValidation {
     private readonly settings: DatasetSettings,
     private readonly tokenizers: ModelTokenizers,
     private readonly workDir: string,
+    private readonly disk: DiskSpace,
     private readonly log: (message: string, error?: unknown) => void,
   ) {}
 
@@ -71,8 +73,15 @@ export class FileValidation {
         const abandoned = abort.signal.aborted || (error instanceof ServiceError && error.kind === 'conflict');
         if (!abandoned) {
           this.log(`validating ${job.id} failed`, error);
-          const message = `The files could not be validated: ${(error as Error).message}`;
-          await this.fail(job, { code: 'validation_failed', message, param: null }).catch((failure) => this.log(`failing ${job.id}`, failure));
+          const full = isDiskFull(error);
+          const message = full
+            ? this.disk.fullMessage('writing the training arrays', undefined, this.workDir)
+            : `The files could not be validated: ${(error as Error).message}`;
+          // The half-written arrays go first: on a full disk, their space lets the failure be recorded.
+          await fs.rm(path.join(this.workDir, job.id), { recursive: true, force: true });
+          await this.disk
+            .persist(() => this.fail(job, { code: full ? 'disk_full' : 'validation_failed', message, param: null }), () => this.loop.stopped)
+            .catch((failure) => this.log(`failing ${job.id}`, failure));
         }
       }
       this.current = null;

@@ -12,6 +12,7 @@ import { newId, unixSeconds } from '../ids.js';
 import type { BaseModelRegistry } from '../models/base-models.js';
 import { type Page, type PageRequest, mapPage, pageBySeq } from '../store/pages.js';
 import type { JobCheckpointTable, JobEventTable, JobTable } from '../store/schema.js';
+import { inEventOrder } from '../store/event-order.js';
 import type { Db } from '../store/store.js';
 import type { CreateJobRequest, SupervisedHyperparameters } from './job-request.js';
 import { type JobStatus, type UserAction, USER_ACTIONS, canMove, isFinished } from './status.js';
@@ -23,6 +24,12 @@ export type FineTuningJob = Omit<OpenAIFineTuningJob, 'status'> & {
 };
 
 export type { StepMetrics };
+
+/** A step as the runner records it: the metrics and the event's words for them. */
+export interface StepRecord {
+  message: string;
+  data: Record<string, unknown> & { step: number };
+}
 
 export interface NewEvent {
   level?: JobEventTable['level'];
@@ -95,20 +102,16 @@ export class JobService {
       if (pairs.length) {
         await trx.insertInto('job_metadata').values(pairs.map(([key, value]) => ({ job_id: job.id, key, value }))).execute();
       }
-      await trx
-        .insertInto('job_events')
-        .values(
-          [
-            { message: `Created fine-tuning job: ${job.id}` },
-            {
-              message: job.validation_file
-                ? `Validating training file: ${job.training_file} and validation file: ${job.validation_file}`
-                : `Validating training file: ${job.training_file}`,
-              data: { status: 'validating_files' },
-            },
-          ].map((event) => eventRow(job.id, event, now)),
-        )
-        .execute();
+      const events = [
+        { message: `Created fine-tuning job: ${job.id}` },
+        {
+          message: job.validation_file
+            ? `Validating training file: ${job.training_file} and validation file: ${job.validation_file}`
+            : `Validating training file: ${job.training_file}`,
+          data: { status: 'validating_files' },
+        },
+      ].map((event) => eventRow(job.id, event, now));
+      await inEventOrder(trx, (inTurn) => inTurn.insertInto('job_events').values(events).execute());
     });
     return this.changed(toJob(job));
   }
@@ -228,7 +231,7 @@ export class JobService {
       // The move's last event carries the new status: the dashboard's timeline reads it, not the words.
       const events = Array.isArray(event) ? event : [event];
       const told = events.map((e, i) => (i === events.length - 1 ? { ...e, data: { ...e.data, status: to } } : e));
-      await trx.insertInto('job_events').values(told.map((e) => eventRow(jobId, e, now))).execute();
+      await inEventOrder(trx, (inTurn) => inTurn.insertInto('job_events').values(told.map((e) => eventRow(jobId, e, now))).execute());
       return toJob(updated);
     });
     return this.changed(moved);
@@ -237,29 +240,51 @@ export class JobService {
   /** Adds an event; returns its id. */
   async appendEvent(jobId: string, event: NewEvent, db: Db = this.db): Promise<string> {
     const row = eventRow(jobId, event, unixSeconds());
-    await db.insertInto('job_events').values(row).execute();
+    await inEventOrder(db, (trx) => trx.insertInto('job_events').values(row).execute());
     return row.id;
   }
 
-  /** Rewrites an event: a step's metrics event gains the validation loss computed after it. */
-  async updateEvent(eventId: string, event: Pick<NewEvent, 'message' | 'data'>): Promise<void> {
-    await this.db
-      .updateTable('job_events')
-      .set({ message: event.message, data: event.data ? JSON.stringify(event.data) : null })
-      .where('id', '=', eventId)
-      .execute();
+  /** A training step: its metrics event, and its row in the step-keyed metrics. Returns the event's id. */
+  async recordStep(jobId: string, step: StepRecord): Promise<string> {
+    const row = eventRow(jobId, { type: 'metrics', message: step.message, data: step.data }, unixSeconds());
+    await inEventOrder(this.db, async (trx) => {
+      await trx.insertInto('job_events').values(row).execute();
+      await trx.insertInto('job_metrics').values({ job_id: jobId, step: step.data.step, event_id: row.id, data: row.data! }).execute();
+    });
+    return row.id;
   }
 
-  /** The job's metrics events' data, oldest first: the loss curve. */
-  async metrics(jobId: string): Promise<Array<{ id: string; data: Record<string, unknown> }>> {
+  /** Rewrites a step: its metrics event and row gain the validation loss computed after it. */
+  async updateStep(jobId: string, eventId: string, step: StepRecord): Promise<void> {
+    const data = JSON.stringify(step.data);
+    await this.db.transaction().execute(async (trx) => {
+      await trx.updateTable('job_events').set({ message: step.message, data }).where('id', '=', eventId).execute();
+      await trx.updateTable('job_metrics').set({ data }).where('job_id', '=', jobId).where('step', '=', step.data.step).execute();
+    });
+  }
+
+  /** The job's steps from `fromStep` on, oldest first, with their events' ids: the loss curve. */
+  async metrics(jobId: string, fromStep = 0): Promise<Array<{ id: string; data: Record<string, unknown> & { step: number } }>> {
     const rows = await this.db
-      .selectFrom('job_events')
-      .select(['id', 'data'])
+      .selectFrom('job_metrics')
+      .select(['event_id', 'data'])
       .where('job_id', '=', jobId)
-      .where('type', '=', 'metrics')
-      .orderBy('seq', 'asc')
+      .where('step', '>=', fromStep)
+      .orderBy('step', 'asc')
       .execute();
-    return rows.map((row) => ({ id: row.id, data: row.data === null ? {} : JSON.parse(row.data) }));
+    return rows.map((row) => ({ id: row.event_id, data: JSON.parse(row.data) }));
+  }
+
+  /** The job's newest recorded step, if any. */
+  async lastStep(jobId: string): Promise<{ id: string; data: Record<string, unknown> & { step: number } } | null> {
+    const row = await this.db
+      .selectFrom('job_metrics')
+      .select(['event_id', 'data'])
+      .where('job_id', '=', jobId)
+      .orderBy('step', 'desc')
+      .limit(1)
+      .executeTakeFirst();
+    return row ? { id: row.event_id, data: JSON.parse(row.data) } : null;
   }
 
   /**
@@ -270,8 +295,7 @@ export class JobService {
   async stepMetrics(orgId: string, jobId: string, fromStep = 0): Promise<StepMetrics[]> {
     await this.row(orgId, jobId);
     // The runner writes these from the engine's step events, in this shape.
-    const steps = (await this.metrics(jobId)).map((m) => m.data as unknown as StepMetrics);
-    return steps.filter((m) => m.step >= fromStep);
+    return (await this.metrics(jobId, fromStep)).map((m) => m.data as unknown as StepMetrics);
   }
 
   /** While the job runs: when it is expected to finish, from the speed measured so far. */

@@ -7,6 +7,7 @@ import { enginePython } from '../engine/python.js';
 import type { DoneEvent, EngineEvent, EvalEvent, StepEvent, StepMetrics, TrainingSpec } from '../engine/protocol.js';
 import { type Exit, TrainingProcess, stopOrphan } from '../engine/training-process.js';
 import { ServiceError } from '../errors.js';
+import { DISK_FULL_WORDS, type DiskSpace, isDiskFull, megabytes } from '../files/disk.js';
 import type { FileService } from '../files/files.js';
 import { unixSeconds } from '../ids.js';
 import type { BaseModelRegistry } from '../models/base-models.js';
@@ -15,6 +16,7 @@ import { checkpointModelName, fineTunedModelName } from '../models/names.js';
 import { trainingDefaults } from '../models/training-defaults.js';
 import type { OrgService } from '../orgs/orgs.js';
 import type { Db } from '../store/store.js';
+import { type CheckpointSpace, checkpointSpace } from './checkpoint-space.js';
 import { learningRate, resolveHyperparameters } from './hyperparameters.js';
 import type { SupervisedHyperparameters } from './job-request.js';
 import type { FineTuningJob, JobService } from './jobs.js';
@@ -29,6 +31,7 @@ export interface RunnerServices {
   files: FileService;
   orgs: OrgService;
   baseModels: BaseModelRegistry;
+  disk: DiskSpace;
 }
 
 export interface RunnerOptions {
@@ -43,8 +46,29 @@ const KEPT_CHECKPOINTS = 3;
 const ESTIMATE_EVERY_MS = 2000;
 /** A stopping server waits this long for engines to save a checkpoint before killing them. */
 const SHUTDOWN_GRACE_MS = 15_000;
+/** The engine's file in a checkpoint folder that holds the optimizer state (engine/tunelab_engine/checkpoint.py). */
+const TRAINING_STATE = 'training_state.pt';
+/** Below this much free space over the job's estimate, a job starts with a warning. */
+const SPACE_WARNING_RATIO = 1.5;
+
+/** A job refused before it starts, with the code its error carries. */
+class StartRefused extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+  ) {
+    super(message);
+  }
+}
 
 type Metrics = Partial<StepMetrics> & { step: number };
+
+/** Why a run failed; a `plain` message is the job's whole message, without the engine's last lines. */
+interface JobError {
+  code: string;
+  message: string;
+  plain?: boolean;
+}
 
 /** One engine process training one job, and what the runner learned from its events so far. */
 interface Run {
@@ -57,6 +81,8 @@ interface Run {
   finishing: boolean;
   finished: Promise<void>;
   fineTunedModel: string;
+  /** What its checkpoints take on disk, for the messages of a full disk. */
+  space: CheckpointSpace;
   totalSteps: number;
   /** The step this run started from (the checkpoint it resumed, or 0). */
   startStep: number;
@@ -64,7 +90,7 @@ interface Run {
   lastMetrics: { id: string; data: Metrics } | null;
   lastCheckpointStep: number;
   lastEstimateAt: number;
-  error: { code: string; message: string } | null;
+  error: JobError | null;
   done: DoneEvent | null;
   /** The step the engine saved when it was stopped (`cancelled` event), by the runner or not. */
   stoppedAtStep: number | null;
@@ -98,7 +124,7 @@ export class JobRunner {
     if (this.options.slots === 0) return;
     for (const job of await this.services.jobs.withStatus('running')) {
       await stopOrphan(this.pidPath(job.id));
-      const checkpoint = await this.resumePoint(job.id, lastStep(await this.services.jobs.metrics(job.id)));
+      const checkpoint = await this.resumePoint(job.id, (await this.services.jobs.lastStep(job.id))?.data.step ?? 0);
       await this.services.jobs.move(job.id, 'running', 'queued', {
         message: checkpoint
           ? `The server restarted while the job was running; it continues from its checkpoint at step ${checkpoint.step}`
@@ -149,10 +175,14 @@ export class JobRunner {
       try {
         await this.begin(next);
       } catch (error) {
-        this.options.log(`starting ${next.id} failed`, error);
+        const code = error instanceof StartRefused ? error.code : 'engine_start_failed';
+        if (!(error instanceof StartRefused)) this.options.log(`starting ${next.id} failed`, error);
         const message = `The job could not be started: ${(error as Error).message}`;
-        await this.services.jobs
-          .move(next.id, 'queued', 'failed', { level: 'error', message }, { error: JSON.stringify({ code: 'engine_start_failed', message, param: null }) })
+        await this.services.disk
+          .persist(
+            () => this.services.jobs.move(next.id, 'queued', 'failed', { level: 'error', message }, { error: JSON.stringify({ code, message, param: null }) }),
+            () => this.loop.stopped,
+          )
           // Cancelled or paused meanwhile: someone else moved it, nothing to do.
           .catch((failure) => {
             if (!(failure instanceof ServiceError && failure.kind === 'conflict')) throw failure;
@@ -173,8 +203,15 @@ export class JobRunner {
     const work = this.workDir(job.id);
     const stepsPerEpoch = Math.ceil(report.n_examples / resolved.batch_size);
     const totalSteps = stepsPerEpoch * resolved.n_epochs;
-    const history = await this.services.jobs.metrics(job.id);
-    const resumeFrom = await this.resumePoint(job.id, lastStep(history));
+    const last = await this.services.jobs.lastStep(job.id);
+    const resumeFrom = await this.resumePoint(job.id, last?.data.step ?? 0);
+    const space = checkpointSpace(model.path, {
+      full: resolved.full,
+      loraRank: resolved.lora_rank ?? 0,
+      nEpochs: resolved.n_epochs,
+      keptCheckpoints: KEPT_CHECKPOINTS,
+    });
+    const spaceWarning = await this.checkSpace(space, resumeFrom !== null);
 
     // A resumed run keeps the spec it started with (same schedule, same curve), from its checkpoint.
     const written = resumeFrom && fs.existsSync(this.specPath(job.id)) ? JSON.parse(fs.readFileSync(this.specPath(job.id), 'utf8')) : null;
@@ -214,7 +251,6 @@ export class JobRunner {
       { message: resumeFrom ? `Fine-tuning job resumed from its checkpoint at step ${resumeFrom.step}` : 'Fine-tuning job started' },
       { method: { type: 'supervised', supervised: { hyperparameters: resolved } } },
     );
-    const last = history.at(-1);
     const checkpoints = await this.services.jobs.checkpoints(job.id);
     const run: Run = {
       job: running,
@@ -223,9 +259,10 @@ export class JobRunner {
       finishing: false,
       finished: Promise.resolve(),
       fineTunedModel: fineTunedModelName(job, await this.services.orgs.name(job.organization_id)),
+      space,
       totalSteps,
       startStep: resumeFrom?.step ?? 0,
-      lastMetrics: last ? { id: last.id, data: last.data as Metrics } : null,
+      lastMetrics: last,
       lastCheckpointStep: Math.max(0, ...checkpoints.map((c) => c.step_number)),
       lastEstimateAt: 0,
       error: null,
@@ -233,9 +270,11 @@ export class JobRunner {
       stoppedAtStep: null,
     };
     try {
+      if (spaceWarning) await this.services.jobs.appendEvent(job.id, { level: 'warn', message: spaceWarning });
       // An epoch's checkpoint saved as the engine was stopped (or as the server died) and not yet a model.
       if (resumeFrom && resumeFrom.step % stepsPerEpoch === 0) {
-        await this.registerCheckpoint(run, resumeFrom.step, resumeFrom.path, history.find((m) => m.data.step === resumeFrom.step)?.data as Metrics | undefined);
+        const [atCheckpoint] = await this.services.jobs.metrics(job.id, resumeFrom.step);
+        await this.registerCheckpoint(run, resumeFrom.step, resumeFrom.path, atCheckpoint?.data.step === resumeFrom.step ? atCheckpoint.data : undefined);
       }
       run.engine = TrainingProcess.start({ specPath: this.specPath(job.id), logPath: path.join(work, 'engine.log'), pidPath: this.pidPath(job.id) });
     } catch (error) {
@@ -255,10 +294,17 @@ export class JobRunner {
     try {
       for await (const event of engine.events()) await this.onEvent(run, event);
     } catch (error) {
-      // The record of the run broke (a database error): the engine must not train unrecorded.
+      // The record of the run broke (a database error, a full disk): the engine must not train unrecorded.
       engine.kill();
       await engine.exited;
-      return this.fail(run, { code: 'internal', message: `the server could not record the run: ${(error as Error).message}` }, null);
+      const step = run.lastMetrics?.data.step ?? run.startStep;
+      return this.fail(
+        run,
+        isDiskFull(error)
+          ? this.diskFull(`recording step ${step + 1}`, undefined, this.home.root)
+          : { code: 'internal', message: `the server could not record the run: ${(error as Error).message}` },
+        null,
+      );
     }
     const exit = await engine.exited;
     if (run.stopping === 'shutdown') return;
@@ -268,14 +314,46 @@ export class JobRunner {
         await this.succeed(run);
       } catch (error) {
         if (error instanceof ServiceError && error.kind === 'conflict') return this.afterStop(run);
-        this.options.log(`finishing ${run.job.id} failed`, error);
-        await this.fail(run, { code: 'internal', message: `the fine-tuned model could not be recorded: ${(error as Error).message}` }, null);
+        if (!isDiskFull(error)) this.options.log(`finishing ${run.job.id} failed`, error);
+        await this.fail(
+          run,
+          isDiskFull(error)
+            ? this.diskFull('writing the result file', undefined, this.home.blobs)
+            : { code: 'internal', message: `the fine-tuned model could not be recorded: ${(error as Error).message}` },
+          null,
+        );
       }
       return;
     }
     // Stopped by a signal from outside (a terminal's Ctrl-C, a service manager): it saved a checkpoint.
     if (run.stoppedAtStep !== null && exit.code === 0) return this.afterStop(run);
-    await this.fail(run, run.error, exit);
+    await this.fail(run, this.engineDiskFull(run) ?? run.error, exit);
+  }
+
+  /**
+   * Before a fresh start: a disk that cannot hold the job's checkpoints and model refuses the job;
+   * one that only just can gives a warning (returned). A resumed job's files are mostly there already.
+   */
+  private async checkSpace(space: CheckpointSpace, resuming: boolean): Promise<string | null> {
+    await this.services.disk.setAside();
+    if (resuming) return null;
+    const free = this.services.disk.freeBytes(this.home.work);
+    const need = `its checkpoints and fine-tuned model need about ${megabytes(space.job)}, ${megabytes(free)} free on the disk of ${this.home.root}`;
+    if (free < space.job) throw new StartRefused('insufficient_disk_space', `not enough disk space: ${need}`);
+    return free < space.job * SPACE_WARNING_RATIO ? `The disk is nearly full: ${need}` : null;
+  }
+
+  /** The engine failed for a full disk: while writing a checkpoint (its half-written folder tells the step) or the model. */
+  private engineDiskFull(run: Run): JobError | null {
+    const said = [run.error?.message ?? '', ...(run.engine?.lastLogLines() ?? [])].join('\n');
+    if (!DISK_FULL_WORDS.test(said)) return null;
+    const step = halfWrittenCheckpoints(this.workDir(run.job.id)).at(-1)?.step;
+    if (step !== undefined) return this.diskFull(`saving the checkpoint at step ${step}`, run.space.checkpoint);
+    return this.diskFull(`saving the fine-tuned model at step ${run.lastMetrics?.data.step ?? run.totalSteps}`, run.space.weights);
+  }
+
+  private diskFull(doing: string, needed?: number, folder = this.home.work): JobError {
+    return { code: 'disk_full', message: this.services.disk.fullMessage(doing, needed, folder), plain: true };
   }
 
   private async onEvent(run: Run, event: EngineEvent): Promise<void> {
@@ -315,7 +393,7 @@ export class JobRunner {
       train_loss: event.train_loss,
       train_mean_token_accuracy: event.train_mean_token_accuracy,
     };
-    const id = await this.services.jobs.appendEvent(run.job.id, { type: 'metrics', message: stepMessage(data), data });
+    const id = await this.services.jobs.recordStep(run.job.id, { message: stepMessage(data), data });
     run.lastMetrics = { id, data };
     // From the engine's own clock, so a backlog of events here does not skew it.
     const now = typeof event.time === 'number' ? event.time * 1000 : Date.now();
@@ -334,7 +412,7 @@ export class JobRunner {
     for (const key of ['valid_loss', 'valid_mean_token_accuracy', 'full_valid_loss', 'full_valid_mean_token_accuracy'] as const) {
       if (key in event) data[key] = event[key];
     }
-    await this.services.jobs.updateEvent(run.lastMetrics.id, { message: stepMessage(data), data });
+    await this.services.jobs.updateStep(run.job.id, run.lastMetrics.id, { message: stepMessage(data), data });
     run.lastMetrics = { id: run.lastMetrics.id, data };
   }
 
@@ -351,6 +429,8 @@ export class JobRunner {
     });
     run.lastCheckpointStep = step;
     await removeFolders(removed);
+    // Only the newest checkpoint is resumed from: the others keep their weights and lose the optimizer state.
+    await dropTrainingState(checkpointFolders(this.workDir(run.job.id)).slice(0, -1));
   }
 
   private async succeed(run: Run): Promise<void> {
@@ -379,19 +459,28 @@ export class JobRunner {
     await this.cleanUp({ ...job, status: 'succeeded' });
   }
 
-  private async fail(run: Run, error: { code: string; message: string } | null, exit: Exit | null): Promise<void> {
+  private async fail(run: Run, error: JobError | null, exit: Exit | null): Promise<void> {
     run.finishing = true;
+    // What a failed write left behind goes first: on a full disk, its space lets the failure be recorded.
+    await removeFolders(halfWrittenCheckpoints(this.workDir(run.job.id)).map((folder) => folder.path));
     const cause = error
       ? error.message
       : exit?.signal
         ? `the engine was killed by ${exit.signal}${exit.signal === 'SIGKILL' ? ' (out of memory?)' : ''}`
         : `the engine exited with status ${exit?.code ?? 'unknown'} before finishing`;
     const lines = run.engine?.lastLogLines() ?? [];
-    const message = `Fine-tuning failed: ${cause}${lines.length ? `\nThe engine's last lines:\n${lines.join('\n')}` : ''}`;
+    const message = error?.plain
+      ? error.message
+      : `Fine-tuning failed: ${cause}${lines.length ? `\nThe engine's last lines:\n${lines.join('\n')}` : ''}`;
     try {
-      await this.services.jobs.move(run.job.id, 'running', 'failed', { level: 'error', message }, {
-        error: JSON.stringify({ code: error?.code ?? 'engine_failed', message, param: null }),
-      });
+      // Recorded even on a full disk: the job must not stay running with no engine.
+      await this.services.disk.persist(
+        () =>
+          this.services.jobs.move(run.job.id, 'running', 'failed', { level: 'error', message }, {
+            error: JSON.stringify({ code: error?.code ?? 'engine_failed', message, param: null }),
+          }),
+        () => this.loop.stopped,
+      );
     } catch (failure) {
       if (failure instanceof ServiceError && failure.kind === 'conflict') return this.afterStop(run);
       throw failure;
@@ -431,6 +520,8 @@ export class JobRunner {
       ? fs.readdirSync(checkpoints).map((name) => path.join(checkpoints, name)).filter((folder) => !kept.has(folder))
       : [];
     await removeFolders([path.join(work, 'train'), path.join(work, 'valid'), ...stale]);
+    // A finished job is never resumed: its checkpoints are models now, and optimizer state is most of their size.
+    await dropTrainingState(checkpointFolders(work));
     if (job.status !== 'succeeded') await removeFolders([path.join(this.home.adapters, job.id)]);
   }
 
@@ -458,10 +549,12 @@ export class JobRunner {
    */
   private async resumePoint(jobId: string, recordedSteps: number): Promise<CheckpointFolder | null> {
     const folders = checkpointFolders(this.workDir(jobId));
-    const resume = folders.filter((folder) => folder.step <= recordedSteps).at(-1) ?? null;
+    const resume = folders.filter((folder) => folder.step <= recordedSteps && hasTrainingState(folder)).at(-1) ?? null;
     const models = new Set(await this.services.models.folders(jobId));
     const stale = folders.filter((folder) => folder.step > recordedSteps || (folder !== resume && !models.has(folder.path)));
     await removeFolders(stale.map((folder) => folder.path));
+    // The checkpoints kept as models are not resumed from: only the resume point needs its optimizer state.
+    await dropTrainingState(folders.filter((folder) => folder !== resume && !stale.includes(folder)));
     return resume;
   }
 
@@ -492,8 +585,6 @@ function validationFacts(report: Record<string, unknown>): ValidationFacts {
   return report as unknown as ValidationFacts;
 }
 
-const lastStep = (metrics: Array<{ data: Record<string, unknown> }>) => Number(metrics.at(-1)?.data.step ?? 0);
-
 /** A checkpoint's metrics are its step's, without the run's length. */
 function checkpointMetrics(metrics: Metrics): Record<string, unknown> {
   const { total_steps: _, ...rest } = metrics;
@@ -518,17 +609,28 @@ interface CheckpointFolder {
   path: string;
 }
 
-/** The job's complete checkpoint folders (`step-N`; a `step-N.tmp` is one being written), oldest first. */
-function checkpointFolders(workDir: string): CheckpointFolder[] {
+/** The job's complete checkpoint folders (`step-N`), oldest first. */
+const checkpointFolders = (workDir: string) => checkpointFoldersNamed(workDir, /^step-(\d+)$/);
+
+/** Checkpoint folders being written (`step-N.tmp`), or left half-written by an engine that failed. */
+const halfWrittenCheckpoints = (workDir: string) => checkpointFoldersNamed(workDir, /^step-(\d+)\.tmp$/);
+
+function checkpointFoldersNamed(workDir: string, pattern: RegExp): CheckpointFolder[] {
   const folder = path.join(workDir, 'checkpoints');
   if (!fs.existsSync(folder)) return [];
   return fs
     .readdirSync(folder)
     .flatMap((name) => {
-      const match = /^step-(\d+)$/.exec(name);
+      const match = pattern.exec(name);
       return match ? [{ step: Number(match[1]), path: path.join(folder, name) }] : [];
     })
     .sort((a, b) => a.step - b.step);
+}
+
+const hasTrainingState = (folder: CheckpointFolder) => fs.existsSync(path.join(folder.path, TRAINING_STATE));
+
+async function dropTrainingState(folders: CheckpointFolder[]): Promise<void> {
+  await Promise.all(folders.map((folder) => fsp.rm(path.join(folder.path, TRAINING_STATE), { force: true })));
 }
 
 async function removeFolders(folders: string[]): Promise<void> {

@@ -4,6 +4,7 @@ import { randomToken, unixSeconds } from '../ids.js';
 import type { FineTuningJob } from '../jobs/jobs.js';
 import { type JobStatus, isFinished } from '../jobs/status.js';
 import type { NotificationDeliveryTable } from '../store/schema.js';
+import { SecretBox } from '../store/secret-box.js';
 import type { Db } from '../store/store.js';
 import { type MailContent, jobEvent, jobMail } from './messages.js';
 import { newWebhookSecret, signatureHeaders } from './signing.js';
@@ -61,6 +62,8 @@ export class NotificationService {
 
   constructor(
     private readonly db: Db,
+    /** Seals the endpoints' signing secrets in the database. */
+    private readonly secrets: SecretBox,
     private readonly mailer: Mailer | null,
     private readonly onError: OnError = () => {},
     options: DeliveryOptions = {},
@@ -80,9 +83,11 @@ export class NotificationService {
       throw invalidRequest(`Invalid webhook URL: ${url}`, 'url');
     }
     if (parsed.protocol !== 'https:' && parsed.protocol !== 'http:') throw invalidRequest(`A webhook URL must be http(s): ${url}`, 'url');
-    const row = { id: `whep_${randomToken()}`, org_id: orgId, url: parsed.href, secret: newWebhookSecret(), created_at: unixSeconds() };
+    const secret = newWebhookSecret();
+    const id = `whep_${randomToken()}`;
+    const row = { id, org_id: orgId, url: parsed.href, secret: this.secrets.seal(secret, id), created_at: unixSeconds() };
     await this.db.insertInto('webhook_endpoints').values(row).execute();
-    return { id: row.id, object: 'webhook_endpoint', url: row.url, created_at: row.created_at, secret: row.secret };
+    return { id: row.id, object: 'webhook_endpoint', url: row.url, created_at: row.created_at, secret };
   }
 
   async listEndpoints(orgId: string): Promise<WebhookEndpoint[]> {
@@ -197,6 +202,14 @@ export class NotificationService {
    * On start: jobs that finished while no one was listening (a crash between the move and the
    * enqueue, a job another process finished) are announced now.
    */
+  /** Seals the signing secrets a server from before sealing stored as they were. */
+  async sealStoredSecrets(): Promise<void> {
+    const rows = await this.db.selectFrom('webhook_endpoints').select(['id', 'secret']).execute();
+    for (const row of rows.filter((r) => !SecretBox.isSealed(r.secret))) {
+      await this.db.updateTable('webhook_endpoints').set({ secret: this.secrets.seal(row.secret, row.id) }).where('id', '=', row.id).execute();
+    }
+  }
+
   async sweep(jobs: { get(orgId: string, id: string): Promise<FineTuningJob> }): Promise<number> {
     const missed = await this.db
       .selectFrom('jobs')
@@ -329,7 +342,7 @@ export class NotificationService {
   /** One signed POST; null when the receiver answered 2xx, otherwise what went wrong. */
   private async post(delivery: Delivery): Promise<string | null> {
     const endpoint = delivery.endpoint_id
-      ? await this.db.selectFrom('webhook_endpoints').select('secret').where('id', '=', delivery.endpoint_id).executeTakeFirst()
+      ? await this.db.selectFrom('webhook_endpoints').select(['id', 'secret']).where('id', '=', delivery.endpoint_id).executeTakeFirst()
       : undefined;
     if (!endpoint) return 'The webhook endpoint was removed.';
     const response = await fetch(delivery.target, {
@@ -337,7 +350,7 @@ export class NotificationService {
       headers: {
         'content-type': 'application/json',
         'user-agent': 'tunelab-webhooks',
-        ...signatureHeaders(endpoint.secret, delivery.id, unixSeconds(), delivery.payload),
+        ...signatureHeaders(this.secrets.open(endpoint.secret, endpoint.id), delivery.id, unixSeconds(), delivery.payload),
       },
       body: delivery.payload,
       redirect: 'manual',

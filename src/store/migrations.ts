@@ -211,5 +211,46 @@ export function migrations(dialect: Dialect): Record<string, Migration> {
         await db.schema.createIndex('usage_records_by_source').on('usage_records').columns(['kind', 'source_id']).unique().execute();
       },
     },
+    '0005_api_key_lifecycle': {
+      async up(db: Kysely<any>) {
+        // Keys made before keys had names and roles could do everything: they stay owners.
+        await db.schema.alterTable('api_keys').addColumn('name', 'text', (c) => c.notNull().defaultTo('')).execute();
+        await db.schema.alterTable('api_keys').addColumn('role', 'text', (c) => c.notNull().defaultTo('owner')).execute();
+        await db.schema.alterTable('api_keys').addColumn('last_used_at', 'bigint').execute();
+        await db.schema.alterTable('api_keys').addColumn('revoked_at', 'bigint').execute();
+        await db.schema.createIndex('api_keys_by_org').on('api_keys').columns(['org_id', 'created_at']).execute();
+      },
+    },
+    '0006_job_metrics': {
+      async up(db: Kysely<any>) {
+        // A job's steps by number: the curve from step N on is an index range, however long the job.
+        await db.schema
+          .createTable('job_metrics')
+          .addColumn('job_id', 'text', (c) => c.notNull().references('jobs.id'))
+          .addColumn('step', 'integer', (c) => c.notNull())
+          .addColumn('event_id', 'text', (c) => c.notNull())
+          .addColumn('data', 'text', (c) => c.notNull())
+          .addPrimaryKeyConstraint('job_metrics_pk', ['job_id', 'step'])
+          .execute();
+        // The steps recorded before, from their metrics events, a batch at a time.
+        for (let after = 0; ; ) {
+          const events: Array<{ seq: number; id: string; job_id: string; data: string | null }> = await db
+            .selectFrom('job_events')
+            .select(['seq', 'id', 'job_id', 'data'])
+            .where('type', '=', 'metrics')
+            .where('seq', '>', after)
+            .orderBy('seq', 'asc')
+            .limit(1000)
+            .execute();
+          if (events.length === 0) break;
+          after = events.at(-1)!.seq;
+          const rows = events.flatMap((event) => {
+            const step = event.data === null ? undefined : (JSON.parse(event.data) as { step?: unknown }).step;
+            return typeof step === 'number' ? [{ job_id: event.job_id, step, event_id: event.id, data: event.data }] : [];
+          });
+          if (rows.length) await db.insertInto('job_metrics').values(rows).onConflict((c) => c.columns(['job_id', 'step']).doNothing()).execute();
+        }
+      },
+    },
   };
 }

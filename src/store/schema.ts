@@ -12,6 +12,7 @@ export interface Database {
   jobs: JobTable;
   job_metadata: JobMetadataTable;
   job_events: JobEventTable;
+  job_metrics: JobMetricsTable;
   job_checkpoints: JobCheckpointTable;
   job_validation_reports: JobValidationReportTable;
   fine_tuned_models: FineTunedModelTable;
@@ -36,7 +37,15 @@ export interface ApiKeyTable {
   key_hash: string;
   /** The first characters, so a person can tell keys apart in a listing. */
   key_prefix: string;
+  /** A person's name for it ("ci", "laptop"); '' when none was given. */
+  name: string;
+  /** `owner` keys may list, revoke and rotate the organization's keys; `member` keys use the API. */
+  role: 'owner' | 'member';
   created_at: number;
+  /** Unix seconds, to the minute: written at most once a minute per key. */
+  last_used_at: number | null;
+  /** A revoked key is refused from its next request on; the row stays so listings can show it. */
+  revoked_at: number | null;
 }
 
 export interface FileTable {
@@ -97,6 +106,16 @@ export interface JobEventTable {
   type: 'message' | 'metrics';
   /** JSON or null. */
   data: string | null;
+}
+
+/** One row per training step: the metrics event's data again, keyed by step, for the curve. */
+export interface JobMetricsTable {
+  job_id: string;
+  step: number;
+  /** The step's metrics event, rewritten with it when an evaluation joins the step. */
+  event_id: string;
+  /** JSON: the step's metrics, as its event's data. */
+  data: string;
 }
 
 export interface JobCheckpointTable {

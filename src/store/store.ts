@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import SqliteDatabase from 'better-sqlite3';
-import { Kysely, Migrator, PostgresDialect, SqliteDialect } from 'kysely';
+import { type DatabaseConnection, Kysely, Migrator, PostgresDialect, SqliteDialect, SqliteDriver } from 'kysely';
 import pg from 'pg';
 import type { Database } from './schema.js';
 import { type Dialect, migrations } from './migrations.js';
@@ -39,7 +39,29 @@ function sqliteDialect(file: string) {
   database.pragma('synchronous = NORMAL');
   database.pragma('foreign_keys = ON');
   database.pragma('busy_timeout = 5000');
-  return new SqliteDialect({ database: withStatementCache(database) });
+  // Files made by an older server, before it set its umask: the database holds training data and secrets.
+  for (const suffix of ['', '-wal', '-shm']) if (fs.existsSync(file + suffix)) fs.chmodSync(file + suffix, 0o600);
+  return new SqliteStoreDialect(withStatementCache(database));
+}
+
+/**
+ * SQLite rolls a transaction back by itself when a write fails for a full disk (or an I/O error); the
+ * rollback Kysely then sends fails with "cannot rollback - no transaction is active", and that error
+ * would replace the one that says what happened.
+ */
+class SqliteStoreDialect extends SqliteDialect {
+  constructor(private readonly database: SqliteDatabase.Database) {
+    super({ database });
+  }
+
+  override createDriver() {
+    const database = this.database;
+    return new (class extends SqliteDriver {
+      override async rollbackTransaction(connection: DatabaseConnection): Promise<void> {
+        if (database.inTransaction) await super.rollbackTransaction(connection);
+      }
+    })({ database });
+  }
 }
 
 /**
