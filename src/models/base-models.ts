@@ -21,7 +21,7 @@ const MODEL_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$/;
  * `tunelab models add`, and the server sees it without a restart.
  */
 export class BaseModelRegistry {
-  constructor(private readonly dir: string) {
+  constructor(readonly dir: string) {
     fs.mkdirSync(dir, { recursive: true });
   }
 
@@ -59,6 +59,12 @@ export class BaseModelRegistry {
     const model = this.get(name);
     if (!model) throw new Error(`Registered ${name} but cannot read it back from ${this.dir}`);
     return model;
+  }
+
+  /** Forgets a registration (the link), never the files it points to. */
+  remove(name: string): void {
+    const link = path.join(this.dir, name);
+    if (MODEL_NAME.test(name) && fs.lstatSync(link, { throwIfNoEntry: false })?.isSymbolicLink()) fs.unlinkSync(link);
   }
 }
 
