@@ -67,7 +67,7 @@ describe('the tunelab command', () => {
     expect(listed.stdout).toMatch(/qwen3-tiny\s+system/);
     expect(listed.stdout).not.toContain('gpt2');
     expect(listed.stdout).not.toContain('broken');
-  });
+  }, 180_000);
 
   it('uploads, starts a job, shows it and its events, and cancels it once', async () => {
     const upload = await tunelab('files', 'upload', path.join(DATASETS, 'weather-jokes.jsonl'), '--json');

@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Template } from '@huggingface/jinja';
 import { Tokenizer } from '@huggingface/tokenizers';
+import './jinja-strip-chars.js';
 
 /** A message as chat templates see it (OpenAI's chat format, without our `weight`). */
 export interface TemplateMessage {
