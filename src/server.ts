@@ -16,6 +16,7 @@ import { FileReports } from './datasets/file-reports.js';
 import { ModelTokenizers } from './datasets/model-tokenizers.js';
 import { loadDatasetSettings } from './datasets/settings.js';
 import { BaseModelRegistry } from './models/base-models.js';
+import { ModelPullService, loadPullOrganizations } from './models/model-pulls.js';
 import { ModelService } from './models/models.js';
 import { TINY_MODEL_NAME, ensureTinyModel } from './models/tiny-model.js';
 import { type DeliveryOptions, NotificationService } from './notifications/notifications.js';
@@ -83,7 +84,8 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   const models = new ModelService(store.db, baseModels);
   const servePool = new ServePool({ ...loadServingSettings(home.root), ...options.serving, logDir: home.logs });
   const inference = new InferenceService(models, servePool, usage, logError);
-  const services: Services = { orgs, files, fileReports, models, jobs, notifications, usage, inference };
+  const pulls = new ModelPullService(baseModels, loadPullOrganizations(home.root));
+  const services: Services = { orgs, files, fileReports, models, pulls, jobs, notifications, usage, inference };
   const maxUploadBytes = options.maxUploadBytes ?? DEFAULT_MAX_UPLOAD_BYTES;
   const app = buildApi(services, { maxUploadBytes, logger: options.logger ?? false });
   const validation = new FileValidation(jobs, files, baseModels, datasetSettings, tokenizers, home.work, (message, error) =>

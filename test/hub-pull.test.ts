@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from './support/cli.js';
 import { repoFromFolder, startHub, type LoopbackHub } from './support/hub-server.js';
 import { writeModelFolder, writeTrainableModelFolder } from './support/model-folder.js';
+import { startTestServer } from './support/server.js';
 
 /**
  * `tunelab models pull` against a Hugging Face Hub on loopback: the real client library, the
@@ -149,5 +150,49 @@ describe('tunelab models pull', () => {
     const pulled = await here.pull(['tunelab-test/Tiny-Qwen3'], { HF_HUB_OFFLINE: '1' });
     expect(pulled.code).toBe(1);
     expect(pulled.stderr).toContain('HF_HUB_OFFLINE is set and tunelab-test/Tiny-Qwen3@main is not in the Hugging Face cache');
+  });
+});
+
+describe('POST /v1/models/pulls', () => {
+  it("pulls for the administrator's key, shows the model with its facts, and refuses other organizations", async () => {
+    const here = place('api');
+    const saved = { HF_ENDPOINT: process.env.HF_ENDPOINT, HF_HOME: process.env.HF_HOME };
+    // The server reads the Hugging Face variables of its own process, as `tunelab serve` would.
+    Object.assign(process.env, { HF_ENDPOINT: hub.url, HF_HOME: here.hfHome });
+    const t = await startTestServer();
+    try {
+      type Pull = { id: string; status: string; model: string | null; error: { message: string } | null; total_bytes: number | null; received_bytes: number };
+      let pull = await t.client.post<Pull>('/models/pulls', { body: { repo: 'tunelab-test/Tiny-Qwen3', name: 'pulled-over-api' } });
+      expect(pull.status).toBe('running');
+      while (pull.status === 'running') {
+        await new Promise((resolve) => setTimeout(resolve, 200));
+        pull = await t.client.get<Pull>(`/models/pulls/${pull.id}`);
+      }
+      expect(pull).toMatchObject({ status: 'succeeded', model: 'pulled-over-api', error: null });
+      expect(pull.received_bytes).toBe(pull.total_bytes);
+
+      const model = (await t.client.models.retrieve('pulled-over-api')) as unknown as { details: Record<string, unknown> };
+      expect(model.details).toMatchObject({ model_type: 'qwen3', context_length: 2048, dtype: 'float32', loaded: true });
+      expect((model.details.memory_bytes as { serve: number }).serve).toBeGreaterThan(0);
+
+      const failed = await t.client.post<Pull>('/models/pulls', { body: { repo: 'tunelab-test/gpt2-like' } });
+      let gpt2 = failed;
+      while (gpt2.status === 'running') {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        gpt2 = await t.client.get<Pull>(`/models/pulls/${failed.id}`);
+      }
+      expect(gpt2.error?.message).toContain('tunelab trains llama, mistral, qwen2, qwen3');
+
+      const stranger = t.clientFor((await t.server.services.orgs.createKey('stranger-corp')).key);
+      const refused = await stranger.post('/models/pulls', { body: { repo: 'tunelab-test/Tiny-Qwen3' } }).catch((error: unknown) => error);
+      expect(refused).toMatchObject({ status: 403 });
+      expect((refused as Error).message).toContain('Organization "stranger-corp" may not add base models');
+    } finally {
+      await t.cleanup();
+      for (const [key, value] of Object.entries(saved)) {
+        if (value === undefined) delete process.env[key];
+        else process.env[key] = value;
+      }
+    }
   });
 });

@@ -60,10 +60,9 @@ export function baseModelCommands(models: Command): void {
 
 /** An arrival report for people: the facts and whether the model fits here. */
 export function describeReport(report: ArrivalReport): string {
-  const gb = (bytes: number | undefined) => (bytes === undefined ? '?' : `${(bytes / 1e9).toFixed(1)} GB`);
   const lines = [
     `  ${report.modelType} model, ${formatParameters(report.parameters)} parameters in ${report.dtype}, context ${report.contextLength ?? 'unknown'} tokens`,
-    `  memory: serve ${gb(report.memory?.serve)}, LoRA training ${gb(report.memory?.trainLora)}, full training ${gb(report.memory?.trainFull)} (this host: ${gb(report.hostMemoryBytes)})`,
+    `  memory: serve ${memoryText(report.memory?.serve)}, LoRA training ${memoryText(report.memory?.trainLora)}, full training ${memoryText(report.memory?.trainFull)}; this host has ${gigabytes(report.hostMemoryBytes)}`,
     report.loaded ? '  checked: tokenizer, chat template, and the engine generated from it' : '  checked: tokenizer and chat template; not loaded here (more memory than this host has)',
   ];
   return lines.join('\n');
@@ -71,3 +70,15 @@ export function describeReport(report: ArrivalReport): string {
 
 export const formatParameters = (count: number | undefined) =>
   count === undefined ? '?' : count >= 1e9 ? `${(count / 1e9).toFixed(1)}B` : `${(count / 1e6).toFixed(count >= 1e8 ? 0 : 1)}M`;
+
+/** GPU memory sizes sold in numbers, smallest first: what "fits on a GPU of N GB" is measured against. */
+const GPU_GIGABYTES = [8, 12, 16, 24, 40, 48, 80, 141];
+
+const gigabytes = (bytes: number) => `${(bytes / 1e9).toFixed(bytes < 1e10 ? 1 : 0)} GB`;
+
+/** "3.1 GB (GPU 8 GB)": the need, and the smallest common GPU it fits in (90% usable). */
+export function memoryText(bytes: number | undefined): string {
+  if (bytes === undefined) return '?';
+  const gpu = GPU_GIGABYTES.find((size) => bytes <= size * 1e9 * 0.9);
+  return `${gigabytes(bytes)} (${gpu ? `GPU ${gpu} GB` : 'several GPUs'})`;
+}
