@@ -2,10 +2,10 @@ import type { Command } from 'commander';
 import { homeLayout, resolveHome } from '../config.js';
 import type { ArrivalReport } from '../models/arrival-check.js';
 import { BaseModelRegistry } from '../models/base-models.js';
-import { printJson } from './output.js';
+import { printJson, printTable } from './output.js';
 import { progressBar } from './progress.js';
 
-/** `tunelab models add` and `tunelab models pull`: an administrator's, on the server's own home folder. */
+/** `tunelab models add`, `pull` and `catalog`: an administrator's, on the server's own home folder. */
 export function baseModelCommands(models: Command): void {
   models
     .command('add')
@@ -56,7 +56,46 @@ export function baseModelCommands(models: Command): void {
         shown.bar?.stop();
       }
     });
+
+  models
+    .command('catalog')
+    .description('the models we recommend: size, licence, and how long this host takes to train 1K tokens with LoRA')
+    .option('--measure', "measure the engine's training speed on this host first (about a minute; kept in the home folder)")
+    .option('--home <dir>', 'home folder (default $TUNELAB_HOME or ~/.tunelab)')
+    .option('--json', 'print the catalogue as JSON')
+    .action(async (options: { measure?: boolean; home?: string; json?: boolean }) => {
+      const { CATALOG, measureThroughput, readThroughput, secondsPer1kTokens } = await import('../models/catalog.js');
+      const home = resolveHome(options.home);
+      if (options.measure) console.error("Measuring the engine's LoRA training speed on this host...");
+      const throughput = options.measure ? await measureThroughput(home) : readThroughput(home);
+      const rows = CATALOG.map((entry) => ({
+        ...entry,
+        secondsPer1kTokens: throughput ? Number(secondsPer1kTokens(throughput, entry.parameters).toFixed(1)) : null,
+      }));
+      if (options.json) return printJson({ throughput, models: rows });
+      printTable(
+        rows.map((row) => ({
+          repo: row.repo,
+          family: row.family,
+          params: formatParameters(row.parameters),
+          download: `${(row.downloadBytes / 1e9).toFixed(1)} GB`,
+          licence: row.gated ? `${row.licence} (gated)` : row.licence,
+          lora_per_1k_tokens: row.secondsPer1kTokens === null ? null : duration(row.secondsPer1kTokens),
+        })),
+        ['repo', 'family', 'params', 'download', 'licence', 'lora_per_1k_tokens'],
+      );
+      console.log(
+        throughput
+          ? `\nTimes: ${throughput.tokensPerSecond} tokens/s measured on ${throughput.shape} (${throughput.cpu}, ${throughput.cores} cores), scaled by parameters.`
+          : '\nNo training speed measured on this host yet: run `tunelab models catalog --measure` for the times.',
+      );
+      console.log('Pull one with `tunelab models pull <repo>`; a gated one needs its licence accepted on its page and HF_TOKEN set.');
+    });
 }
+
+/** "42 s", "7.5 min", "2.1 h". */
+const duration = (seconds: number) =>
+  seconds < 120 ? `${seconds.toFixed(seconds < 10 ? 1 : 0)} s` : seconds < 7200 ? `${(seconds / 60).toFixed(1)} min` : `${(seconds / 3600).toFixed(1)} h`;
 
 /** An arrival report for people: the facts and whether the model fits here. */
 export function describeReport(report: ArrivalReport): string {
