@@ -5,8 +5,9 @@ import type { Model, ModelDeleted } from 'openai/resources/models';
 import { ServiceError } from '../errors.js';
 import type { FineTunedModelTable } from '../store/schema.js';
 import type { Db } from '../store/store.js';
-import { readArrivalReport, type ArrivalReport } from './arrival-check.js';
+import { readArrivalReport } from './arrival-check.js';
 import type { BaseModel, BaseModelRegistry } from './base-models.js';
+import { readModelFacts, type ModelFacts } from './model-facts.js';
 
 export const modelNotFound = (id: string, param: string | null = 'model') =>
   new ServiceError('not_found', `The model \`${id}\` does not exist or you do not have access to it.`, {
@@ -104,8 +105,8 @@ export class ModelService {
 
   /** A base model as OpenAI's Model, with ours: what its arrival check found (`tunelab models add` or `pull`). */
   private baseModelObject(model: BaseModel): Model & { details?: BaseModelDetails } {
-    const report = readArrivalReport(this.baseModels.dir, model.name);
-    return { id: model.name, object: 'model', created: model.created, owned_by: 'system', ...(report && { details: baseModelDetails(report) }) };
+    const details = readDetails(this.baseModels.dir, model);
+    return { id: model.name, object: 'model', created: model.created, owned_by: 'system', ...(details && { details }) };
   }
 
   private owned(orgId: string) {
@@ -127,12 +128,25 @@ export interface BaseModelDetails {
   context_length: number | null;
   /** Estimates in bytes; see model-facts.ts for what each counts. */
   memory_bytes: { serve: number; train_lora: number; train_full: number } | null;
-  /** Whether the engine loaded it on arrival (false: more memory than the host had). */
+  /** Whether the engine loaded it on arrival (false: more memory than the host had, or never checked). */
   loaded: boolean;
-  checked_at: number;
+  /** When it was checked on arrival; null for a model put in the models folder by hand (its files' facts only). */
+  checked_at: number | null;
 }
 
-const baseModelDetails = (report: ArrivalReport): BaseModelDetails => ({
+/** The arrival report, or for a model that never had one (linked by hand, the built-in one) what its files say. */
+function readDetails(modelsDir: string, model: BaseModel): BaseModelDetails | null {
+  const report = readArrivalReport(modelsDir, model.name);
+  if (report) return baseModelDetails(report);
+  try {
+    const facts = readModelFacts(model.path);
+    return baseModelDetails({ ...facts, loaded: false, checkedAt: null });
+  } catch {
+    return null;
+  }
+}
+
+const baseModelDetails = (report: Partial<ModelFacts> & { loaded: boolean; checkedAt: number | null }): BaseModelDetails => ({
   model_type: report.modelType ?? null,
   parameters: report.parameters ?? null,
   dtype: report.dtype ?? null,
