@@ -13,6 +13,8 @@ export interface BaseModel {
 /** The `model_type`s the engine implements. */
 export const SUPPORTED_MODEL_TYPES = ['llama', 'mistral', 'qwen2', 'qwen3'] as const;
 
+export const isSupportedModelType = (value: unknown) => (SUPPORTED_MODEL_TYPES as readonly unknown[]).includes(value);
+
 const MODEL_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$/;
 
 /**
@@ -78,7 +80,7 @@ export function checkModelFolder(folder: string): void {
   } catch (error) {
     throw invalidRequest(`${where('config.json')} cannot be read as JSON: ${(error as Error).message}`, 'path');
   }
-  if (!(SUPPORTED_MODEL_TYPES as readonly unknown[]).includes(config.model_type)) {
+  if (!isSupportedModelType(config.model_type)) {
     throw invalidRequest(
       `${where('config.json')} has model_type ${JSON.stringify(config.model_type)}; tunelab trains ${SUPPORTED_MODEL_TYPES.join(', ')}.`,
       'path',

@@ -16,7 +16,8 @@ import {
   type ListFileEntry,
 } from '@huggingface/hub';
 import { ServiceError, invalidRequest } from '../errors.js';
-import { SUPPORTED_MODEL_TYPES } from './base-models.js';
+import { SUPPORTED_MODEL_TYPES, isSupportedModelType } from './base-models.js';
+import { indexedShards } from './model-facts.js';
 
 /**
  * Pulls a model repository from the Hugging Face Hub into the standard Hugging Face cache
@@ -166,18 +167,13 @@ function fromCache(repo: string, revision: string, storage: string): PullResult 
 
 /** The safetensors files the model consists of: the index's shards, or the single file. */
 function weightFiles(snapshot: string, entries: Map<string, ListFileEntry> | null): string[] {
-  const index = path.join(snapshot, 'model.safetensors.index.json');
-  if (fs.existsSync(index)) {
-    const { weight_map: map } = JSON.parse(fs.readFileSync(index, 'utf8')) as { weight_map?: Record<string, string> };
-    return [...new Set(Object.values(map ?? {}))].sort();
-  }
   const single = entries ? entries.has('model.safetensors') : fs.existsSync(path.join(snapshot, 'model.safetensors'));
-  return single ? ['model.safetensors'] : [];
+  return indexedShards(snapshot) ?? (single ? ['model.safetensors'] : []);
 }
 
 function checkArchitecture(repo: string, configFile: string): void {
-  const config = JSON.parse(fs.readFileSync(configFile, 'utf8')) as { model_type?: unknown; architectures?: unknown };
-  if (!(SUPPORTED_MODEL_TYPES as readonly unknown[]).includes(config.model_type)) {
+  const config = JSON.parse(fs.readFileSync(configFile, 'utf8')) as { model_type?: unknown };
+  if (!isSupportedModelType(config.model_type)) {
     throw invalidRequest(
       `${repo} is a ${JSON.stringify(config.model_type)} model (config.json model_type); tunelab trains ${SUPPORTED_MODEL_TYPES.join(', ')}. Nothing more was downloaded.`,
       'repo',

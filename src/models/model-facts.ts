@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
+import { modelContextLength } from './base-models.js';
 
 /** What a model folder's files say about it, read without loading the weights. */
 export interface ModelFacts {
@@ -57,8 +58,7 @@ export function readModelFacts(folder: string): ModelFacts {
   }
   const stored = [...byDtype].sort((a, b) => b[1] - a[1])[0]?.[0];
   const dtype = config.torch_dtype ?? config.dtype ?? (stored ? (DTYPE_NAMES[stored] ?? stored.toLowerCase()) : 'unknown');
-  const length = config.max_position_embeddings;
-  const contextLength = typeof length === 'number' && Number.isInteger(length) && length > 0 ? length : null;
+  const contextLength = modelContextLength(folder);
   return { modelType: String(config.model_type), contextLength, parameters, dtype, weightBytes, memory: memoryNeeds(config, parameters, weightBytes, contextLength) };
 }
 
@@ -87,12 +87,15 @@ export function memoryNeeds(config: Config, parameters: number, weightBytes: num
 }
 
 function safetensorsFiles(folder: string): string[] {
+  return (indexedShards(folder) ?? ['model.safetensors']).map((file) => path.join(folder, file));
+}
+
+/** The shard files `model.safetensors.index.json` names, sorted; null when the folder has no index. */
+export function indexedShards(folder: string): string[] | null {
   const index = path.join(folder, 'model.safetensors.index.json');
-  if (fs.existsSync(index)) {
-    const map = (JSON.parse(fs.readFileSync(index, 'utf8')) as { weight_map?: Record<string, string> }).weight_map ?? {};
-    return [...new Set(Object.values(map))].map((file) => path.join(folder, file));
-  }
-  return [path.join(folder, 'model.safetensors')];
+  if (!fs.existsSync(index)) return null;
+  const map = (JSON.parse(fs.readFileSync(index, 'utf8')) as { weight_map?: Record<string, string> }).weight_map ?? {};
+  return [...new Set(Object.values(map))].sort();
 }
 
 interface TensorHeader {
