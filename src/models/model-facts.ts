@@ -28,6 +28,8 @@ export interface MemoryNeeds {
 const DTYPE_NAMES: Record<string, string> = { F32: 'float32', F16: 'float16', BF16: 'bfloat16' };
 /** The sequence the training estimates are made for. */
 const TRAINING_TOKENS = 1024;
+/** Elements of logits the engine's loss holds at once (CHUNK_ELEMENTS in engine/tunelab_engine/loss.py). */
+const LOGITS_CHUNK = 1 << 24;
 
 interface Config {
   model_type?: string;
@@ -66,7 +68,8 @@ export function readModelFacts(folder: string): ModelFacts {
  * Rough needs, for telling a user whether a model fits before a job fails: the terms that grow
  * with the model (weights, optimizer state, KV cache, activations) and none of the framework's
  * fixed overhead. Activations count 34 bytes per token, layer and hidden unit (a transformer
- * layer's saved tensors in 16 bits, without recomputation) plus the logits' fp32 row per token.
+ * layer's saved tensors in 16 bits, without recomputation) plus one chunk of fp32 logits: the
+ * engine's loss computes them 2^24 elements at a time (engine/tunelab_engine/loss.py).
  */
 export function memoryNeeds(config: Config, parameters: number, weightBytes: number, contextLength: number | null): MemoryNeeds {
   const hidden = config.hidden_size ?? 0;
@@ -76,7 +79,7 @@ export function memoryNeeds(config: Config, parameters: number, weightBytes: num
   const headDim = config.head_dim ?? Math.floor(hidden / heads);
   const bytesPerWeight = parameters > 0 ? weightBytes / parameters : 2;
   const kvCache = 2 * layers * kvHeads * headDim * bytesPerWeight * (contextLength ?? TRAINING_TOKENS);
-  const activations = TRAINING_TOKENS * (34 * layers * hidden + 4 * (config.vocab_size ?? 0));
+  const activations = TRAINING_TOKENS * 34 * layers * hidden + 4 * Math.min(TRAINING_TOKENS * (config.vocab_size ?? 0), LOGITS_CHUNK);
   // LoRA of rank 16 on the attention and MLP projections: 2·r·(in+out) per projection.
   const loraParameters = layers * 2 * 16 * (4 * 2 * hidden + 3 * (hidden + (config.intermediate_size ?? 4 * hidden)));
   return {
