@@ -2,7 +2,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { runCli } from './support/cli.js';
-import { tempHome } from './support/server.js';
+import { writeModelFolder } from './support/model-folder.js';
+import { DATASETS, tempHome } from './support/server.js';
 
 const home = tempHome();
 afterAll(() => fs.rmSync(home, { recursive: true, force: true }));
@@ -26,5 +27,29 @@ describe('tunelab models catalog', () => {
     // 2 s per 1K tokens per 100M parameters.
     expect(time('Qwen/Qwen2.5-0.5B-Instruct')).toBeCloseTo(9.9, 1);
     expect(time('Qwen/Qwen3-8B')).toBeCloseTo(163.8, 1);
+  });
+});
+
+describe('tunelab validate --model', () => {
+  it("estimates the job's training time on this host from the measured speed", async () => {
+    // A 100M-parameter model: the header says so, and the file has that size (sparse: nothing is written).
+    const folder = writeModelFolder(path.join(home, 'hundred-million'));
+    const bytes = 4 * 100e6;
+    const header = Buffer.from(JSON.stringify({ 'model.embed_tokens.weight': { dtype: 'F32', shape: [100e6], data_offsets: [0, bytes] } }).padEnd(128, ' '));
+    const length = Buffer.alloc(8);
+    length.writeBigUInt64LE(BigInt(header.length));
+    fs.writeFileSync(path.join(folder, 'model.safetensors'), Buffer.concat([length, header]));
+    fs.truncateSync(path.join(folder, 'model.safetensors'), 8 + header.length + bytes);
+    const file = path.join(DATASETS, 'weather-jokes.jsonl');
+
+    const unmeasured = await runCli(['validate', file, '--model', folder, '--home', path.join(home, 'elsewhere')]);
+    expect(unmeasured.stdout).toContain('Training time: run `tunelab models catalog --measure` once to have it estimated.');
+
+    // 500 tokens/s on 100M parameters (written by the test above): 2 s per 1K tokens for this model.
+    const json = await runCli(['validate', file, '--model', folder, '--home', home, '--json']);
+    const report = JSON.parse(json.stdout) as { charged_tokens: number; estimated_duration_seconds: number };
+    expect(report.estimated_duration_seconds).toBe(Math.round((2 * report.charged_tokens) / 1000));
+    const text = await runCli(['validate', file, '--model', folder, '--home', home]);
+    expect(text.stdout).toMatch(/Estimated training time on this host: [\d.]+ s with LoRA \(the engine's 500 tokens\/s measured on smollm2-135m/);
   });
 });

@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { homeLayout, resolveHome } from '../config.js';
 import type { ArrivalReport } from '../models/arrival-check.js';
 import { BaseModelRegistry } from '../models/base-models.js';
-import { printJson, printTable } from './output.js';
+import { durationText, printJson, printTable } from './output.js';
 import { progressBar } from './progress.js';
 
 /** `tunelab models add`, `pull` and `catalog`: an administrator's, on the server's own home folder. */
@@ -80,7 +80,7 @@ export function baseModelCommands(models: Command): void {
           params: formatParameters(row.parameters),
           download: `${(row.downloadBytes / 1e9).toFixed(1)} GB`,
           licence: row.gated ? `${row.licence} (gated)` : row.licence,
-          lora_per_1k_tokens: row.secondsPer1kTokens === null ? null : duration(row.secondsPer1kTokens),
+          lora_per_1k_tokens: row.secondsPer1kTokens === null ? null : durationText(row.secondsPer1kTokens),
         })),
         ['repo', 'family', 'params', 'download', 'licence', 'lora_per_1k_tokens'],
       );
@@ -92,10 +92,6 @@ export function baseModelCommands(models: Command): void {
       console.log('Pull one with `tunelab models pull <repo>`; a gated one needs its licence accepted on its page and HF_TOKEN set.');
     });
 }
-
-/** "42 s", "7.5 min", "2.1 h". */
-const duration = (seconds: number) =>
-  seconds < 120 ? `${seconds.toFixed(seconds < 10 ? 1 : 0)} s` : seconds < 7200 ? `${(seconds / 60).toFixed(1)} min` : `${(seconds / 3600).toFixed(1)} h`;
 
 /** An arrival report for people: the facts and whether the model fits here. */
 export function describeReport(report: ArrivalReport): string {

@@ -53,6 +53,12 @@ export interface Throughput {
 export const secondsPer1kTokens = (throughput: Throughput, parameters: number) =>
   (1000 / throughput.tokensPerSecond) * (parameters / throughput.parameters);
 
+/** How long LoRA training on `tokens` (all tokens of all epochs) would take on this host, or null before a measurement. */
+export function estimateTrainingSeconds(home: string, parameters: number, tokens: number): { seconds: number; throughput: Throughput } | null {
+  const throughput = readThroughput(home);
+  return throughput && { seconds: (secondsPer1kTokens(throughput, parameters) * tokens) / 1000, throughput };
+}
+
 /** SmolLM2-135M's shape, with random weights: big enough for the matrix products to dominate, small enough for a minute's measurement. */
 const MEASURED_SHAPE = {
   name: 'smollm2-135m',
