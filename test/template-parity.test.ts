@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { encodeChat, type WeightedMessage } from '../src/tokenizer/chat-encoding.js';
+import { encodeChat, encodePromptCompletion, type WeightedMessage } from '../src/tokenizer/chat-encoding.js';
 import { ModelTokenizer } from '../src/tokenizer/model-tokenizer.js';
 import { DATASETS } from './support/server.js';
 
@@ -219,4 +219,28 @@ describe('chat templates against transformers', () => {
       if (family.training) expect(masksCompared).toBeGreaterThan(0);
     });
   }
+});
+
+describe('prompt/completion examples against transformers', () => {
+  // Llama 2's tokenizer has no chat template: base-model examples are prompt and completion. Its
+  // SentencePiece "▁" before the first word is the hard part: the completion continues the prompt.
+  it('llama2: the same ids, the prompt untrained and the completion and EOS trained', () => {
+    const pairs = [...chats, ...toolChats].flatMap((c) => {
+      const user = c.messages.find((m) => m.role === 'user')?.content;
+      const answer = c.messages.at(-1)?.content;
+      return user && answer ? [{ prompt: `Question: ${user}\nAnswer:`, completion: ` ${answer}` }, { prompt: `${user}\n`, completion: answer }] : [];
+    });
+    const [verdicts] = referee({ families: [{ tokenizer: lenml('llama2'), pairs }] }) as { ids: number[]; prompt_length: number }[][];
+    const tokenizer = ModelTokenizer.load(lenml('llama2'));
+    const mismatches = pairs.flatMap((pair, i) => {
+      const ours = encodePromptCompletion(tokenizer, pair.prompt, pair.completion);
+      const expected = verdicts![i]!;
+      const mask = expected.ids.map((_, k) => (k < expected.prompt_length ? 0 : 1));
+      if (JSON.stringify(ours.ids) !== JSON.stringify(expected.ids)) return [`${JSON.stringify(pair)}: ids ${JSON.stringify(ours.ids)} vs ${JSON.stringify(expected.ids)}`];
+      if (JSON.stringify(ours.mask) !== JSON.stringify(mask)) return [`${JSON.stringify(pair)}: mask ${ours.mask.join('')} vs ${mask.join('')}`];
+      return [];
+    });
+    expect(pairs.length).toBeGreaterThan(20);
+    expect(mismatches).toEqual([]);
+  }, 120_000);
 });

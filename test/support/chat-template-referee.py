@@ -25,7 +25,11 @@ def judge(family):
     tokenizer = AutoTokenizer.from_pretrained(family["tokenizer"], clean_up_tokenization_spaces=False)
     training = family.get("training_template")
     results = []
-    for case in family["cases"]:
+    for pair in family.get("pairs", []):
+        # As TRL tokenizes a prompt-completion example: the whole text, the prompt's share untrained, then EOS.
+        ids = tokenizer(pair["prompt"] + pair["completion"]).input_ids + [tokenizer.eos_token_id]
+        results.append({"ids": ids, "prompt_length": len(tokenizer(pair["prompt"]).input_ids)})
+    for case in family.get("cases", []):
         common = dict(tools=case.get("tools"), add_generation_prompt=case["add_generation_prompt"], enable_thinking=False)
         try:
             text = tokenizer.apply_chat_template(case["messages"], tokenize=False, **common)
