@@ -164,6 +164,8 @@ describe('POST /v1/models/pulls', () => {
       type Pull = { id: string; status: string; model: string | null; error: { message: string } | null; total_bytes: number | null; received_bytes: number };
       let pull = await t.client.post<Pull>('/models/pulls', { body: { repo: 'tunelab-test/Tiny-Qwen3', name: 'pulled-over-api' } });
       expect(pull.status).toBe('running');
+      const twice = await t.client.post('/models/pulls', { body: { repo: 'tunelab-test/Tiny-Qwen3@main' } }).catch((error: unknown) => error);
+      expect(twice).toMatchObject({ status: 409, param: 'repo' });
       while (pull.status === 'running') {
         await new Promise((resolve) => setTimeout(resolve, 200));
         pull = await t.client.get<Pull>(`/models/pulls/${pull.id}`);

@@ -4,6 +4,7 @@ import { newId } from '../ids.js';
 import type { Organization } from '../orgs/orgs.js';
 import type { ArrivalReport } from './arrival-check.js';
 import type { BaseModelRegistry } from './base-models.js';
+import { parseRepoReference } from './hub-pull.js';
 import { pullBaseModel } from './model-intake.js';
 
 /** A pull the server runs for an administrator's key: `tunelab models pull` behind the API. */
@@ -75,6 +76,10 @@ export class ModelPullService {
 
   start(org: Organization, repo: string, name: string | undefined): ModelPull {
     this.authorize(org);
+    const { repo: id } = parseRepoReference(repo);
+    // Two pulls of one repository would write the same partial files in the cache.
+    const running = [...this.pulls.values()].find((pull) => pull.status === 'running' && parseRepoReference(pull.repo).repo === id);
+    if (running) throw new ServiceError('conflict', `${id} is being pulled already (${running.id}); follow it with GET /v1/models/pulls/${running.id}.`, { param: 'repo' });
     const pull: ModelPull = {
       id: newId('pull_'),
       object: 'model.pull',
