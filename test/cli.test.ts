@@ -66,7 +66,7 @@ describe('the tunelab command', () => {
     const listed = await tunelab('models', 'list');
     expect(listed.stdout).toMatch(/qwen3-tiny\s+system/);
     // What the arrival check found: parameters, context, dtype and memory (with the GPU it fits).
-    expect(listed.stdout).toMatch(/qwen3-tiny\s+system\s+\S+\s+[\d.]+M\s+2048\s+float32\s+[\d.]+ GB \(GPU 8 GB\)/);
+    expect(listed.stdout).toMatch(/qwen3-tiny\s+system\s+\S+\s+[\d.]+M\s+2048\s+float32\s+\d+ MB \(GPU 8 GB\)/);
     expect(listed.stdout).not.toContain('gpt2');
     expect(listed.stdout).not.toContain('broken');
   }, 180_000);

@@ -109,7 +109,8 @@ export const formatParameters = (count: number | undefined) =>
 /** GPU memory sizes sold in numbers, smallest first: what "fits on a GPU of N GB" is measured against. */
 const GPU_GIGABYTES = [8, 12, 16, 24, 40, 48, 80, 141];
 
-const gigabytes = (bytes: number) => `${(bytes / 1e9).toFixed(bytes < 1e10 ? 1 : 0)} GB`;
+const gigabytes = (bytes: number) =>
+  bytes < 1e9 ? `${Math.max(1, Math.round(bytes / 1e6))} MB` : `${(bytes / 1e9).toFixed(bytes < 1e10 ? 1 : 0)} GB`;
 
 /** "3.1 GB (GPU 8 GB)": the need, and the smallest common GPU it fits in (90% usable). */
 export function memoryText(bytes: number | undefined): string {
