@@ -20,6 +20,7 @@ import { ModelTokenizers } from './datasets/model-tokenizers.js';
 import { loadDatasetSettings } from './datasets/settings.js';
 import { UploadChecks } from './datasets/upload-checks.js';
 import { BaseModelRegistry } from './models/base-models.js';
+import { ModelPullService, loadPullOrganizations } from './models/model-pulls.js';
 import { ModelService } from './models/models.js';
 import { TINY_MODEL_NAME, ensureTinyModel } from './models/tiny-model.js';
 import { type DeliveryOptions, NotificationService } from './notifications/notifications.js';
@@ -96,7 +97,8 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   const models = new ModelService(store.db, baseModels);
   const servePool = new ServePool({ ...loadServingSettings(home.root), ...options.serving, logDir: home.logs });
   const inference = new InferenceService(models, servePool, usage, logError);
-  const services: Services = { orgs, files, fileReports, models, jobs, notifications, usage, inference };
+  const pulls = new ModelPullService(baseModels, loadPullOrganizations(home.root));
+  const services: Services = { orgs, files, fileReports, models, pulls, jobs, notifications, usage, inference };
   const maxUploadBytes = options.maxUploadBytes ?? DEFAULT_MAX_UPLOAD_BYTES;
   const disk = new DiskSpace(home.root, home.diskReserve);
   await disk.setAside();

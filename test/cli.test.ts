@@ -4,7 +4,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CLI, runCli } from './support/cli.js';
-import { writeModelFolder } from './support/model-folder.js';
+import { writeModelFolder, writeTrainableModelFolder } from './support/model-folder.js';
 import { DATASETS, tempHome } from './support/server.js';
 
 /** The built `tunelab` command, as a user runs it: a server process and CLI calls beside it. */
@@ -47,9 +47,16 @@ afterAll(async () => {
 
 describe('the tunelab command', () => {
   it('registers a base model folder, and explains a folder it cannot use', async () => {
-    const folder = writeModelFolder(path.join(home, 'downloads', 'Qwen3-tiny'));
+    const folder = await writeTrainableModelFolder(path.join(home, 'downloads', 'Qwen3-tiny'));
     const added = await tunelab('models', 'add', folder, '--name', 'qwen3-tiny');
     expect(added).toMatchObject({ code: 0, stdout: expect.stringContaining('Registered qwen3-tiny') });
+    expect(added.stdout).toContain('the engine generated from it');
+
+    // Weights that do not match the config: refused now, with the engine's reason, not in a job later.
+    const broken = writeModelFolder(path.join(home, 'downloads', 'broken'));
+    const unusable = await tunelab('models', 'add', broken, '--name', 'broken');
+    expect(unusable.code).toBe(1);
+    expect(unusable.stderr).toContain('broken cannot be used: The engine cannot load it:');
 
     const gpt2 = writeModelFolder(path.join(home, 'downloads', 'gpt2'), 'gpt2');
     const refused = await tunelab('models', 'add', gpt2, '--name', 'gpt2');
@@ -58,8 +65,11 @@ describe('the tunelab command', () => {
 
     const listed = await tunelab('models', 'list');
     expect(listed.stdout).toMatch(/qwen3-tiny\s+system/);
+    // What the arrival check found: parameters, context, dtype and memory (with the GPU it fits).
+    expect(listed.stdout).toMatch(/qwen3-tiny\s+system\s+\S+\s+[\d.]+M\s+2048\s+float32\s+\d+ MB \(GPU 8 GB\)/);
     expect(listed.stdout).not.toContain('gpt2');
-  });
+    expect(listed.stdout).not.toContain('broken');
+  }, 180_000);
 
   it('uploads, starts a job, shows it and its events, and cancels it once', async () => {
     const upload = await tunelab('files', 'upload', path.join(DATASETS, 'weather-jokes.jsonl'), '--json');

@@ -26,6 +26,7 @@ async function withOrgs(options: KeyOptions, work: (orgs: OrgService) => Promise
     await store.close();
   }
 }
+import { baseModelCommands } from './model-commands.js';
 
 /**
  * Commands that change the server's own home folder directly (keys, base models): they are an
@@ -95,14 +96,5 @@ export function adminCommands(program: Command, models: Command): void {
       });
     });
 
-  models
-    .command('add')
-    .description('register a local model folder (Hugging Face layout) as a base model')
-    .argument('<path>', 'folder with config.json, tokenizer.json and *.safetensors')
-    .requiredOption('--name <name>', 'the model name clients will use')
-    .option('--home <dir>', 'home folder (default $TUNELAB_HOME or ~/.tunelab)')
-    .action((source: string, options: { name: string; home?: string }) => {
-      const model = new BaseModelRegistry(homeLayout(resolveHome(options.home)).models).add(source, options.name);
-      console.log(`Registered ${model.name} -> ${source}`);
-    });
+  baseModelCommands(models);
 }

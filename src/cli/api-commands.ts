@@ -2,8 +2,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { Command } from 'commander';
 import type { JobCreateParams } from 'openai/resources/fine-tuning/jobs/jobs';
+import type { BaseModelDetails } from '../models/models.js';
 import { connect } from './client.js';
 import { followCommand } from './follow-job.js';
+import { formatParameters, memoryText } from './model-commands.js';
 import { isoTime, printJson, printTable } from './output.js';
 import { progressBar } from './progress.js';
 
@@ -137,8 +139,8 @@ export function apiCommands(program: Command, models: Command): void {
     for await (const model of (await connect(options.home)).models.list()) list.push(model);
     if (options.json) return printJson(list);
     printTable(
-      list.map((m) => ({ ...m, created: isoTime(m.created) })),
-      ['id', 'owned_by', 'created'],
+      list.map((m) => ({ ...m, created: isoTime(m.created), ...detailColumns((m as { details?: BaseModelDetails }).details) })),
+      ['id', 'owned_by', 'created', 'params', 'context', 'dtype', 'serve', 'lora_train', 'full_train'],
     );
   });
 
@@ -150,6 +152,17 @@ export function apiCommands(program: Command, models: Command): void {
     },
   );
 }
+
+/** A base model's arrival facts as table cells: memory with the smallest common GPU it fits. */
+const detailColumns = (details: BaseModelDetails | undefined) =>
+  details && {
+    params: formatParameters(details.parameters ?? undefined),
+    context: details.context_length,
+    dtype: details.dtype,
+    serve: memoryText(details.memory_bytes?.serve),
+    lora_train: memoryText(details.memory_bytes?.train_lora),
+    full_train: memoryText(details.memory_bytes?.train_full),
+  };
 
 function autoOrNumber(value: string): number | 'auto' {
   if (value === 'auto') return 'auto';

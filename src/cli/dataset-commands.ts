@@ -6,7 +6,7 @@ import type { DatasetReport } from '../datasets/doctor.js';
 import { splitDataset } from '../datasets/split.js';
 import { BaseModelRegistry, modelContextLength } from '../models/base-models.js';
 import type { ModelTokenizer } from '../tokenizer/model-tokenizer.js';
-import { printJson } from './output.js';
+import { durationText, printJson } from './output.js';
 import { progressBar } from './progress.js';
 
 /** Exit code for a command line that cannot be carried out as written (commander's own usage errors too). */
@@ -75,8 +75,12 @@ export function datasetCommands(program: Command): void {
       } finally {
         bar?.stop();
       }
-      if (options.json) printJson(report);
-      else console.log(renderReport(report, { file, validationFile: options.validationFile, color: process.stdout.isTTY }));
+      const duration = model && options.tokens ? await trainingDuration(home, model.folder, report.charged_tokens) : null;
+      if (options.json) printJson(duration && Number.isFinite(duration.seconds) ? { ...report, estimated_duration_seconds: duration.seconds } : report);
+      else {
+        console.log(renderReport(report, { file, validationFile: options.validationFile, color: process.stdout.isTTY }));
+        if (model && options.tokens) console.log(duration?.text ?? 'Training time: run `tunelab models catalog --measure` once to have it estimated.');
+      }
       process.exitCode = report.can_train ? 0 : 1;
     });
 
@@ -103,13 +107,31 @@ export function datasetCommands(program: Command): void {
     });
 }
 
+/** LoRA training time for the charged tokens on this host, from the engine speed `models catalog --measure` keeps. */
+async function trainingDuration(home: string, folder: string, tokens: number): Promise<{ seconds: number; text: string } | null> {
+  const [{ estimateTrainingSeconds }, { readModelFacts }] = await Promise.all([import('../models/catalog.js'), import('../models/model-facts.js')]);
+  let parameters: number;
+  try {
+    parameters = readModelFacts(folder).parameters;
+  } catch (error) {
+    return { seconds: NaN, text: `Training time: not estimated, the model's weights cannot be read (${(error as Error).message}).` };
+  }
+  const estimate = estimateTrainingSeconds(home, parameters, tokens);
+  if (!estimate) return null;
+  const { seconds, throughput } = estimate;
+  return {
+    seconds: Math.round(seconds),
+    text: `Estimated training time on this host: ${durationText(seconds)} with LoRA (the engine's ${throughput.tokensPerSecond} tokens/s measured on ${throughput.shape}, scaled by parameters)`,
+  };
+}
+
 /** A base model by registered name, or a model folder given by path. */
-async function openModel(nameOrPath: string, home: string): Promise<{ name: string; tokenizer: ModelTokenizer; context: number | null }> {
+async function openModel(nameOrPath: string, home: string): Promise<{ name: string; folder: string; tokenizer: ModelTokenizer; context: number | null }> {
   const registered = new BaseModelRegistry(homeLayout(home).models).get(nameOrPath);
   const folder = registered?.path ?? (fs.existsSync(path.join(nameOrPath, 'tokenizer.json')) ? nameOrPath : null);
   if (!folder || !fs.existsSync(path.join(folder, 'config.json'))) {
     throw new UsageError(`--model ${nameOrPath}: neither a model registered in ${homeLayout(home).models} nor a model folder with config.json and tokenizer.json.`);
   }
   const { ModelTokenizer } = await import('../tokenizer/model-tokenizer.js');
-  return { name: registered?.name ?? path.basename(path.resolve(folder)), tokenizer: ModelTokenizer.load(folder), context: modelContextLength(folder) };
+  return { name: registered?.name ?? path.basename(path.resolve(folder)), folder, tokenizer: ModelTokenizer.load(folder), context: modelContextLength(folder) };
 }

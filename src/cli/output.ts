@@ -16,3 +16,7 @@ export const printJson = (value: unknown) => console.log(JSON.stringify(value, n
 export const isoTime = (seconds: number | null | undefined) =>
   seconds ? new Date(seconds * 1000).toISOString().replace('.000Z', 'Z') : null;
 
+
+/** "4.2 s", "42 s", "7.5 min", "2.1 h". */
+export const durationText = (seconds: number) =>
+  seconds < 120 ? `${seconds.toFixed(seconds < 10 ? 1 : 0)} s` : seconds < 7200 ? `${(seconds / 60).toFixed(1)} min` : `${(seconds / 3600).toFixed(1)} h`;

@@ -13,6 +13,8 @@ export interface BaseModel {
 /** The `model_type`s the engine implements. */
 export const SUPPORTED_MODEL_TYPES = ['llama', 'mistral', 'qwen2', 'qwen3'] as const;
 
+export const isSupportedModelType = (value: unknown) => (SUPPORTED_MODEL_TYPES as readonly unknown[]).includes(value);
+
 const MODEL_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$/;
 
 /**
@@ -21,7 +23,7 @@ const MODEL_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$/;
  * `tunelab models add`, and the server sees it without a restart.
  */
 export class BaseModelRegistry {
-  constructor(private readonly dir: string) {
+  constructor(readonly dir: string) {
     fs.mkdirSync(dir, { recursive: true });
   }
 
@@ -60,6 +62,12 @@ export class BaseModelRegistry {
     if (!model) throw new Error(`Registered ${name} but cannot read it back from ${this.dir}`);
     return model;
   }
+
+  /** Forgets a registration (the link), never the files it points to. */
+  remove(name: string): void {
+    const link = path.join(this.dir, name);
+    if (MODEL_NAME.test(name) && fs.lstatSync(link, { throwIfNoEntry: false })?.isSymbolicLink()) fs.unlinkSync(link);
+  }
 }
 
 /** A folder the engine can load: a supported config, a tokenizer, and weights in safetensors. */
@@ -72,7 +80,7 @@ export function checkModelFolder(folder: string): void {
   } catch (error) {
     throw invalidRequest(`${where('config.json')} cannot be read as JSON: ${(error as Error).message}`, 'path');
   }
-  if (!(SUPPORTED_MODEL_TYPES as readonly unknown[]).includes(config.model_type)) {
+  if (!isSupportedModelType(config.model_type)) {
     throw invalidRequest(
       `${where('config.json')} has model_type ${JSON.stringify(config.model_type)}; tunelab trains ${SUPPORTED_MODEL_TYPES.join(', ')}.`,
       'path',

@@ -5,7 +5,9 @@ import type { Model, ModelDeleted } from 'openai/resources/models';
 import { ServiceError } from '../errors.js';
 import type { FineTunedModelTable } from '../store/schema.js';
 import type { Db } from '../store/store.js';
-import type { BaseModelRegistry } from './base-models.js';
+import { readArrivalReport } from './arrival-check.js';
+import type { BaseModel, BaseModelRegistry } from './base-models.js';
+import { readModelFacts, type ModelFacts } from './model-facts.js';
 
 export const modelNotFound = (id: string, param: string | null = 'model') =>
   new ServiceError('not_found', `The model \`${id}\` does not exist or you do not have access to it.`, {
@@ -30,16 +32,14 @@ export class ModelService {
   ) {}
 
   async list(orgId: string): Promise<Model[]> {
-    const base = this.baseModels.list().map(
-      (m): Model => ({ id: m.name, object: 'model', created: m.created, owned_by: 'system' }),
-    );
+    const base = this.baseModels.list().map((m) => this.baseModelObject(m));
     const tuned = await this.owned(orgId).orderBy('created_at', 'asc').orderBy('id', 'asc').execute();
     return [...base, ...tuned.map(toModel)];
   }
 
   async retrieve(orgId: string, id: string): Promise<Model> {
     const base = this.baseModels.get(id);
-    if (base) return { id: base.name, object: 'model', created: base.created, owned_by: 'system' };
+    if (base) return this.baseModelObject(base);
     const row = await this.owned(orgId).where('id', '=', id).executeTakeFirst();
     if (!row) throw modelNotFound(id);
     return toModel(row);
@@ -103,6 +103,12 @@ export class ModelService {
     return { id, object: 'model', deleted: true };
   }
 
+  /** A base model as OpenAI's Model, with ours: what its arrival check found (`tunelab models add` or `pull`). */
+  private baseModelObject(model: BaseModel): Model & { details?: BaseModelDetails } {
+    const details = readDetails(this.baseModels.dir, model);
+    return { id: model.name, object: 'model', created: model.created, owned_by: 'system', ...(details && { details }) };
+  }
+
   private owned(orgId: string) {
     return this.db.selectFrom('fine_tuned_models').selectAll().where('org_id', '=', orgId);
   }
@@ -113,4 +119,39 @@ const toModel = (row: FineTunedModelTable): Model => ({
   object: 'model',
   created: row.created_at,
   owned_by: row.org_id,
+});
+
+export interface BaseModelDetails {
+  model_type: string | null;
+  parameters: number | null;
+  dtype: string | null;
+  context_length: number | null;
+  /** Estimates in bytes; see model-facts.ts for what each counts. */
+  memory_bytes: { serve: number; train_lora: number; train_full: number } | null;
+  /** Whether the engine loaded it on arrival (false: more memory than the host had, or never checked). */
+  loaded: boolean;
+  /** When it was checked on arrival; null for a model put in the models folder by hand (its files' facts only). */
+  checked_at: number | null;
+}
+
+/** The arrival report, or for a model that never had one (linked by hand, the built-in one) what its files say. */
+function readDetails(modelsDir: string, model: BaseModel): BaseModelDetails | null {
+  const report = readArrivalReport(modelsDir, model.name);
+  if (report) return baseModelDetails(report);
+  try {
+    const facts = readModelFacts(model.path);
+    return baseModelDetails({ ...facts, loaded: false, checkedAt: null });
+  } catch {
+    return null;
+  }
+}
+
+const baseModelDetails = (report: Partial<ModelFacts> & { loaded: boolean; checkedAt: number | null }): BaseModelDetails => ({
+  model_type: report.modelType ?? null,
+  parameters: report.parameters ?? null,
+  dtype: report.dtype ?? null,
+  context_length: report.contextLength ?? null,
+  memory_bytes: report.memory ? { serve: report.memory.serve, train_lora: report.memory.trainLora, train_full: report.memory.trainFull } : null,
+  loaded: report.loaded,
+  checked_at: report.checkedAt,
 });

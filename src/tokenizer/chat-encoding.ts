@@ -86,7 +86,8 @@ export function encodeChat(
 export function encodePromptCompletion(tokenizer: ModelTokenizer, prompt: string, completion: string | null): EncodedSequence {
   const segments: Segment[] = [{ text: prompt, ids: tokenizer.encodeWithSpecialTokens(prompt), trained: false }];
   if (completion !== null) {
-    segments.push({ text: completion, ids: tokenizer.encode(completion), trained: true });
+    // The completion continues the prompt: no start-of-input "▁" of its own (SentencePiece tokenizers).
+    segments.push({ text: completion, ids: tokenizer.encodeContinuation(completion), trained: true });
     const stopId = tokenizer.endOfTurnIds[0];
     if (stopId !== undefined) segments.push({ text: tokenizer.idToToken(stopId) ?? '', ids: [stopId], trained: true });
   }

@@ -2,6 +2,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { Template } from '@huggingface/jinja';
 import { Tokenizer } from '@huggingface/tokenizers';
+import './jinja-strip-chars.js';
 
 /** A message as chat templates see it (OpenAI's chat format, without our `weight`). */
 export interface TemplateMessage {
@@ -132,13 +133,19 @@ export class ModelTokenizer {
 }
 
 /**
- * tokenizer.json with the start-of-input "▁" switched off (Metaspace `prepend_scheme: "never"`),
- * or null when the tokenizer prepends nothing at the start (byte-level BPE: Qwen, Llama 3).
+ * tokenizer.json with the start-of-input "▁" switched off, or null when the tokenizer prepends
+ * nothing at the start (byte-level BPE: Qwen, Llama 3). Two ways of writing it: a Metaspace
+ * pre-tokenizer (`prepend_scheme: "never"`), and the older `Prepend` normalizer of Llama 2 and
+ * Mistral's first tokenizers (dropped from the normalizer sequence).
  */
 function withoutPrependedSpace(json: unknown): object | null {
   let changed = false;
   const visit = (node: unknown): unknown => {
-    if (Array.isArray(node)) return node.map(visit);
+    if (Array.isArray(node)) {
+      const kept = node.filter((item) => !isPrependedSpace(item));
+      if (kept.length !== node.length) changed = true;
+      return kept.map(visit);
+    }
     if (typeof node !== 'object' || node === null) return node;
     const copy: Record<string, unknown> = {};
     for (const [key, value] of Object.entries(node)) copy[key] = key === 'model' || key === 'added_tokens' ? value : visit(value);
@@ -147,9 +154,15 @@ function withoutPrependedSpace(json: unknown): object | null {
       copy.add_prefix_space = false;
       changed = true;
     }
+    if (isPrependedSpace(copy.normalizer)) {
+      copy.normalizer = null;
+      changed = true;
+    }
     return copy;
   };
   const result = visit(json) as object;
   return changed ? result : null;
 }
 
+const isPrependedSpace = (node: unknown) =>
+  typeof node === 'object' && node !== null && (node as { type?: unknown }).type === 'Prepend' && (node as { prepend?: unknown }).prepend === '▁';

@@ -1,8 +1,8 @@
-import { useState } from 'preact/hooks';
-import { del, get, listAll, type FineTuningJob, type List, type Model, type ModelDeleted } from '../api.js';
+import { useEffect, useState } from 'preact/hooks';
+import { ApiError, del, get, listAll, post, type FineTuningJob, type List, type Model, type ModelDeleted } from '../api.js';
 import { ErrorMessage, Loading, PageHeader } from '../components/common.js';
 import { useLoad } from '../components/use-load.js';
-import { dateTime } from '../format.js';
+import { bytes, dateTime } from '../format.js';
 import { href } from '../router.js';
 
 /** What an `ft:` name says: `ft:{base}:{org}:{suffix}:{id8}`, and `:ckpt-step-{N}` for a checkpoint. */
@@ -28,10 +28,40 @@ export const jobOf = (jobs: FineTuningJob[], modelId: string) => {
   return id8 ? jobs.find((job) => job.id.slice(job.id.indexOf('-') + 1).startsWith(id8)) : undefined;
 };
 
+/** What a base model's arrival check found (ours, on /v1/models). */
+interface BaseModelDetails {
+  parameters: number | null;
+  context_length: number | null;
+  dtype: string | null;
+  memory_bytes: { serve: number; train_lora: number; train_full: number } | null;
+}
+
+/** A pull from the Hugging Face Hub (ours: /v1/models/pulls). */
+interface ModelPull {
+  id: string;
+  repo: string;
+  status: 'running' | 'succeeded' | 'failed';
+  received_bytes: number;
+  total_bytes: number | null;
+  model: string | null;
+  error: { message: string } | null;
+}
+
+const parameters = (n: number | null | undefined) =>
+  n === null || n === undefined ? '—' : n >= 1e9 ? `${(n / 1e9).toFixed(1)}B` : `${(n / 1e6).toFixed(n >= 1e8 ? 0 : 1)}M`;
+
 export function ModelsPage() {
   const loaded = useLoad(async (signal) => {
-    const [models, jobs] = await Promise.all([get<List<Model>>('/models', undefined, signal), listAll<FineTuningJob>('/fine_tuning/jobs', {}, signal)]);
-    return { models: models.data, jobs };
+    const [models, jobs, mayPull] = await Promise.all([
+      get<List<Model>>('/models', undefined, signal),
+      listAll<FineTuningJob>('/fine_tuning/jobs', {}, signal),
+      // Only the organizations the administrator allows may add base models: the others get a 403 here.
+      get<List<ModelPull>>('/models/pulls', undefined, signal).then(
+        () => true,
+        (error: unknown) => (error instanceof ApiError && error.status === 403 ? false : Promise.reject(error)),
+      ),
+    ]);
+    return { models: models.data, jobs, mayPull };
   }, []);
   const [deleting, setDeleting] = useState<string | null>(null);
   const [error, setError] = useState<Error>();
@@ -63,19 +93,30 @@ export function ModelsPage() {
       ) : (
         <>
           <h2>Base models</h2>
+          {loaded.data.mayPull && <PullForm onPulled={loaded.reload} />}
           <div class="table-scroll">
             <table class="list cards" aria-label="Base models">
               <thead>
                 <tr>
                   <th scope="col">Model</th>
+                  <th scope="col">Parameters</th>
+                  <th scope="col">Context</th>
+                  <th scope="col">Memory to serve / train (LoRA)</th>
                   <th scope="col">Added</th>
                   <th scope="col">Try it</th>
                 </tr>
               </thead>
               <tbody>
-                {base.map((model) => (
+                {base.map((model) => {
+                  const details = (model as Model & { details?: BaseModelDetails }).details;
+                  return (
                   <tr key={model.id}>
                     <td class="mono card-title">{model.id}</td>
+                    <td data-label="Parameters">{details ? `${parameters(details.parameters)} ${details.dtype ?? ''}` : '—'}</td>
+                    <td data-label="Context">{details?.context_length?.toLocaleString('en-US') ?? '—'}</td>
+                    <td data-label="Memory to serve / train (LoRA)">
+                      {details?.memory_bytes ? `${bytes(details.memory_bytes.serve)} / ${bytes(details.memory_bytes.train_lora)}` : '—'}
+                    </td>
                     <td data-label="Added">{dateTime(model.created)}</td>
                     <td data-label="Try it">
                       <a href={href('playground', { left: model.id })} aria-label={`Open ${model.id} in the playground`}>
@@ -83,7 +124,8 @@ export function ModelsPage() {
                       </a>
                     </td>
                   </tr>
-                ))}
+                  );
+                })}
               </tbody>
             </table>
           </div>
@@ -137,5 +179,67 @@ export function ModelsPage() {
         </>
       )}
     </>
+  );
+}
+
+/** Pulls a model from the Hugging Face Hub into the server, showing its bytes as they arrive. */
+function PullForm({ onPulled }: { onPulled: () => void }) {
+  const [repo, setRepo] = useState('');
+  const [name, setName] = useState('');
+  const [pull, setPull] = useState<ModelPull | null>(null);
+  const [error, setError] = useState<Error>();
+
+  useEffect(() => {
+    if (pull?.status !== 'running') return;
+    const timer = setTimeout(async () => {
+      try {
+        const next = await get<ModelPull>(`/models/pulls/${pull.id}`);
+        setPull(next);
+        if (next.status === 'succeeded') onPulled();
+      } catch (failure) {
+        setError(failure as Error);
+      }
+    }, 500);
+    return () => clearTimeout(timer);
+  }, [pull]);
+
+  const start = async (event: Event) => {
+    event.preventDefault();
+    setError(undefined);
+    try {
+      setPull(await post<ModelPull>('/models/pulls', { repo: repo.trim(), ...(name.trim() && { name: name.trim() }) }));
+    } catch (failure) {
+      setError(failure as Error);
+    }
+  };
+
+  const running = pull?.status === 'running';
+  return (
+    <form class="pull-form" onSubmit={start} aria-label="Pull a base model">
+      <label>
+        Hugging Face model
+        <input value={repo} placeholder="Qwen/Qwen2.5-0.5B-Instruct" required disabled={running} onInput={(e) => setRepo(e.currentTarget.value)} />
+      </label>
+      <label>
+        Name (optional)
+        <input value={name} placeholder="qwen2.5-0.5b-instruct" disabled={running} onInput={(e) => setName(e.currentTarget.value)} />
+      </label>
+      <button type="submit" disabled={running || !repo.trim()}>
+        {running ? 'Pulling…' : 'Pull'}
+      </button>
+      {pull && (
+        <div class="upload-progress" aria-live="polite">
+          {pull.status === 'running' && (
+            <>
+              <span>Pulling {pull.repo}</span>
+              <progress max={pull.total_bytes || 1} value={pull.received_bytes} aria-label={`Pulling ${pull.repo}`} />
+              <span class="muted">{pull.total_bytes === null ? 'reading its files…' : `${bytes(pull.received_bytes)} of ${bytes(pull.total_bytes)}`}</span>
+            </>
+          )}
+          {pull.status === 'succeeded' && <span>Pulled {pull.repo}: it is the base model {pull.model}.</span>}
+        </div>
+      )}
+      <ErrorMessage error={pull?.status === 'failed' ? pull.error?.message : error} />
+    </form>
   );
 }
