@@ -17,12 +17,23 @@ export interface GenerateRequest {
   stopIds: readonly number[];
   presencePenalty: number;
   frequencyPenalty: number;
+  /** A Lark grammar (llguidance's dialect) the output must match, or null for free text. */
+  grammar: string | null;
+  /** Alternatives to report per token (0-20) with each token's log-probability, or null for none. */
+  logprobs: number | null;
+}
+
+/** A sampled token's log-probability, and the most likely alternatives' as [id, logprob] pairs. */
+export interface TokenLogprob {
+  token: number;
+  logprob: number;
+  top: Array<[number, number]>;
 }
 
 export type FinishReason = 'stop' | 'length' | 'cancelled';
 
 export type GenerationUpdate =
-  | { type: 'tokens'; ids: number[] }
+  | { type: 'tokens'; ids: number[]; logprobs?: TokenLogprob[] }
   | { type: 'done'; finishReason: FinishReason };
 
 export interface ServeInfo {
@@ -108,7 +119,7 @@ export class ServeProcess {
         return;
       }
       if (!stream) return;
-      if (event.type === 'tokens') stream.push({ type: 'tokens', ids: event.ids as number[] });
+      if (event.type === 'tokens') stream.push({ type: 'tokens', ids: event.ids as number[], logprobs: event.logprobs as TokenLogprob[] | undefined });
       else if (event.type === 'done') {
         stream.push({ type: 'done', finishReason: event.finish_reason as FinishReason });
         this.streams.delete(event.id as string);
@@ -176,6 +187,8 @@ export class ServeProcess {
       stop_ids: request.stopIds,
       presence_penalty: request.presencePenalty,
       frequency_penalty: request.frequencyPenalty,
+      grammar: request.grammar,
+      logprobs: request.logprobs,
     });
     try {
       for await (const update of stream.drain()) {
