@@ -9,6 +9,7 @@ import { FileService } from './files/files.js';
 import { ServePool } from './engine/serve-pool.js';
 import { InferenceService } from './inference/inference.js';
 import { type ServingSettings, loadServingSettings } from './inference/settings.js';
+import { ResponseService } from './responses/responses.js';
 import { FileValidation } from './jobs/file-validation.js';
 import { JobService } from './jobs/jobs.js';
 import { JobRunner } from './jobs/runner.js';
@@ -83,7 +84,8 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   const models = new ModelService(store.db, baseModels);
   const servePool = new ServePool({ ...loadServingSettings(home.root), ...options.serving, logDir: home.logs });
   const inference = new InferenceService(models, servePool, usage, logError);
-  const services: Services = { orgs, files, fileReports, models, jobs, notifications, usage, inference };
+  const responses = new ResponseService(store.db, inference);
+  const services: Services = { orgs, files, fileReports, models, jobs, notifications, usage, inference, responses };
   const maxUploadBytes = options.maxUploadBytes ?? DEFAULT_MAX_UPLOAD_BYTES;
   const app = buildApi(services, { maxUploadBytes, logger: options.logger ?? false });
   const validation = new FileValidation(jobs, files, baseModels, datasetSettings, tokenizers, home.work, (message, error) =>

@@ -9,10 +9,12 @@ import type { JobService } from '../jobs/jobs.js';
 import type { ModelService } from '../models/models.js';
 import type { NotificationService } from '../notifications/notifications.js';
 import type { Organization, OrgService } from '../orgs/orgs.js';
+import type { ResponseService } from '../responses/responses.js';
 import type { UsageService } from '../usage/usage.js';
 import { sendError } from './errors.js';
 import { filesRoutes } from './files.js';
 import { inferenceRoutes } from './inference.js';
+import { responsesRoutes } from './responses.js';
 import { jobsRoutes } from './jobs.js';
 import { modelsRoutes } from './models.js';
 import { uiRoutes } from './ui.js';
@@ -34,6 +36,7 @@ export interface Services {
   notifications: NotificationService;
   usage: UsageService;
   inference: InferenceService;
+  responses: ResponseService;
 }
 
 export interface ApiOptions {
@@ -98,6 +101,7 @@ export function buildApi(services: Services, options: ApiOptions): FastifyInstan
       v1.register(jobsRoutes(services.jobs));
       v1.register(usageRoutes(services.usage));
       v1.register(inferenceRoutes(services.inference));
+      v1.register(responsesRoutes(services.responses));
     },
     { prefix: '/v1' },
   );
