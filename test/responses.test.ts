@@ -1,9 +1,14 @@
+import { execFile } from 'node:child_process';
+import { promisify } from 'node:util';
+import path from 'node:path';
 import OpenAI from 'openai';
 import { zodTextFormat } from 'openai/helpers/zod';
 import type { FunctionTool, ResponseStreamEvent } from 'openai/resources/responses/responses';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
+import { enginePython } from '../src/engine/python.js';
 import { TINY_MODEL_NAME } from '../src/models/tiny-model.js';
+import { refusal } from './support/refusal.js';
 import { type TestServer, startTestServer } from './support/server.js';
 
 let t: TestServer;
@@ -14,16 +19,6 @@ beforeAll(async () => {
   client = t.client;
 }, 120_000);
 afterAll(() => t?.cleanup());
-
-/** The API error a request ends in; a request that succeeds fails the test. */
-async function refusal(request: Promise<unknown>): Promise<InstanceType<typeof OpenAI.APIError>> {
-  const outcome = await request.then(
-    () => null,
-    (error: unknown) => error,
-  );
-  if (!(outcome instanceof OpenAI.APIError)) throw new Error(`expected an API error, got ${String(outcome)}`);
-  return outcome;
-}
 
 const weatherTool: FunctionTool = {
   type: 'function',
@@ -152,4 +147,28 @@ describe('POST /v1/responses', () => {
     expect(schema.param).toBe('text.format.schema');
     expect(schema.message).toContain('no-such-format');
   });
+});
+
+describe('the Python SDK', () => {
+  it('parses pydantic structured outputs, makes a forced call, and streams a response', async () => {
+    const script = path.join(import.meta.dirname, 'python/structured_outputs.py');
+    // Asynchronously: the server answering the script runs in this process.
+    const { stdout: out } = await promisify(execFile)(enginePython(), [script, TINY_MODEL_NAME], {
+      env: { ...process.env, OPENAI_BASE_URL: t.server.baseURL, OPENAI_API_KEY: t.apiKey },
+      encoding: 'utf8',
+      timeout: 120_000,
+    });
+    const result = JSON.parse(out) as { parsed: Array<{ sunny: boolean; temperature: number }>; call: { name: string; arguments: { city: string } }; finish_reason: string; events: string[] };
+    expect(result.parsed).toHaveLength(10);
+    for (const weather of result.parsed) {
+      expect(typeof weather.sunny).toBe('boolean');
+      expect(weather.temperature).toBeGreaterThanOrEqual(-40);
+      expect(weather.temperature).toBeLessThanOrEqual(50);
+    }
+    expect(result.finish_reason).toBe('tool_calls');
+    expect(result.call.name).toBe('get_weather');
+    expect(typeof result.call.arguments.city).toBe('string');
+    expect(result.events[0]).toBe('response.created');
+    expect(result.events.at(-1)).toMatch(/^response\.(completed|incomplete)$/);
+  }, 180_000);
 });

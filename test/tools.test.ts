@@ -8,6 +8,7 @@ import { z } from 'zod';
 import { TINY_MODEL_NAME } from '../src/models/tiny-model.js';
 import { encodeChat } from '../src/tokenizer/chat-encoding.js';
 import { ModelTokenizer } from '../src/tokenizer/model-tokenizer.js';
+import { refusal } from './support/refusal.js';
 import { type TestServer, finished, startTestServer } from './support/server.js';
 
 const WEATHER_CALLS = path.resolve(import.meta.dirname, 'fixtures/tools/weather-calls.jsonl');
@@ -22,7 +23,9 @@ const examples: Example[] = fs
   .split('\n')
   .map((line) => JSON.parse(line) as Example);
 const weatherTool = examples[0]!.tools[0]!;
-const weatherArguments = z.strictObject({ city: z.string(), unit: z.enum(['celsius', 'fahrenheit']) });
+const cityOf = (example: Example) => JSON.parse(example.messages[1]!.tool_calls![0]!.function.arguments) as { city: string };
+/** The training question about a city. */
+const question = (city: string): ChatCompletionMessageParam[] => [examples.find((example) => cityOf(example).city === city)!.messages[0]!];
 
 let t: TestServer;
 let client: OpenAI;
@@ -34,31 +37,21 @@ beforeAll(async () => {
   client = t.client;
   tokenizer = ModelTokenizer.load(path.join(t.server.home.models, TINY_MODEL_NAME));
   const file = await client.files.create({ file: fs.createReadStream(WEATHER_CALLS), purpose: 'fine-tune' });
-  // More epochs than the auto rule's 10 for 12 examples: the city is one token among ~250 of the same prompt.
+  // Twice the auto rule's 10 epochs for 12 examples: at 10 the format is learned but a third of
+  // the questions get another example's city (the prompts share their first ~100 tokens, the tools).
   const job = await client.fineTuning.jobs.create({
     model: TINY_MODEL_NAME,
     training_file: file.id,
     suffix: 'tools',
     seed: 1,
-    hyperparameters: { n_epochs: 30 },
+    hyperparameters: { n_epochs: 20 },
   });
-  const done = await finished(client, job.id, 300_000);
+  const done = await finished(client, job.id, 900_000);
   expect(done.status, JSON.stringify(done.error)).toBe('succeeded');
   fineTune = done.fine_tuned_model!;
-}, 600_000);
+}, 1_000_000);
 afterAll(() => t?.cleanup());
 
-/** The API error a request ends in; a request that succeeds fails the test. */
-async function refusal(request: Promise<unknown>): Promise<InstanceType<typeof OpenAI.APIError>> {
-  const outcome = await request.then(
-    () => null,
-    (error: unknown) => error,
-  );
-  if (!(outcome instanceof OpenAI.APIError)) throw new Error(`expected an API error, got ${String(outcome)}`);
-  return outcome;
-}
-
-const question = (city: string): ChatCompletionMessageParam[] => [{ role: 'user', content: `What is the weather in ${city}?` }];
 
 describe('tools in the chat template', () => {
   it('renders tools and calls in the Hermes form, and a prompt is the training prefix token for token', () => {
@@ -66,7 +59,7 @@ describe('tools in the chat template', () => {
     const trained = encodeChat(tokenizer, example.messages as never, { tools: example.tools });
     const text = trained.segments.map((segment) => segment.text).join('');
     expect(text).toContain('<tools>\n{"type": "function", "function": {"name": "get_weather"');
-    expect(text).toContain('<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}\n</tool_call><|im_end|>');
+    expect(text).toContain('<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>');
     const prompt = encodeChat(tokenizer, example.messages.slice(0, -1) as never, { tools: example.tools, addGenerationPrompt: true });
     expect(trained.ids.slice(0, prompt.ids.length)).toEqual(prompt.ids);
     // The call is what is trained: every token after the prompt through the end-of-turn token (the newline after it is not).
@@ -77,8 +70,7 @@ describe('tools in the chat template', () => {
 });
 
 describe('a model fine-tuned on tool calls', () => {
-  it.each(['Paris', 'Boston', 'Oslo'])('calls get_weather for %s with the trained arguments', async (city) => {
-    const expected = JSON.parse(examples.find((e) => (e.messages[0]!.content as string).includes(city))!.messages[1]!.tool_calls![0]!.function.arguments);
+  it.each(['Paris', 'Boston', 'Oslo', 'Lima'])('calls get_weather for %s with the trained arguments', async (city) => {
     const completion = await client.chat.completions.create({ model: fineTune, messages: question(city), tools: [weatherTool], temperature: 0 });
     const choice = completion.choices[0]!;
     expect(choice.finish_reason).toBe('tool_calls');
@@ -88,7 +80,7 @@ describe('a model fine-tuned on tool calls', () => {
     expect(call.id).toMatch(/^call_/);
     if (call.type !== 'function') throw new Error('not a function call');
     expect(call.function.name).toBe('get_weather');
-    expect(JSON.parse(call.function.arguments)).toEqual(expected);
+    expect(JSON.parse(call.function.arguments)).toEqual({ city });
   });
 
   it('streams the call as tool-call deltas the SDK puts back together', async () => {
@@ -99,7 +91,7 @@ describe('a model fine-tuned on tool calls', () => {
     const call = choice.message.tool_calls![0]!;
     if (call.type !== 'function') throw new Error('not a function call');
     expect(call.function.name).toBe('get_weather');
-    expect(JSON.parse(call.function.arguments)).toEqual({ city: 'Tokyo', unit: 'celsius' });
+    expect(JSON.parse(call.function.arguments)).toEqual({ city: 'Tokyo' });
   });
 
   it('answers the legacy functions/function_call with a function_call', async () => {
@@ -113,7 +105,7 @@ describe('a model fine-tuned on tool calls', () => {
     const choice = completion.choices[0]!;
     expect(choice.finish_reason).toBe('function_call');
     expect(choice.message.function_call?.name).toBe('get_weather');
-    expect(JSON.parse(choice.message.function_call!.arguments)).toEqual({ city: 'Berlin', unit: 'celsius' });
+    expect(JSON.parse(choice.message.function_call!.arguments)).toEqual({ city: 'Berlin' });
   });
 
   it('with tool_choice none answers in text, and takes a conversation holding calls and their results', async () => {
@@ -121,7 +113,7 @@ describe('a model fine-tuned on tool calls', () => {
       model: fineTune,
       messages: [
         ...question('Paris'),
-        { role: 'assistant', content: null, tool_calls: [{ id: 'call_1', type: 'function', function: { name: 'get_weather', arguments: '{"city": "Paris", "unit": "celsius"}' } }] },
+        { role: 'assistant', content: null, tool_calls: [{ id: 'call_1', type: 'function', function: { name: 'get_weather', arguments: '{"city": "Paris"}' } }] },
         { role: 'tool', tool_call_id: 'call_1', content: '{"temperature": 21}' },
       ],
       tools: [weatherTool],
@@ -164,7 +156,10 @@ describe('constrained decoding on the untrained base model', () => {
       const call = choice.message.tool_calls![0]!;
       if (call.type !== 'function') throw new Error('not a function call');
       expect(call.function.name).toBe('get_weather');
-      expect(weatherArguments.safeParse(JSON.parse(call.function.arguments)).success).toBe(true);
+      const args = JSON.parse(call.function.arguments) as { city: string; unit: string };
+      expect(Object.keys(args)).toEqual(['city', 'unit']);
+      expect(args.city.length).toBeLessThanOrEqual(24);
+      expect(['celsius', 'fahrenheit']).toContain(args.unit);
     }
   });
 

@@ -78,7 +78,8 @@ class Sampler:
         top = []
         if self.top_logprobs:
             values, ids = logprobs.topk(self.top_logprobs)
-            top = [[int(i), float(v)] for i, v in zip(ids, values)]
+            # Tokens a grammar rules out (-inf) are no alternatives, and JSON has no -Infinity.
+            top = [[int(i), float(v)] for i, v in zip(ids, values) if v > float("-inf")]
         self.logprobs = {"token": token, "logprob": float(logprobs[token]), "top": top}
 
     def sample(self, logits):

@@ -47,8 +47,10 @@ export function parseToolCalls(format: ToolCallFormat, text: string): { content:
     const start = text.indexOf('<tool_call>');
     if (start < 0) return null;
     const calls: ParsedToolCall[] = [];
-    for (const match of text.slice(start).matchAll(/<tool_call>([\s\S]*?)(?:<\/tool_call>|$)/g)) {
+    for (const match of text.slice(start).matchAll(/<tool_call>([\s\S]*?)(<\/tool_call>|$)/g)) {
       const call = callFrom(parseJson(match[1]!.trim()), 'arguments');
+      // A last block cut off by max_tokens is dropped when complete calls came before it.
+      if (!call && !match[2] && calls.length) break;
       if (!call) return null;
       calls.push(call);
     }
