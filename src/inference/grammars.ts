@@ -14,15 +14,19 @@ export function jsonObjectGrammar(): string {
   return `start: ${json({ type: 'object' })}`;
 }
 
-/** Values of a JSON schema (`response_format` `json_schema` with `strict`). */
-export function jsonSchemaGrammar(schema: Record<string, unknown>): string {
-  return `start: ${json(schema)}`;
+/**
+ * Values of a JSON schema (`response_format` `json_schema`). `lenient` (a schema without
+ * `strict`): keywords the library does not implement are left out rather than refused.
+ */
+export function jsonSchemaGrammar(schema: Record<string, unknown>, lenient: boolean): string {
+  return `start: ${json(schema, lenient)}`;
 }
 
-/** A function the model may be made to call: its name and the JSON schema of its arguments. */
+/** A function the model may be made to call: its name and the JSON schema of its arguments, `strict` or not. */
 export interface CallableFunction {
   name: string;
   parameters: Record<string, unknown>;
+  strict: boolean;
 }
 
 /**
@@ -37,14 +41,17 @@ export function toolCallGrammar(
   mistralCallsToken: number | null,
 ): string {
   const argumentsKey = format === 'llama3' ? 'parameters' : 'arguments';
-  const call = json({
-    anyOf: functions.map((fn) => ({
-      type: 'object',
-      properties: { name: { const: fn.name }, [argumentsKey]: fn.parameters },
-      required: ['name', argumentsKey],
-      additionalProperties: false,
-    })),
-  });
+  const call = json(
+    {
+      anyOf: functions.map((fn) => ({
+        type: 'object',
+        properties: { name: { const: fn.name }, [argumentsKey]: fn.parameters },
+        required: ['name', argumentsKey],
+        additionalProperties: false,
+      })),
+    },
+    functions.some((fn) => !fn.strict),
+  );
   switch (format) {
     case 'hermes':
       return [`start: call${parallel ? ' ("\\n" call)*' : ''}`, `call: "<tool_call>\\n" ${call} "\\n</tool_call>"`].join('\n');
@@ -55,6 +62,6 @@ export function toolCallGrammar(
   }
 }
 
-function json(schema: Record<string, unknown>): string {
-  return `%json ${JSON.stringify({ ...schema, 'x-guidance': JSON_STYLE })}`;
+function json(schema: Record<string, unknown>, lenient = false): string {
+  return `%json ${JSON.stringify({ ...schema, 'x-guidance': { ...JSON_STYLE, lenient } })}`;
 }

@@ -401,8 +401,8 @@ function promptList(prompt: CompletionRequest['prompt']): Array<string | number[
 
 /**
  * The grammar a chat answer must match: a forced tool call (`tool_choice` `required` or a named
- * function), else a JSON `response_format`; `json_schema` without `strict` asks for JSON, its
- * schema a hint as OpenAI's is.
+ * function), else a JSON `response_format`. A `json_schema` without `strict` is followed as far
+ * as the library implements it (leniently) rather than refused.
  */
 function chatGrammar(request: ChatCompletionRequest, tools: ToolUse | null, format: ToolCallFormat | null, tokenizer: ModelTokenizer): Plan['grammar'] {
   const forced = tools ? forcedFunctions(tools) : null;
@@ -414,7 +414,7 @@ function chatGrammar(request: ChatCompletionRequest, tools: ToolUse | null, form
   if (responseFormat?.type === 'json_object') return { lark: jsonObjectGrammar(), param: 'response_format' };
   if (responseFormat?.type === 'json_schema') {
     const { schema, strict } = responseFormat.json_schema;
-    return { lark: strict && schema ? jsonSchemaGrammar(schema) : jsonObjectGrammar(), param: 'response_format.json_schema.schema' };
+    return { lark: schema ? jsonSchemaGrammar(schema, !strict) : jsonObjectGrammar(), param: 'response_format.json_schema.schema' };
   }
   return null;
 }

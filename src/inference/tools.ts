@@ -39,13 +39,13 @@ export function toolUse(request: ChatCompletionRequest): ToolUse | null {
   return { tools, choice, parallel: !legacy && request.parallel_tool_calls !== false, legacy };
 }
 
-/** The functions a forced choice allows, with the schemas their arguments must match. */
+/** The functions a forced choice allows, with the schemas their arguments must match (exactly when `strict`, else leniently). */
 export function forcedFunctions(use: ToolUse): CallableFunction[] | null {
   if (use.choice === 'none' || use.choice === 'auto') return null;
   const name = typeof use.choice === 'object' ? use.choice.name : null;
   return use.tools
     .filter((tool) => name === null || tool.function.name === name)
-    .map((tool) => ({ name: tool.function.name, parameters: tool.function.parameters ?? { type: 'object' } }));
+    .map((tool) => ({ name: tool.function.name, parameters: tool.function.parameters ?? { type: 'object' }, strict: tool.function.strict === true }));
 }
 
 export function toolCallsFor(calls: readonly ParsedToolCall[]): ChatCompletionMessageFunctionToolCall[] {
