@@ -12,6 +12,7 @@ import { ServePool } from './engine/serve-pool.js';
 import { locateEnginePython } from './engine/setup.js';
 import { InferenceService } from './inference/inference.js';
 import { type ServingSettings, loadServingSettings } from './inference/settings.js';
+import { ResponseService } from './responses/responses.js';
 import { FileValidation } from './jobs/file-validation.js';
 import { JobService } from './jobs/jobs.js';
 import { JobRunner } from './jobs/runner.js';
@@ -98,7 +99,8 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   const servePool = new ServePool({ ...loadServingSettings(home.root), ...options.serving, logDir: home.logs });
   const inference = new InferenceService(models, servePool, usage, logError);
   const pulls = new ModelPullService(baseModels, loadPullOrganizations(home.root));
-  const services: Services = { orgs, files, fileReports, models, pulls, jobs, notifications, usage, inference };
+  const responses = new ResponseService(store.db, inference);
+  const services: Services = { orgs, files, fileReports, models, pulls, jobs, notifications, usage, inference, responses };
   const maxUploadBytes = options.maxUploadBytes ?? DEFAULT_MAX_UPLOAD_BYTES;
   const disk = new DiskSpace(home.root, home.diskReserve);
   await disk.setAside();

@@ -307,14 +307,10 @@ describe('serving', () => {
     // Refused before the stream begins, so the SDK raises it with its status.
     const outside = await error(client.completions.create({ model: TINY_MODEL_NAME, prompt: [999_999], stream: true }));
     expect(outside).toMatchObject({ status: 400, param: 'prompt' });
-    const tools = await error(
-      client.chat.completions.create({
-        model: TINY_MODEL_NAME,
-        messages: [{ role: 'user', content: 'hi' }],
-        tools: [{ type: 'function', function: { name: 'f' } }],
-      }),
+    const bias = await error(
+      client.chat.completions.create({ model: TINY_MODEL_NAME, messages: [{ role: 'user', content: 'hi' }], logit_bias: { '1': 5 } }),
     );
-    expect(tools).toMatchObject({ status: 400, param: 'tools', error: { message: "Invalid 'tools': tools is not supported by tunelab's models yet" } });
+    expect(bias).toMatchObject({ status: 400, param: 'logit_bias', error: { message: "Invalid 'logit_bias': logit_bias is not supported by tunelab's models yet" } });
   });
 
   it("records each request's tokens and cost as the organization's inference usage", async () => {

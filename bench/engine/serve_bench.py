@@ -55,8 +55,8 @@ class Serve:
             raise SystemExit(f"serve exited with {self.proc.wait()}")
         return time.perf_counter(), json.loads(line)
 
-    def send(self, prompts, max_tokens):
-        """Writes one request per prompt in one write; returns (send time, their ids)."""
+    def send(self, prompts, max_tokens, **fields):
+        """Writes one request per prompt in one write (`fields` added to each); returns (send time, their ids)."""
         ids, lines = [], []
         for p in prompts:
             self.count += 1
@@ -64,7 +64,7 @@ class Serve:
             ids.append(rid)
             lines.append(json.dumps({"type": "generate", "id": rid, "input_ids": p, "adapter": None,
                                      "max_tokens": max_tokens, "temperature": 0.0, "top_p": 1.0, "seed": 0,
-                                     "stop_ids": [], "presence_penalty": 0.0, "frequency_penalty": 0.0}))
+                                     "stop_ids": [], "presence_penalty": 0.0, "frequency_penalty": 0.0, **fields}))
         sent = time.perf_counter()
         self.proc.stdin.write("".join(line + "\n" for line in lines))
         self.proc.stdin.flush()
@@ -92,6 +92,25 @@ def load():
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def decode_rates(serve, prompts, args, **fields):
+    """Decode tokens/s of one stream and of args.streams streams (and their end-to-end rate), one
+    figure per repeat; `fields` go into every request."""
+    single, multi, multi_e2e = [], [], []
+    for _ in range(args.repeats):
+        sent, ids = serve.send(prompts(1), args.new_tokens, **fields)
+        times = serve.collect(ids)[0][ids[0]]
+        single.append((len(times) - 1) / (times[-1] - times[0]))
+    for _ in range(args.repeats):
+        sent, ids = serve.send(prompts(args.streams), args.new_tokens, **fields)
+        arrivals, last_done = serve.collect(ids)
+        begin = max(times[0] for times in arrivals.values())
+        end = min(times[-1] for times in arrivals.values())
+        inside = sum(1 for times in arrivals.values() for t in times if begin < t <= end)
+        multi.append(inside / (end - begin))
+        multi_e2e.append(sum(len(times) for times in arrivals.values()) / (last_done - sent))
+    return single, multi, multi_e2e
+
+
 def bench_shape(shape, args, env, tmp):
     with open(os.path.join(tmp, f"{shape}.json"), "w") as f:
         json.dump(SHAPES[shape], f)
@@ -111,23 +130,12 @@ def bench_shape(shape, args, env, tmp):
     serve = Serve(model_dir, env, extra)
     startup_s = time.perf_counter() - started
     serve.collect(serve.send(prompts(1), 8)[1])  # warm-up
-    ttft, single, multi, multi_e2e = [], [], [], []
+    ttft = []
     for _ in range(args.repeats):
         sent, ids = serve.send(prompts(1), 1)
         arrivals, _ = serve.collect(ids)
         ttft.append(arrivals[ids[0]][0] - sent)
-    for _ in range(args.repeats):
-        sent, ids = serve.send(prompts(1), args.new_tokens)
-        times = serve.collect(ids)[0][ids[0]]
-        single.append((len(times) - 1) / (times[-1] - times[0]))
-    for _ in range(args.repeats):
-        sent, ids = serve.send(prompts(args.streams), args.new_tokens)
-        arrivals, last_done = serve.collect(ids)
-        begin = max(times[0] for times in arrivals.values())
-        end = min(times[-1] for times in arrivals.values())
-        inside = sum(1 for times in arrivals.values() for t in times if begin < t <= end)
-        multi.append(inside / (end - begin))
-        multi_e2e.append(sum(len(times) for times in arrivals.values()) / (last_done - sent))
+    single, multi, multi_e2e = decode_rates(serve, prompts, args)
     serve.close()
     one, agg = statistics.median(single), statistics.median(multi)
     return {

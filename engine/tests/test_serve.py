@@ -268,7 +268,8 @@ class SamplingTest(TempDirTest):
         logits = -torch.arange(5000, dtype=torch.float32) * 1e-4
         probs = torch.softmax(logits, -1)
         cutoff = int(((probs.cumsum(0) - probs) < 0.9).sum())
-        fields = {"temperature": 1.0, "top_p": 0.9, "seed": 5, "presence": 0.0, "frequency": 0.0}
+        fields = {"temperature": 1.0, "top_p": 0.9, "seed": 5, "presence": 0.0, "frequency": 0.0,
+                  "constraint": None, "logprobs": None}
         sampler = sampling.Sampler(type("Req", (), fields)(), 5000, "cpu")
         draws = [sampler.draw(logits.clone()) for _ in range(300)]
         self.assertTrue(all(d < cutoff for d in draws))

@@ -27,6 +27,7 @@ from . import config as config_mod, events, runtime, safetensors
 from .adapters import AdapterCache
 from .decode import Decoder
 from .errors import EngineError
+from .grammar import GrammarCompiler
 from .model import build
 from .sampling import Sampler
 
@@ -44,7 +45,8 @@ def _is_number(value):
 
 class Request:
     __slots__ = ("id", "prompt", "adapter_dir", "adapter", "max_tokens", "temperature", "top_p", "seed",
-                 "stop_ids", "presence", "frequency", "sampler", "generated", "length", "pending")
+                 "stop_ids", "presence", "frequency", "grammar", "constraint", "logprobs", "sampler", "generated",
+                 "length", "pending")
 
     def __init__(self, rid, fields):
         self.id = rid
@@ -58,6 +60,9 @@ class Request:
         self.stop_ids = frozenset(fields["stop_ids"])
         self.presence = fields["presence_penalty"]
         self.frequency = fields["frequency_penalty"]
+        self.grammar = fields["grammar"]
+        self.constraint = None  # the grammar compiled (grammar.Constraint), on admission
+        self.logprobs = fields["logprobs"]
         self.sampler = None
         self.generated = 0  # completion tokens sent
         self.length = 0  # tokens in the cache
@@ -106,15 +111,22 @@ def validate(message, vocab, context_length):
         if not _is_number(value):
             bad(f"{name} must be a number")
         penalties[name] = float(value)
+    grammar = message.get("grammar")
+    if grammar is not None and (not isinstance(grammar, str) or not grammar):
+        bad("grammar must be a Lark grammar (a string) or null")
+    logprobs = message.get("logprobs")
+    if logprobs is not None and (not _is_int(logprobs) or not 0 <= logprobs <= 20):
+        bad("logprobs must be an integer in 0..20 (alternatives per token) or null")
     return dict(input_ids=ids, adapter=adapter, max_tokens=max_tokens, temperature=float(temperature),
-                top_p=float(top_p), seed=seed, stop_ids=stop_ids, **penalties)
+                top_p=float(top_p), seed=seed, stop_ids=stop_ids, grammar=grammar, logprobs=logprobs, **penalties)
 
 
 class Server:
     """The protocol: messages in, events out, requests waiting and active."""
 
-    def __init__(self, engine, max_adapters, max_batch, emit=events.emit):
+    def __init__(self, engine, max_adapters, max_batch, grammars=None, emit=events.emit):
         self.engine = engine
+        self.grammars = grammars  # a GrammarCompiler for the model's tokenizer
         self.emit = emit
         self.vocab = engine.config.vocab_size
         self.context_length = engine.context_length
@@ -230,7 +242,7 @@ class Server:
             return False
         req.generated += 1
         req.sampler.seen(token)
-        self.emit("tokens", id=req.id, ids=[token])
+        self.emit("tokens", id=req.id, ids=[token], **req.sampler.report())
         if (req.max_tokens is not None and req.generated >= req.max_tokens) \
                 or len(req.prompt) + req.generated >= self.context_length:
             self.finish(req, "length")
@@ -244,6 +256,10 @@ class Server:
             try:
                 if req.adapter_dir is not None:
                     req.adapter = self.adapters.get(req.adapter_dir)
+                if req.grammar is not None:
+                    if self.grammars is None:
+                        raise EngineError("invalid_grammar", "this server has no tokenizer for grammars")
+                    req.constraint = self.grammars.matcher(req.grammar, req.stop_ids)
                 req.sampler = Sampler(req, self.vocab, self.engine.device)
                 row = len(self.active)
                 self.engine.cache.reserve(row + 1, len(req.prompt) + 1)
@@ -329,7 +345,7 @@ def serve(model_dir, max_batch=16, max_adapters=8, device_name="auto", dtype_nam
     engine = Decoder(model, max_batch)
     events.log(f"loaded {model_dir} ({sum(p.numel() for p in model.parameters()):,} parameters, {str(dtype).replace('torch.', '')}, {device}) "
                f"in {time.time() - start:.2f} s")
-    server = Server(engine, max_adapters, max_batch)
+    server = Server(engine, max_adapters, max_batch, GrammarCompiler(model_dir, cfg.vocab_size))
     events.emit("ready", vocab_size=cfg.vocab_size, context_length=engine.context_length, device=device.type,
                 dtype=str(dtype).replace("torch.", ""), max_batch=max_batch)
     server.start_reader(stdin_fd)  # bytes: bad UTF-8 makes a bad line, not the end of input

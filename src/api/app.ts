@@ -10,11 +10,13 @@ import type { ModelPullService } from '../models/model-pulls.js';
 import type { ModelService } from '../models/models.js';
 import type { NotificationService } from '../notifications/notifications.js';
 import type { Caller, OrgService } from '../orgs/orgs.js';
+import type { ResponseService } from '../responses/responses.js';
 import type { UsageService } from '../usage/usage.js';
 import type { DiskSpace } from '../files/disk.js';
 import { sendClientError, sendError } from './errors.js';
 import { filesRoutes } from './files.js';
 import { inferenceRoutes } from './inference.js';
+import { responsesRoutes } from './responses.js';
 import { jobsRoutes } from './jobs.js';
 import { keysRoutes } from './keys.js';
 import { loggedUrl, safeLogger } from './logging.js';
@@ -41,6 +43,7 @@ export interface Services {
   notifications: NotificationService;
   usage: UsageService;
   inference: InferenceService;
+  responses: ResponseService;
 }
 
 export interface ApiOptions {
@@ -118,6 +121,7 @@ export function buildApi(services: Services, options: ApiOptions): FastifyInstan
       v1.register(usageRoutes(services.usage));
       v1.register(inferenceRoutes(services.inference));
       v1.register(keysRoutes(services.orgs));
+      v1.register(responsesRoutes(services.responses));
     },
     { prefix: '/v1' },
   );

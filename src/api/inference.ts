@@ -18,14 +18,30 @@ export const inferenceRoutes = (inference: InferenceService) => async (app: Fast
   });
 };
 
+/** How a stream's chunks are written as server-sent events, and what ends the stream. */
+export interface EventFormat<Chunk> {
+  event(chunk: Chunk): string;
+  end: string;
+  error(body: { message: string; type: string; param: string | null; code: string | null }): string;
+}
+
+/** Chat and legacy completions: `data: {chunk}` per chunk, `data: [DONE]` at the end. */
+const completionEvents: EventFormat<unknown> = {
+  event: (chunk) => `data: ${JSON.stringify(chunk)}\n\n`,
+  end: 'data: [DONE]\n\n',
+  // Headers are gone: the error travels as an event, which the SDK raises as an APIError.
+  error: (body) => `data: ${JSON.stringify({ error: body })}\n\n`,
+};
+
 /**
  * Runs a completion that stops when the client hangs up, and answers with its object or, for a
- * stream, with server-sent events: `data: {chunk}` per chunk and `data: [DONE]` at the end.
+ * stream, with server-sent events written as `format` says.
  */
-async function answer<T extends object, Chunk>(
+export async function answer<T extends object, Chunk>(
   request: FastifyRequest,
   reply: FastifyReply,
   run: (signal: AbortSignal) => Promise<T | AsyncGenerator<Chunk>>,
+  format: EventFormat<Chunk> = completionEvents,
 ): Promise<T | FastifyReply> {
   const hangUp = new AbortController();
   reply.raw.on('close', () => {
@@ -47,17 +63,16 @@ async function answer<T extends object, Chunk>(
     'x-request-id': request.id,
   });
   try {
-    for (let next = first; !next.done; next = await result.next()) out.write(`data: ${JSON.stringify(next.value)}\n\n`);
-    out.write('data: [DONE]\n\n');
+    for (let next = first; !next.done; next = await result.next()) out.write(format.event(next.value));
+    out.write(format.end);
   } catch (error) {
     if (!(error instanceof GenerationError && error.code === 'cancelled')) {
-      // Headers are gone: the error travels as an event, which the SDK raises as an APIError.
       const known = error instanceof ServiceError;
       if (!known) request.log.error({ err: error }, 'streaming a completion failed');
       const body = known
         ? { message: error.message, type: errorType(error), param: error.param, code: error.code }
         : { message: 'The server had an error while processing your request.', type: 'server_error', param: null, code: null };
-      out.write(`data: ${JSON.stringify({ error: body })}\n\n`);
+      out.write(format.error(body));
     }
   }
   out.end();

@@ -159,6 +159,10 @@ export interface GenerateMessage {
   stop_ids: readonly number[];
   presence_penalty: number;
   frequency_penalty: number;
+  /** A Lark grammar (llguidance's dialect) the output must match, or null for free text. */
+  grammar: string | null;
+  /** Alternatives to report per token (0-20) with each token's log-probability, or null for none. */
+  logprobs: number | null;
 }
 
 export interface CancelMessage {
@@ -177,7 +181,10 @@ const ready = z.object({
   dtype: z.string(),
   max_batch: z.number(),
 });
-const tokens = z.object({ ...stamped, type: z.literal('tokens'), id: z.string(), ids: z.array(z.number()) });
+/** A sampled token's log-probability, and the most likely alternatives' as [id, logprob] pairs. */
+const tokenLogprob = z.object({ token: z.number(), logprob: z.number(), top: z.array(z.tuple([z.number(), z.number()])) });
+export type TokenLogprob = z.infer<typeof tokenLogprob>;
+const tokens = z.object({ ...stamped, type: z.literal('tokens'), id: z.string(), ids: z.array(z.number()), logprobs: z.array(tokenLogprob).optional() });
 const finished = z.object({
   ...stamped,
   type: z.literal('done'),

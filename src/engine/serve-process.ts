@@ -2,7 +2,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import readline from 'node:readline';
 import { Channel } from '../channel.js';
-import { type GenerateMessage, type ServeEvent, type ServeMessage, parseServeEvent } from './protocol.js';
+import { type GenerateMessage, type ServeEvent, type ServeMessage, type TokenLogprob, parseServeEvent } from './protocol.js';
 import { engineEnv, enginePython } from './python.js';
 
 /** One generation, in the engine's terms: token ids in, token ids out (engine/README.md, "serve"). */
@@ -17,12 +17,18 @@ export interface GenerateRequest {
   stopIds: readonly number[];
   presencePenalty: number;
   frequencyPenalty: number;
+  /** A Lark grammar (llguidance's dialect) the output must match, or null for free text. */
+  grammar: string | null;
+  /** Alternatives to report per token (0-20) with each token's log-probability, or null for none. */
+  logprobs: number | null;
 }
+
+export type { TokenLogprob };
 
 export type FinishReason = 'stop' | 'length' | 'cancelled';
 
 export type GenerationUpdate =
-  | { type: 'tokens'; ids: number[] }
+  | { type: 'tokens'; ids: number[]; logprobs?: TokenLogprob[] }
   | { type: 'done'; finishReason: FinishReason };
 
 export interface ServeInfo {
@@ -106,7 +112,7 @@ export class ServeProcess {
         return;
       }
       if (!stream) return;
-      if (event.type === 'tokens') stream.push({ type: 'tokens', ids: event.ids });
+      if (event.type === 'tokens') stream.push({ type: 'tokens', ids: event.ids, logprobs: event.logprobs });
       else if (event.type === 'done') {
         stream.push({ type: 'done', finishReason: event.finish_reason });
         this.streams.delete(event.id);
@@ -174,6 +180,8 @@ export class ServeProcess {
       stop_ids: request.stopIds,
       presence_penalty: request.presencePenalty,
       frequency_penalty: request.frequencyPenalty,
+      grammar: request.grammar,
+      logprobs: request.logprobs,
     };
     this.send(message);
     try {

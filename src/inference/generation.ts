@@ -1,6 +1,6 @@
 import { setMaxListeners } from 'node:events';
 import { Channel } from '../channel.js';
-import { GenerationError, type GenerateRequest, type ServeProcess } from '../engine/serve-process.js';
+import { GenerationError, type GenerateRequest, type ServeProcess, type TokenLogprob } from '../engine/serve-process.js';
 import type { ModelTokenizer } from '../tokenizer/model-tokenizer.js';
 import { TextStream } from '../tokenizer/text-stream.js';
 
@@ -11,6 +11,8 @@ export interface ChoiceEvent {
   index: number;
   text: string;
   finishReason: FinishReason | null;
+  /** The log-probabilities of the tokens that arrived with this event, when the request asked for them. */
+  logprobs: TokenLogprob[];
 }
 
 export interface ChoiceRequest {
@@ -66,16 +68,17 @@ export class Generation {
       if (update.type === 'tokens') {
         this.completionTokens += update.ids.length;
         const delta = text.push(update.ids);
+        const logprobs = update.logprobs ?? [];
         if (delta.stopped) {
-          emit({ index: choice.index, text: delta.text, finishReason: 'stop' });
+          emit({ index: choice.index, text: delta.text, finishReason: 'stop', logprobs });
           return;
         }
-        if (delta.text) emit({ index: choice.index, text: delta.text, finishReason: null });
+        if (delta.text || logprobs.length) emit({ index: choice.index, text: delta.text, finishReason: null, logprobs });
       } else {
         if (update.finishReason === 'cancelled') throw new GenerationError('cancelled', 'The request was cancelled.');
         // The end-of-turn token is never sent as text, but it was generated: it counts, as OpenAI counts it.
         if (update.finishReason === 'stop') this.completionTokens += 1;
-        emit({ index: choice.index, text: text.finish(), finishReason: update.finishReason });
+        emit({ index: choice.index, text: text.finish(), finishReason: update.finishReason, logprobs: [] });
         return;
       }
     }

@@ -1,6 +1,11 @@
-import type { ChatCompletion, ChatCompletionChunk } from 'openai/resources/chat/completions';
-import type { Completion, CompletionUsage } from 'openai/resources/completions';
-import { GenerationError } from '../engine/serve-process.js';
+import type {
+  ChatCompletion,
+  ChatCompletionChunk,
+  ChatCompletionMessage,
+  ChatCompletionTokenLogprob,
+} from 'openai/resources/chat/completions';
+import type { Completion, CompletionChoice, CompletionUsage } from 'openai/resources/completions';
+import { GenerationError, type TokenLogprob } from '../engine/serve-process.js';
 import type { ServeLease, ServePool } from '../engine/serve-pool.js';
 import { ServiceError, invalidRequest } from '../errors.js';
 import { newId, unixSeconds } from '../ids.js';
@@ -8,9 +13,12 @@ import { modelContextLength } from '../models/base-models.js';
 import type { ModelService, ServableModel } from '../models/models.js';
 import { type WeightedMessage, encodeChat } from '../tokenizer/chat-encoding.js';
 import { ModelTokenizer } from '../tokenizer/model-tokenizer.js';
+import { type ToolCallFormat, parseToolCalls } from '../tokenizer/tool-calls.js';
+import { jsonObjectGrammar, jsonSchemaGrammar, toolCallGrammar } from './grammars.js';
+import { ToolCallStream, type ToolUse, forcedFunctions, toolCallsFor, toolUse } from './tools.js';
 import type { UsageService } from '../usage/usage.js';
 import { type ChoiceEvent, type ChoiceRequest, type FinishReason, Generation } from './generation.js';
-import type { ChatCompletionRequest, ChatMessage, CompletionRequest, SamplingRequest } from './requests.js';
+import type { ChatCompletionRequest, ChatMessage, ChatTool, CompletionRequest, SamplingRequest } from './requests.js';
 
 const SYSTEM_FINGERPRINT = 'fp_tunelab';
 const MODELS_KEPT = 16;
@@ -51,22 +59,34 @@ export class InferenceService {
         'model',
       );
     }
-    const prompt = renderChat(tokenizer, request.messages);
+    if (request.top_logprobs !== null && request.top_logprobs !== undefined && request.logprobs !== true) {
+      throw invalidRequest('top_logprobs requires logprobs to be true.', 'top_logprobs');
+    }
+    const tools = toolUse(request);
+    const format = tools ? tokenizer.toolCallFormat : null;
+    if (tools && !format) {
+      throw invalidRequest(`The model \`${request.model}\`'s chat template does not render tools.`, tools.legacy ? 'functions' : 'tools');
+    }
+    const prompt = renderChat(tokenizer, request.messages, tools?.tools);
     const maxTokens = request.max_completion_tokens ?? request.max_tokens ?? null;
     const plan = planRun(model, tokenizer, context, [prompt], maxTokens, request, 'messages');
+    plan.grammar = chatGrammar(request, tools, format, tokenizer);
+    plan.logprobs = request.logprobs ? (request.top_logprobs ?? 0) : null;
+    // Answers are read for calls unless the model may not call (tool_choice none).
+    const callFormat = tools && tools.choice !== 'none' ? format : null;
     const id = newId('chatcmpl-');
     const head = { id, created: unixSeconds(), model: request.model, system_fingerprint: SYSTEM_FINGERPRINT };
+    const logprobsOf = (tokens: TokenLogprob[]) => (plan.logprobs === null ? null : { content: tokens.map((t) => chatLogprob(tokenizer, t)), refusal: null });
     if (!request.stream) {
-      const { texts, finishReasons } = await this.collect(orgId, plan, id, signal);
+      const { texts, finishReasons, logprobs } = await this.collect(orgId, plan, id, signal);
       return {
         ...head,
         object: 'chat.completion',
-        choices: texts.map((content, index) => ({
-          index,
-          message: { role: 'assistant', content, refusal: null },
-          logprobs: null,
-          finish_reason: finishReasons[index]!,
-        })),
+        choices: texts.map((text, index) => {
+          const parsed = callFormat ? parseToolCalls(callFormat, text) : null;
+          const answer = answerMessage(text, parsed, tools?.legacy ?? false);
+          return { index, message: answer.message, logprobs: logprobsOf(logprobs[index]!), finish_reason: answer.finishReason ?? finishReasons[index]! };
+        }),
         usage: plan.usage,
       };
     }
@@ -77,12 +97,32 @@ export class InferenceService {
       choices,
       ...(includeUsage ? { usage: usage ?? null } : {}),
     });
+    const splitters = callFormat ? Array.from({ length: plan.choiceCount }, () => new ToolCallStream(callFormat)) : null;
     return this.stream(orgId, plan, id, signal, {
       opening: (index) => [chunk([{ index, delta: { role: 'assistant', content: '' }, logprobs: null, finish_reason: null }])],
-      event: (event) => [
-        ...(event.text ? [chunk([{ index: event.index, delta: { content: event.text }, logprobs: null, finish_reason: null }])] : []),
-        ...(event.finishReason ? [chunk([{ index: event.index, delta: {}, logprobs: null, finish_reason: event.finishReason }])] : []),
-      ],
+      event: (event) => {
+        const splitter = splitters?.[event.index];
+        const content = splitter ? splitter.push(event.text) : event.text;
+        const out: ChatCompletionChunk[] = [];
+        if (content || event.logprobs.length) {
+          out.push(chunk([{ index: event.index, delta: { content }, logprobs: logprobsOf(event.logprobs), finish_reason: null }]));
+        }
+        if (!event.finishReason) return out;
+        const rest = splitter?.finish() ?? { content: '', calls: [] };
+        if (rest.content) out.push(chunk([{ index: event.index, delta: { content: rest.content }, logprobs: null, finish_reason: null }]));
+        let finishReason: ChatCompletionChunk.Choice['finish_reason'] = event.finishReason;
+        if (rest.calls.length && tools?.legacy) {
+          const call = rest.calls[0]!;
+          out.push(chunk([{ index: event.index, delta: { function_call: { name: call.name, arguments: call.arguments } }, logprobs: null, finish_reason: null }]));
+          finishReason = 'function_call';
+        } else if (rest.calls.length) {
+          const calls = toolCallsFor(rest.calls).map((call, i) => ({ index: i, ...call }));
+          out.push(chunk([{ index: event.index, delta: { tool_calls: calls }, logprobs: null, finish_reason: null }]));
+          finishReason = 'tool_calls';
+        }
+        out.push(chunk([{ index: event.index, delta: {}, logprobs: null, finish_reason: finishReason }]));
+        return out;
+      },
       closing: () => (includeUsage ? [chunk([], plan.usage)] : []),
     });
   }
@@ -100,17 +140,32 @@ export class InferenceService {
       return [tokenizer.endOfTurnIds[0]];
     });
     const plan = planRun(model, tokenizer, context, prompts, request.max_tokens, request, 'prompt');
+    plan.logprobs = request.logprobs ?? null;
     const id = newId('cmpl-');
     const head = { id, created: unixSeconds(), model: request.model, system_fingerprint: SYSTEM_FINGERPRINT, object: 'text_completion' as const };
     const echoes = promptList(request.prompt).map((prompt) =>
       !request.echo ? '' : typeof prompt === 'string' ? prompt : tokenizer.decode(prompt, { skipSpecialTokens: true }),
     );
     const echo = (index: number) => echoes[Math.floor(index / plan.n)]!;
+    // Where the next token's text starts in each choice's text (`text_offset`).
+    const offsets = Array.from({ length: plan.choiceCount }, (_, index) => echo(index).length);
+    const logprobsOf = (index: number, tokens: TokenLogprob[]) => {
+      if (plan.logprobs === null) return null;
+      const offset = offsets[index]!;
+      const result = completionLogprobs(tokenizer, tokens, offset);
+      offsets[index] = offset + result.tokens!.reduce((sum, token) => sum + token.length, 0);
+      return result;
+    };
     if (!request.stream) {
-      const { texts, finishReasons } = await this.collect(orgId, plan, id, signal);
+      const { texts, finishReasons, logprobs } = await this.collect(orgId, plan, id, signal);
       return {
         ...head,
-        choices: texts.map((text, index) => ({ index, text: echo(index) + text, logprobs: null, finish_reason: finishReasons[index]! })),
+        choices: texts.map((text, index) => ({
+          index,
+          text: echo(index) + text,
+          logprobs: logprobsOf(index, logprobs[index]!),
+          finish_reason: finishReasons[index]!,
+        })),
         usage: plan.usage,
       };
     }
@@ -123,7 +178,9 @@ export class InferenceService {
     });
     return this.stream(orgId, plan, id, signal, {
       opening: (index) => (request.echo ? [chunk([{ index, text: echo(index), logprobs: null, finish_reason: null as never }])] : []),
-      event: (event) => [chunk([{ index: event.index, text: event.text, logprobs: null, finish_reason: event.finishReason as never }])],
+      event: (event) => [
+        chunk([{ index: event.index, text: event.text, logprobs: logprobsOf(event.index, event.logprobs), finish_reason: event.finishReason as never }]),
+      ],
       closing: () => (includeUsage ? [chunk([], plan.usage)] : []),
     });
   }
@@ -136,15 +193,17 @@ export class InferenceService {
   private async collect(orgId: string, plan: Plan, id: string, signal: AbortSignal | undefined) {
     const texts = Array.from({ length: plan.choiceCount }, () => '');
     const finishReasons: FinishReason[] = Array.from({ length: plan.choiceCount }, () => 'length');
+    const logprobs = Array.from({ length: plan.choiceCount }, (): TokenLogprob[] => []);
     try {
       for await (const event of this.run(plan, signal)) {
         texts[event.index] += event.text;
+        logprobs[event.index]!.push(...event.logprobs);
         if (event.finishReason) finishReasons[event.index] = event.finishReason;
       }
     } finally {
       await this.record(orgId, plan, id);
     }
-    return { texts, finishReasons };
+    return { texts, finishReasons, logprobs };
   }
 
   /**
@@ -179,7 +238,7 @@ export class InferenceService {
     try {
       lease = await this.pool.acquire(plan.model.weights, signal);
     } catch (error) {
-      throw asServiceError(error, plan.modelName);
+      throw asServiceError(error, plan);
     }
     let generation: Generation | null = null;
     try {
@@ -191,7 +250,7 @@ export class InferenceService {
       generation = new Generation(lease.process, plan.tokenizer, choiceRequests(plan, lease.info.contextLength), plan.stops, signal);
       yield* generation.events();
     } catch (error) {
-      throw asServiceError(error, plan.modelName);
+      throw asServiceError(error, plan);
     } finally {
       lease.release();
       if (generation) {
@@ -235,6 +294,10 @@ interface Plan {
   n: number;
   choiceCount: number;
   stops: string[];
+  /** The grammar the output must match, and the parameter that asked for it. */
+  grammar: { lark: string; param: string } | null;
+  /** Alternatives per token to report with log-probabilities, or null for none. */
+  logprobs: number | null;
   usage: CompletionUsage;
   /** Generation began (the prompt went to the engine). */
   started: boolean;
@@ -263,6 +326,8 @@ function planRun(
     n,
     choiceCount: prompts.length * n,
     stops: request.stop === null || request.stop === undefined ? [] : [request.stop].flat(),
+    grammar: null,
+    logprobs: null,
     usage: { prompt_tokens: promptTokens, completion_tokens: 0, total_tokens: promptTokens },
     started: false,
   };
@@ -285,6 +350,8 @@ function choiceRequests(plan: Plan, contextLength: number): ChoiceRequest[] {
         stopIds: plan.tokenizer.endOfTurnIds,
         presencePenalty: request.presence_penalty ?? 0,
         frequencyPenalty: request.frequency_penalty ?? 0,
+        grammar: plan.grammar?.lark ?? null,
+        logprobs: plan.logprobs,
       },
     }));
   });
@@ -303,20 +370,24 @@ function checkContext(promptTokens: number, maxTokens: number | null, context: n
   );
 }
 
-function renderChat(tokenizer: ModelTokenizer, messages: readonly ChatMessage[]): number[] {
+function renderChat(tokenizer: ModelTokenizer, messages: readonly ChatMessage[], tools: ChatTool[] | undefined): number[] {
   const templateMessages: WeightedMessage[] = messages.map((message) => {
     const text =
       typeof message.content === 'string' || message.content == null ? (message.content ?? null) : message.content.map((part) => part.text ?? '').join('');
     // Chat templates know system, user, assistant and tool; OpenAI's developer role is the system's successor.
-    const role = message.role === 'developer' ? 'system' : message.role;
+    // A legacy function result is a tool result; a legacy function_call is a one-call tool_calls.
+    const role = message.role === 'developer' ? 'system' : message.role === 'function' ? 'tool' : message.role;
     const rendered: WeightedMessage = { role, content: text };
     if ('name' in message && message.name !== undefined) rendered.name = message.name;
     if ('tool_calls' in message && message.tool_calls) rendered.tool_calls = message.tool_calls;
+    if ('function_call' in message && message.function_call) {
+      rendered.tool_calls = [{ id: 'call_0', type: 'function', function: message.function_call }];
+    }
     if ('tool_call_id' in message) rendered.tool_call_id = message.tool_call_id;
     return rendered;
   });
   try {
-    return encodeChat(tokenizer, templateMessages, { addGenerationPrompt: true }).ids;
+    return encodeChat(tokenizer, templateMessages, { addGenerationPrompt: true, tools }).ids;
   } catch (error) {
     throw invalidRequest(`The model's chat template cannot render these messages: ${(error as Error).message}`, 'messages');
   }
@@ -328,10 +399,70 @@ function promptList(prompt: CompletionRequest['prompt']): Array<string | number[
   return prompt as Array<string | number[]>;
 }
 
+/**
+ * The grammar a chat answer must match: a forced tool call (`tool_choice` `required` or a named
+ * function), else a JSON `response_format`. A `json_schema` without `strict` is followed as far
+ * as the library implements it (leniently) rather than refused.
+ */
+function chatGrammar(request: ChatCompletionRequest, tools: ToolUse | null, format: ToolCallFormat | null, tokenizer: ModelTokenizer): Plan['grammar'] {
+  const forced = tools ? forcedFunctions(tools) : null;
+  if (forced && format) {
+    const callsToken = format === 'mistral' ? (tokenizer.encode('[TOOL_CALLS]')[0] ?? null) : null;
+    return { lark: toolCallGrammar(format, forced, tools!.parallel, callsToken), param: tools!.legacy ? 'functions' : 'tools' };
+  }
+  const responseFormat = request.response_format;
+  if (responseFormat?.type === 'json_object') return { lark: jsonObjectGrammar(), param: 'response_format' };
+  if (responseFormat?.type === 'json_schema') {
+    const { schema, strict } = responseFormat.json_schema;
+    return { lark: schema ? jsonSchemaGrammar(schema, !strict) : jsonObjectGrammar(), param: 'response_format.json_schema.schema' };
+  }
+  return null;
+}
+
+/** An answer's message: its calls (as `tool_calls`, or a legacy `function_call`) when it made any, else its text. */
+function answerMessage(
+  text: string,
+  parsed: ReturnType<typeof parseToolCalls>,
+  legacy: boolean,
+): { message: ChatCompletionMessage; finishReason: 'tool_calls' | 'function_call' | null } {
+  if (!parsed) return { message: { role: 'assistant', content: text, refusal: null }, finishReason: null };
+  const content = parsed.content || null;
+  if (legacy) {
+    const call = parsed.calls[0]!;
+    return { message: { role: 'assistant', content, refusal: null, function_call: call }, finishReason: 'function_call' };
+  }
+  return { message: { role: 'assistant', content, refusal: null, tool_calls: toolCallsFor(parsed.calls) }, finishReason: 'tool_calls' };
+}
+
+/** A token's log-probability as chat reports it: the token's text and bytes, and its alternatives'. */
+function chatLogprob(tokenizer: ModelTokenizer, token: TokenLogprob): ChatCompletionTokenLogprob {
+  const entry = (id: number, logprob: number) => ({ token: tokenizer.decode([id]), logprob, bytes: tokenizer.tokenBytes(id) });
+  return { ...entry(token.token, token.logprob), top_logprobs: token.top.map(([id, logprob]) => entry(id, logprob)) };
+}
+
+/** Legacy completions' log-probabilities: parallel lists per token, alternatives keyed by their text. */
+function completionLogprobs(tokenizer: ModelTokenizer, tokens: TokenLogprob[], offset: number): CompletionChoice.Logprobs {
+  const texts = tokens.map((token) => tokenizer.decode([token.token]));
+  const textOffset: number[] = [];
+  for (const text of texts) {
+    textOffset.push(offset);
+    offset += text.length;
+  }
+  return {
+    tokens: texts,
+    token_logprobs: tokens.map((token) => token.logprob),
+    top_logprobs: tokens.map((token) => Object.fromEntries(token.top.map(([id, logprob]) => [tokenizer.decode([id]), logprob]))),
+    text_offset: textOffset,
+  };
+}
+
 /** What an engine's refusal means to the caller. */
-function asServiceError(error: unknown, model: string): unknown {
+function asServiceError(error: unknown, plan: Plan): unknown {
   if (!(error instanceof GenerationError)) return error;
+  const model = plan.modelName;
   switch (error.code) {
+    case 'invalid_grammar':
+      return invalidRequest(`Invalid schema: ${error.message}`, plan.grammar?.param ?? null);
     case 'cancelled':
       return error;
     case 'model_loading':

@@ -27,7 +27,6 @@ const sampling = {
   stream_options: z.strictObject({ include_usage: z.boolean().optional(), include_obfuscation: z.boolean().optional() }).nullish(),
   user: z.string().optional(),
   logit_bias: unsupported('logit_bias'),
-  logprobs: unsupported('logprobs'),
   service_tier: z.string().nullish(),
 };
 
@@ -43,6 +42,33 @@ const content = z.union([z.string(), z.array(z.looseObject({ type: z.string(), t
   });
 });
 
+const functionName = z.string().regex(/^[a-zA-Z0-9_-]{1,64}$/, 'a function name is 1 to 64 letters, digits, underscores or dashes');
+const jsonSchema = z.record(z.string(), z.unknown());
+
+const functionDefinition = z.strictObject({
+  name: functionName,
+  description: z.string().optional(),
+  parameters: jsonSchema.optional(),
+  strict: z.boolean().nullish(),
+});
+
+const tool = z.looseObject({ type: z.string() }).pipe(
+  z.discriminatedUnion('type', [z.strictObject({ type: z.literal('function'), function: functionDefinition })], {
+    error: (issue) => (issue.code === 'invalid_union' ? 'only tools of type "function" are supported by tunelab' : undefined),
+  }),
+);
+
+const toolChoice = z.union([
+  z.enum(['none', 'auto', 'required']),
+  z.strictObject({ type: z.literal('function'), function: z.strictObject({ name: z.string() }) }),
+]);
+
+const toolCall = z.strictObject({
+  id: z.string(),
+  type: z.literal('function'),
+  function: z.strictObject({ name: z.string(), arguments: z.string() }),
+});
+
 const message = z.discriminatedUnion('role', [
   z.strictObject({ role: z.enum(['system', 'developer', 'user']), content, name: z.string().optional() }),
   z.strictObject({
@@ -50,9 +76,20 @@ const message = z.discriminatedUnion('role', [
     content: content.nullish(),
     name: z.string().optional(),
     refusal: z.string().nullish(),
-    tool_calls: z.array(z.looseObject({ id: z.string(), type: z.string() })).optional(),
+    tool_calls: z.array(toolCall).nullish(),
+    function_call: z.strictObject({ name: z.string(), arguments: z.string() }).nullish(),
   }),
   z.strictObject({ role: z.literal('tool'), content, tool_call_id: z.string() }),
+  z.strictObject({ role: z.literal('function'), content: z.string().nullable(), name: z.string() }),
+]);
+
+export const responseFormat = z.discriminatedUnion('type', [
+  z.strictObject({ type: z.literal('text') }),
+  z.strictObject({ type: z.literal('json_object') }),
+  z.strictObject({
+    type: z.literal('json_schema'),
+    json_schema: z.strictObject({ name: z.string().min(1), description: z.string().optional(), schema: jsonSchema.optional(), strict: z.boolean().nullish() }),
+  }),
 ]);
 
 export const chatCompletionRequest = z.strictObject({
@@ -60,16 +97,14 @@ export const chatCompletionRequest = z.strictObject({
   messages: z.array(message).min(1, 'messages must hold at least one message'),
   max_tokens: maxTokens,
   max_completion_tokens: maxTokens,
-  top_logprobs: unsupported('top_logprobs'),
-  tools: unsupported('tools'),
-  tool_choice: unsupported('tool_choice'),
-  functions: unsupported('functions'),
-  function_call: unsupported('function_call'),
+  logprobs: z.boolean().nullish(),
+  top_logprobs: z.number().int('top_logprobs must be a whole number').min(0).max(20).nullish(),
+  tools: z.array(tool).max(128).nullish(),
+  tool_choice: toolChoice.nullish(),
+  functions: z.array(functionDefinition).min(1).max(128).nullish(),
+  function_call: z.union([z.enum(['none', 'auto']), z.strictObject({ name: z.string() })]).nullish(),
   parallel_tool_calls: z.boolean().nullish(),
-  response_format: z
-    .looseObject({ type: z.string() })
-    .refine((format) => format.type === 'text', 'response_format other than {"type": "text"} is not supported by tunelab yet')
-    .nullish(),
+  response_format: responseFormat.nullish(),
   metadata: z.record(z.string(), z.string()).nullish(),
   store: z.boolean().nullish(),
 });
@@ -88,6 +123,7 @@ export const completionRequest = z.strictObject({
     .refine((value) => value === 1, 'best_of other than 1 is not supported by tunelab yet')
     .nullish(),
   suffix: unsupported('suffix'),
+  logprobs: z.number().int('logprobs must be a whole number').min(0).max(5).nullish(),
 });
 
 export type ChatCompletionRequest = z.infer<typeof chatCompletionRequest>;
@@ -95,3 +131,6 @@ export type ChatCompletionRequest = z.infer<typeof chatCompletionRequest>;
 export type SamplingRequest = z.infer<z.ZodObject<typeof sampling>>;
 export type CompletionRequest = z.infer<typeof completionRequest>;
 export type ChatMessage = ChatCompletionRequest['messages'][number];
+export type ChatTool = NonNullable<ChatCompletionRequest['tools']>[number];
+export type FunctionDefinition = z.infer<typeof functionDefinition>;
+export type ResponseFormat = z.infer<typeof responseFormat>;

@@ -40,9 +40,25 @@ const PRE_TOKENIZER: PreTokenizerJson = {
   ],
 };
 
-/** ChatML (Qwen's turn format, without tools or a default system message). */
+/**
+ * ChatML (Qwen's turn format, without a default system message), with tools in the Hermes form
+ * Qwen's templates use: the tools' JSON in the system turn, each call an assistant writes as
+ * `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>`, each result a `tool` turn in
+ * `<tool_response>` tags. Without tools a conversation renders as plain ChatML.
+ */
 export const TINY_CHAT_TEMPLATE =
-  "{%- for message in messages %}{{- '<|im_start|>' + message.role + '\\n' + (message.content if message.content is string else '') + '<|im_end|>\\n' }}{%- endfor %}" +
+  "{%- if tools %}{{- '<|im_start|>system\\n' }}{%- if messages[0].role == 'system' %}{{- messages[0].content + '\\n\\n' }}{%- endif %}" +
+  "{{- '<tools>' }}{%- for tool in tools %}{{- '\\n' + (tool | tojson) }}{%- endfor %}{{- '\\n</tools><|im_end|>\\n' }}{%- endif %}" +
+  '{%- for message in messages %}' +
+  "{%- set content = message.content if message.content is string else '' %}" +
+  "{%- if tools and loop.first and message.role == 'system' %}" +
+  "{%- elif message.role == 'assistant' and message.tool_calls %}{{- '<|im_start|>assistant\\n' + content }}" +
+  "{%- for call in message.tool_calls %}{%- if content or not loop.first %}{{- '\\n' }}{%- endif %}" +
+  "{{- '<tool_call>\\n{\"name\": ' + (call.function.name | tojson) + ', \"arguments\": ' + (call.function.arguments | tojson) + '}\\n</tool_call>' }}{%- endfor %}" +
+  "{{- '<|im_end|>\\n' }}" +
+  "{%- elif message.role == 'tool' %}{{- '<|im_start|>tool\\n<tool_response>\\n' + content + '\\n</tool_response><|im_end|>\\n' }}" +
+  "{%- else %}{{- '<|im_start|>' + message.role + '\\n' + content + '<|im_end|>\\n' }}{%- endif %}" +
+  '{%- endfor %}' +
   "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}";
 
 /**

@@ -252,5 +252,17 @@ export function migrations(dialect: Dialect): Record<string, Migration> {
         }
       },
     },
+    // Stored Responses API responses (issue 16), each with the conversation that continues it.
+    '0007_stored_responses': {
+      async up(db: Kysely<any>) {
+        await withSeq(db.schema.createTable('responses'))
+          .addColumn('id', 'text', (c) => c.notNull().unique())
+          .addColumn('org_id', 'text', (c) => c.notNull().references('organizations.id'))
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .addColumn('response', 'text', (c) => c.notNull())
+          .addColumn('conversation', 'text', (c) => c.notNull())
+          .execute();
+      },
+    },
   };
 }

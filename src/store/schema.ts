@@ -20,6 +20,7 @@ export interface Database {
   job_notifications: JobNotificationTable;
   notification_deliveries: NotificationDeliveryTable;
   usage_records: UsageRecordTable;
+  responses: StoredResponseTable;
 }
 
 export interface OrganizationTable {
@@ -215,4 +216,16 @@ export interface UsageRecordTable {
   /** Millionths of a dollar: integers add up exactly on both databases. */
   cost_micros: number;
   created_at: number;
+}
+
+/** A stored Responses API response. */
+export interface StoredResponseTable {
+  seq: Generated<number>;
+  id: string;
+  org_id: string;
+  created_at: number;
+  /** JSON: the Response object as it was answered. */
+  response: string;
+  /** JSON: the chat messages of its conversation through its output, which `previous_response_id` continues. */
+  conversation: string;
 }

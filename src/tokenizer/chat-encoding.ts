@@ -1,4 +1,5 @@
 import type { ModelTokenizer, TemplateMessage } from './model-tokenizer.js';
+import { templateToolCalls } from './tool-calls.js';
 
 /** A chat message with our training field: assistant messages with `weight: 0` are context, not trained. */
 export interface WeightedMessage extends TemplateMessage {
@@ -41,7 +42,11 @@ export function encodeChat(
 ): EncodedSequence {
   const addGenerationPrompt = options.addGenerationPrompt ?? false;
   // Templates test and concatenate content: an assistant turn that only calls tools renders with "".
-  const templateMessages = messages.map(({ weight: _weight, ...message }) => ({ ...message, content: message.content ?? '' }));
+  const templateMessages = messages.map(({ weight: _weight, ...message }) => ({
+    ...message,
+    content: message.content ?? '',
+    ...(message.tool_calls ? { tool_calls: templateToolCalls(message.tool_calls) } : {}),
+  }));
   const render = (list: TemplateMessage[]) => tokenizer.renderChat(list, { tools: options.tools, addGenerationPrompt });
   const text = render(templateMessages);
 

