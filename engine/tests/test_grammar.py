@@ -8,7 +8,8 @@ import os
 import torch
 
 from tunelab_engine.grammar import GrammarCompiler
-from tunelab_engine.serve import Engine, Server
+from tunelab_engine.decode import Decoder
+from tunelab_engine.serve import Server
 
 from .helpers import FAMILIES, TempDirTest, random_model
 from .test_serve import request
@@ -48,7 +49,7 @@ class GrammarTest(TempDirTest):
         super().setUp()
         write_tokenizer(self.tmp)
         self.events = []
-        self.server = Server(Engine(random_model("llama"), 8), 4, 8, GrammarCompiler(self.tmp, VOCAB),
+        self.server = Server(Decoder(random_model("llama"), 8), 4, 8, GrammarCompiler(self.tmp, VOCAB),
                              emit=lambda kind, **fields: self.events.append(dict(fields, type=kind)))
 
     def run_all(self):
