@@ -21,6 +21,7 @@ import { ModelTokenizers } from './datasets/model-tokenizers.js';
 import { loadDatasetSettings } from './datasets/settings.js';
 import { UploadChecks } from './datasets/upload-checks.js';
 import { BaseModelRegistry } from './models/base-models.js';
+import { trainingTimeEstimator } from './models/catalog.js';
 import { ModelPullService, loadPullOrganizations } from './models/model-pulls.js';
 import { ModelService } from './models/models.js';
 import { TINY_MODEL_NAME, ensureTinyModel } from './models/tiny-model.js';
@@ -93,7 +94,7 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   const notifications = new NotificationService(store.db, secrets, smtp ? await smtpMailer(smtp) : null, logError, options.notifications);
   const datasetSettings = loadDatasetSettings(home.root);
   const tokenizers = new ModelTokenizers();
-  const fileReports = new FileReports(files, baseModels, datasetSettings, tokenizers);
+  const fileReports = new FileReports(files, baseModels, datasetSettings, tokenizers, trainingTimeEstimator(home.root));
   const usage = new UsageService(store.db, datasetSettings.prices, logError);
   const models = new ModelService(store.db, baseModels);
   const servePool = new ServePool({ ...loadServingSettings(home.root), ...options.serving, logDir: home.logs });

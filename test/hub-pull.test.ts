@@ -135,6 +135,13 @@ describe('tunelab models pull', () => {
     const wrong = await here.pull(['tunelab-test/Gated-Qwen3'], { HF_TOKEN: 'hf_someoneelse' });
     expect(wrong.code).toBe(1);
     expect(wrong.stderr).toContain('the token in HF_TOKEN was refused for it (403)');
+
+    // The token `hf auth login` saves in HF_HOME is used as huggingface_hub uses it.
+    fs.mkdirSync(here.hfHome, { recursive: true });
+    fs.writeFileSync(path.join(here.hfHome, 'token'), `${TOKEN}\n`);
+    const allowed = await here.pull(['tunelab-test/Gated-Qwen3']);
+    expect(allowed.code, allowed.stderr).toBe(0);
+    expect(allowed.stdout).toContain('Registered gated-qwen3');
   });
 
   it('refuses an architecture it does not train before asking for its weights', async () => {

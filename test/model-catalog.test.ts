@@ -3,7 +3,8 @@ import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { runCli } from './support/cli.js';
 import { writeModelFolder } from './support/model-folder.js';
-import { DATASETS, tempHome } from './support/server.js';
+import { BaseModelRegistry } from '../src/models/base-models.js';
+import { DATASETS, startTestServer, tempHome, weatherJokes } from './support/server.js';
 
 const home = tempHome();
 afterAll(() => fs.rmSync(home, { recursive: true, force: true }));
@@ -30,16 +31,21 @@ describe('tunelab models catalog', () => {
   });
 });
 
+/** A 100M-parameter model: the header says so, and the file has that size (sparse: nothing is written). */
+function writeHundredMillionModel(folder: string): string {
+  writeModelFolder(folder);
+  const bytes = 4 * 100e6;
+  const header = Buffer.from(JSON.stringify({ 'model.embed_tokens.weight': { dtype: 'F32', shape: [100e6], data_offsets: [0, bytes] } }).padEnd(128, ' '));
+  const length = Buffer.alloc(8);
+  length.writeBigUInt64LE(BigInt(header.length));
+  fs.writeFileSync(path.join(folder, 'model.safetensors'), Buffer.concat([length, header]));
+  fs.truncateSync(path.join(folder, 'model.safetensors'), 8 + header.length + bytes);
+  return folder;
+}
+
 describe('tunelab validate --model', () => {
   it("estimates the job's training time on this host from the measured speed", async () => {
-    // A 100M-parameter model: the header says so, and the file has that size (sparse: nothing is written).
-    const folder = writeModelFolder(path.join(home, 'hundred-million'));
-    const bytes = 4 * 100e6;
-    const header = Buffer.from(JSON.stringify({ 'model.embed_tokens.weight': { dtype: 'F32', shape: [100e6], data_offsets: [0, bytes] } }).padEnd(128, ' '));
-    const length = Buffer.alloc(8);
-    length.writeBigUInt64LE(BigInt(header.length));
-    fs.writeFileSync(path.join(folder, 'model.safetensors'), Buffer.concat([length, header]));
-    fs.truncateSync(path.join(folder, 'model.safetensors'), 8 + header.length + bytes);
+    const folder = writeHundredMillionModel(path.join(home, 'hundred-million'));
     const file = path.join(DATASETS, 'weather-jokes.jsonl');
 
     const unmeasured = await runCli(['validate', file, '--model', folder, '--home', path.join(home, 'elsewhere')]);
@@ -51,5 +57,24 @@ describe('tunelab validate --model', () => {
     expect(report.estimated_duration_seconds).toBe(Math.round((2 * report.charged_tokens) / 1000));
     const text = await runCli(['validate', file, '--model', folder, '--home', home]);
     expect(text.stdout).toMatch(/Estimated training time on this host: [\d.]+ s with LoRA \(the engine's 500 tokens\/s measured on smollm2-135m/);
+  });
+});
+
+describe('GET /v1/files/{id}/report?model=', () => {
+  it("gives the job's training time on this server once its speed is measured", async () => {
+    const t = await startTestServer();
+    try {
+      new BaseModelRegistry(t.server.home.models).add(writeHundredMillionModel(path.join(t.home, 'sources', 'hundred-million')), 'hundred-million');
+      const file = await t.client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
+      type Report = { charged_tokens: number; estimated_duration_seconds: number | null };
+      const report = () => t.client.get<Report>(`/files/${file.id}/report`, { query: { model: 'hundred-million' } });
+      expect((await report()).estimated_duration_seconds).toBeNull();
+
+      fs.writeFileSync(path.join(t.home, 'engine-throughput.json'), JSON.stringify({ tokensPerSecond: 500, parameters: 100e6, shape: 'smollm2-135m', measuredAt: 0, cpu: 'test', cores: 2 }));
+      const measured = await report();
+      expect(measured.estimated_duration_seconds).toBe(Math.round((2 * measured.charged_tokens) / 1000));
+    } finally {
+      await t.cleanup();
+    }
   });
 });

@@ -109,18 +109,13 @@ export function datasetCommands(program: Command): void {
 
 /** LoRA training time for the charged tokens on this host, from the engine speed `models catalog --measure` keeps. */
 async function trainingDuration(home: string, folder: string, tokens: number): Promise<{ seconds: number; text: string } | null> {
-  const [{ estimateTrainingSeconds }, { readModelFacts }] = await Promise.all([import('../models/catalog.js'), import('../models/model-facts.js')]);
-  let parameters: number;
-  try {
-    parameters = readModelFacts(folder).parameters;
-  } catch (error) {
-    return { seconds: NaN, text: `Training time: not estimated, the model's weights cannot be read (${(error as Error).message}).` };
-  }
-  const estimate = estimateTrainingSeconds(home, parameters, tokens);
-  if (!estimate) return null;
-  const { seconds, throughput } = estimate;
+  const { readThroughput, trainingTimeEstimator } = await import('../models/catalog.js');
+  const throughput = readThroughput(home);
+  if (!throughput) return null;
+  const seconds = trainingTimeEstimator(home)(folder, tokens);
+  if (seconds === null) return { seconds: NaN, text: "Training time: not estimated, the model's weights cannot be read." };
   return {
-    seconds: Math.round(seconds),
+    seconds,
     text: `Estimated training time on this host: ${durationText(seconds)} with LoRA (the engine's ${throughput.tokensPerSecond} tokens/s measured on ${throughput.shape}, scaled by parameters)`,
   };
 }

@@ -11,6 +11,8 @@ export interface FileReport extends DatasetReport {
   file_id: string;
   /** The base model whose tokenizer and chat template counted the tokens; null: OpenAI's counts only. */
   model: string | null;
+  /** LoRA training time of the charged tokens on this server, once its speed is measured (`tunelab models catalog --measure`); null otherwise. */
+  estimated_duration_seconds: number | null;
 }
 
 export interface FileReportOptions {
@@ -33,6 +35,8 @@ export class FileReports {
     private readonly baseModels: BaseModelRegistry,
     private readonly settings: DatasetSettings,
     private readonly tokenizers: ModelTokenizers,
+    /** Seconds to train `tokens` on the model in `folder` here, or null when that cannot be told. */
+    private readonly trainingTime: (folder: string, tokens: number) => number | null = () => null,
   ) {}
 
   async report(orgId: string, fileId: string, options: FileReportOptions): Promise<FileReport> {
@@ -63,6 +67,7 @@ export class FileReports {
         signal: options.signal,
       },
     );
-    return { object: 'file.report', file_id: fileId, model: model?.name ?? null, ...report };
+    const estimated = model ? this.trainingTime(model.path, report.charged_tokens) : null;
+    return { object: 'file.report', file_id: fileId, model: model?.name ?? null, estimated_duration_seconds: estimated, ...report };
   }
 }

@@ -3,6 +3,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { TrainingArraysWriter } from '../datasets/training-arrays.js';
 import { runEngineCommand } from '../engine/engine-command.js';
+import { readModelFacts } from './model-facts.js';
 
 /** A model we recommend: its hub id, its size, and the licence a user accepts by pulling it. */
 export interface CatalogEntry {
@@ -58,6 +59,16 @@ export function estimateTrainingSeconds(home: string, parameters: number, tokens
   const throughput = readThroughput(home);
   return throughput && { seconds: (secondsPer1kTokens(throughput, parameters) * tokens) / 1000, throughput };
 }
+
+/** For the file report: seconds of LoRA training on `tokens` for the model in `folder`, or null (not measured, weights unreadable). */
+export const trainingTimeEstimator = (home: string) => (folder: string, tokens: number): number | null => {
+  try {
+    const estimate = estimateTrainingSeconds(home, readModelFacts(folder).parameters, tokens);
+    return estimate && Math.round(estimate.seconds);
+  } catch {
+    return null;
+  }
+};
 
 /** SmolLM2-135M's shape, with random weights: big enough for the matrix products to dominate, small enough for a minute's measurement. */
 const MEASURED_SHAPE = {

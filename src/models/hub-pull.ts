@@ -140,8 +140,9 @@ export async function pullModel(repo: string, options: PullOptions = {}): Promis
     return entry;
   });
   const missing = weightEntries.filter((entry) => !fetcher.cached(entry));
-  options.onPlan?.({ totalBytes: missing.reduce((sum, entry) => sum + entry.size, 0), files: missing.length });
-  fetcher.resetProgress(missing.reduce((sum, entry) => sum + entry.size, 0));
+  const totalBytes = missing.reduce((sum, entry) => sum + entry.size, 0);
+  options.onPlan?.({ totalBytes, files: missing.length });
+  fetcher.resetProgress(totalBytes);
   await fetcher.fetch(weightEntries);
 
   return { repo, commit, folder: snapshot, files: [...metadata, ...weights], downloadedBytes: fetcher.downloadedBytes };

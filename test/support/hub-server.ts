@@ -23,7 +23,7 @@ export interface HubRepo {
   id: string;
   commit: string;
   files: Map<string, HubFile>;
-  /** Answers 401 without a token, 403 with a token other than `token`. */
+  /** Its files answer 401 without a token, 403 with a token other than `token`. */
   gated?: { token: string };
 }
 
@@ -70,13 +70,16 @@ export async function startHub(repos: HubRepo[]): Promise<LoopbackHub> {
     res.end(JSON.stringify(body));
   };
 
-  /** null when the caller may read the repo; otherwise the refusal has been sent. */
-  const refused = (req: http.IncomingMessage, res: http.ServerResponse, repo: HubRepo | undefined): boolean => {
+  /**
+   * True when the refusal has been sent. A gated repository's metadata (info, file list) is
+   * public, as on the hub; its files answer 401 without a token and 403 with one not allowed in.
+   */
+  const refused = (req: http.IncomingMessage, res: http.ServerResponse, repo: HubRepo | undefined, what = { metadata: false }): boolean => {
     if (!repo) {
       json(res, 404, { error: 'Repository not found' }, { 'x-error-code': 'RepoNotFound' });
       return true;
     }
-    if (!repo.gated) return false;
+    if (!repo.gated || what.metadata) return false;
     const token = req.headers.authorization?.replace(/^Bearer\s+/i, '');
     if (!token) {
       json(res, 401, { error: `Access to model ${repo.id} is restricted. You must have access to it and be authenticated to access it. Please log in.` }, { 'x-error-code': 'GatedRepo' });
@@ -131,7 +134,7 @@ export async function startHub(repos: HubRepo[]): Promise<LoopbackHub> {
     let m = /^\/api\/models\/([^/]+\/[^/]+)\/revision\/([^/]+)$/.exec(route);
     if (m) {
       const repo = byId.get(m[1]!);
-      if (refused(req, res, repo)) return;
+      if (refused(req, res, repo, { metadata: true })) return;
       if (m[2] !== 'main' && m[2] !== repo!.commit) return json(res, 404, { error: `Invalid rev id: ${m[2]}` }, { 'x-error-code': 'RevisionNotFound' });
       return json(res, 200, {
         _id: repo!.commit.slice(0, 24),
@@ -152,7 +155,7 @@ export async function startHub(repos: HubRepo[]): Promise<LoopbackHub> {
     m = /^\/api\/models\/([^/]+\/[^/]+)\/tree\/([^/]+)$/.exec(route);
     if (m) {
       const repo = byId.get(m[1]!);
-      if (refused(req, res, repo)) return;
+      if (refused(req, res, repo, { metadata: true })) return;
       return json(
         res,
         200,
