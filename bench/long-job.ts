@@ -6,13 +6,11 @@
  * metrics event of the job, parsed, then filtered. Bar (issue 20): p50 < 20 ms.
  *   npm run build && npx tsx bench/long-job.ts
  */
-import { execFileSync } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
 import SqliteDatabase from 'better-sqlite3';
 import OpenAI from 'openai';
-import { writeModelFolder } from '../test/support/model-folder.js';
-import { machine, startBenchServer, writeResult } from './support.js';
+import { addBenchModel, machine, startBenchServer, writeResult } from './support.js';
 
 const STEPS = 200_000;
 const FROM_STEP = 199_990;
@@ -20,10 +18,7 @@ const RUNS = 500;
 
 const server = await startBenchServer(['--slots', '0']);
 try {
-  execFileSync(process.execPath, [
-    path.resolve(import.meta.dirname, '../dist/cli/main.js'),
-    'models', 'add', writeModelFolder(path.join(server.home, 'src-model')), '--name', 'bench-model', '--home', server.home,
-  ]);
+  addBenchModel(server);
   const client = new OpenAI({ baseURL: server.baseURL, apiKey: server.apiKey });
   const file = await client.files.create({ file: new File(['{"messages":[]}\n'], 'train.jsonl'), purpose: 'fine-tune' });
   const job = await client.fineTuning.jobs.create({ model: 'bench-model', training_file: file.id });

@@ -1,7 +1,8 @@
-import { type ChildProcess, execSync, spawn } from 'node:child_process';
+import { type ChildProcess, execFileSync, execSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { writeModelFolder } from '../test/support/model-folder.js';
 
 /** The built server as a separate process, as in production: the load comes from another process. */
 export interface BenchServer {
@@ -40,6 +41,14 @@ export async function startBenchServer(extraArgs: string[] = []): Promise<BenchS
       fs.rmSync(home, { recursive: true, force: true });
     },
   };
+}
+
+/** Registers a small model folder (not one the engine can run) as `bench-model`, as `tunelab models add` does. */
+export function addBenchModel(server: BenchServer): string {
+  execFileSync(process.execPath, [
+    CLI, 'models', 'add', writeModelFolder(path.join(server.home, 'src-model')), '--name', 'bench-model', '--home', server.home,
+  ]);
+  return 'bench-model';
 }
 
 export function machine() {
