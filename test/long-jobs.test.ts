@@ -36,6 +36,11 @@ describe('a job with many steps', () => {
     const events = (await t.client.fineTuning.jobs.listEvents(jobId, { limit: 10 })).data;
     expect(events.find((e) => e.id === ids[294])).toMatchObject({ message: 'Step 295/300, validated', data: { valid_loss: 0.25 } });
     expect((await t.client.get<{ data: StepMetrics[] }>(`/fine_tuning/jobs/${jobId}/metrics`)).data).toHaveLength(300);
+    // Ours: a long job's messages without its steps, as the dashboard lists them.
+    const messages = (await t.client.fineTuning.jobs.listEvents(jobId, { limit: 100, type: 'message' } as never)).data;
+    expect(messages.length).toBeGreaterThan(1);
+    expect(messages.every((e) => e.type === 'message')).toBe(true);
+    expect(messages.at(-1)!.message).toBe(`Created fine-tuning job: ${jobId}`);
   });
 
   // SQLite has one connection, held by a transaction to its end: nothing reads or writes in between.

@@ -11,6 +11,7 @@ const jobsPage = pageQuery({ max: 100, default: 20 });
 const eventsPage = pageQuery({ max: 100, default: 20 });
 const checkpointsPage = pageQuery({ max: 100, default: 10 });
 const metricsQuery = z.object({ from_step: z.coerce.number().int().min(0).default(0) });
+const eventsFilter = z.object({ type: z.enum(['message', 'metrics']).optional() });
 
 export const jobsRoutes = (jobs: JobService) => async (app: FastifyInstance) => {
   app.post('/fine_tuning/jobs', async (request) =>
@@ -45,7 +46,8 @@ export const jobsRoutes = (jobs: JobService) => async (app: FastifyInstance) => 
   });
 
   app.get<JobParams>('/fine_tuning/jobs/:id/events', async (request) => {
-    const page = await jobs.listEvents(request.org.id, request.params.id, eventsPage(request.query));
+    // Ours: `type` lists one kind of event.
+    const page = await jobs.listEvents(request.org.id, request.params.id, { ...eventsPage(request.query), ...parseWith(eventsFilter, request.query) });
     return listBody(page);
   });
 

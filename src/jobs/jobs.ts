@@ -340,9 +340,12 @@ export class JobService {
     return toCheckpoint(row);
   }
 
-  async listEvents(orgId: string, jobId: string, request: PageRequest): Promise<Page<FineTuningJobEvent>> {
+  /** The job's events, newest first; `type` keeps one kind (ours: a long job's messages without its steps). */
+  async listEvents(orgId: string, jobId: string, request: PageRequest & { type?: JobEventTable['type'] | undefined }): Promise<Page<FineTuningJobEvent>> {
     await this.row(orgId, jobId);
-    return mapPage(await pageBySeq(this.db.selectFrom('job_events').selectAll().where('job_id', '=', jobId), request), toEvent);
+    let scope = this.db.selectFrom('job_events').selectAll().where('job_id', '=', jobId);
+    if (request.type) scope = scope.where('type', '=', request.type);
+    return mapPage(await pageBySeq(scope, request), toEvent);
   }
 
   async listCheckpoints(orgId: string, jobId: string, request: PageRequest): Promise<Page<FineTuningJobCheckpoint>> {
