@@ -65,7 +65,8 @@ try {
   }
   db.close();
 
-  // The job's page in Chromium, from navigation until the curve holds every step (3 loads).
+  // The job's page in Chromium, from navigation until the curve is drawn with the points the page asks for (3 loads).
+  const shown = (await (await fetch(`${server.baseURL}/fine_tuning/jobs/${job.id}/metrics?max_points=4000`, { headers })).json()) as { data: unknown[] };
   const browser = await launchBrowser();
   const pageLoads: number[] = [];
   for (let run = 0; run < 3; run++) {
@@ -73,7 +74,7 @@ try {
     await page.addInitScript((key) => localStorage.setItem('tunelab.apiKey', key), server.apiKey);
     const t0 = performance.now();
     await page.goto(`${new URL('/ui/', server.baseURL).href}#/jobs/${job.id}`);
-    await page.waitForSelector(`figure[data-points="${STEPS}"]`, { timeout: 120_000 });
+    await page.waitForSelector(`figure[data-points="${shown.data.length}"] canvas`, { timeout: 120_000 });
     pageLoads.push(performance.now() - t0);
     await page.close();
   }
@@ -94,7 +95,10 @@ try {
       median_ms: round(p(baseline, 0.5)),
     },
     baseline_over_new_p50: Math.round(p(baseline, 0.5) / p(timings, 0.5)),
-    job_page: { what: 'Chromium (headless), navigation until the curve holds all 200,000 steps', loads_ms: pageLoads.map(round) },
+    job_page: {
+      what: `Chromium (headless), navigation until the curve is drawn: ${shown.data.length} points (metrics?max_points=4000, as the page asks on first load)`,
+      loads_ms: pageLoads.map(round),
+    },
     bars: { p50_ms: '< 20', job_page_ms: '< 1000' },
   });
 } finally {

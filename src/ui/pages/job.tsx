@@ -134,9 +134,13 @@ async function newerEvents(path: string, known: FineTuningJobEvent[], signal: Ab
 /** From the last step held, not after it: that step may have gained its evaluation since. */
 async function newerMetrics(path: string, known: StepMetrics[], signal: AbortSignal): Promise<StepMetrics[]> {
   const last = known.at(-1)?.step;
-  const { data } = await get<List<StepMetrics>>(path, { from_step: last }, signal);
+  // A long job's curve comes thinned to about what the chart can show; the steps after it come whole.
+  const { data } = await get<List<StepMetrics>>(path, last === undefined ? { max_points: CURVE_POINTS } : { from_step: last }, signal);
   return last === undefined ? data : [...known.filter((m) => m.step < last), ...data];
 }
+
+/** Points of a long job's curve on first load: about the chart's width in pixels, twice over. */
+const CURVE_POINTS = 4000;
 
 const ACTION_LABELS: Record<UserAction, string> = { pause: 'Pause', resume: 'Resume', cancel: 'Cancel job' };
 
