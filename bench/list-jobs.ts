@@ -4,18 +4,13 @@
  *   apt-get install wrk && npm run bench:list-jobs
  */
 import { execFileSync } from 'node:child_process';
-import path from 'node:path';
 import OpenAI from 'openai';
-import { writeTrainableModelFolder } from '../test/support/model-folder.js';
-import { machine, startBenchServer, writeResult } from './support.js';
+import { addBenchModel, machine, startBenchServer, writeResult } from './support.js';
 
 const JOBS = 10_000;
 const server = await startBenchServer();
 try {
-  execFileSync(process.execPath, [
-    path.resolve(import.meta.dirname, '../dist/cli/main.js'),
-    'models', 'add', await writeTrainableModelFolder(path.join(server.home, 'src-model')), '--name', 'bench-model', '--home', server.home,
-  ]);
+  await addBenchModel(server);
   const client = new OpenAI({ baseURL: server.baseURL, apiKey: server.apiKey });
   const file = await client.files.create({ file: new File(['{"messages":[]}\n'], 'train.jsonl'), purpose: 'fine-tune' });
   const started = Date.now();

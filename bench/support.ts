@@ -1,7 +1,8 @@
-import { type ChildProcess, execSync, spawn } from 'node:child_process';
+import { type ChildProcess, execFileSync, execSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { writeTrainableModelFolder } from '../test/support/model-folder.js';
 
 /** The built server as a separate process, as in production: the load comes from another process. */
 export interface BenchServer {
@@ -40,6 +41,14 @@ export async function startBenchServer(extraArgs: string[] = []): Promise<BenchS
       fs.rmSync(home, { recursive: true, force: true });
     },
   };
+}
+
+/** Registers a small random model as `bench-model` through `tunelab models add` (which loads it once, so it has weights). */
+export async function addBenchModel(server: BenchServer): Promise<string> {
+  execFileSync(process.execPath, [
+    CLI, 'models', 'add', await writeTrainableModelFolder(path.join(server.home, 'src-model')), '--name', 'bench-model', '--home', server.home,
+  ]);
+  return 'bench-model';
 }
 
 export function machine() {

@@ -6,7 +6,7 @@ import SqliteDatabase from 'better-sqlite3';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeTrainableModelFolder } from './support/model-folder.js';
-import { DATASETS, type TestServer, finished, startTestServer, tempHome, untilStep, weatherJokes } from './support/server.js';
+import { DATASETS, type TestServer, finished, retryingClient, startTestServer, tempHome, untilStep, weatherJokes } from './support/server.js';
 
 /**
  * A full disk at each place the server writes: the home (or one of its folders) on a small tmpfs,
@@ -109,17 +109,7 @@ describe.skipIf(!isRoot)('a full disk', () => {
     const kept = await uploadJokes(test.client, uploaded);
     const filler = fill(path.join(home, 'blobs'), 64 * 1024);
 
-    let requests = 0;
-    const counting = new OpenAI({
-      baseURL: test.server.baseURL,
-      apiKey: test.apiKey,
-      // The SDK's default: it retries a 5xx unless told not to.
-      maxRetries: 2,
-      fetch: (url, init) => {
-        if (String(url).startsWith(test.server.baseURL)) requests++;
-        return fetch(url, init);
-      },
-    });
+    const { client: counting, requests } = retryingClient(test);
     const big = new File([Buffer.alloc(512 * 1024, '{"messages":[]}\n')], 'big.jsonl');
     const error = await counting.files.create({ file: big, purpose: 'fine-tune' }).catch((e: unknown) => e);
     expect(error).toBeInstanceOf(OpenAI.APIError);
@@ -127,7 +117,7 @@ describe.skipIf(!isRoot)('a full disk', () => {
     expect((error as InstanceType<typeof OpenAI.APIError>).message).toMatch(
       new RegExp(`No space left on device while storing what this request sent \\(.* MB free on the disk of ${path.resolve(home)}\\)`),
     );
-    expect(requests).toBe(1);
+    expect(requests()).toBe(1);
     expect((await test.client.files.list()).data.map((f) => f.id)).toEqual([kept]);
     expect(fs.readdirSync(path.join(home, 'blobs', '.incoming'))).toEqual([]);
 

@@ -38,9 +38,10 @@ describe('API keys through the API', () => {
     expect((await member.models.list()).data.length).toBeGreaterThan(0);
     const error = await refused(listKeys(member));
     expect(error).toMatchObject({ status: 403, code: 'insufficient_permissions' });
-    expect((await listKeys(t.client)).map((k) => [k.name, k.role])).toEqual([
-      ['first key', 'owner'],
+    // Oldest first; keys made in the same second may come in either order.
+    expect((await listKeys(t.client)).map((k) => [k.name, k.role]).sort()).toEqual([
       ['ci', 'member'],
+      ['first key', 'owner'],
     ]);
   });
 
@@ -63,7 +64,7 @@ describe('API keys through the API', () => {
     expect(rotated.value).toMatch(/^sk-tl-/);
     expect(await refused(t.client.models.list())).toMatchObject({ status: 401 });
     const renewed = t.clientFor(rotated.value);
-    expect((await listKeys(renewed)).filter((k) => k.revoked_at === null).map((k) => k.name)).toEqual(['ci', 'first key']);
+    expect((await listKeys(renewed)).filter((k) => k.revoked_at === null).map((k) => k.name).sort()).toEqual(['ci', 'first key']);
     const other = t.clientFor((await t.server.services.orgs.createKey('other-corp')).key);
     expect(await refused(other.delete(`/organization/api_keys/${rotated.id}`))).toMatchObject({ status: 404 });
   });
@@ -86,16 +87,17 @@ describe.skipIf(onPostgres)('tunelab keys', () => {
     const buildKey = created.stdout.trim();
     const listed = await tunelab('keys', 'list');
     expect(listed.stdout).toMatch(/^ID\s+KEY\s+NAME\s+ROLE\s+CREATED\s+LAST_USED\s+REVOKED\n/);
-    const ids = [...listed.stdout.matchAll(/^(key_\w+)\s+(sk-tl-\w{4}\*{4})\s+(first key|build box)\s+(owner|member)/gm)].map((m) => [m[3], m[4], m[1]]);
-    expect(ids.map(([name, role]) => [name, role])).toEqual([
-      ['first key', 'owner'],
+    const rows = [...listed.stdout.matchAll(/^(key_\w+)\s+(sk-tl-\w{4}\*{4})\s+(first key|build box)\s+(owner|member)/gm)];
+    expect(rows.map((m) => [m[3], m[4]]).sort()).toEqual([
       ['build box', 'member'],
+      ['first key', 'owner'],
     ]);
+    const idOf = (name: string) => rows.find((m) => m[3] === name)![1]!;
 
-    expect(await tunelab('keys', 'revoke', ids[1]![2]!)).toMatchObject({ code: 0 });
+    expect(await tunelab('keys', 'revoke', idOf('build box'))).toMatchObject({ code: 0 });
     expect(await refused(t.clientFor(buildKey).models.list())).toMatchObject({ status: 401 });
 
-    const rotated = await tunelab('keys', 'rotate', ids[0]![2]!);
+    const rotated = await tunelab('keys', 'rotate', idOf('first key'));
     expect(rotated).toMatchObject({ code: 0, stderr: expect.stringContaining(`the new key is also in ${path.join(t.home, 'api-key')}`) });
     const newKey = rotated.stdout.trim();
     expect(fs.readFileSync(path.join(t.home, 'api-key'), 'utf8')).toBe(`${newKey}\n`);

@@ -36,6 +36,16 @@ describe('a job with many steps', () => {
     const events = (await t.client.fineTuning.jobs.listEvents(jobId, { limit: 10 })).data;
     expect(events.find((e) => e.id === ids[294])).toMatchObject({ message: 'Step 295/300, validated', data: { valid_loss: 0.25 } });
     expect((await t.client.get<{ data: StepMetrics[] }>(`/fine_tuning/jobs/${jobId}/metrics`)).data).toHaveLength(300);
+    // Thinned for a chart: every 6th step back from the newest, and the evaluated one.
+    const thinned = await t.client.get<{ data: StepMetrics[] }>(`/fine_tuning/jobs/${jobId}/metrics`, { query: { max_points: 50 } });
+    expect(thinned.data.map((m) => m.step)).toEqual([...Array.from({ length: 50 }, (_, i) => 6 * (i + 1)), 295].sort((a, b) => a - b));
+    const short = await t.client.get<{ data: StepMetrics[] }>(`/fine_tuning/jobs/${jobId}/metrics`, { query: { from_step: 290, max_points: 50 } });
+    expect(short.data).toHaveLength(11);
+    // Ours: a long job's messages without its steps, as the dashboard lists them.
+    const messages = (await t.client.fineTuning.jobs.listEvents(jobId, { limit: 100, type: 'message' } as never)).data;
+    expect(messages.length).toBeGreaterThan(1);
+    expect(messages.every((e) => e.type === 'message')).toBe(true);
+    expect(messages.at(-1)!.message).toBe(`Created fine-tuning job: ${jobId}`);
   });
 
   // SQLite has one connection, held by a transaction to its end: nothing reads or writes in between.

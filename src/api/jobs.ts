@@ -10,7 +10,11 @@ type JobParams = { Params: { id: string } };
 const jobsPage = pageQuery({ max: 100, default: 20 });
 const eventsPage = pageQuery({ max: 100, default: 20 });
 const checkpointsPage = pageQuery({ max: 100, default: 10 });
-const metricsQuery = z.object({ from_step: z.coerce.number().int().min(0).default(0) });
+const metricsQuery = z.object({
+  from_step: z.coerce.number().int().min(0).default(0),
+  max_points: z.coerce.number().int().min(2).max(100_000).optional(),
+});
+const eventsFilter = z.object({ type: z.enum(['message', 'metrics']).optional() });
 
 export const jobsRoutes = (jobs: JobService) => async (app: FastifyInstance) => {
   app.post('/fine_tuning/jobs', async (request) =>
@@ -40,12 +44,13 @@ export const jobsRoutes = (jobs: JobService) => async (app: FastifyInstance) => 
 
   // Ours: the loss curve, oldest step first; `from_step` lets a poller fetch only what is new.
   app.get<JobParams>('/fine_tuning/jobs/:id/metrics', async (request) => {
-    const { from_step } = parseWith(metricsQuery, request.query);
-    return { object: 'list', data: await jobs.stepMetrics(request.org.id, request.params.id, from_step) };
+    const { from_step, max_points } = parseWith(metricsQuery, request.query);
+    return { object: 'list', data: await jobs.stepMetrics(request.org.id, request.params.id, from_step, max_points) };
   });
 
   app.get<JobParams>('/fine_tuning/jobs/:id/events', async (request) => {
-    const page = await jobs.listEvents(request.org.id, request.params.id, eventsPage(request.query));
+    // Ours: `type` lists one kind of event.
+    const page = await jobs.listEvents(request.org.id, request.params.id, { ...eventsPage(request.query), ...parseWith(eventsFilter, request.query) });
     return listBody(page);
   });
 

@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
+import path from 'node:path';
 
 /**
  * Whether an error means the disk (or the database's disk) is full: a system call's ENOSPC or
@@ -39,7 +40,10 @@ export class DiskSpace {
   ) {}
 
   freeBytes(folder = this.root): number {
-    const stats = fs.statfsSync(folder);
+    // A folder not made yet is on the disk of the nearest one that is.
+    let existing = folder;
+    while (!fs.existsSync(existing) && path.dirname(existing) !== existing) existing = path.dirname(existing);
+    const stats = fs.statfsSync(existing);
     return stats.bavail * stats.bsize;
   }
 

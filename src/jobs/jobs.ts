@@ -1,5 +1,5 @@
 import { randomInt } from 'node:crypto';
-import type { Selectable } from 'kysely';
+import { type Selectable, sql } from 'kysely';
 import type {
   FineTuningJob as OpenAIFineTuningJob,
   FineTuningJobEvent,
@@ -290,12 +290,21 @@ export class JobService {
   /**
    * Ours: the loss curve for a person, steps `fromStep` and later. From, not after: an evaluation
    * joins its step's metrics after the step was recorded, so a poller asks again from the last step
-   * it holds and replaces that step.
+   * it holds and replaces that step. With `maxPoints`, a longer stretch is thinned to every k-th step
+   * counted back from the newest (so it is always there), and the evaluated steps: a chart of a long
+   * job needs no more points than it has pixels.
    */
-  async stepMetrics(orgId: string, jobId: string, fromStep = 0): Promise<StepMetrics[]> {
+  async stepMetrics(orgId: string, jobId: string, fromStep = 0, maxPoints?: number): Promise<StepMetrics[]> {
     await this.row(orgId, jobId);
+    const last = maxPoints === undefined ? undefined : (await this.lastStep(jobId))?.data.step;
+    // Steps are numbered from 1, one row each.
+    const every = last === undefined ? 1 : Math.ceil((last - Math.max(fromStep, 1) + 1) / maxPoints!);
+    let query = this.db.selectFrom('job_metrics').select('data').where('job_id', '=', jobId).where('step', '>=', fromStep);
+    if (every > 1) {
+      query = query.where((eb) => eb.or([eb(sql<number>`(${last} - step) % ${every}`, '=', 0), eb('data', 'like', '%"valid_loss"%')]));
+    }
     // The runner writes these from the engine's step events, in this shape.
-    return (await this.metrics(jobId, fromStep)).map((m) => m.data as unknown as StepMetrics);
+    return (await query.orderBy('step', 'asc').execute()).map((row) => JSON.parse(row.data) as StepMetrics);
   }
 
   /** While the job runs: when it is expected to finish, from the speed measured so far. */
@@ -331,9 +340,12 @@ export class JobService {
     return toCheckpoint(row);
   }
 
-  async listEvents(orgId: string, jobId: string, request: PageRequest): Promise<Page<FineTuningJobEvent>> {
+  /** The job's events, newest first; `type` keeps one kind (ours: a long job's messages without its steps). */
+  async listEvents(orgId: string, jobId: string, request: PageRequest & { type?: JobEventTable['type'] | undefined }): Promise<Page<FineTuningJobEvent>> {
     await this.row(orgId, jobId);
-    return mapPage(await pageBySeq(this.db.selectFrom('job_events').selectAll().where('job_id', '=', jobId), request), toEvent);
+    let scope = this.db.selectFrom('job_events').selectAll().where('job_id', '=', jobId);
+    if (request.type) scope = scope.where('type', '=', request.type);
+    return mapPage(await pageBySeq(scope, request), toEvent);
   }
 
   async listCheckpoints(orgId: string, jobId: string, request: PageRequest): Promise<Page<FineTuningJobCheckpoint>> {

@@ -232,6 +232,8 @@ export function migrations(dialect: Dialect): Record<string, Migration> {
           .addColumn('data', 'text', (c) => c.notNull())
           .addPrimaryKeyConstraint('job_metrics_pk', ['job_id', 'step'])
           .execute();
+        // A long job's few message events, listed without passing its many step events.
+        await db.schema.createIndex('job_events_by_job_type').on('job_events').columns(['job_id', 'type', 'seq']).execute();
         // The steps recorded before, from their metrics events, a batch at a time.
         for (let after = 0; ; ) {
           const events: Array<{ seq: number; id: string; job_id: string; data: string | null }> = await db

@@ -75,6 +75,24 @@ export async function startTestServer(options: Partial<ServerOptions> = {}): Pro
   };
 }
 
+/**
+ * The SDK with its default retries (it retries a 5xx or a 409 unless the answer says not to), and
+ * how many requests it has sent to the server: a test sees whether an error was retried.
+ */
+export function retryingClient(test: TestServer): { client: OpenAI; requests: () => number } {
+  let requests = 0;
+  const client = new OpenAI({
+    baseURL: test.server.baseURL,
+    apiKey: test.apiKey,
+    maxRetries: 2,
+    fetch: (url, init) => {
+      if (String(url).startsWith(test.server.baseURL)) requests++;
+      return fetch(url, init);
+    },
+  });
+  return { client, requests: () => requests };
+}
+
 /** The job once the dataset doctor has run on its files (it runs in the background after create). */
 export async function validated(client: OpenAI, jobId: string, timeoutMs = 30_000): Promise<OpenAI.FineTuning.FineTuningJob> {
   const deadline = Date.now() + timeoutMs;

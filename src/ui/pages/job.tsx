@@ -120,13 +120,13 @@ async function loadView(id: string, known: JobView | undefined, signal: AbortSig
 }
 
 /**
+ * The job's message events; its step events are the curve's (a long job has hundreds of thousands).
  * The events list pages from the newest, with no way to ask for those after a given one: pages are
- * read until one reaches an event already held. The newest held events are read again, since an
- * evaluation rewrites its step's event.
+ * read until one reaches an event already held.
  */
 async function newerEvents(path: string, known: FineTuningJobEvent[], signal: AbortSignal): Promise<FineTuningJobEvent[]> {
   const held = new Set(known.map((event) => event.id));
-  const fresh = await listAll<FineTuningJobEvent>(path, {}, signal, (page) => page.some((event) => held.has(event.id)));
+  const fresh = await listAll<FineTuningJobEvent>(path, { type: 'message' }, signal, (page) => page.some((event) => held.has(event.id)));
   const read = new Set(fresh.map((event) => event.id));
   return [...fresh, ...known.filter((event) => !read.has(event.id))];
 }
@@ -134,9 +134,13 @@ async function newerEvents(path: string, known: FineTuningJobEvent[], signal: Ab
 /** From the last step held, not after it: that step may have gained its evaluation since. */
 async function newerMetrics(path: string, known: StepMetrics[], signal: AbortSignal): Promise<StepMetrics[]> {
   const last = known.at(-1)?.step;
-  const { data } = await get<List<StepMetrics>>(path, { from_step: last }, signal);
+  // A long job's curve comes thinned to about what the chart can show; the steps after it come whole.
+  const { data } = await get<List<StepMetrics>>(path, last === undefined ? { max_points: CURVE_POINTS } : { from_step: last }, signal);
   return last === undefined ? data : [...known.filter((m) => m.step < last), ...data];
 }
+
+/** Points of a long job's curve on first load: about the chart's width in pixels, twice over. */
+const CURVE_POINTS = 4000;
 
 const ACTION_LABELS: Record<UserAction, string> = { pause: 'Pause', resume: 'Resume', cancel: 'Cancel job' };
 
@@ -419,21 +423,13 @@ function ResultFiles({ ids }: { ids: string[] }) {
   );
 }
 
+/** The job's messages; each step's event says what the curve and its table above show. */
 function EventsLog({ events }: { events: FineTuningJobEvent[] }) {
-  const [withSteps, setWithSteps] = useState(false);
-  const stepEvents = events.filter((event) => event.type === 'metrics').length;
-  const shown = withSteps ? events : events.filter((event) => event.type !== 'metrics');
   return (
     <>
-      {stepEvents > 0 && (
-        <label class="events-filter">
-          <input type="checkbox" checked={withSteps} onChange={(event) => setWithSteps(event.currentTarget.checked)} /> Show the{' '}
-          {count(stepEvents)} step events (the curve above holds them too)
-        </label>
-      )}
       {/* Focusable, so a keyboard can scroll a long log. */}
       <ol class="events" tabIndex={0} aria-label="Events, newest first">
-        {shown.map((event) => (
+        {events.map((event) => (
           <li key={event.id} class={`level-${event.level}`}>
             <time dateTime={new Date(event.created_at * 1000).toISOString()}>{clock(event.created_at)}</time>
             <span class={`level level-${event.level}`}>{event.level}</span>
