@@ -51,11 +51,6 @@ const FAMILIES: Family[] = [
  * does an entry here that no longer happens (remove it then).
  */
 const KNOWN: Record<string, Record<string, string>> = {
-  // Llama 3.1/3.2 render a tool call as JSON in place of the content, so the sentinel that finds the
-  // assistant's content is not in the text and the fallback cuts the turns wrongly (a stretch of ids
-  // repeated after the call's end-of-turn): to be fixed in chat-encoding.ts's turn finding.
-  'llama3.1': { 'tool-calls:1 training': 'ids differ', 'tool-calls:1 prompt of 4 messages': 'ids differ' },
-  'llama3.2': { 'tool-calls:1 training': 'ids differ', 'tool-calls:1 prompt of 4 messages': 'ids differ' },
   // A reasoning trace in the training data: Qwen3's template writes the "<think>" itself, so our
   // trained span starts after it; transformers' training template trains it.
   qwen3: { 'thinking block training': 'token 27 "<think>" trained by transformers, not by us' },

@@ -51,7 +51,8 @@ export function encodeChat(
   const text = render(templateMessages);
 
   const assistantIndexes = messages.flatMap((message, index) => (message.role === 'assistant' ? [index] : []));
-  const turns = locateTurns(text, templateMessages, assistantIndexes, render);
+  const prompt = (list: TemplateMessage[]) => tokenizer.renderChat(list, { tools: options.tools, addGenerationPrompt: true });
+  const turns = locateTurns(text, templateMessages, assistantIndexes, render, prompt);
 
   const segments: Segment[] = [];
   const push = (start: number, end: number, trained: boolean) => {
@@ -124,13 +125,16 @@ interface Turn {
  * content, drop reasoning or render the last turn differently, so positions come from the
  * template itself: render once more with sentinels in place of the contents and, when putting
  * the contents back gives the same text, read the positions off; otherwise compare one
- * sentinel rendering per turn with the real one (longest common prefix and suffix).
+ * sentinel rendering per turn with the real one (longest common prefix and suffix). A turn whose
+ * content the template does not write (Llama 3.1 writes a tool call in its place) starts where the
+ * generation prompt of the conversation before it ends.
  */
 function locateTurns(
   text: string,
   messages: readonly TemplateMessage[],
   assistantIndexes: readonly number[],
   render: (list: TemplateMessage[]) => string,
+  prompt: (list: TemplateMessage[]) => string,
 ): Turn[] {
   if (assistantIndexes.length === 0) return [];
   const withSentinels = messages.map((message, index) =>
@@ -154,6 +158,11 @@ function locateTurns(
 
   return assistantIndexes.map((index) => {
     const one = render(messages.map((message, i) => (i === index ? { ...message, content: sentinel(index) } : message)));
+    if (one === text) {
+      const before = prompt(messages.slice(0, index));
+      const start = text.startsWith(before) ? before.length : commonPrefixLength(text, before);
+      return { messageIndex: index, start, contentEnd: start };
+    }
     const start = commonPrefixLength(text, one);
     const contentEnd = Math.max(start, text.length - commonSuffixLength(text, one, start));
     return { messageIndex: index, start, contentEnd };
