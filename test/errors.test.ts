@@ -103,7 +103,7 @@ describe('errors in OpenAI form', () => {
     expect(empty).toMatchObject({ status: 400, param: 'file', message: expect.stringContaining('empty') });
 
     const notJsonl = await rejection(t.client.files.create({ file: new File(['x'], 'data.csv'), purpose: 'fine-tune' }));
-    expect(notJsonl).toMatchObject({ status: 400, param: 'file', message: expect.stringContaining('.jsonl') });
+    expect(notJsonl).toMatchObject({ status: 400, param: 'file', message: expect.stringContaining("'data.csv' is not JSON lines") });
 
     const expiry = await rejection(
       t.client.files.create({ file: weatherJokes(), purpose: 'fine-tune', expires_after: { anchor: 'created_at', seconds: 60 } }),

@@ -80,7 +80,7 @@ describe('uploads are stored whole or not at all', () => {
   });
 
   it('stores a file of exactly the limit when its size is declared up front', async () => {
-    const content = 'x'.repeat(LIMIT - 1) + '\n';
+    const content = jsonl(LIMIT).slice(0, LIMIT);
     const file = await t.client.files.create({ file: new File([content], 'exact.jsonl'), purpose: 'fine-tune' });
     expect(file.bytes).toBe(LIMIT);
     await t.client.files.delete(file.id);

@@ -8,7 +8,7 @@ export function setupCommand(program: Command): void {
     .description("make the engine's Python environment (a virtual environment in the home folder) and report what it has")
     .option('--home <dir>', 'home folder (default $TUNELAB_HOME or ~/.tunelab); the environment goes to <home>/python')
     .option('--venv <dir>', 'make or update the virtual environment here instead')
-    .option('--python <path>', 'use this Python as it is (one with torch ≥ 2.4, numpy and safetensors, e.g. a CUDA build); default $TUNELAB_PYTHON')
+    .option('--python <path>', 'use this Python as it is (one with torch ≥ 2.5, numpy and safetensors, e.g. a CUDA build); default $TUNELAB_PYTHON')
     .option('--tests', "also install what the tests use (transformers, PEFT, TRL, the openai Python SDK)")
     .action(async (options: { home?: string; venv?: string; python?: string; tests?: boolean }) => {
       await ensureEngineEnvironment(resolveHome(options.home), options, true);

@@ -15,7 +15,7 @@ export function enginePython(): string {
   const python = chosen ?? process.env.TUNELAB_PYTHON;
   if (!python) {
     throw new Error(
-      'No engine environment: run `tunelab setup` (it makes one in the home folder), or set TUNELAB_PYTHON to a Python with torch ≥ 2.4, numpy and safetensors.',
+      'No engine environment: run `tunelab setup` (it makes one in the home folder), or set TUNELAB_PYTHON to a Python with torch ≥ 2.5, numpy and safetensors.',
     );
   }
   return python;

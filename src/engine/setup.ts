@@ -15,8 +15,8 @@ export const REQUIREMENTS = path.join(ENGINE_DIR, 'requirements.txt');
 /** The referees and SDKs the tests add (transformers, PEFT, TRL, openai). */
 export const TEST_REQUIREMENTS = path.join(ENGINE_DIR, 'requirements-test.txt');
 
-/** The oldest torch whose APIs the engine uses (SDPA with masks, fused AdamW, torch.compile). */
-const MIN_TORCH: [number, number] = [2, 4];
+/** The oldest torch whose APIs the engine uses (SDPA's enable_gqa, torch.get_autocast_dtype, fused AdamW on CPU). */
+const MIN_TORCH: [number, number] = [2, 5];
 const MIN_PYTHON: [number, number] = [3, 10];
 
 /** What `setup` found, as it reports it. */
@@ -189,7 +189,7 @@ function runShown(program: string, args: string[], step: string): Promise<void> 
       reject(
         new SetupError(
           `${step} failed (${program} exited with ${code}; pip's reason is above). If no package index can be reached, ` +
-            'install torch ≥ 2.4, numpy and safetensors into a Python yourself and run: tunelab setup --python /path/to/python',
+            'install torch ≥ 2.5, numpy and safetensors into a Python yourself and run: tunelab setup --python /path/to/python',
         ),
       );
     });
