@@ -88,3 +88,14 @@ class KernelsTest(unittest.TestCase):
                                      upstream.double() if dtype == torch.bfloat16 else upstream)
                         self.assertTrue(all(torch.isfinite(t).all() for t in got))
                         self.assert_close(got, want, tolerance)
+
+    def test_decode_attention(self):
+        g = torch.Generator().manual_seed(6)
+        b, heads, kv_heads, span, d = 3, 6, 2, 11, 16
+        q = torch.randn(b, 1, heads, d, generator=g)
+        keys, values = (torch.randn(b, kv_heads, span, d, generator=g) for _ in range(2))
+        lengths = torch.tensor([4, 11, 7])
+        allowed = (torch.arange(span)[None, :] < lengths[:, None])[:, None, None]
+        bias = torch.zeros(allowed.shape).masked_fill_(~allowed, float("-inf"))
+        want = attention.sdpa(q.transpose(1, 2), keys, values, allowed).transpose(1, 2)
+        self.assert_close([kernels.decode_attention(q, keys, values, bias)], [want], 1e-6)

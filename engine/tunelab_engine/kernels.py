@@ -248,6 +248,20 @@ class Examples(attention_mod.Examples):
         return _PerExampleAttention.apply(q, k, v, examples).unflatten(-1, (-1, q.shape[-1]))
 
 
+def decode_attention(q, keys, values, bias):
+    """One new query per row against the row's cached keys: q [B, 1, heads, D], keys and values
+    [B, kv_heads, S, D], bias [B, 1, 1, S] additive; out [B, 1, heads, D]. Each key/value head's
+    group of query heads is one small matrix, so the cache is never repeated; two bmm's and a
+    softmax, where SDPA's CPU kernels cost several times more for a single query."""
+    b, _, h, d = q.shape
+    kv_heads, span = keys.shape[1], keys.shape[2]
+    groups = h // kv_heads
+    qg = (q * d ** -0.5).reshape(b * kv_heads, groups, d)
+    scores = torch.bmm(qg, keys.reshape(b * kv_heads, span, d).transpose(1, 2)).view(b, kv_heads, groups, span) + bias
+    probs = torch.softmax(scores, dim=-1).view(b * kv_heads, groups, span)
+    return torch.bmm(probs, values.reshape(b * kv_heads, span, d)).view(b, 1, h, d)
+
+
 def apply(model):
     """Swaps `model`'s RMSNorm, LoRALinear and FusedLoRA modules for their kernel versions."""
     swaps = {model_mod.RMSNorm: RMSNorm, lora.LoRALinear: LoRALinear, lora.FusedLoRA: FusedLoRA}
