@@ -4,7 +4,7 @@
 
 Both train the same random bf16 weights (the engine's `init`) on the same examples (lengths
 uniform in seq_len/8..seq_len, the second half of each trained), 8 examples a step, LoRA r=8
-alpha 16 on every linear layer of attention and MLP, bf16, the same torch threads, each in its own
+alpha 16 on every linear layer of attention and MLP, bf16, the same torch threads and OpenMP wait policy, each in its own
 child process. The engine packs; TRL runs its defaults for a pre-tokenized dataset (padding to the
 longest example of the batch, `completion_only_loss`) except gradient checkpointing (off, as in the
 engine's run), SDPA attention. Tokens/s counts real
@@ -94,7 +94,11 @@ def main():
         started, ours, _ = run_engine(tmp, model_dir, train_dir, args)
         load_between = os.getloadavg()
         child = subprocess.run([sys.executable, __file__, "--trl-child", model_dir, train_dir] + sys.argv[1:],
-                               stdout=subprocess.PIPE, text=True, env=dict(os.environ, TOKENIZERS_PARALLELISM="false"))
+                               stdout=subprocess.PIPE, text=True,
+                               # The engine's thread waiting for both (runtime.py): spinning OpenMP
+                               # threads on shared cores would slow TRL, not the engine.
+                               env=dict(os.environ, TOKENIZERS_PARALLELISM="false",
+                                        OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "PASSIVE")))
         if child.returncode != 0:
             sys.exit("the TRL run failed")
         theirs = json.loads(child.stdout.strip().splitlines()[-1])["steps"]

@@ -51,23 +51,6 @@ class KernelsTest(unittest.TestCase):
                     runs.append([out] + [p.grad for p in params])
                 self.assert_close(runs[1], runs[0], 1e-5)
 
-    def test_lora_dropout_applies_to_the_low_rank_path_only(self):
-        model = random_model("llama")
-        lora.apply(model, rank=2, alpha=6, dropout=0.5, targets=["q_proj"])
-        kernels.apply(model)
-        layer = model.model.layers[0].self_attn.q_proj.train()
-        torch.nn.init.normal_(layer.lora_B.weight)
-        x = torch.randn(3, 5, 64, requires_grad=True)
-        torch.manual_seed(7)
-        layer(x).square().sum().backward()
-        got = (x.grad.clone(), layer.lora_A.weight.grad.clone(), layer.lora_B.weight.grad.clone())
-        x.grad = layer.lora_A.weight.grad = layer.lora_B.weight.grad = None
-        torch.manual_seed(7)
-        keep = torch.empty(15, 64).bernoulli_(0.5).div_(0.5).view(3, 5, 64)
-        a, b = layer.lora_A.weight, layer.lora_B.weight
-        (x @ layer.weight.t() + 3.0 * (x * keep) @ a.t() @ b.t()).square().sum().backward()
-        self.assert_close(got, (x.grad, a.grad, b.grad), 1e-5)
-
     def test_per_example_attention(self):
         # Lengths across the padding multiple, grouped, multi-query and plain heads, no window and
         # a window shorter than the padding (padded queries then reach no real key).
