@@ -46,6 +46,43 @@ def cpu_model():
     return platform.processor()
 
 
+def prepare(tmp, shape, n_examples, seq_len):
+    """A random model of `shape` stored in bf16 (as the hub ships them) and the training arrays, in `tmp`."""
+    env = dict(os.environ, PYTHONPATH=ENGINE)
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+        json.dump(SHAPES[shape], f)
+    model_dir = os.path.join(tmp, "model")
+    subprocess.run([sys.executable, "-m", "tunelab_engine", "init", "--config", os.path.join(tmp, "config.json"),
+                    "--seed", "0", "--out", model_dir, "--dtype", "bfloat16"], env=env, check=True, stdout=subprocess.DEVNULL)
+    write_arrays(os.path.join(tmp, "train"), SHAPES[shape]["vocab_size"], n_examples, seq_len, 0)
+    return model_dir, os.path.join(tmp, "train")
+
+
+def run_engine(tmp, model_dir, train_dir, args):
+    """The engine's `train` as a child process: (started event, step events, wall seconds)."""
+    env = dict(os.environ, PYTHONPATH=ENGINE)
+    spec = {"model": model_dir, "train_data": train_dir, "output_dir": os.path.join(tmp, "out"),
+            "work_dir": os.path.join(tmp, "work"), "n_epochs": 1, "batch_size": args.batch_size,
+            "learning_rate": 1e-4, "seq_len": args.seq_len, "training": args.method,
+            "lora": {"rank": args.rank, "alpha": 2 * args.rank}, "dtype": args.dtype, "device": "cpu"}
+    with open(os.path.join(tmp, "spec.json"), "w") as f:
+        json.dump(spec, f)
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-m", "tunelab_engine", "train", "--spec", os.path.join(tmp, "spec.json")],
+                          env=env, stdout=subprocess.PIPE, text=True)
+    wall = time.time() - t0
+    evs = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0:
+        sys.exit(f"train failed: {evs[-1] if evs else proc.returncode}")
+    return next(e for e in evs if e["type"] == "started"), [e for e in evs if e["type"] == "step"], wall
+
+
+def tokens_per_second(steps, warmup_steps):
+    """Real tokens over the seconds of the steps after the first `warmup_steps`."""
+    timed = steps[warmup_steps:]
+    return round(sum(e["tokens"] for e in timed) / sum(e["tokens"] / e["tokens_per_second"] for e in timed), 1)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", choices=sorted(SHAPES), required=True)
@@ -58,41 +95,18 @@ def main():
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
-    env = dict(os.environ, PYTHONPATH=ENGINE)
     with tempfile.TemporaryDirectory() as tmp:
-        with open(os.path.join(tmp, "config.json"), "w") as f:
-            json.dump(SHAPES[args.shape], f)
-        model_dir = os.path.join(tmp, "model")
-        subprocess.run([sys.executable, "-m", "tunelab_engine", "init", "--config", os.path.join(tmp, "config.json"),
-                        "--seed", "0", "--out", model_dir, "--dtype", "bfloat16"], env=env, check=True, stdout=subprocess.DEVNULL)
-        write_arrays(os.path.join(tmp, "train"), SHAPES[args.shape]["vocab_size"], args.batch_size * args.steps, args.seq_len, 0)
-        spec = {"model": model_dir, "train_data": os.path.join(tmp, "train"), "output_dir": os.path.join(tmp, "out"),
-                "work_dir": os.path.join(tmp, "work"), "n_epochs": 1, "batch_size": args.batch_size,
-                "learning_rate": 1e-4, "seq_len": args.seq_len, "training": args.method,
-                "lora": {"rank": args.rank, "alpha": 2 * args.rank}, "dtype": args.dtype, "device": "cpu"}
-        with open(os.path.join(tmp, "spec.json"), "w") as f:
-            json.dump(spec, f)
+        model_dir, train_dir = prepare(tmp, args.shape, args.batch_size * args.steps, args.seq_len)
         load_before = os.getloadavg()
-        t0 = time.time()
-        proc = subprocess.run([sys.executable, "-m", "tunelab_engine", "train", "--spec", os.path.join(tmp, "spec.json")],
-                              env=env, stdout=subprocess.PIPE, text=True)
-        wall = time.time() - t0
+        started, steps, wall = run_engine(tmp, model_dir, train_dir, args)
         peak_rss_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    evs = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0:
-        sys.exit(f"train failed: {evs[-1] if evs else proc.returncode}")
-    started = next(e for e in evs if e["type"] == "started")
-    steps = [e for e in evs if e["type"] == "step"]
-    timed = steps[args.warmup_steps:]
-    seconds = sum(e["tokens"] / e["tokens_per_second"] for e in timed)
     result = {
         "command": " ".join(["PYTHONPATH=engine", sys.executable] + sys.argv),
-        "machine": {"nproc": os.cpu_count(), "cpu": cpu_model(), "torch": __import__("torch").__version__,
-                    "python": platform.python_version()},
+        "machine": machine(),
         "shape": args.shape, "method": args.method, "lora_rank": args.rank, "seq_len": args.seq_len,
         "batch_size": args.batch_size, "dtype": started["dtype"], "threads": started["threads"],
         "packing_efficiency": started["packing_efficiency"],
-        "timed_steps": len(timed), "tokens_per_second": round(sum(e["tokens"] for e in timed) / seconds, 1),
+        "timed_steps": len(steps) - args.warmup_steps, "tokens_per_second": tokens_per_second(steps, args.warmup_steps),
         "step_seconds": [round(e["tokens"] / e["tokens_per_second"], 3) for e in steps],
         "peak_rss_mib": round(peak_rss_mib), "wall_s": round(wall, 1),
         # The 1/5/15-minute load averages before and after: other processes on the two cores move
@@ -105,6 +119,11 @@ def main():
     with open(out, "w") as f:
         json.dump(result, f, indent=2)
     print(json.dumps(result, indent=2))
+
+
+def machine():
+    return {"nproc": os.cpu_count(), "cpu": cpu_model(), "torch": __import__("torch").__version__,
+            "python": platform.python_version()}
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ def ours(raw, arrays, args):
 
     class Spec:
         learning_rate, adam_beta1, adam_beta2, adam_eps, weight_decay = 1e-4, 0.9, 0.999, 1e-8, 0.0
-    opt = make_optimizer(params, Spec, torch.device("cuda"))
+    opt = make_optimizer(params, Spec)
     batch = data.Batch(arrays, [[i] for i in range(arrays.n_examples)], args.seq_len, torch.device("cuda"))
 
     def step():

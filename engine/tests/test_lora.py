@@ -4,7 +4,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from tunelab_engine import lora, safetensors
+from tunelab_engine import kernels, lora, safetensors
 from tunelab_engine.loss import linear_cross_entropy
 
 from .helpers import TempDirTest, random_model, run_engine, save_random_model
@@ -63,22 +63,25 @@ class LoRATest(TempDirTest):
             self.assertLess((g - want).abs().max().item(), 1e-5 * want.abs().max().item())
 
     def test_dropout_applies_to_the_low_rank_path_only(self):
-        model = random_model("llama")
-        lora.apply(model, rank=2, alpha=6, dropout=0.5, targets=["q_proj"])
-        layer = model.model.layers[0].self_attn.q_proj.train()
-        torch.nn.init.normal_(layer.lora_B.weight)
-        x = torch.randn(3, 5, 64, requires_grad=True)
-        torch.manual_seed(7)
-        layer(x).square().sum().backward()
-        got = (x.grad.clone(), layer.lora_A.weight.grad.clone(), layer.lora_B.weight.grad.clone())
-        x.grad = layer.lora_A.weight.grad = layer.lora_B.weight.grad = None
-        torch.manual_seed(7)
-        keep = torch.empty(15, 64).bernoulli_(0.5).div_(0.5).view(3, 5, 64)
-        a, b = layer.lora_A.weight, layer.lora_B.weight
-        (x @ layer.weight.t() + 3.0 * (x * keep) @ a.t() @ b.t()).square().sum().backward()
-        for g, want in zip(got, (x.grad, a.grad, b.grad)):
-            # relative to the largest entry: fp32 sums of ~1e3-sized terms round near 1e-4 apart
-            self.assertLess((g - want).abs().max().item(), 1e-5 * want.abs().max().item())
+        for use_kernels in (False, True):  # nn.Dropout in the plain module; the kernel draws its own mask
+            model = random_model("llama")
+            lora.apply(model, rank=2, alpha=6, dropout=0.5, targets=["q_proj"])
+            if use_kernels:
+                kernels.apply(model)
+            layer = model.model.layers[0].self_attn.q_proj.train()
+            torch.nn.init.normal_(layer.lora_B.weight)
+            x = torch.randn(3, 5, 64, requires_grad=True)
+            torch.manual_seed(7)
+            layer(x).square().sum().backward()
+            got = (x.grad.clone(), layer.lora_A.weight.grad.clone(), layer.lora_B.weight.grad.clone())
+            x.grad = layer.lora_A.weight.grad = layer.lora_B.weight.grad = None
+            torch.manual_seed(7)
+            keep = torch.empty(15, 64).bernoulli_(0.5).div_(0.5).view(3, 5, 64)
+            a, b = layer.lora_A.weight, layer.lora_B.weight
+            (x @ layer.weight.t() + 3.0 * (x * keep) @ a.t() @ b.t()).square().sum().backward()
+            for g, want in zip(got, (x.grad, a.grad, b.grad)):
+                # relative to the largest entry: fp32 sums of ~1e3-sized terms round near 1e-4 apart
+                self.assertLess((g - want).abs().max().item(), 1e-5 * want.abs().max().item(), use_kernels)
 
     def test_fused_projections_compute_the_same_outputs_and_gradients(self):
         model = random_model("qwen2")  # q/k/v biases too

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tunelab_engine import data, generate, lora, train
+from tunelab_engine import data, generate, kernels, lora, train
 from tunelab_engine.adapters import AdapterCache
 from tunelab_engine.decode import Decoder
 
@@ -205,19 +205,24 @@ class ParityTest(TempDirTest):
                 want = {n.replace("base_model.model.", "").replace(".default", ""): p.grad
                         for n, p in peft_model.named_parameters() if "lora_" in n}
 
-                ours = generate.load(self.save(referee(family), f"{family}-base"))
-                lora.load_adapter(ours, folder)
-                lora.fuse(ours)  # as training runs
-                ours.train()
-                batch = data.Batch(arrays, data.pack(range(4), arrays.lengths, 64), 64, "cpu")
-                loss, _ = train.scored(ours, batch, torch.float32, False)
-                self.assertEqual(len(batch.labels), count)
-                (loss / count).backward()
-                self.assertLessEqual(abs(loss.item() / count - (total / count).item()), TOLERANCE * (total / count).item())
-                got = {n: p.grad for n, p in ours.named_parameters() if "lora_" in n}
-                self.assertEqual(set(got), set(want))
-                for name, grad in got.items():
-                    self.assertLessEqual(max_diff(grad, want[name]), TOLERANCE * want[name].abs().max().item(), name)
+                base = self.save(referee(family), f"{family}-base")
+                for use_kernels in (False, True):  # the plain modules, and the CPU kernels training uses
+                    ours = generate.load(base)
+                    lora.load_adapter(ours, folder)
+                    lora.fuse(ours)  # as training runs
+                    ours.train()
+                    batch = data.Batch(arrays, data.pack(range(4), arrays.lengths, 64), 64, "cpu")
+                    if use_kernels:
+                        kernels.apply(ours)
+                        batch.attend = kernels.attention(batch.attend)
+                    loss, _ = train.scored(ours, batch, torch.float32, False)
+                    self.assertEqual(len(batch.labels), count)
+                    (loss / count).backward()
+                    self.assertLessEqual(abs(loss.item() / count - (total / count).item()), TOLERANCE * (total / count).item())
+                    got = {n: p.grad for n, p in ours.named_parameters() if "lora_" in n}
+                    self.assertEqual(set(got), set(want))
+                    for name, grad in got.items():
+                        self.assertLessEqual(max_diff(grad, want[name]), TOLERANCE * want[name].abs().max().item(), (name, use_kernels))
 
     def test_cached_greedy_decoding_equals_generate(self):
         # Two prompts of different lengths decoded together, each against transformers' generate;

@@ -6,16 +6,15 @@ builds a [heads, T, T] score tensor); then every step runs one new token per act
 batched forward, each row attending to its own cache row (kv_cache.py). No protocol here (serve.py).
 
 `fuse` swaps the frozen projections for `RowLinear`s at load: q/k/v and gate/up become one product
-each (their weights concatenated once; the originals become views, so memory does not grow), every
-product goes through kernels.rows_linear, and the rows of a batch that use a LoRA adapter get its
-update beside the frozen weights (adapters.py), so one batch mixes adapters and the base model.
+each (their weights concatenated once; the originals become views, so memory does not grow), and the
+rows of a batch that use a LoRA adapter get its update beside the frozen weights (adapters.py), so one batch mixes adapters and the base model.
 """
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .adapters import apply_lora
-from .kernels import rows_linear
 from .kv_cache import KVCache
 
 PREFILL_CHUNK = 512  # prompt tokens a prefill forward takes at once
@@ -39,7 +38,7 @@ class RowLinear(nn.Module):
         self.rows, self.layer, self.key, self.sizes = rows, layer, key, sizes
 
     def forward(self, x):
-        out = rows_linear(x, self.weight, self.bias)
+        out = F.linear(x, self.weight, self.bias)
         if self.rows.lora and self.key:
             apply_lora(out, x, self.rows.lora, self.layer, self.key)
         return out

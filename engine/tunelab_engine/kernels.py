@@ -1,23 +1,277 @@
-"""Hand-written products that beat torch's general ones where they are used, each tested against
-the plain op (engine/tests/test_kernels.py) with its measured gain in bench/engine/README.md."""
+"""Hand-written training kernels for the CPU, where they beat torch 2.13's own ops (measured in
+bench/engine/README.md, "Kernels"); each is tested against autograd through the plain modules
+(engine/tests/test_kernels.py).
+
+`apply(model)` swaps a model's RMSNorm and LoRA modules for the subclasses below (same parameters,
+same names, another forward), and `attention(attend)` swaps packed examples' attention; the model
+and its modules are otherwise unchanged, so the plain path stays the reference.
+"""
+
+import concurrent.futures
 
 import torch
 import torch.nn.functional as F
 
-FEW_ROWS = 16
+from . import attention as attention_mod, lora, model as model_mod
+
+PAD_MULTIPLE = 32  # examples are padded to a multiple of this, so bmm shapes repeat across examples and steps
 
 
-def rows_linear(x, weight, bias):
-    """F.linear(x, weight, bias) for decoding's few rows on CPU. One row is a matrix-vector
-    product (`torch.mv`); up to FEW_ROWS bf16 rows are `W @ x^T` transposed back, the product
-    oneDNN runs faster when the weight is the tall operand. Anything else is F.linear."""
-    rows = x.numel() // x.shape[-1]
-    if x.device.type != "cpu" or rows > FEW_ROWS or (rows > 1 and weight.dtype != torch.bfloat16):
-        return F.linear(x, weight, bias)
-    if rows == 1:
-        out = torch.mv(weight, x.reshape(-1))
-    else:
-        out = torch.mm(weight, x.reshape(rows, -1).t()).t().contiguous()
-    if bias is not None:
-        out += bias
-    return out.view(*x.shape[:-1], weight.shape[0])
+class _RMSNorm(torch.autograd.Function):
+    """weight * x / rms(x) for bf16 x, with the mean of squares accumulated in fp32 but the
+    [tokens, hidden] tensor never copied to fp32 and back; the backward written out (autograd's
+    makes about twice as many passes over the activations)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        scale = torch.rsqrt(x.pow(2).mean(-1, keepdim=True, dtype=torch.float32) + eps).to(x.dtype)
+        ctx.save_for_backward(x, weight, scale)
+        return weight * (x * scale)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, scale = ctx.saved_tensors
+        normed = x * scale
+        grad_w = None
+        if ctx.needs_input_grad[1]:
+            grad_w = (grad * normed).reshape(-1, x.shape[-1]).sum(0, dtype=torch.float32).to(weight.dtype)
+        # n = x * s with s = rms(x)^-1: dx = s * (dn - n * mean(dn * n))
+        grad_n = grad * weight
+        dot = (grad_n * normed).mean(-1, keepdim=True, dtype=torch.float32).to(x.dtype)
+        grad_x = torch.addcmul(grad_n, normed, dot, value=-1).mul_(scale)
+        return grad_x, grad_w, None
+
+
+class RMSNorm(model_mod.RMSNorm):
+    def forward(self, x):
+        if x.dtype == torch.float32:
+            return super().forward(x)
+        return _RMSNorm.apply(x, self.weight, self.eps)
+
+
+class _LoRAProjection(torch.autograd.Function):
+    """x @ W^T + bias + scaling * dropout(x) @ A^T @ B^T. Autograd records the addition of the
+    low-rank path as a second [tokens, out] tensor and adds the two input gradients in another
+    pass; here the low-rank product is added into the frozen output in place, the frozen weight
+    only ever gets the input gradient, and the low-rank input gradient is accumulated into it."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, a, b, scaling, p):
+        flat = x.reshape(-1, x.shape[-1])
+        out = F.linear(flat, weight, bias)
+        keep = None
+        if p > 0:
+            # As nn.Dropout: zero with probability p, scale the rest by 1 / (1 - p).
+            keep = torch.empty_like(flat).bernoulli_(1 - p).div_(1 - p)
+            flat = flat * keep
+        low = flat @ a.t()
+        out.addmm_(low, b.t(), alpha=scaling)
+        ctx.save_for_backward(flat, weight, a, b, low, keep)
+        ctx.scaling = scaling
+        return out.view(*x.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad):
+        flat, weight, a, b, low, keep = ctx.saved_tensors
+        g = grad.reshape(-1, grad.shape[-1])
+        g_low = (g @ b).mul_(ctx.scaling)  # [tokens, rank]
+        grad_x = grad_a = grad_b = None
+        if ctx.needs_input_grad[0]:
+            if keep is None:
+                grad_x = (g @ weight).addmm_(g_low, a)
+            else:
+                grad_x = (g @ weight).add_((g_low @ a).mul_(keep))
+            grad_x = grad_x.view(*grad.shape[:-1], grad_x.shape[-1])
+        if ctx.needs_input_grad[3]:
+            grad_a = g_low.t() @ flat
+        if ctx.needs_input_grad[4]:
+            grad_b = (g.t() @ low).mul_(ctx.scaling)
+        return grad_x, None, None, grad_a, grad_b, None, None
+
+
+def _dropout_p(dropout):
+    return dropout.p if isinstance(dropout, torch.nn.Dropout) and dropout.training else 0.0
+
+
+class LoRALinear(lora.LoRALinear):
+    def forward(self, x):
+        return _LoRAProjection.apply(x, self.weight, self.bias, self.lora_A.weight.to(x.dtype),
+                                     self.lora_B.weight.to(x.dtype), self.scaling, _dropout_p(self.dropout))
+
+
+class FusedLoRA(lora.FusedLoRA):
+    def forward(self, x):
+        a, b = self.stacked(x.dtype)
+        return _LoRAProjection.apply(x, self.weight, self.bias, a, b, 1.0, _dropout_p(self.dropout))
+
+
+_HELPER = None
+
+
+def _one_thread(work, items):
+    """work(item) for each item, on one OpenMP thread each: this thread and, with two or more
+    threads allowed, a helper thread that takes about half of the items (by `item[-1]`, a cost).
+    Torch releases the GIL inside each op, so the two run side by side, and none of an example's
+    small ops wakes a sleeping OpenMP thread (OMP_WAIT_POLICY=PASSIVE makes each wake-up dear)."""
+    global _HELPER
+    threads = torch.get_num_threads()
+    results = [None] * len(items)
+    mine, theirs = list(range(len(items))), []
+    if threads > 1 and len(items) > 1:
+        load = [0, 0]
+        mine = []
+        for i in sorted(range(len(items)), key=lambda i: -items[i][-1]):
+            side = 0 if load[0] <= load[1] else 1
+            (mine if side == 0 else theirs).append(i)
+            load[side] += items[i][-1]
+    if theirs and _HELPER is None:
+        _HELPER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="attention")
+
+    def run(indices):
+        with torch.no_grad():
+            for i in indices:
+                results[i] = work(items[i])
+
+    def helper(indices):
+        torch.set_num_threads(1)
+        run(indices)
+
+    torch.set_num_threads(1)
+    try:
+        future = _HELPER.submit(helper, theirs) if theirs else None
+        run(mine)
+        if future is not None:
+            future.result()
+    finally:
+        torch.set_num_threads(threads)
+    return results
+
+
+class _PerExampleAttention(torch.autograd.Function):
+    """Attention one example at a time over packed q, k, v ([1, N, heads, D]); the output is
+    [1, N, heads * D]. `examples` holds (start, n, width, bias) per example: each is laid out
+    padded to `width`, transposed into the bmm layout in the same copy, and `bias` is its additive
+    mask. Each key/value head serves its group of query heads as one taller matrix, so k and v are
+    never repeated. Forward and backward run each example on one thread (`_one_thread`); the
+    backward forms the products autograd would."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, examples):
+        _, n_tokens, h, d = q.shape
+        kv_heads = k.shape[2]
+        groups = h // kv_heads
+        scale = d ** -0.5
+        out = torch.empty(1, n_tokens, h, d, dtype=q.dtype, device=q.device)
+
+        def one(item):
+            start, n, width, bias, _ = item
+            qs = q.new_empty(kv_heads, groups, width, d)
+            torch.mul(q[0, start:start + n].view(n, kv_heads, groups, d).permute(1, 2, 0, 3), scale, out=qs[:, :, :n])
+            ks = k.new_empty(kv_heads, width, d)
+            vs = v.new_empty(kv_heads, width, d)
+            ks[:, :n] = k[0, start:start + n].transpose(0, 1)
+            vs[:, :n] = v[0, start:start + n].transpose(0, 1)
+            if width > n:
+                qs[:, :, n:].zero_()
+                ks[:, n:].zero_()
+                vs[:, n:].zero_()
+            qs = qs.view(kv_heads, groups * width, d)
+            scores = torch.bmm(qs, ks.transpose(1, 2)).view(kv_heads, groups, width, width) + bias
+            probs = torch.softmax(scores, dim=-1).view(kv_heads, groups * width, width)
+            o = torch.bmm(probs, vs).view(kv_heads, groups, width, d)
+            out[0, start:start + n].view(n, kv_heads, groups, d).copy_(o[:, :, :n].permute(2, 0, 1, 3))
+            return qs, ks, vs, probs
+
+        saved = _one_thread(one, [(start, n, width, bias, width * width) for start, n, width, bias in examples])
+        ctx.save_for_backward(*[t for four in saved for t in four])
+        ctx.examples = [(start, n, width) for start, n, width, _ in examples]
+        ctx.shapes = (n_tokens, h, kv_heads, d)
+        return out.view(1, n_tokens, h * d)
+
+    @staticmethod
+    def backward(ctx, grad):
+        n_tokens, h, kv_heads, d = ctx.shapes
+        groups = h // kv_heads
+        scale = d ** -0.5
+        saved = ctx.saved_tensors
+        grad = grad.view(1, n_tokens, h, d)
+        grad_q = torch.empty_like(grad)
+        grad_k = grad.new_empty(1, n_tokens, kv_heads, d)
+        grad_v = grad.new_empty(1, n_tokens, kv_heads, d)
+
+        def one(item):
+            i, start, n, width, _ = item
+            qs, ks, vs, probs = saved[4 * i:4 * i + 4]
+            g = grad.new_zeros(kv_heads, groups, width, d)
+            g[:, :, :n] = grad[0, start:start + n].view(n, kv_heads, groups, d).permute(1, 2, 0, 3)
+            g = g.view(kv_heads, groups * width, d)
+            grad_probs = torch.bmm(g, vs.transpose(1, 2))
+            gv = torch.bmm(probs.transpose(1, 2), g)
+            grad_scores = torch._softmax_backward_data(grad_probs, probs, -1, probs.dtype)
+            gq = torch.bmm(grad_scores, ks).view(kv_heads, groups, width, d)
+            gk = torch.bmm(grad_scores.transpose(1, 2), qs)
+            torch.mul(gq[:, :, :n].permute(2, 0, 1, 3), scale,
+                      out=grad_q[0, start:start + n].view(n, kv_heads, groups, d))
+            grad_k[0, start:start + n] = gk[:, :n].transpose(0, 1)
+            grad_v[0, start:start + n] = gv[:, :n].transpose(0, 1)
+
+        _one_thread(one, [(i, start, n, width, width * width) for i, (start, n, width) in enumerate(ctx.examples)])
+        return grad_q, grad_k, grad_v, None
+
+
+def padded_bias(n, window, dtype, device):
+    """(width, additive mask [1, width, width]) of one example of n tokens padded to a multiple of
+    PAD_MULTIPLE. A padded query sees only itself: with a short sliding window it may have no real
+    key in reach, and a row with no key at all would be NaN. Real queries never see padded keys."""
+    width = -(-n // PAD_MULTIPLE) * PAD_MULTIPLE
+    pos = torch.arange(width, device=device)
+    allowed = attention_mod.allowed(pos[:, None], pos[None, :], window) & (pos[None, :] < n)
+    allowed |= torch.eye(width, dtype=torch.bool, device=device) & (pos[:, None] >= n)
+    return width, torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill_(~allowed, float("-inf"))[None]
+
+
+class Examples(attention_mod.Examples):
+    """attention.Examples through _PerExampleAttention; the masks built once for all layers."""
+
+    def __init__(self, lengths):
+        super().__init__(lengths)
+        self._masks = {}
+
+    def __call__(self, layer, q, k, v, window):
+        examples, start = [], 0
+        for n in self.lengths:
+            key = (n, window, q.dtype)
+            if key not in self._masks:
+                self._masks[key] = padded_bias(n, window, q.dtype, q.device)
+            examples.append((start, n) + self._masks[key])
+            start += n
+        return _PerExampleAttention.apply(q, k, v, examples).unflatten(-1, (-1, q.shape[-1]))
+
+
+def decode_attention(q, keys, values, bias):
+    """One new query per row against the row's cached keys: q [B, 1, heads, D], keys and values
+    [B, kv_heads, S, D], bias [B, 1, 1, S] additive; out [B, 1, heads, D]. Each key/value head's
+    group of query heads is one small matrix, so the cache is never repeated; two bmm's and a
+    softmax, where SDPA's CPU kernels cost several times more for a single query."""
+    b, _, h, d = q.shape
+    kv_heads, span = keys.shape[1], keys.shape[2]
+    groups = h // kv_heads
+    qg = (q * d ** -0.5).reshape(b * kv_heads, groups, d)
+    scores = torch.bmm(qg, keys.reshape(b * kv_heads, span, d).transpose(1, 2)).view(b, kv_heads, groups, span) + bias
+    probs = torch.softmax(scores, dim=-1).view(b * kv_heads, groups, span)
+    return torch.bmm(probs, values.reshape(b * kv_heads, span, d)).view(b, 1, h, d)
+
+
+def apply(model):
+    """Swaps `model`'s RMSNorm, LoRALinear and FusedLoRA modules for their kernel versions."""
+    swaps = {model_mod.RMSNorm: RMSNorm, lora.LoRALinear: LoRALinear, lora.FusedLoRA: FusedLoRA}
+    for module in model.modules():
+        if type(module) in swaps:
+            module.__class__ = swaps[type(module)]
+
+
+def attention(attend):
+    """The kernel version of an attend from data.Batch, where there is one."""
+    if type(attend) is attention_mod.Examples:
+        return Examples(attend.lengths)
+    return attend

@@ -14,6 +14,7 @@ values here and attends to what the cache holds.
 import torch
 
 from .attention import allowed, causal_mask, sdpa
+from .kernels import decode_attention
 
 GROW = 256
 
@@ -103,11 +104,17 @@ class KVCache:
         span = int(positions.max()) + 1
         keys_pos = torch.arange(span, device=positions.device)
         masks = {}
+        cpu = positions.device.type == "cpu"
 
         def attend(layer, q, k, v, window):
             if window not in masks:  # [B, 1, 1, span], the same for every layer
-                masks[window] = allowed(positions[:, None], keys_pos[None, :], window)[:, None, None]
+                mask = allowed(positions[:, None], keys_pos[None, :], window)[:, None, None]
+                if cpu:  # kernels.decode_attention takes it additive
+                    mask = torch.zeros(mask.shape, dtype=self.dtype, device=mask.device).masked_fill_(~mask, float("-inf"))
+                masks[window] = mask
             keys, values = self.write_step(layer, rows, positions, k[:, 0].to(self.dtype), v[:, 0].to(self.dtype), span)
+            if cpu:
+                return decode_attention(q.to(self.dtype), keys, values, masks[window]).to(q.dtype)
             out = sdpa(q.transpose(1, 2).to(self.dtype), keys, values, masks[window])
             return out.transpose(1, 2).to(q.dtype)
 

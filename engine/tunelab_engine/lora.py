@@ -73,9 +73,14 @@ class FusedLoRA(nn.Module):
         self.register_buffer("bias", bias, persistent=False)
         self.dropout = parts[0].dropout
 
+    def stacked(self, dtype):
+        """The parts' A's stacked [R, in], and their B's block-diagonal with the scalings folded in [out, R]."""
+        a = torch.cat([p.lora_A.weight for p in self.parts]).to(dtype)
+        b = torch.block_diag(*[p.lora_B.weight * p.scaling for p in self.parts]).to(dtype)
+        return a, b
+
     def forward(self, x):
-        a = torch.cat([p.lora_A.weight for p in self.parts]).to(x.dtype)
-        b = torch.block_diag(*[p.lora_B.weight * p.scaling for p in self.parts]).to(x.dtype)
+        a, b = self.stacked(x.dtype)
         # Callers split the [..., sum(sizes)] output themselves.
         return F.linear(x, self.weight, self.bias) + F.linear(F.linear(self.dropout(x), a), b)
 

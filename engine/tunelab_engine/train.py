@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from . import checkpoint, config, data, events, lora, runtime, safetensors
+from . import checkpoint, config, data, events, kernels, lora, runtime, safetensors
 from .errors import EngineError
 from .loss import linear_cross_entropy
 from .model import build
@@ -78,6 +78,10 @@ class Trainer:
         self.valid_data = data.Arrays(spec.valid_data, self.config.vocab_size) if spec.valid_data else None
         self.state = checkpoint.load_state(spec.resume_from, spec) if spec.resume_from else None
         self.model, params = self._build_model()
+        # On CPU the hand-written kernels beat torch's own ops (bench/engine/README.md, "Kernels").
+        self.kernels = self.device.type == "cpu"
+        if self.kernels:
+            kernels.apply(self.model)
         self.model.gradient_checkpointing = spec.gradient_checkpointing
         self.params = params
         self.optimizer = make_optimizer(params, spec)
@@ -123,8 +127,12 @@ class Trainer:
         return data.pack(chosen, self.train_data.lengths, self.spec.seq_len)
 
     def batches(self, arrays, rows):
-        return [data.Batch(arrays, part, self.spec.seq_len, self.device)
-                for part in data.split(rows, self.spec.gradient_accumulation_steps)]
+        batches = [data.Batch(arrays, part, self.spec.seq_len, self.device)
+                   for part in data.split(rows, self.spec.gradient_accumulation_steps)]
+        if self.kernels:
+            for batch in batches:
+                batch.attend = kernels.attention(batch.attend)
+        return batches
 
     def scored(self, batch):
         return scored(self.model, batch, self.dtype, self.autocast)
