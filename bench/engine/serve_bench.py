@@ -92,6 +92,14 @@ def load():
     return [round(x, 2) for x in os.getloadavg()]
 
 
+def decode_arguments(ap):
+    """The options `decode_rates` reads."""
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--streams", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3)
+
+
 def decode_rates(serve, prompts, args, **fields):
     """Decode tokens/s of one stream and of args.streams streams (and their end-to-end rate), one
     figure per repeat; `fields` go into every request."""
@@ -155,10 +163,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", default="smollm2-135m,qwen2.5-0.5b")
     ap.add_argument("--dtype", default="auto", help="passed to serve --dtype (auto: what the server would get)")
-    ap.add_argument("--prompt-tokens", type=int, default=128)
-    ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--streams", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=3)
+    decode_arguments(ap)
     ap.add_argument("--out", default=os.path.join(HERE, "results", "serve_cpu.json"))
     args = ap.parse_args()
     env = dict(os.environ, PYTHONPATH=os.path.abspath(ENGINE))

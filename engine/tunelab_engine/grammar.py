@@ -10,6 +10,7 @@ differently from how the model was trained to write it.
 """
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import llguidance
 import torch
@@ -17,6 +18,11 @@ import torch
 from .errors import EngineError
 
 COMPILE_ERROR = "failed to compile JSON schema: "
+
+# Each next-token mask is computed on this thread as soon as the previous token is known, so it
+# runs while the step's forward pass does (llguidance lets go of the GIL); sampling then only
+# waits for what is left of it. One thread: the masks of a batch's rows are computed one by one.
+MASKS = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grammar-mask")
 
 
 class GrammarCompiler:
@@ -62,18 +68,23 @@ def _reason(message):
 
 
 class Constraint:
-    """One request's place in its grammar: the tokens allowed next, and the tokens taken."""
+    """One request's place in its grammar: the tokens allowed next (being computed on MASKS), and
+    the tokens taken."""
 
     def __init__(self, matcher, vocab):
         self.matcher = matcher
         self.vocab = vocab
+        self.allowed = MASKS.submit(matcher.compute_logit_bias)
 
     def mask(self, logits):
         """logits [vocab] (fp32, CPU) with every token the grammar forbids at -inf, in place."""
-        allowed = torch.frombuffer(bytearray(self.matcher.compute_logit_bias()), dtype=torch.uint8)
+        allowed = torch.frombuffer(bytearray(self.allowed.result()), dtype=torch.uint8)
         logits[: allowed.numel()].masked_fill_(allowed == 0, float("-inf"))
         logits[allowed.numel():] = float("-inf")
 
     def advance(self, token):
+        # The matcher is touched only here and on MASKS, never at once: the mask was waited for
+        # before the token was chosen.
         if not self.matcher.consume_token(token):
             raise EngineError("internal", f"the grammar refused token {token}: {self.matcher.get_error()}")
+        self.allowed = MASKS.submit(self.matcher.compute_logit_bias)
