@@ -17,6 +17,10 @@ export interface HomeLayout {
   adapters: string;
   /** Logs of the model servers that answer chat and completions. */
   logs: string;
+  /** Per export: its archive (and, while it runs, its work folder). */
+  exports: string;
+  /** Tools fetched by a setup step, such as llama.cpp's GGUF converter. */
+  tools: string;
 }
 
 export function resolveHome(flag?: string): string {
@@ -36,6 +40,8 @@ export function homeLayout(home: string): HomeLayout {
     work: path.join(root, 'work'),
     adapters: path.join(root, 'adapters'),
     logs: path.join(root, 'logs'),
+    exports: path.join(root, 'exports'),
+    tools: path.join(root, 'tools'),
   };
 }
 

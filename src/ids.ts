@@ -25,7 +25,7 @@ export function randomToken(length = 24): string {
   return out;
 }
 
-export const newId = (prefix: 'file-' | 'ftjob-' | 'ftevent-' | 'ftckpt_' | 'org-' | 'key_' | 'req_' | 'chatcmpl-' | 'cmpl-') =>
+export const newId = (prefix: 'file-' | 'ftjob-' | 'ftevent-' | 'ftckpt_' | 'org-' | 'key_' | 'req_' | 'chatcmpl-' | 'cmpl-' | 'export-') =>
   prefix + randomToken();
 
 export const unixSeconds = (date = Date.now()) => Math.floor(date / 1000);

@@ -7,6 +7,7 @@ import { LocalBlobStore } from './files/blob-store.js';
 import { writePrivateFile } from './files/durable.js';
 import { FileService } from './files/files.js';
 import { ServePool } from './engine/serve-pool.js';
+import { ExportService } from './export/exports.js';
 import { InferenceService } from './inference/inference.js';
 import { type ServingSettings, loadServingSettings } from './inference/settings.js';
 import { FileValidation } from './jobs/file-validation.js';
@@ -83,7 +84,8 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   const models = new ModelService(store.db, baseModels);
   const servePool = new ServePool({ ...loadServingSettings(home.root), ...options.serving, logDir: home.logs });
   const inference = new InferenceService(models, servePool, usage, logError);
-  const services: Services = { orgs, files, fileReports, models, jobs, notifications, usage, inference };
+  const exports = new ExportService({ db: store.db, models, baseModels, jobs, files, servePool, home, log: logError });
+  const services: Services = { orgs, files, fileReports, models, jobs, notifications, usage, inference, exports };
   const maxUploadBytes = options.maxUploadBytes ?? DEFAULT_MAX_UPLOAD_BYTES;
   const app = buildApi(services, { maxUploadBytes, logger: options.logger ?? false });
   const validation = new FileValidation(jobs, files, baseModels, datasetSettings, tokenizers, home.work, (message, error) =>
@@ -129,6 +131,7 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   // running continue from their last checkpoint, and queued jobs start.
   await runner.recover();
   runner.kick();
+  await exports.recover();
   const { port } = app.server.address() as AddressInfo;
   // A server listening on every address is reached locally on loopback.
   const reachable = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host;

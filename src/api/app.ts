@@ -12,6 +12,8 @@ import type { Organization, OrgService } from '../orgs/orgs.js';
 import type { UsageService } from '../usage/usage.js';
 import { sendError } from './errors.js';
 import { filesRoutes } from './files.js';
+import type { ExportService } from '../export/exports.js';
+import { exportsRoutes } from './exports.js';
 import { inferenceRoutes } from './inference.js';
 import { jobsRoutes } from './jobs.js';
 import { modelsRoutes } from './models.js';
@@ -34,6 +36,7 @@ export interface Services {
   notifications: NotificationService;
   usage: UsageService;
   inference: InferenceService;
+  exports: ExportService;
 }
 
 export interface ApiOptions {
@@ -98,6 +101,7 @@ export function buildApi(services: Services, options: ApiOptions): FastifyInstan
       v1.register(jobsRoutes(services.jobs));
       v1.register(usageRoutes(services.usage));
       v1.register(inferenceRoutes(services.inference));
+      v1.register(exportsRoutes(services.exports));
     },
     { prefix: '/v1' },
   );
