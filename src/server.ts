@@ -149,6 +149,7 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
       await runner.stop();
       await notifications.stop();
       await app.close();
+      await exports.stop();
       await servePool.close();
       await store.close();
     },

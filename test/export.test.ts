@@ -6,8 +6,11 @@ import type OpenAI from 'openai';
 import * as tar from 'tar';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ModelExport } from '../src/export/exports.js';
+import { BaseModelRegistry } from '../src/models/base-models.js';
 import { TINY_MODEL_NAME } from '../src/models/tiny-model.js';
 import { runCli } from './support/cli.js';
+import { runEngine } from './support/engine-run.js';
+import { writeModelFolder } from './support/model-folder.js';
 import { type TestServer, DATASETS, finished, startTestServer, weatherJokes } from './support/server.js';
 
 const PYTHON = process.env.TUNELAB_PYTHON ?? 'python3';
@@ -25,9 +28,9 @@ const questions = fs
   .split('\n')
   .map((line) => (JSON.parse(line) as { messages: Array<{ role: string; content: string }> }).messages.slice(0, -1));
 
-async function served(messages: Array<{ role: string; content: string }>): Promise<string> {
+async function served(messages: Array<{ role: string; content: string }>, asked = model): Promise<string> {
   const completion = await client.chat.completions.create({
-    model,
+    model: asked,
     messages: messages as OpenAI.ChatCompletionMessageParam[],
     temperature: 0,
     max_completion_tokens: 64,
@@ -140,4 +143,60 @@ describe('the weather fine-tune of tunelab-tiny (a full fine-tune)', () => {
     await expect(other.get(`/exports/${mine[0]!.id}/content`)).rejects.toMatchObject({ status: 404 });
     await expect(other.post('/exports', { body: { model, format: 'merged' } })).rejects.toMatchObject({ status: 404 });
   }, 120_000);
+});
+
+describe('a LoRA fine-tune of a random Qwen3-shape model with the real Qwen3 tokenizer', () => {
+  let lora: string;
+  let base: string;
+
+  beforeAll(async () => {
+    // Weights spread wider than transformers' 0.02, so greedy answers vary from token to token
+    // instead of repeating one token, and the comparisons below compare something.
+    base = writeModelFolder(path.join(t.home, 'model-sources', 'qwen3-export'));
+    const config = JSON.parse(fs.readFileSync(path.join(base, 'config.json'), 'utf8')) as Record<string, unknown>;
+    fs.writeFileSync(path.join(base, 'config.json'), JSON.stringify({ ...config, initializer_range: 0.2 }));
+    const init = await runEngine(['init', '--config', path.join(base, 'config.json'), '--seed', '0', '--out', base]);
+    expect(init.code, init.stderr).toBe(0);
+    new BaseModelRegistry(t.server.home.models).add(base, 'qwen3-export');
+    const file = await client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
+    const job = await finished(
+      client,
+      (await client.fineTuning.jobs.create({ model: 'qwen3-export', training_file: file.id, hyperparameters: { n_epochs: 2 } })).id,
+      300_000,
+    );
+    expect(job.status).toBe('succeeded');
+    lora = job.fine_tuned_model!;
+  }, 400_000);
+
+  const referee = async (args: string[], conversations: typeof questions) => {
+    const child = promisify(execFile)(PYTHON, [REFEREE, ...args], { maxBuffer: 16 * 1024 * 1024 });
+    child.child.stdin!.end(JSON.stringify(conversations));
+    return JSON.parse((await child).stdout) as string[];
+  };
+
+  it('exports a PEFT adapter and merged weights that PEFT and transformers answer with our greedy answers', async () => {
+    const asked = questions.slice(0, 3);
+    const ours: string[] = [];
+    for (const messages of asked) ours.push(await served(messages, lora));
+    expect(new Set(ours[0]).size).toBeGreaterThan(3);
+
+    const peft = path.join(t.home, 'peft-export');
+    expect((await runCli(['export', lora, '--format', 'peft', '--out', peft], { env: cliEnv() })).code).toBe(0);
+    const adapterConfig = JSON.parse(fs.readFileSync(path.join(peft, 'adapter_config.json'), 'utf8')) as Record<string, unknown>;
+    expect(adapterConfig.base_model_name_or_path).toBe('qwen3-export');
+    expect(await referee([base, '--adapter', peft], asked)).toEqual(ours);
+
+    const merged = path.join(t.home, 'merged-lora-export');
+    expect((await runCli(['export', lora, '--format', 'merged', '--out', merged], { env: cliEnv() })).code).toBe(0);
+    expect(await referee([merged], asked)).toEqual(ours);
+  }, 300_000);
+
+  it('exports an f16 GGUF whose embedded template gives our prompt ids and whose answers are ours token for token', async () => {
+    const job = await exported({ model: lora, format: 'gguf', quantization: 'f16' });
+    expect(job.error).toBeNull();
+    const checks = job.checks!;
+    expect(checks.prompts).toHaveLength(10);
+    expect(checks.prompts.every((p) => p.equal_tokens === p.tokens && p.prompt_tokens > 20)).toBe(true);
+    expect(checks.prompts[0]!.llama_cpp).toBe(await served(questions[0]!, lora));
+  }, 300_000);
 });

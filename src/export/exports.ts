@@ -24,7 +24,7 @@ import { type TrainingPrompts, trainingPrompts } from './training-prompts.js';
 export const EXPORT_FORMATS = ['peft', 'merged', 'gguf'] as const;
 export type ExportFormat = (typeof EXPORT_FORMATS)[number];
 /** What llama.cpp's converter writes itself; q4_k_m would need llama.cpp's llama-quantize, which tunelab does not build. */
-export const GGUF_QUANTIZATIONS = ['f16', 'bf16', 'q8_0'] as const;
+export const GGUF_QUANTIZATIONS = ['f32', 'f16', 'bf16', 'q8_0'] as const;
 export type GgufQuantization = (typeof GGUF_QUANTIZATIONS)[number];
 
 type ExportStatus = ModelExportTable['status'];
@@ -40,7 +40,7 @@ const NEXT: Record<ExportStatus, readonly ExportStatus[]> = {
 };
 
 /** Full-precision GGUFs answer token for token as tunelab does; quantized ones must keep the first sentence. */
-const EXACT_QUANTIZATIONS: readonly string[] = ['f16', 'bf16'];
+const EXACT_QUANTIZATIONS: readonly string[] = ['f32', 'f16', 'bf16'];
 
 /** Prompts from the training file the GGUF check answers. */
 const CHECKED_PROMPTS = 10;
@@ -89,6 +89,7 @@ interface Dependencies {
  */
 export class ExportService {
   private queue: Promise<void> = Promise.resolve();
+  private stopping = false;
 
   constructor(private readonly deps: Dependencies) {
     fs.mkdirSync(deps.home.exports, { recursive: true });
@@ -164,14 +165,15 @@ export class ExportService {
     }
   }
 
-  /** Resolves once every export queued so far has finished. */
-  idle(): Promise<void> {
-    return this.queue;
+  /** Lets the export under way finish; queued ones stay queued for the next start. */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    await this.queue;
   }
 
   private enqueue(id: string): void {
     this.queue = this.queue.then(() =>
-      this.run(id).catch(async (error: unknown) => {
+      this.stopping ? undefined : this.run(id).catch(async (error: unknown) => {
         const known = error instanceof ServiceError;
         if (!known) this.deps.log(`export ${id} failed`, error);
         await this.fail(id, known ? (error.code ?? error.kind) : 'export_failed', (error as Error).message).catch((e: unknown) =>
