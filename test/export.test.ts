@@ -10,7 +10,7 @@ import { BaseModelRegistry } from '../src/models/base-models.js';
 import { TINY_MODEL_NAME } from '../src/models/tiny-model.js';
 import { runCli } from './support/cli.js';
 import { runEngine } from './support/engine-run.js';
-import { writeModelFolder } from './support/model-folder.js';
+import { writeTrainableModelFolder } from './support/model-folder.js';
 import { type TestServer, DATASETS, finished, startTestServer, weatherJokes } from './support/server.js';
 
 const PYTHON = process.env.TUNELAB_PYTHON ?? 'python3';
@@ -150,18 +150,15 @@ describe('a LoRA fine-tune of a random Qwen3-shape model with the real Qwen3 tok
   let base: string;
 
   beforeAll(async () => {
-    // Weights spread wider than transformers' 0.02, so greedy answers vary from token to token
-    // instead of repeating one token, and the comparisons below compare something.
-    base = writeModelFolder(path.join(t.home, 'model-sources', 'qwen3-export'));
-    const config = JSON.parse(fs.readFileSync(path.join(base, 'config.json'), 'utf8')) as Record<string, unknown>;
-    fs.writeFileSync(path.join(base, 'config.json'), JSON.stringify({ ...config, initializer_range: 0.2 }));
-    const init = await runEngine(['init', '--config', path.join(base, 'config.json'), '--seed', '0', '--out', base]);
-    expect(init.code, init.stderr).toBe(0);
+    // A random model's answers with a 151,936-token vocabulary meet near-ties (two logits 1e-3 apart)
+    // that any other arithmetic breaks either way (llama.cpp in f32 and transformers disagreed on
+    // one), so the adapter is trained hard enough to make its answers peaked, if repetitive.
+    base = await writeTrainableModelFolder(path.join(t.home, 'model-sources', 'qwen3-export'));
     new BaseModelRegistry(t.server.home.models).add(base, 'qwen3-export');
     const file = await client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
     const job = await finished(
       client,
-      (await client.fineTuning.jobs.create({ model: 'qwen3-export', training_file: file.id, hyperparameters: { n_epochs: 2 } })).id,
+      (await client.fineTuning.jobs.create({ model: 'qwen3-export', training_file: file.id, hyperparameters: { n_epochs: 10, learning_rate_multiplier: 10 } })).id,
       300_000,
     );
     expect(job.status).toBe('succeeded');
@@ -178,7 +175,10 @@ describe('a LoRA fine-tune of a random Qwen3-shape model with the real Qwen3 tok
     const asked = questions.slice(0, 3);
     const ours: string[] = [];
     for (const messages of asked) ours.push(await served(messages, lora));
-    expect(new Set(ours[0]).size).toBeGreaterThan(3);
+    // The adapter changes the answers, so an export that lost it would be caught.
+    const baseAnswers: string[] = [];
+    for (const messages of asked) baseAnswers.push(await served(messages, 'qwen3-export'));
+    expect(ours).not.toEqual(baseAnswers);
 
     const peft = path.join(t.home, 'peft-export');
     expect((await runCli(['export', lora, '--format', 'peft', '--out', peft], { env: cliEnv() })).code).toBe(0);

@@ -237,7 +237,7 @@ export class ExportService {
       served: this.served(source, tokenizer),
       onProgress: (done) => void this.progress(row.id, 0.6 + (0.35 * done) / total, `checking with llama.cpp: ${done} of ${total} prompts`),
     });
-    const run = { name: name.toLowerCase(), ggufFile, tokenizer, chatTemplate: chatTemplateOf(merged), system: prompts.system };
+    const run = { name: name.toLowerCase(), ggufFile, tokenizer, chatTemplate: tokenizer.chatTemplate ?? '', system: prompts.system };
     const equal = `${(checks.equal_token_share * 100).toFixed(1)}%`;
     const summary =
       `Exported by tunelab from \`${row.model}\` as GGUF (${quantization}) with llama.cpp's converter. Checked before ` +
@@ -352,13 +352,6 @@ export const exportName = (model: string) => model.replace(/^ft:/, '').replace(/
 
 const archiveName = (row: Pick<ExportRow, 'model' | 'format' | 'quantization'>) =>
   `${exportName(row.model)}-${row.format}${row.quantization ? `-${row.quantization}` : ''}.tar.gz`;
-
-function chatTemplateOf(folder: string): string {
-  const jinja = path.join(folder, 'chat_template.jinja');
-  if (fs.existsSync(jinja)) return fs.readFileSync(jinja, 'utf8');
-  const config = JSON.parse(fs.readFileSync(path.join(folder, 'tokenizer_config.json'), 'utf8')) as { chat_template?: unknown };
-  return typeof config.chat_template === 'string' ? config.chat_template : '';
-}
 
 function toExport(row: ExportRow): ModelExport {
   return {
