@@ -3,7 +3,9 @@
  * (bf16, the Qwen3 tokenizer; made once under bench/results/tmp/) trained for one epoch on the
  * weather dataset, then `POST /v1/exports` (gguf, q8_0) timed from the request to `succeeded`,
  * with the time of each stage (merging, converting, checking with llama.cpp, archiving) taken
- * from the export object polled every 200 ms. Once, on a fresh home.
+ * from the export object polled every 200 ms. Once, on a fresh home. Random weights answer with
+ * near-ties that quantization breaks, so the check may fail the export; the stages up to the
+ * failure are reported all the same.
  *
  *   npm run bench:export
  */
@@ -50,7 +52,7 @@ try {
     }
   }
   const seconds = (performance.now() - started) / 1000;
-  if (exported.status !== 'succeeded') throw new Error(`export failed: ${exported.error?.message}`);
+  stages[stage] = (stages[stage] ?? 0) + (performance.now() - stageAt) / 1000;
   writeResult('export', {
     command: 'npm run bench:export',
     machine: machine(),
@@ -58,6 +60,10 @@ try {
     load_avg_1m_after: os.loadavg()[0],
     model: 'LoRA fine-tune (1 epoch, weather) of random Qwen2.5-0.5B-shape bf16 weights',
     quantization: QUANTIZATION,
+    status: exported.status,
+    // Random weights meet near-ties a quantized file breaks, so the check may fail them: the
+    // stage times up to then are still the export's.
+    error: exported.error?.message ?? null,
     export_seconds: Math.round(seconds * 10) / 10,
     stage_seconds: Object.fromEntries(Object.entries(stages).map(([k, v]) => [k, Math.round(v * 10) / 10])),
     archive_bytes: exported.bytes,

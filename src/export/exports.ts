@@ -106,7 +106,15 @@ export class ExportService {
         'format',
       );
     }
-    if (request.format === 'gguf') installedConverter(this.deps.home.tools);
+    if (request.format === 'gguf') {
+      installedConverter(this.deps.home.tools);
+      if (!(await this.prompts(orgId, request.model)).conversations.length) {
+        throw invalidRequest(
+          `A GGUF export is checked on chat prompts of the job's training file, and the training file of \`${request.model}\` has none.`,
+          'model',
+        );
+      }
+    }
     const row: Insertable<ModelExportTable> & ExportRowFields = {
       id: newId('export-'),
       org_id: orgId,

@@ -88,7 +88,25 @@ export async function writeMergedFolder(source: ExportSource, out: string, scrat
     }
   }
   await copyFiles(from, out, (name) => MODEL_FILES.includes(name) || /^model(-\d+-of-\d+)?\.safetensors$/.test(name));
+  await nameArchitecture(out);
   await writeGenerationConfig(out);
+}
+
+/** The class transformers and llama.cpp's converter pick the model by, for each family tunelab trains. */
+const ARCHITECTURES: Record<string, string> = {
+  llama: 'LlamaForCausalLM',
+  mistral: 'MistralForCausalLM',
+  qwen2: 'Qwen2ForCausalLM',
+  qwen3: 'Qwen3ForCausalLM',
+};
+
+/** A config written without `architectures` (tunelab reads `model_type`) gets its family's class. */
+async function nameArchitecture(folder: string): Promise<void> {
+  const file = path.join(folder, 'config.json');
+  const config = JSON.parse(await fsp.readFile(file, 'utf8')) as { architectures?: unknown; model_type?: string };
+  const architecture = ARCHITECTURES[config.model_type ?? ''];
+  if (config.architectures || !architecture) return;
+  await fsp.writeFile(file, `${JSON.stringify({ architectures: [architecture], ...config }, null, 2)}\n`);
 }
 
 async function writeGenerationConfig(folder: string): Promise<void> {
