@@ -40,7 +40,8 @@ export function modelfile(run: RunInstructions): string {
 
 /** The export's README: what it is, and the command that runs it in Ollama and in llama.cpp. */
 export function readme(run: RunInstructions, summary: string): string {
-  const kwargs = hasThinkingSwitch(run.chatTemplate) ? ` --chat-template-kwargs '{"enable_thinking":false}'` : '';
+  // llama.cpp's switch for `enable_thinking: false` (its --chat-template-kwargs spelling is deprecated).
+  const thinking = hasThinkingSwitch(run.chatTemplate) ? ' --reasoning off' : '';
   const system = run.system !== null ? ` -sys ${JSON.stringify(run.system)}` : '';
   return [
     `# ${run.name}`,
@@ -56,7 +57,7 @@ export function readme(run: RunInstructions, summary: string): string {
     '## llama.cpp',
     '',
     '```sh',
-    `llama-cli -m ${run.ggufFile} --jinja${kwargs}${system}`,
+    `llama-cli -m ${run.ggufFile} --jinja${thinking}${system}`,
     '```',
     '',
     "`--jinja` renders the chat template embedded in the GGUF, the one the model was trained with.",
