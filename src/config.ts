@@ -21,6 +21,10 @@ export interface HomeLayout {
   logs: string;
   /** A few megabytes kept free for recording a job's failure when the disk fills (src/files/disk.ts). */
   diskReserve: string;
+  /** Per export: its archive (and, while it runs, its work folder). */
+  exports: string;
+  /** Tools fetched by a setup step, such as llama.cpp's GGUF converter. */
+  tools: string;
 }
 
 export function resolveHome(flag?: string): string {
@@ -42,6 +46,8 @@ export function homeLayout(home: string): HomeLayout {
     adapters: path.join(root, 'adapters'),
     logs: path.join(root, 'logs'),
     diskReserve: path.join(root, 'disk-reserve'),
+    exports: path.join(root, 'exports'),
+    tools: path.join(root, 'tools'),
   };
 }
 

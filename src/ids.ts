@@ -25,7 +25,7 @@ export function randomToken(length = 24): string {
   return out;
 }
 
-export const newId = (prefix: 'file-' | 'ftjob-' | 'ftevent-' | 'ftckpt_' | 'org-' | 'key_' | 'req_' | 'chatcmpl-' | 'cmpl-' | 'pull_' | 'call_' | 'resp_' | 'msg_' | 'fc_') =>
+export const newId = (prefix: 'file-' | 'ftjob-' | 'ftevent-' | 'ftckpt_' | 'org-' | 'key_' | 'req_' | 'chatcmpl-' | 'cmpl-' | 'pull_' | 'call_' | 'resp_' | 'msg_' | 'fc_' | 'export-') =>
   prefix + randomToken();
 
 export const unixSeconds = (date = Date.now()) => Math.floor(date / 1000);

@@ -10,6 +10,7 @@ import { FileService } from './files/files.js';
 import { useEnginePython } from './engine/python.js';
 import { ServePool } from './engine/serve-pool.js';
 import { locateEnginePython } from './engine/setup.js';
+import { ExportService } from './export/exports.js';
 import { InferenceService } from './inference/inference.js';
 import { type ServingSettings, loadServingSettings } from './inference/settings.js';
 import { ResponseService } from './responses/responses.js';
@@ -101,7 +102,8 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   const inference = new InferenceService(models, servePool, usage, logError);
   const pulls = new ModelPullService(baseModels, loadPullOrganizations(home.root));
   const responses = new ResponseService(store.db, inference);
-  const services: Services = { orgs, files, fileReports, models, pulls, jobs, notifications, usage, inference, responses };
+  const exports = new ExportService({ db: store.db, models, baseModels, jobs, files, servePool, home, log: logError });
+  const services: Services = { orgs, files, fileReports, models, pulls, jobs, notifications, usage, inference, responses, exports };
   const maxUploadBytes = options.maxUploadBytes ?? DEFAULT_MAX_UPLOAD_BYTES;
   const disk = new DiskSpace(home.root, home.diskReserve);
   await disk.setAside();
@@ -156,6 +158,7 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   // running continue from their last checkpoint, and queued jobs start.
   await runner.recover();
   runner.kick();
+  await exports.recover();
   const { port } = app.server.address() as AddressInfo;
   // A server listening on every address is reached locally on loopback.
   const reachable = host === '0.0.0.0' || host === '::' ? '127.0.0.1' : host.includes(':') ? `[${host}]` : host;
@@ -174,6 +177,7 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
       await runner.stop();
       await notifications.stop();
       await app.close();
+      await exports.stop();
       await servePool.close();
       await store.close();
     },

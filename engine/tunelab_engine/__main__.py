@@ -1,4 +1,4 @@
-"""python3 -m tunelab_engine {init,train,merge,generate,serve} ...; see engine/README.md."""
+"""python3 -m tunelab_engine {init,train,merge,gguf,generate,serve} ...; see engine/README.md."""
 
 import argparse
 import os
@@ -42,6 +42,11 @@ def cmd_merge(args):
     events.emit("done", path=os.path.abspath(args.out))
 
 
+def cmd_gguf(args):
+    from . import gguf_export
+    gguf_export.convert(args.model, args.out, args.outtype, args.converter)
+
+
 def cmd_generate(args):
     runtime.use_threads()
     try:
@@ -81,6 +86,12 @@ def parser():
     merge.add_argument("--adapter", required=True)
     merge.add_argument("--out", required=True)
     merge.set_defaults(run=cmd_merge)
+    gguf = sub.add_parser("gguf", help="convert a model folder to GGUF with llama.cpp's converter")
+    gguf.add_argument("--model", required=True)
+    gguf.add_argument("--out", required=True, help="the .gguf file to write")
+    gguf.add_argument("--outtype", default="f16", help="f16, bf16, q8_0 or f32")
+    gguf.add_argument("--converter", required=True, help="the folder holding convert_hf_to_gguf.py, conversion/ and gguf-py/")
+    gguf.set_defaults(run=cmd_gguf)
     gen = sub.add_parser("generate", help="continue one prompt of token ids")
     gen.add_argument("--model", required=True)
     gen.add_argument("--adapter")

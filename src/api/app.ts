@@ -15,6 +15,8 @@ import type { UsageService } from '../usage/usage.js';
 import type { DiskSpace } from '../files/disk.js';
 import { sendClientError, sendError } from './errors.js';
 import { filesRoutes } from './files.js';
+import type { ExportService } from '../export/exports.js';
+import { exportsRoutes } from './exports.js';
 import { inferenceRoutes } from './inference.js';
 import { responsesRoutes } from './responses.js';
 import { jobsRoutes } from './jobs.js';
@@ -44,6 +46,7 @@ export interface Services {
   usage: UsageService;
   inference: InferenceService;
   responses: ResponseService;
+  exports: ExportService;
 }
 
 export interface ApiOptions {
@@ -122,6 +125,7 @@ export function buildApi(services: Services, options: ApiOptions): FastifyInstan
       v1.register(inferenceRoutes(services.inference));
       v1.register(keysRoutes(services.orgs));
       v1.register(responsesRoutes(services.responses));
+      v1.register(exportsRoutes(services.exports));
     },
     { prefix: '/v1' },
   );

@@ -5,6 +5,7 @@ import { adminCommands } from './admin.js';
 import { notificationAdminCommands } from './admin-notifications.js';
 import { apiCommands } from './api-commands.js';
 import { chatCommand } from './chat-command.js';
+import { exportCommands } from './export-command.js';
 import { datasetCommands, USAGE_ERROR, UsageError } from './dataset-commands.js';
 import { serveCommand } from './serve.js';
 import { setupCommand } from './setup-command.js';
@@ -24,6 +25,7 @@ apiCommands(program, models);
 notificationAdminCommands(program);
 usageCommand(program);
 chatCommand(program);
+exportCommands(program);
 
 try {
   await program.parseAsync();

@@ -266,5 +266,26 @@ export function migrations(dialect: Dialect): Record<string, Migration> {
           .execute();
       },
     },
+    '0008_model_exports': {
+      async up(db: Kysely<any>) {
+        await withSeq(db.schema.createTable('model_exports'))
+          .addColumn('id', 'text', (c) => c.notNull().unique())
+          .addColumn('org_id', 'text', (c) => c.notNull().references('organizations.id'))
+          .addColumn('model', 'text', (c) => c.notNull())
+          .addColumn('format', 'text', (c) => c.notNull())
+          .addColumn('quantization', 'text')
+          .addColumn('status', 'text', (c) => c.notNull())
+          .addColumn('progress', 'real', (c) => c.notNull())
+          .addColumn('stage', 'text')
+          .addColumn('checks', 'text')
+          .addColumn('error_code', 'text')
+          .addColumn('error_message', 'text')
+          .addColumn('bytes', 'bigint')
+          .addColumn('created_at', 'bigint', (c) => c.notNull())
+          .addColumn('finished_at', 'bigint')
+          .execute();
+        await db.schema.createIndex('model_exports_by_org').on('model_exports').columns(['org_id', 'seq']).execute();
+      },
+    },
   };
 }

@@ -21,6 +21,7 @@ export interface Database {
   notification_deliveries: NotificationDeliveryTable;
   usage_records: UsageRecordTable;
   responses: StoredResponseTable;
+  model_exports: ModelExportTable;
 }
 
 export interface OrganizationTable {
@@ -228,4 +229,27 @@ export interface StoredResponseTable {
   response: string;
   /** JSON: the chat messages of its conversation through its output, which `previous_response_id` continues. */
   conversation: string;
+}
+
+/** An export of a fine-tune (`tunelab export`, `/v1/exports`): a background task and its archive. */
+export interface ModelExportTable {
+  seq: Generated<number>;
+  id: string;
+  org_id: string;
+  model: string;
+  format: 'peft' | 'merged' | 'gguf';
+  /** GGUF only: f16, bf16, q8_0. */
+  quantization: string | null;
+  status: 'queued' | 'running' | 'succeeded' | 'failed';
+  /** 0..1, and what runs now. */
+  progress: number;
+  stage: string | null;
+  /** JSON: the comparison with tunelab's own serving (GGUF), null before it ran. */
+  checks: string | null;
+  error_code: string | null;
+  error_message: string | null;
+  /** The archive's size once made. */
+  bytes: number | null;
+  created_at: number;
+  finished_at: number | null;
 }

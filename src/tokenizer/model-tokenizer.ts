@@ -42,6 +42,9 @@ export class ModelTokenizer {
   /** Every special token's text: a template's turn may end in one the configs do not name. */
   readonly specialTokens: readonly string[];
 
+  /** The chat template's source, as the model folder gives it; null when it has none. */
+  readonly chatTemplate: string | null;
+
   private readonly template: Template | null;
 
   private constructor(
@@ -56,6 +59,7 @@ export class ModelTokenizer {
   ) {
     this.bosToken = tokenText(config.bos_token);
     this.eosToken = tokenText(config.eos_token);
+    this.chatTemplate = templateSource;
     this.template = templateSource ? new Template(templateSource) : null;
     const ends = new Set<string>();
     if (this.eosToken) ends.add(this.eosToken);

@@ -129,13 +129,18 @@ export function uploadFile(file: File, onProgress: (sent: number, total: number)
 }
 
 /** A file's content needs the key in a header, which a plain link cannot send: fetched, then saved from a blob. */
-export async function downloadFile(file: FileObject): Promise<void> {
-  const response = await fetch(url(`/files/${encodeURIComponent(file.id)}/content`), { headers: headers() });
+export function downloadFile(file: FileObject): Promise<void> {
+  return download(`/files/${encodeURIComponent(file.id)}/content`, file.filename);
+}
+
+/** Fetches an API path with the key and hands the body to the browser as a file download. */
+export async function download(path: string, filename: string): Promise<void> {
+  const response = await fetch(url(path), { headers: headers() });
   if (!response.ok) throw await failure(response);
   const blobUrl = URL.createObjectURL(await response.blob());
   const link = document.createElement('a');
   link.href = blobUrl;
-  link.download = file.filename;
+  link.download = filename;
   link.click();
   // The browser reads the blob after the click returns; a minute is plenty before letting it go.
   setTimeout(() => URL.revokeObjectURL(blobUrl), 60_000);

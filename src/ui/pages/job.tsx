@@ -13,6 +13,7 @@ import {
   type FineTuningJobEvent,
   type List,
 } from '../api.js';
+import { ExportMenu } from '../components/export-menu.js';
 import { ErrorMessage, Facts, Loading, PageHeader, StatusBadge } from '../components/common.js';
 import { LineChart } from '../components/line-chart.js';
 import { useLoad } from '../components/use-load.js';
@@ -286,6 +287,7 @@ function names(job: FineTuningJob): Array<[string, ComponentChildren]> {
         '—'
       ),
     ],
+    ...(job.fine_tuned_model ? [['Export', <ExportMenu model={job.fine_tuned_model} />] as [string, ComponentChildren]] : []),
     ['Training file', fileLink(job.training_file)],
     ['Validation file', fileLink(job.validation_file)],
   ];
