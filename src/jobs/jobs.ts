@@ -5,6 +5,7 @@ import type {
   FineTuningJobEvent,
 } from 'openai/resources/fine-tuning/jobs/jobs';
 import type { FineTuningJobCheckpoint } from 'openai/resources/fine-tuning/jobs/checkpoints';
+import type { DatasetReport } from '../datasets/doctor.js';
 import type { StepMetrics } from '../engine/protocol.js';
 import { ServiceError, invalidRequest, noSuch } from '../errors.js';
 import type { FileService } from '../files/files.js';
@@ -135,7 +136,7 @@ export class JobService {
     return rows.map(toJob);
   }
 
-  async saveValidationReport(jobId: string, report: object): Promise<void> {
+  async saveValidationReport(jobId: string, report: DatasetReport): Promise<void> {
     const row = { job_id: jobId, created_at: unixSeconds(), report: JSON.stringify(report) };
     await this.db
       .insertInto('job_validation_reports')
@@ -155,6 +156,14 @@ export class JobService {
       });
     }
     return { object: 'fine_tuning.job.validation_report', fine_tuning_job_id: jobId, created_at: row.created_at, ...JSON.parse(row.report) };
+  }
+
+  /** The dataset doctor's report a queued job was validated with: what its training is planned from. */
+  async trainingReport(jobId: string): Promise<DatasetReport> {
+    const row = await this.db.selectFrom('job_validation_reports').select('report').where('job_id', '=', jobId).executeTakeFirst();
+    if (!row) throw new Error(`job ${jobId} has no validation report: its files were never validated`);
+    // Written by saveValidationReport from the doctor's own type.
+    return JSON.parse(row.report) as DatasetReport;
   }
 
   async list(

@@ -1,0 +1,87 @@
+import type { EngineEvent, EvalEvent, StepEvent } from '../engine/protocol.js';
+import { unixSeconds } from '../ids.js';
+import type { CheckpointModels } from './checkpoint-models.js';
+import type { JobService } from './jobs.js';
+import type { Metrics, Run } from './run.js';
+
+/** How often `estimated_finish` is rewritten while a job runs. */
+const ESTIMATE_EVERY_MS = 2000;
+
+/**
+ * Turns what a training engine says into the job's record: steps into metrics events, evaluations
+ * into the step they were made at, epoch checkpoints into models; the rest (how it ended) is noted
+ * on the run for the runner to act on once the engine exits.
+ */
+export class EngineEvents {
+  constructor(
+    private readonly jobs: JobService,
+    private readonly checkpoints: CheckpointModels,
+  ) {}
+
+  async record(run: Run, event: EngineEvent): Promise<void> {
+    switch (event.type) {
+      case 'started':
+        run.totalSteps = Number(event.total_steps);
+        return;
+      case 'step':
+        return this.step(run, event);
+      case 'eval':
+        return this.evaluation(run, event);
+      case 'checkpoint': {
+        const step = Number(event.step);
+        // The last epoch's checkpoint becomes the fine-tuned model when the engine is done; a cancelled job makes none.
+        if (run.stopping === 'cancel' || step <= run.lastCheckpointStep || step >= run.totalSteps) return;
+        return this.checkpoints.register(run, step, String(event.path), run.lastMetrics?.data.step === step ? run.lastMetrics.data : undefined);
+      }
+      case 'cancelled':
+        run.stoppedAtStep = Number(event.step);
+        return;
+      case 'done':
+        run.done = event;
+        return;
+      case 'error':
+        run.error = { code: String(event.code), message: String(event.message) };
+        return;
+    }
+  }
+
+  private async step(run: Run, event: StepEvent): Promise<void> {
+    const step = Number(event.step);
+    // A run resumed from a checkpoint repeats the steps after it that were already recorded.
+    if (run.lastMetrics && step <= run.lastMetrics.data.step) return;
+    const data: Metrics = {
+      step,
+      total_steps: Number(event.total_steps),
+      train_loss: event.train_loss,
+      train_mean_token_accuracy: event.train_mean_token_accuracy,
+    };
+    const id = await this.jobs.recordStep(run.job.id, { message: stepMessage(data), data });
+    run.lastMetrics = { id, data };
+    // From the engine's own clock, so a backlog of events here does not skew it.
+    const now = typeof event.time === 'number' ? event.time * 1000 : Date.now();
+    const elapsed = Number(event.elapsed_s);
+    if (run.stopping === null && now - run.lastEstimateAt >= ESTIMATE_EVERY_MS && elapsed > 0) {
+      run.lastEstimateAt = now;
+      const perStep = (elapsed * 1000) / (step - run.startStep);
+      await this.jobs.setEstimatedFinish(run.job.id, unixSeconds(now + perStep * (run.totalSteps - step)));
+    }
+  }
+
+  /** An evaluation follows the step it was made at: it joins that step's metrics event. */
+  private async evaluation(run: Run, event: EvalEvent): Promise<void> {
+    if (!run.lastMetrics || run.lastMetrics.data.step !== Number(event.step)) return;
+    const data: Metrics = { ...run.lastMetrics.data };
+    for (const key of ['valid_loss', 'valid_mean_token_accuracy', 'full_valid_loss', 'full_valid_mean_token_accuracy'] as const) {
+      if (key in event) data[key] = event[key];
+    }
+    await this.jobs.updateStep(run.job.id, run.lastMetrics.id, { message: stepMessage(data), data });
+    run.lastMetrics = { id: run.lastMetrics.id, data };
+  }
+}
+
+function stepMessage(data: Metrics): string {
+  const loss = (value: unknown) => (typeof value === 'number' ? value.toFixed(4) : 'n/a');
+  let message = `Step ${data.step}/${data.total_steps}: training loss=${loss(data.train_loss)}`;
+  if ('valid_loss' in data) message += `, validation loss=${loss(data.valid_loss)}`;
+  return message;
+}

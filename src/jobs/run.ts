@@ -1,0 +1,58 @@
+import type { DoneEvent, StepMetrics } from '../engine/protocol.js';
+import type { TrainingProcess } from '../engine/training-process.js';
+import type { DiskSpace } from '../files/disk.js';
+import type { FileService } from '../files/files.js';
+import type { BaseModelRegistry } from '../models/base-models.js';
+import type { ModelService } from '../models/models.js';
+import type { OrgService } from '../orgs/orgs.js';
+import type { Db } from '../store/store.js';
+import type { CheckpointSpace } from './checkpoint-space.js';
+import type { JobFolders } from './job-folders.js';
+import type { FineTuningJob, JobService } from './jobs.js';
+
+/** The services a run records through: the same ones the API serves from. */
+export interface RunnerServices {
+  db: Db;
+  jobs: JobService;
+  models: ModelService;
+  files: FileService;
+  orgs: OrgService;
+  baseModels: BaseModelRegistry;
+  disk: DiskSpace;
+}
+
+export type Metrics = Partial<StepMetrics> & { step: number };
+
+/** Why a run failed; a `plain` message is the job's whole message, without the engine's last lines. */
+export interface JobError {
+  code: string;
+  message: string;
+  plain?: boolean;
+}
+
+/** One engine process training one job, and what the runner learned from its events so far. */
+export interface Run {
+  job: FineTuningJob;
+  folders: JobFolders;
+  /** Null until it is started (a checkpoint may be recorded first). */
+  engine: TrainingProcess | null;
+  /** Why the runner is stopping the engine: what it says afterwards is recorded accordingly. */
+  stopping: 'cancel' | 'pause' | 'shutdown' | null;
+  /** The runner itself is moving the job to its end; its own move is not a person's. */
+  finishing: boolean;
+  finished: Promise<void>;
+  fineTunedModel: string;
+  /** What its checkpoints take on disk, for the messages of a full disk. */
+  space: CheckpointSpace;
+  totalSteps: number;
+  /** The step this run started from (the checkpoint it resumed, or 0). */
+  startStep: number;
+  /** The newest metrics event, so an evaluation of its step can join it. */
+  lastMetrics: { id: string; data: Metrics } | null;
+  lastCheckpointStep: number;
+  lastEstimateAt: number;
+  error: JobError | null;
+  done: DoneEvent | null;
+  /** The step the engine saved when it was stopped (`cancelled` event), by the runner or not. */
+  stoppedAtStep: number | null;
+}

@@ -1,0 +1,76 @@
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import type { DatasetReport } from '../datasets/doctor.js';
+import type { TrainingSpec } from '../engine/protocol.js';
+import type { BaseModel } from '../models/base-models.js';
+import { type TrainingDefaults, trainingDefaults } from '../models/training-defaults.js';
+import { type ResolvedHyperparameters, learningRate, resolveHyperparameters } from './hyperparameters.js';
+import type { JobFolders } from './job-folders.js';
+import type { SupervisedHyperparameters } from './job-request.js';
+import type { FineTuningJob } from './jobs.js';
+
+/** What a job trains, in numbers: its hyperparameters with "auto" resolved, and its length in steps. */
+export interface TrainingPlan {
+  resolved: ResolvedHyperparameters;
+  defaults: TrainingDefaults;
+  stepsPerEpoch: number;
+  totalSteps: number;
+}
+
+export function planTraining(job: FineTuningJob, model: BaseModel, report: DatasetReport): TrainingPlan {
+  const defaults = trainingDefaults(model.path);
+  const resolved = resolveHyperparameters(job.hyperparameters as SupervisedHyperparameters, report.n_examples, defaults);
+  const stepsPerEpoch = Math.ceil(report.n_examples / resolved.batch_size);
+  return { resolved, defaults, stepsPerEpoch, totalSteps: stepsPerEpoch * resolved.n_epochs };
+}
+
+/**
+ * Writes the engine's spec into the job's work folder. A resumed run keeps the spec it started
+ * with (same schedule, same curve) and only names the checkpoint it continues from.
+ */
+export async function writeTrainingSpec(options: {
+  job: FineTuningJob;
+  model: BaseModel;
+  report: DatasetReport;
+  plan: TrainingPlan;
+  folders: JobFolders;
+  resumeFrom: string | null;
+  /** Cores for this engine when several share the host; all of them when null. */
+  threads: number | null;
+}): Promise<TrainingSpec> {
+  const { job, model, report, plan, folders, resumeFrom, threads } = options;
+  const { resolved, defaults, totalSteps } = plan;
+  const written = resumeFrom && fs.existsSync(folders.spec) ? (JSON.parse(fs.readFileSync(folders.spec, 'utf8')) as TrainingSpec) : null;
+  const valid = fs.existsSync(folders.valid) ? folders.valid : null;
+  const spec: TrainingSpec = written ?? {
+    // The model's own engine settings first: the fields below are the runner's to set.
+    ...defaults.engine,
+    model: model.path,
+    base_model_name: job.model,
+    train_data: folders.train,
+    valid_data: valid,
+    output_dir: folders.output,
+    work_dir: folders.work,
+    training: resolved.full ? 'full' : 'lora',
+    ...(resolved.full ? {} : { lora: { rank: resolved.lora_rank, alpha: resolved.lora_alpha } }),
+    n_epochs: resolved.n_epochs,
+    batch_size: resolved.batch_size,
+    learning_rate: learningRate(resolved, defaults),
+    seq_len: sequenceLength(report, job.model),
+    warmup_steps: Math.ceil(defaults.warmup_ratio * totalSteps),
+    lr_schedule: defaults.lr_schedule,
+    seed: job.seed,
+    // About ten validation points along the curve, and one at each epoch's end.
+    eval_every: valid ? Math.max(1, Math.floor(totalSteps / 10)) : 0,
+    ...(threads !== null ? { threads } : {}),
+  };
+  spec.resume_from = resumeFrom;
+  await fsp.writeFile(folders.spec, `${JSON.stringify(spec, null, 2)}\n`);
+  return spec;
+}
+
+/** Packed rows hold the longest example whole; shorter rows waste nothing (attention sees only real tokens). */
+function sequenceLength(report: DatasetReport, model: string): number {
+  const longest = report.token_counts[model]?.distributions.total_tokens?.max ?? report.context;
+  return Math.min(report.context, Math.max(longest, 512));
+}
