@@ -3,7 +3,7 @@ import { defineConfig } from 'vitest/config';
 import { findPostgresBin } from './test/support/postgres.js';
 
 /** The tests that go through the store run once on SQLite and once on PostgreSQL, where one is at hand. */
-const STORE_TESTS = ['guide', 'errors', 'isolation', 'pagination', 'restart', 'uploads', 'validation-pipeline', 'notifications', 'usage', 'jobs', 'keys', 'long-jobs', 'responses'].map((name) => `test/${name}.test.ts`);
+const STORE_TESTS = ['guide', 'errors', 'isolation', 'pagination', 'restart', 'uploads', 'validation-pipeline', 'notifications', 'usage', 'jobs', 'keys', 'long-jobs', 'responses', 'workers'].map((name) => `test/${name}.test.ts`);
 const postgresAvailable = Boolean(process.env.TUNELAB_TEST_POSTGRES_URL || findPostgresBin());
 if (!postgresAvailable) {
   console.warn('PostgreSQL not found (apt-get install postgresql, or set TUNELAB_TEST_POSTGRES_URL): store tests run on SQLite only.');

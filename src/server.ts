@@ -17,6 +17,9 @@ import { ResponseService } from './responses/responses.js';
 import { FileValidation } from './jobs/file-validation.js';
 import { JobService } from './jobs/jobs.js';
 import { JobRunner } from './jobs/runner.js';
+import { detectCapabilities, memoryForOneJob } from './jobs/capabilities.js';
+import { DEFAULT_LEASE_MS, JobLeases, QUEUE_POLL_MS } from './jobs/leases.js';
+import { WorkerRegistry, serverWorkerId } from './jobs/workers.js';
 import { FileReports } from './datasets/file-reports.js';
 import { ModelTokenizers } from './datasets/model-tokenizers.js';
 import { loadDatasetSettings } from './datasets/settings.js';
@@ -45,6 +48,8 @@ export interface ServerOptions {
   logger?: FastifyServerOptions['logger'];
   /** Jobs trained at once, one engine process each (default 1: a CPU host has one engine's worth of cores). */
   engineSlots?: number;
+  /** How long a job's lease lasts without a heartbeat (default 30 s); workers (`tunelab worker`) take over after it. */
+  leaseMs?: number;
   /** Make the built-in base model `tunelab-tiny` on first start (default true). */
   builtinModels?: boolean;
   /** Webhook retry schedule and timeout (tests use milliseconds). */
@@ -89,6 +94,7 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   const files = new FileService(store.db, new LocalBlobStore(home.blobs));
   const baseModels = new BaseModelRegistry(home.models);
   const jobs = new JobService(store.db, files, baseModels);
+  const workers = new WorkerRegistry(store.db, options.leaseMs ?? DEFAULT_LEASE_MS);
   const logError = (message: string, error: unknown) => app.log.error({ err: error }, message);
   const smtp = loadSmtpSettings(home.root);
   const secrets = await SecretBox.load(home.secretKeyFile);
@@ -134,8 +140,14 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   // Jobs a restart interrupted while their files were being checked are checked again.
   jobs.onChange((job) => validation.jobChanged(job));
   validation.kick();
+  const capabilities = detectCapabilities();
+  const leases = new JobLeases(store.db, options.leaseMs ?? DEFAULT_LEASE_MS);
   const runner = new JobRunner({ db: store.db, jobs, models: services.models, files, orgs, baseModels, disk }, home, {
     slots: options.engineSlots ?? 1,
+    worker: { id: serverWorkerId(home.root), capabilities, memory: memoryForOneJob(capabilities) },
+    leases,
+    workers,
+    pollMs: QUEUE_POLL_MS,
     log: (message, error) => app.log.error({ err: error }, message),
   });
   jobs.onChange((job) => runner.jobChanged(job));
@@ -157,7 +169,7 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   // Once listening (a port in use stops the start before any engine runs): jobs a dead server left
   // running continue from their last checkpoint, and queued jobs start.
   await runner.recover();
-  runner.kick();
+  await runner.start();
   await exports.recover();
   const { port } = app.server.address() as AddressInfo;
   // A server listening on every address is reached locally on loopback.

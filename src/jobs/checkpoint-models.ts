@@ -19,14 +19,14 @@ export const KEPT_CHECKPOINTS = 3;
  * newest few are kept, and only the newest keeps the optimizer state a run resumes from.
  */
 export class CheckpointModels {
-  constructor(private readonly services: Pick<RunnerServices, 'db' | 'jobs' | 'models'>) {}
+  constructor(private readonly services: Pick<RunnerServices, 'jobs' | 'models'>) {}
 
   /** An epoch's checkpoint becomes a model (`...:ckpt-step-N`); the final one is the fine-tuned model itself. */
   async register(run: Run, step: number, folder: string, metrics: Metrics | undefined): Promise<void> {
     if (step <= run.lastCheckpointStep || step >= run.totalSteps) return;
     const { jobs, models } = this.services;
     const name = checkpointModelName(run.fineTunedModel, step);
-    const removed = await this.services.db.transaction().execute(async (trx) => {
+    const removed = await run.fence.write(async (trx) => {
       await models.registerFineTuned(modelRow(run, name, 'checkpoint', folder), trx);
       await jobs.addCheckpoint(run.job.id, { stepNumber: step, model: name, metrics: checkpointMetrics(metrics ?? { step }) }, trx);
       await jobs.appendEvent(run.job.id, { message: `Checkpoint created at step ${step} with Snapshot ID: ${name}` }, trx);

@@ -17,7 +17,7 @@ const OPTIMIZER_BYTES_PER_PARAMETER = 8;
 const WEIGHT_BYTES_PER_PARAMETER = 4;
 const DTYPE_BYTES: Record<string, number> = { float32: 4, float16: 2, bfloat16: 2 };
 
-interface ModelShape {
+export interface ModelShape {
   hidden_size: number;
   intermediate_size: number;
   num_hidden_layers: number;
@@ -44,7 +44,7 @@ export function checkpointSpace(
   return { weights, checkpoint: weights + optimizer, job: kept * weights + optimizer + (weights + optimizer) + weights };
 }
 
-function storedParameters(folder: string, config: ModelShape): number {
+export function storedParameters(folder: string, config: ModelShape): number {
   const bytes = fs
     .readdirSync(folder)
     .filter((name) => name.endsWith('.safetensors'))
@@ -52,7 +52,7 @@ function storedParameters(folder: string, config: ModelShape): number {
   return bytes / (DTYPE_BYTES[config.torch_dtype ?? 'float32'] ?? 4);
 }
 
-function loraParameters(config: ModelShape, rank: number): number {
+export function loraParameters(config: ModelShape, rank: number): number {
   const hidden = config.hidden_size;
   const headDim = config.head_dim ?? hidden / config.num_attention_heads;
   const query = config.num_attention_heads * headDim;

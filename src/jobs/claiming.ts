@@ -3,42 +3,76 @@ import { stopOrphan } from '../engine/training-process.js';
 import type { CheckpointModels } from './checkpoint-models.js';
 import { jobFolders } from './job-folders.js';
 import type { FineTuningJob, JobChanges, JobService, NewEvent } from './jobs.js';
+import type { Capabilities } from './capabilities.js';
+import type { Fence, JobLeases } from './leases.js';
+
+/** A process that trains jobs, as the queue sees it: who it is and how much memory a job may take on it. */
+export interface WorkerIdentity {
+  id: string;
+  capabilities: Capabilities;
+  /** Bytes one job may take here (src/jobs/capabilities.ts `memoryForOneJob`, or less as the operator says). */
+  memory: number;
+}
 
 /**
- * Which queued job a runner trains next, and taking it: the move to `running` is conditional
- * on the job still being queued, so a job is never taken twice.
+ * Which job a worker trains next, and taking it. A job is leased before anything is prepared for
+ * it, so two workers never prepare or train the same job; the move to `running` is made under the
+ * lease. A running job whose worker stopped renewing its lease is taken over first.
  */
 export class JobClaims {
   constructor(
     private readonly jobs: JobService,
     private readonly checkpoints: CheckpointModels,
+    private readonly leases: JobLeases,
     private readonly home: HomeLayout,
+    private readonly worker: WorkerIdentity,
   ) {}
 
   /**
-   * Jobs still `running` when a runner starts belonged to one that died. Their engines are stopped
-   * if they outlived it, and the jobs go back to the queue to continue from their last checkpoint.
+   * Jobs still `running` under this worker's lease when it starts (or under none) belonged to it
+   * before it died. Their engines are stopped if they outlived it, and the jobs go back to the
+   * queue to continue from their last checkpoint.
    */
   async requeueAbandoned(): Promise<void> {
     for (const job of await this.jobs.withStatus('running')) {
-      const folders = jobFolders(this.home, job.id);
-      await stopOrphan(folders.pid);
-      const checkpoint = await this.checkpoints.resumePoint(job.id, folders, (await this.jobs.lastStep(job.id))?.data.step ?? 0);
-      await this.jobs.move(job.id, 'running', 'queued', {
-        message: checkpoint
-          ? `The server restarted while the job was running; it continues from its checkpoint at step ${checkpoint.step}`
-          : 'The server restarted while the job was running; it starts again',
-      });
+      const lease = await this.leases.adopt(job.id, this.worker.id);
+      if (!lease) continue;
+      const fence = this.leases.fence(lease);
+      await this.requeue(fence, (step) =>
+        step === null
+          ? 'The server restarted while the job was running; it starts again'
+          : `The server restarted while the job was running; it continues from its checkpoint at step ${step}`,
+      );
+      await this.leases.release(lease);
     }
   }
 
-  /** The oldest queued job not already in hand. */
-  async next(inHand: ReadonlySet<string>): Promise<FineTuningJob | undefined> {
-    return (await this.jobs.withStatus('queued')).find((job) => !inHand.has(job.id));
+  /** Leases the next job to train: a running one whose worker was lost (put back in the queue first), or the oldest queued one. */
+  async next(): Promise<Fence | null> {
+    const lost = await this.leases.takeOverExpired(this.worker.id, this.worker.memory);
+    if (lost) {
+      const fence = this.leases.fence(lost);
+      await this.requeue(fence, (step) =>
+        step === null
+          ? 'The worker training the job stopped renewing its lease; the job starts again'
+          : `The worker training the job stopped renewing its lease; the job continues from its checkpoint at step ${step}`,
+      );
+      return fence;
+    }
+    const lease = await this.leases.claimQueued(this.worker.id, this.worker.memory);
+    return lease ? this.leases.fence(lease) : null;
   }
 
-  /** Moves the job to `running`; refused with a conflict when someone moved it first. */
-  take(jobId: string, event: NewEvent, changes: JobChanges): Promise<FineTuningJob> {
-    return this.jobs.move(jobId, 'queued', 'running', event, changes);
+  /** Moves the leased job to `running`; refused with a conflict when someone moved it first (a cancel). */
+  take(fence: Fence, event: NewEvent, changes: JobChanges): Promise<FineTuningJob> {
+    return this.jobs.move(fence.lease.jobId, 'queued', 'running', event, changes, fence.check);
+  }
+
+  private async requeue(fence: Fence, message: (step: number | null) => string): Promise<void> {
+    const jobId = fence.lease.jobId;
+    const folders = jobFolders(this.home, jobId);
+    await stopOrphan(folders.pid);
+    const checkpoint = await this.checkpoints.resumePoint(jobId, folders, (await this.jobs.lastStep(jobId))?.data.step ?? 0);
+    await this.jobs.move(jobId, 'running', 'queued', { message: message(checkpoint?.step ?? null) }, {}, fence.check);
   }
 }

@@ -55,7 +55,7 @@ export class EngineEvents {
       train_loss: event.train_loss,
       train_mean_token_accuracy: event.train_mean_token_accuracy,
     };
-    const id = await this.jobs.recordStep(run.job.id, { message: stepMessage(data), data });
+    const id = await run.fence.write((trx) => this.jobs.recordStep(run.job.id, { message: stepMessage(data), data }, trx));
     run.lastMetrics = { id, data };
     // From the engine's own clock, so a backlog of events here does not skew it.
     const now = typeof event.time === 'number' ? event.time * 1000 : Date.now();
@@ -63,7 +63,8 @@ export class EngineEvents {
     if (run.stopping === null && now - run.lastEstimateAt >= ESTIMATE_EVERY_MS && elapsed > 0) {
       run.lastEstimateAt = now;
       const perStep = (elapsed * 1000) / (step - run.startStep);
-      await this.jobs.setEstimatedFinish(run.job.id, unixSeconds(now + perStep * (run.totalSteps - step)));
+      const at = unixSeconds(now + perStep * (run.totalSteps - step));
+      await run.fence.write((trx) => this.jobs.setEstimatedFinish(run.job.id, at, trx));
     }
   }
 
@@ -74,7 +75,8 @@ export class EngineEvents {
     for (const key of ['valid_loss', 'valid_mean_token_accuracy', 'full_valid_loss', 'full_valid_mean_token_accuracy'] as const) {
       if (key in event) data[key] = event[key];
     }
-    await this.jobs.updateStep(run.job.id, run.lastMetrics.id, { message: stepMessage(data), data });
+    const eventId = run.lastMetrics.id;
+    await run.fence.write((trx) => this.jobs.updateStep(run.job.id, eventId, { message: stepMessage(data), data }, trx));
     run.lastMetrics = { id: run.lastMetrics.id, data };
   }
 }

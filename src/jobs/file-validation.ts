@@ -8,7 +8,10 @@ import type { DatasetSettings } from '../datasets/settings.js';
 import { type DiskSpace, isDiskFull } from '../files/disk.js';
 import type { FileService } from '../files/files.js';
 import { modelContextLength, type BaseModelRegistry } from '../models/base-models.js';
+import { trainingDefaults } from '../models/training-defaults.js';
 import type { FineTuningJob, JobService } from './jobs.js';
+import type { SupervisedHyperparameters } from './job-request.js';
+import { trainingMemory } from './memory-need.js';
 import { WorkLoop } from './work-loop.js';
 
 export interface JobError {
@@ -118,7 +121,17 @@ export class FileValidation {
       await this.fail(job, error);
       return false;
     }
-    await this.jobs.move(job.id, 'validating_files', 'queued', { message: 'Files validated, moving job to queued state' });
+    const defaults = trainingDefaults(model.path);
+    const given = job.hyperparameters as SupervisedHyperparameters;
+    const full = given.full ?? defaults.method === 'full';
+    await this.jobs.move(
+      job.id,
+      'validating_files',
+      'queued',
+      { message: 'Files validated, moving job to queued state' },
+      // Only a worker with this much memory takes the job.
+      { memory_needed: trainingMemory(model.path, { full, loraRank: given.lora_rank ?? defaults.lora_rank }) },
+    );
     return true;
   }
 

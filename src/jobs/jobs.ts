@@ -39,11 +39,12 @@ export interface NewEvent {
   data?: Record<string, unknown> | null;
 }
 
-type JobRow = Omit<Selectable<JobTable>, 'seq'>;
+/** A job as the API sees it: the lease columns are the runners' (src/jobs/leases.ts). */
+type JobRow = Omit<Selectable<JobTable>, 'seq' | 'lease_worker' | 'lease_token' | 'lease_expires_at' | 'memory_needed'>;
 
 /** What a move may change besides the status. */
 export type JobChanges = Partial<
-  Pick<JobRow, 'error' | 'fine_tuned_model' | 'trained_tokens' | 'result_files' | 'estimated_finish'> & { method: Method }
+  Pick<JobRow, 'error' | 'fine_tuned_model' | 'trained_tokens' | 'result_files' | 'estimated_finish'> & { method: Method; memory_needed: number }
 >;
 
 const AUTO_HYPERPARAMETERS = { batch_size: 'auto', learning_rate_multiplier: 'auto', n_epochs: 'auto' } as const;
@@ -189,6 +190,13 @@ export class JobService {
     return toJob(await this.row(orgId, id));
   }
 
+  /** A job in any organization: for the runners, which train them all. */
+  async byId(id: string): Promise<FineTuningJob> {
+    const row = await this.db.selectFrom('jobs').selectAll().where('id', '=', id).executeTakeFirst();
+    if (!row) throw noSuch('FineTuningJob', id, 'fine_tuning_job_id');
+    return toJob(row);
+  }
+
   /** Cancel, pause or resume, as the person asked; refused with the reason when the job cannot. */
   async act(orgId: string, id: string, action: UserAction): Promise<FineTuningJob> {
     const job = await this.row(orgId, id);
@@ -254,9 +262,9 @@ export class JobService {
   }
 
   /** A training step: its metrics event, and its row in the step-keyed metrics. Returns the event's id. */
-  async recordStep(jobId: string, step: StepRecord): Promise<string> {
+  async recordStep(jobId: string, step: StepRecord, db: Db = this.db): Promise<string> {
     const row = eventRow(jobId, { type: 'metrics', message: step.message, data: step.data }, unixSeconds());
-    await inEventOrder(this.db, async (trx) => {
+    await inEventOrder(db, async (trx) => {
       await trx.insertInto('job_events').values(row).execute();
       await trx.insertInto('job_metrics').values({ job_id: jobId, step: step.data.step, event_id: row.id, data: row.data! }).execute();
     });
@@ -264,12 +272,13 @@ export class JobService {
   }
 
   /** Rewrites a step: its metrics event and row gain the validation loss computed after it. */
-  async updateStep(jobId: string, eventId: string, step: StepRecord): Promise<void> {
+  async updateStep(jobId: string, eventId: string, step: StepRecord, db: Db = this.db): Promise<void> {
     const data = JSON.stringify(step.data);
-    await this.db.transaction().execute(async (trx) => {
+    const update = async (trx: Db) => {
       await trx.updateTable('job_events').set({ message: step.message, data }).where('id', '=', eventId).execute();
       await trx.updateTable('job_metrics').set({ data }).where('job_id', '=', jobId).where('step', '=', step.data.step).execute();
-    });
+    };
+    await (db.isTransaction ? update(db) : db.transaction().execute(update));
   }
 
   /** The job's steps from `fromStep` on, oldest first, with their events' ids: the loss curve. */
@@ -317,8 +326,8 @@ export class JobService {
   }
 
   /** While the job runs: when it is expected to finish, from the speed measured so far. */
-  async setEstimatedFinish(jobId: string, at: number): Promise<void> {
-    await this.db.updateTable('jobs').set({ estimated_finish: at }).where('id', '=', jobId).where('status', '=', 'running').execute();
+  async setEstimatedFinish(jobId: string, at: number, db: Db = this.db): Promise<void> {
+    await db.updateTable('jobs').set({ estimated_finish: at }).where('id', '=', jobId).where('status', '=', 'running').execute();
   }
 
   /** The job's checkpoints, oldest step first. */

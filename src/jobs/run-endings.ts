@@ -37,6 +37,7 @@ export class RunEndings {
       [{ message: `New fine-tuned model created: ${run.fineTunedModel}` }, { message: 'The job has successfully completed' }],
       { fine_tuned_model: run.fineTunedModel, trained_tokens: Number(run.done!.trained_tokens) },
       async (trx) => {
+        await run.fence.check(trx);
         // The result file commits with the job's end: a cancel that wins the race, or a crash, leaves none behind.
         const results = await files.createResult(job.organization_id, 'step_metrics.csv', Buffer.from(csv), trx);
         await trx.updateTable('jobs').set({ result_files: JSON.stringify([results.id]) }).where('id', '=', job.id).execute();
@@ -66,9 +67,14 @@ export class RunEndings {
       // Recorded even on a full disk: the job must not stay running with no engine.
       await this.services.disk.persist(
         () =>
-          this.services.jobs.move(run.job.id, 'running', 'failed', { level: 'error', message }, {
-            error: JSON.stringify({ code: error?.code ?? 'engine_failed', message, param: null }),
-          }),
+          this.services.jobs.move(
+            run.job.id,
+            'running',
+            'failed',
+            { level: 'error', message },
+            { error: JSON.stringify({ code: error?.code ?? 'engine_failed', message, param: null }) },
+            run.fence.check,
+          ),
         this.stopped,
       );
     } catch (failure) {
@@ -82,18 +88,18 @@ export class RunEndings {
   async afterStop(run: Run): Promise<void> {
     const { jobs } = this.services;
     const job = await jobs.get(run.job.organization_id, run.job.id);
-    if (run.error) {
-      await jobs.appendEvent(job.id, { level: 'warn', message: `The engine failed while stopping: ${run.error.message}` });
+    const { error } = run;
+    if (error) {
+      await run.fence.write((trx) => jobs.appendEvent(job.id, { level: 'warn', message: `The engine failed while stopping: ${error.message}` }, trx));
     }
     if (job.status === 'paused' && run.stoppedAtStep !== null) {
-      await jobs.appendEvent(job.id, { message: `Checkpoint saved at step ${run.stoppedAtStep}; resuming continues from there` });
+      const message = `Checkpoint saved at step ${run.stoppedAtStep}; resuming continues from there`;
+      await run.fence.write((trx) => jobs.appendEvent(job.id, { message }, trx));
     }
     if (job.status === 'running') {
       // Nobody here asked it to stop: the job goes back to the queue and continues from the checkpoint it saved.
-      await jobs.move(job.id, 'running', 'queued', {
-        level: 'warn',
-        message: `The engine was stopped from outside the server at step ${run.stoppedAtStep}; the job continues from there`,
-      });
+      const message = `The engine was stopped from outside the server at step ${run.stoppedAtStep}; the job continues from there`;
+      await jobs.move(job.id, 'running', 'queued', { level: 'warn', message }, {}, run.fence.check);
     }
     if (isFinished(job.status)) await cleanUpJob(job, this.services.models, this.home);
   }

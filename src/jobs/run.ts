@@ -9,6 +9,7 @@ import type { Db } from '../store/store.js';
 import type { CheckpointSpace } from './checkpoint-space.js';
 import type { JobFolders } from './job-folders.js';
 import type { FineTuningJob, JobService } from './jobs.js';
+import type { Fence } from './leases.js';
 
 /** The services a run records through: the same ones the API serves from. */
 export interface RunnerServices {
@@ -34,10 +35,12 @@ export interface JobError {
 export interface Run {
   job: FineTuningJob;
   folders: JobFolders;
+  /** Every write for the job goes through the lease that holds it. */
+  fence: Fence;
   /** Null until it is started (a checkpoint may be recorded first). */
   engine: TrainingProcess | null;
-  /** Why the runner is stopping the engine: what it says afterwards is recorded accordingly. */
-  stopping: 'cancel' | 'pause' | 'shutdown' | null;
+  /** Why the runner is stopping the engine: what it says afterwards is recorded accordingly (after `lost`, nothing). */
+  stopping: 'cancel' | 'pause' | 'shutdown' | 'lost' | null;
   /** The runner itself is moving the job to its end; its own move is not a person's. */
   finishing: boolean;
   finished: Promise<void>;

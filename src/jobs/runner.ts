@@ -5,24 +5,33 @@ import { TrainingProcess, stopOrphan } from '../engine/training-process.js';
 import { ServiceError } from '../errors.js';
 import { isDiskFull, megabytes } from '../files/disk.js';
 import { fineTunedModelName } from '../models/names.js';
-import { JobClaims } from './claiming.js';
+import { JobClaims, type WorkerIdentity } from './claiming.js';
 import { CheckpointModels, KEPT_CHECKPOINTS } from './checkpoint-models.js';
 import { type CheckpointSpace, checkpointSpace } from './checkpoint-space.js';
 import { cleanUpJob } from './clean-up.js';
 import { EngineEvents } from './engine-events.js';
 import { jobFolders } from './job-folders.js';
 import type { FineTuningJob } from './jobs.js';
+import { type Fence, type JobLeases, LeaseLost } from './leases.js';
+import type { JobStatus } from './status.js';
 import type { Run, RunnerServices } from './run.js';
 import { RunEndings } from './run-endings.js';
 import { isFinished } from './status.js';
 import { planTraining, writeTrainingSpec } from './training-spec.js';
 import { WorkLoop } from './work-loop.js';
+import type { WorkerRegistry } from './workers.js';
 
 export type { RunnerServices } from './run.js';
 
 export interface RunnerOptions {
   /** Engine processes at once; each trains one job. */
   slots: number;
+  /** Who this runner is in the queue, and the memory a job may take here. */
+  worker: WorkerIdentity;
+  leases: JobLeases;
+  workers: WorkerRegistry;
+  /** How often the queue is looked at besides when this process moves a job (workers elsewhere queue and cancel too). */
+  pollMs: number;
   log: (message: string, error?: unknown) => void;
 }
 
@@ -57,6 +66,7 @@ export class JobRunner {
   private readonly claims: JobClaims;
   private readonly events: EngineEvents;
   private readonly endings: RunEndings;
+  private readonly timers: NodeJS.Timeout[] = [];
 
   constructor(
     private readonly services: RunnerServices,
@@ -64,7 +74,7 @@ export class JobRunner {
     private readonly options: RunnerOptions,
   ) {
     this.checkpoints = new CheckpointModels(services);
-    this.claims = new JobClaims(services.jobs, this.checkpoints, home);
+    this.claims = new JobClaims(services.jobs, this.checkpoints, options.leases, home, options.worker);
     this.events = new EngineEvents(services.jobs, this.checkpoints);
     this.endings = new RunEndings(services, home, this.checkpoints, () => this.loop.stopped);
   }
@@ -78,21 +88,64 @@ export class JobRunner {
     await this.claims.requeueAbandoned();
   }
 
-  /** Looks for queued jobs now; if a look is under way, another follows it. */
-  kick(): void {
-    this.loop.kick();
+  /**
+   * Starts taking jobs: now, on every look at the queue, and on every heartbeat, which renews the
+   * leases of the jobs in hand and learns of cancels and pauses made by other processes.
+   */
+  async start(): Promise<void> {
+    if (this.options.slots === 0) return;
+    const { worker, slots } = this.options;
+    await this.options.workers.register({ id: worker.id, slots, capabilities: worker.capabilities });
+    this.kick();
+    this.timers.push(setInterval(() => this.kick(), this.options.pollMs));
+    const heartbeat = setInterval(
+      () => this.heartbeat().catch((error) => this.options.log('renewing job leases failed', error)),
+      this.options.leases.ttlMs / 3,
+    );
+    this.timers.push(heartbeat);
   }
 
-  /** Every committed move of every job comes here: queued jobs are taken, cancelled or paused runs stopped. */
+  /** Looks for queued jobs now; if a look is under way, another follows it. */
+  kick(): void {
+    if (this.options.slots > 0) this.loop.kick();
+  }
+
+  /** Every committed move of every job in this process comes here: queued jobs are taken, cancelled or paused runs stopped. */
   jobChanged(job: FineTuningJob): void {
     const run = this.runs.get(job.id);
-    if (run && job.status !== 'running' && !run.stopping && !run.finishing) {
-      run.stopping = job.status === 'paused' ? 'pause' : 'cancel';
-      run.engine?.stop();
-    }
+    if (run) this.statusSeen(run, job.status);
     if (job.status === 'queued') this.kick();
     if (!run && isFinished(job.status) && job.status !== 'succeeded') {
-      cleanUpJob(job, this.services.models, this.home).catch((error) => this.options.log(`cleaning up after ${job.id}`, error));
+      this.cleanUpUnheld(job).catch((error) => this.options.log(`cleaning up after ${job.id}`, error));
+    }
+  }
+
+  /** A job cancelled while no runner holds it (queued, paused) is cleaned up here; a held one by its runner. */
+  private async cleanUpUnheld(job: FineTuningJob): Promise<void> {
+    if (await this.options.leases.isHeld(job.id)) return;
+    await cleanUpJob(job, this.services.models, this.home);
+  }
+
+  private statusSeen(run: Run, status: JobStatus): void {
+    if (status !== 'running' && !run.stopping && !run.finishing) {
+      run.stopping = status === 'paused' ? 'pause' : 'cancel';
+      run.engine?.stop();
+    }
+  }
+
+  private async heartbeat(): Promise<void> {
+    await this.options.workers.beat(this.options.worker.id);
+    for (const run of [...this.runs.values()]) {
+      const status = await this.options.leases.renew(run.fence.lease);
+      if (status !== null) {
+        this.statusSeen(run, status);
+        continue;
+      }
+      if (run.stopping === 'lost') continue;
+      // Another worker may be training the job already: this engine must stop at once, saving nothing.
+      this.options.log(`the lease on ${run.job.id} expired; its engine is stopped`);
+      run.stopping = 'lost';
+      run.engine?.kill();
     }
   }
 
@@ -101,6 +154,7 @@ export class JobRunner {
    * `running`, so the next start continues them from there.
    */
   async stop(): Promise<void> {
+    for (const timer of this.timers) clearInterval(timer);
     await this.loop.stop();
     const runs = [...this.runs.values()];
     for (const run of runs) {
@@ -111,33 +165,41 @@ export class JobRunner {
     const grace = setTimeout(() => runs.forEach((run) => run.engine?.kill()), SHUTDOWN_GRACE_MS);
     await all;
     clearTimeout(grace);
+    if (this.options.slots > 0) await this.options.workers.stopped(this.options.worker.id);
   }
 
   private async schedule(): Promise<void> {
     while (!this.loop.stopped && this.runs.size < this.options.slots) {
-      const next = await this.claims.next(new Set(this.runs.keys()));
-      if (!next) return;
+      const fence = await this.claims.next();
+      if (!fence) return;
       try {
-        await this.begin(next);
+        await this.begin(await this.services.jobs.byId(fence.lease.jobId), fence);
       } catch (error) {
-        const code = error instanceof StartRefused ? error.code : 'engine_start_failed';
-        if (!(error instanceof StartRefused)) this.options.log(`starting ${next.id} failed`, error);
-        const message = `The job could not be started: ${(error as Error).message}`;
-        await this.services.disk
-          .persist(
-            () => this.services.jobs.move(next.id, 'queued', 'failed', { level: 'error', message }, { error: JSON.stringify({ code, message, param: null }) }),
-            () => this.loop.stopped,
-          )
-          // Cancelled or paused meanwhile: someone else moved it, nothing to do.
-          .catch((failure) => {
-            if (!(failure instanceof ServiceError && failure.kind === 'conflict')) throw failure;
-          });
+        if (!(error instanceof LeaseLost)) await this.refuse(fence, error);
+        await this.options.leases.release(fence.lease);
       }
     }
   }
 
+  /** A job that could not be started fails from the queue, saying why. */
+  private async refuse(fence: Fence, error: unknown): Promise<void> {
+    const code = error instanceof StartRefused ? error.code : 'engine_start_failed';
+    if (!(error instanceof StartRefused)) this.options.log(`starting ${fence.lease.jobId} failed`, error);
+    const message = `The job could not be started: ${(error as Error).message}`;
+    const recorded = JSON.stringify({ code, message, param: null });
+    await this.services.disk
+      .persist(
+        () => this.services.jobs.move(fence.lease.jobId, 'queued', 'failed', { level: 'error', message }, { error: recorded }, fence.check),
+        () => this.loop.stopped,
+      )
+      // Cancelled or paused meanwhile, or taken by another worker: nothing to do.
+      .catch((failure) => {
+        if (!((failure instanceof ServiceError && failure.kind === 'conflict') || failure instanceof LeaseLost)) throw failure;
+      });
+  }
+
   /** Resolves the hyperparameters, writes the engine's spec, moves the job to running and starts the engine. */
-  private async begin(job: FineTuningJob): Promise<void> {
+  private async begin(job: FineTuningJob, fence: Fence): Promise<void> {
     const folders = jobFolders(this.home, job.id);
     // An engine a crashed server left behind while it was pausing or cancelling this job.
     await stopOrphan(folders.pid);
@@ -168,14 +230,19 @@ export class JobRunner {
     enginePython();
 
     const running = await this.claims.take(
-      job.id,
-      { message: resumeFrom ? `Fine-tuning job resumed from its checkpoint at step ${resumeFrom.step}` : 'Fine-tuning job started' },
+      fence,
+      {
+        message: resumeFrom ? `Fine-tuning job resumed from its checkpoint at step ${resumeFrom.step}` : 'Fine-tuning job started',
+        // Which worker trains it: the dashboard and `jobs follow` show it.
+        data: { worker: this.options.worker.id },
+      },
       { method: { type: 'supervised', supervised: { hyperparameters: plan.resolved } } },
     );
     const checkpoints = await this.services.jobs.checkpoints(job.id);
     const run: Run = {
       job: running,
       folders,
+      fence,
       engine: null,
       stopping: null,
       finishing: false,
@@ -192,7 +259,7 @@ export class JobRunner {
       stoppedAtStep: null,
     };
     try {
-      if (spaceWarning) await this.services.jobs.appendEvent(job.id, { level: 'warn', message: spaceWarning });
+      if (spaceWarning) await fence.write((trx) => this.services.jobs.appendEvent(job.id, { level: 'warn', message: spaceWarning }, trx));
       // An epoch's checkpoint saved as the engine was stopped (or as the server died) and not yet a model.
       if (resumeFrom && resumeFrom.step % plan.stepsPerEpoch === 0) {
         const [atCheckpoint] = await this.services.jobs.metrics(job.id, resumeFrom.step);
@@ -205,7 +272,13 @@ export class JobRunner {
     }
     this.runs.set(job.id, run);
     run.finished = this.supervise(run, run.engine)
-      .catch((error) => this.options.log(`supervising ${job.id} failed`, error))
+      .catch((error) => {
+        if (error instanceof LeaseLost) run.stopping = 'lost';
+        else this.options.log(`supervising ${job.id} failed`, error);
+      })
+      // A run stopped by a shutdown keeps its lease: the job is still running, and this worker's next start takes it back.
+      .then(() => (run.stopping === 'shutdown' || run.stopping === 'lost' ? undefined : this.options.leases.release(fence.lease)))
+      .catch((error) => this.options.log(`releasing ${job.id} failed`, error))
       .finally(() => {
         this.runs.delete(job.id);
         this.kick();
@@ -217,6 +290,14 @@ export class JobRunner {
     try {
       for await (const event of engine.events()) await this.events.record(run, event);
     } catch (error) {
+      if (error instanceof LeaseLost) {
+        // Another worker holds the job: this one writes nothing more for it.
+        this.options.log(`the lease on ${run.job.id} was lost to another worker; nothing more is written for the job here`);
+        run.stopping = 'lost';
+        engine.kill();
+        await engine.exited;
+        return;
+      }
       // The record of the run broke (a database error, a full disk): the engine must not train unrecorded.
       engine.kill();
       await engine.exited;
@@ -230,7 +311,7 @@ export class JobRunner {
       );
     }
     const exit = await engine.exited;
-    if (run.stopping === 'shutdown') return;
+    if (run.stopping === 'shutdown' || run.stopping === 'lost') return;
     if (run.stopping) return endings.afterStop(run);
     if (run.done && exit.code === 0) {
       try {

@@ -287,5 +287,27 @@ export function migrations(dialect: Dialect): Record<string, Migration> {
         await db.schema.createIndex('model_exports_by_org').on('model_exports').columns(['org_id', 'seq']).execute();
       },
     },
+    // Training on other hosts (issue 21): the workers, and the lease a running job is held by.
+    '0010_workers': {
+      async up(db: Kysely<any>) {
+        await db.schema
+          .createTable('workers')
+          .addColumn('id', 'text', (c) => c.primaryKey())
+          .addColumn('host', 'text', (c) => c.notNull())
+          .addColumn('pid', 'integer', (c) => c.notNull())
+          .addColumn('capabilities', 'text', (c) => c.notNull())
+          .addColumn('slots', 'integer', (c) => c.notNull())
+          .addColumn('started_at', 'bigint', (c) => c.notNull())
+          .addColumn('heartbeat_at', 'bigint', (c) => c.notNull())
+          .addColumn('stopped_at', 'bigint')
+          .execute();
+        await db.schema.alterTable('jobs').addColumn('lease_worker', 'text').execute();
+        await db.schema.alterTable('jobs').addColumn('lease_token', 'text').execute();
+        await db.schema.alterTable('jobs').addColumn('lease_expires_at', 'bigint').execute();
+        await db.schema.alterTable('jobs').addColumn('memory_needed', 'bigint').execute();
+        // The claim reads the queue oldest first by status.
+        await db.schema.createIndex('jobs_by_status').on('jobs').columns(['status', 'seq']).execute();
+      },
+    },
   };
 }

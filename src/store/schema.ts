@@ -22,6 +22,21 @@ export interface Database {
   usage_records: UsageRecordTable;
   responses: StoredResponseTable;
   model_exports: ModelExportTable;
+  workers: WorkerTable;
+}
+
+/** A process that trains jobs: the server's own runner, or `tunelab worker` on any host. */
+export interface WorkerTable {
+  id: string;
+  host: string;
+  pid: number;
+  /** JSON: what it can hold (src/jobs/capabilities.ts). */
+  capabilities: string;
+  slots: number;
+  started_at: number;
+  /** Ms, the database's clock. */
+  heartbeat_at: number;
+  stopped_at: number | null;
 }
 
 export interface OrganizationTable {
@@ -89,6 +104,13 @@ export interface JobTable {
   metadata: string | null;
   created_at: number;
   finished_at: number | null;
+  /** The worker whose lease holds the job (claimed, or running on it), and until when (ms, the database's clock). */
+  lease_worker: Generated<string | null>;
+  /** Changes with every claim: a write for the job that names an older token is refused (fencing). */
+  lease_token: Generated<string | null>;
+  lease_expires_at: Generated<number | null>;
+  /** Bytes of memory training the job takes, estimated when it is queued: only a worker that has them takes it. */
+  memory_needed: Generated<number | null>;
 }
 
 /** One row per metadata pair, so `metadata[k]=v` filters are plain indexed SQL on both databases. */

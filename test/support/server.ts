@@ -32,7 +32,7 @@ export const onPostgres = process.env.TUNELAB_TEST_DATABASE === 'postgres';
 const databases = new Map<string, string>();
 
 /** One fresh database per home folder, so a restarted server finds its own data again. */
-async function postgresFor(home: string): Promise<string> {
+export async function postgresFor(home: string): Promise<string> {
   let url = databases.get(home);
   if (!url) {
     const name = `tunelab_${path.basename(home).replace(/[^a-zA-Z0-9]/g, '_').toLowerCase()}`;

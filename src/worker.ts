@@ -1,0 +1,86 @@
+import { homeLayout } from './config.js';
+import { useEnginePython } from './engine/python.js';
+import { locateEnginePython } from './engine/setup.js';
+import { LocalBlobStore } from './files/blob-store.js';
+import { DiskSpace } from './files/disk.js';
+import { FileService } from './files/files.js';
+import { type Capabilities, detectCapabilities, memoryForOneJob } from './jobs/capabilities.js';
+import { JobService } from './jobs/jobs.js';
+import { DEFAULT_LEASE_MS, JobLeases, QUEUE_POLL_MS } from './jobs/leases.js';
+import { JobRunner } from './jobs/runner.js';
+import { WorkerRegistry, newWorkerId } from './jobs/workers.js';
+import { BaseModelRegistry } from './models/base-models.js';
+import { ModelService } from './models/models.js';
+import { OrgService } from './orgs/orgs.js';
+import { openStore } from './store/store.js';
+
+export interface WorkerOptions {
+  /** The server's database: a `postgres://` URL (a SQLite file serves a worker on the server's own host). */
+  database: string;
+  /**
+   * The storage every host mounts (NFS and the like) at the same path: the server's home folder, with
+   * its uploads, base models, training arrays, checkpoints and fine-tunes.
+   */
+  storage: string;
+  /** Jobs trained at once, one engine process each. */
+  slots?: number;
+  /** The most memory one job may take here, in bytes, below what the host has (a shared host). */
+  memory?: number;
+  leaseMs?: number;
+  pollMs?: number;
+  log?: (message: string, error?: unknown) => void;
+}
+
+export interface RunningWorker {
+  id: string;
+  capabilities: Capabilities;
+  /** Stops taking jobs; engines save a checkpoint and exit, their jobs continue on another worker once their leases expire. */
+  close(): Promise<void>;
+}
+
+/**
+ * `tunelab worker`: trains jobs from the server's queue on this host, through the same services
+ * the server uses, under a lease per job (src/jobs/leases.ts). It serves no API.
+ */
+export async function startWorker(options: WorkerOptions): Promise<RunningWorker> {
+  const home = homeLayout(options.storage);
+  const python = locateEnginePython(home.root);
+  if (python) useEnginePython(python);
+  const log = options.log ?? ((message: string, error?: unknown) => console.error(`${new Date().toISOString()} ${message}${error ? `: ${String(error)}` : ''}`));
+  const store = await openStore(options.database);
+  const leaseMs = options.leaseMs ?? DEFAULT_LEASE_MS;
+  const baseModels = new BaseModelRegistry(home.models);
+  const files = new FileService(store.db, new LocalBlobStore(home.blobs));
+  const jobs = new JobService(store.db, files, baseModels);
+  const disk = new DiskSpace(home.root, home.diskReserve);
+  const capabilities = detectCapabilities();
+  const id = newWorkerId();
+  const runner = new JobRunner(
+    { db: store.db, jobs, models: new ModelService(store.db, baseModels), files, orgs: new OrgService(store.db), baseModels, disk },
+    home,
+    {
+      slots: options.slots ?? 1,
+      worker: { id, capabilities, memory: Math.min(options.memory ?? Infinity, memoryForOneJob(capabilities)) },
+      leases: new JobLeases(store.db, leaseMs),
+      workers: new WorkerRegistry(store.db, leaseMs),
+      pollMs: options.pollMs ?? QUEUE_POLL_MS,
+      log,
+    },
+  );
+  jobs.onChange((job) => runner.jobChanged(job));
+  try {
+    await disk.setAside();
+    await runner.start();
+  } catch (error) {
+    await store.close();
+    throw error;
+  }
+  return {
+    id,
+    capabilities,
+    close: async () => {
+      await runner.stop();
+      await store.close();
+    },
+  };
+}
