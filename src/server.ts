@@ -106,10 +106,11 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   const models = new ModelService(store.db, baseModels);
   const servePool = new ServePool({ ...loadServingSettings(home.root), ...options.serving, logDir: home.logs });
   const inference = new InferenceService(models, servePool, usage, logError);
-  const pulls = new ModelPullService(baseModels, loadPullOrganizations(home.root));
+  const administrators = loadPullOrganizations(home.root);
+  const pulls = new ModelPullService(baseModels, administrators);
   const responses = new ResponseService(store.db, inference);
   const exports = new ExportService({ db: store.db, models, baseModels, jobs, files, servePool, home, log: logError });
-  const services: Services = { orgs, files, fileReports, models, pulls, jobs, notifications, usage, inference, responses, exports };
+  const services: Services = { orgs, files, fileReports, models, pulls, jobs, notifications, usage, inference, responses, exports, workers, administrators };
   const maxUploadBytes = options.maxUploadBytes ?? DEFAULT_MAX_UPLOAD_BYTES;
   const disk = new DiskSpace(home.root, home.diskReserve);
   await disk.setAside();

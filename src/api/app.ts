@@ -24,6 +24,8 @@ import { keysRoutes } from './keys.js';
 import { loggedUrl, safeLogger } from './logging.js';
 import { refuseForbiddenKeys, refuseForbiddenQueryKeys } from './parse.js';
 import { modelPullRoutes } from './model-pulls.js';
+import { workersRoutes } from './workers.js';
+import type { WorkerRegistry } from '../jobs/workers.js';
 import { modelsRoutes } from './models.js';
 import { uiRoutes } from './ui.js';
 import { usageRoutes } from './usage.js';
@@ -47,6 +49,9 @@ export interface Services {
   inference: InferenceService;
   responses: ResponseService;
   exports: ExportService;
+  workers: WorkerRegistry;
+  /** Organizations that administer the server (config.json's models.pull_organizations). */
+  administrators: readonly string[];
 }
 
 export interface ApiOptions {
@@ -126,6 +131,7 @@ export function buildApi(services: Services, options: ApiOptions): FastifyInstan
       v1.register(keysRoutes(services.orgs));
       v1.register(responsesRoutes(services.responses));
       v1.register(exportsRoutes(services.exports));
+      v1.register(workersRoutes(services.workers, services.administrators));
     },
     { prefix: '/v1' },
   );

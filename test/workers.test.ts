@@ -1,0 +1,172 @@
+import { type ChildProcess, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { WorkerInfo } from '../src/jobs/workers.js';
+import { BaseModelRegistry } from '../src/models/base-models.js';
+import { CLI } from './support/cli.js';
+import { writeTrainableModelFolder } from './support/model-folder.js';
+import {
+  type TestServer,
+  allEvents,
+  finished,
+  metricsSteps,
+  onPostgres,
+  postgresFor,
+  startTestServer,
+  tempHome,
+  untilStep,
+  weatherJokes,
+} from './support/server.js';
+
+const MODEL = 'trainable-qwen3';
+/** Seconds: short, so a lost worker's job moves on within the test. */
+const LEASE_SECONDS = 3;
+
+/** `tunelab worker` as its own process, as an operator starts one on a GPU host, with what it says on stderr. */
+interface WorkerProcess {
+  process: ChildProcess;
+  stderr: () => string;
+}
+
+describe.skipIf(!onPostgres)('training on workers through PostgreSQL', () => {
+  let t: TestServer;
+  let database: string;
+  const workers: WorkerProcess[] = [];
+
+  function startWorker(...extra: string[]): WorkerProcess {
+    const child = spawn(process.execPath, [CLI, 'worker', '--database', database, '--storage', t.home, '--lease', String(LEASE_SECONDS), ...extra], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let said = '';
+    child.stderr!.on('data', (chunk: Buffer) => (said += chunk.toString()));
+    const worker = { process: child, stderr: () => said };
+    workers.push(worker);
+    return worker;
+  }
+
+  const listWorkers = async () => ((await t.client.get('/workers')) as { data: WorkerInfo[] }).data;
+  const workerOf = (info: WorkerInfo[], pid: number) => info.find((w) => w.pid === pid && w.status === 'active');
+
+  async function until<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = 60_000): Promise<T> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const value = await probe();
+      if (value) return value;
+      if (Date.now() > deadline) throw new Error(`waited ${timeoutMs} ms for ${what}`);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  }
+
+  /** The pid of the worker holding the job's lease. */
+  const holder = (jobId: string) =>
+    until(`a worker to hold ${jobId}`, async () => (await listWorkers()).find((w) => w.status === 'active' && w.jobs.some((j) => j.id === jobId))?.pid);
+
+  async function queue(nEpochs: number) {
+    const file = await t.client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
+    return t.client.fineTuning.jobs.create({ model: MODEL, training_file: file.id, hyperparameters: { n_epochs: nEpochs } });
+  }
+
+  beforeAll(async () => {
+    const home = tempHome();
+    new BaseModelRegistry(path.join(home, 'models')).add(await writeTrainableModelFolder(path.join(home, 'sources', MODEL)), MODEL);
+    // The API server trains nothing: the workers do.
+    t = await startTestServer({ home, engineSlots: 0, leaseMs: LEASE_SECONDS * 1000 });
+    database = await postgresFor(home);
+  }, 120_000);
+
+  afterAll(async () => {
+    for (const worker of workers) worker.process.kill('SIGKILL');
+    await t?.cleanup();
+  });
+
+  it('two workers train six queued jobs to the end, each job on one worker at a time; a worker too small for them takes none', async () => {
+    const [a, b] = [startWorker(), startWorker()];
+    const small = startWorker('--memory', '1KB');
+    const jobs = [];
+    for (let i = 0; i < 6; i++) jobs.push(await queue(1));
+    const ids = new Set(jobs.map((job) => job.id));
+
+    // Sampled while they train: no job is ever held by two workers.
+    const seenOn = new Map<string, Set<number>>();
+    let done = false;
+    const sampling = (async () => {
+      while (!done) {
+        const listed = await listWorkers();
+        for (const worker of listed) {
+          for (const job of worker.jobs.filter((j) => ids.has(j.id))) {
+            expect(listed.filter((w) => w.jobs.some((j) => j.id === job.id))).toHaveLength(1);
+            seenOn.set(job.id, (seenOn.get(job.id) ?? new Set()).add(worker.pid));
+          }
+        }
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      }
+    })();
+    const ended = await Promise.all(jobs.map((job) => finished(t.client, job.id, 240_000)));
+    done = true;
+    await sampling;
+
+    expect(ended.map((job) => job.status)).toEqual(Array(6).fill('succeeded'));
+    const starters = new Set<string>();
+    for (const job of ended) {
+      expect(await metricsSteps(t.client, job.id)).toEqual(Array.from({ length: 10 }, (_, i) => i + 1));
+      const starts = (await allEvents(t.client, job.id)).filter((e) => e.message === 'Fine-tuning job started');
+      expect(starts).toHaveLength(1);
+      starters.add((starts[0]!.data as { worker: string }).worker);
+      expect(seenOn.get(job.id)?.size ?? 1).toBe(1);
+    }
+    // Both workers trained; the small one, never.
+    const listed = await listWorkers();
+    const workerIds = [a, b, small].map((w) => workerOf(listed, w.process.pid!)!.id);
+    expect([...starters].sort()).toEqual([workerIds[0], workerIds[1]].sort());
+    expect(workerOf(listed, small.process.pid!)!.capabilities.cpus).toBeGreaterThan(0);
+    small.process.kill('SIGTERM');
+  }, 300_000);
+
+  it('kill -9 of the worker training a job: the other continues it from its newest recorded checkpoint, every step once, one model', async () => {
+    const created = await queue(5);
+    await untilStep(t.client, created.id, 14, 120_000);
+    const pid = await holder(created.id);
+    const victim = workers.find((w) => w.process.pid === pid)!;
+    victim.process.kill('SIGKILL');
+
+    const job = await finished(t.client, created.id, 240_000);
+    expect(job.status).toBe('succeeded');
+    expect(await metricsSteps(t.client, job.id)).toEqual(Array.from({ length: 50 }, (_, i) => i + 1));
+    const messages = (await allEvents(t.client, job.id)).map((e) => e.message);
+    expect(messages.find((m) => m.startsWith('The worker training the job stopped renewing its lease'))).toMatch(
+      /continues from its checkpoint at step (10|20)$/,
+    );
+    expect(messages.filter((m) => m.startsWith('New fine-tuned model created'))).toHaveLength(1);
+    const models = (await t.client.models.list()).data.map((m) => m.id).filter((id) => id.startsWith(job.fine_tuned_model!));
+    expect(models.sort()).toEqual([job.fine_tuned_model, `${job.fine_tuned_model}:ckpt-step-30`, `${job.fine_tuned_model}:ckpt-step-40`].sort());
+  }, 300_000);
+
+  it('a worker stalled past its lease (SIGSTOP) and woken (SIGCONT) writes nothing more for the job it lost', async () => {
+    const active = (await listWorkers()).filter((w) => w.status === 'active').length;
+    for (let i = active; i < 2; i++) startWorker();
+    await until('two active workers', async () => (await listWorkers()).filter((w) => w.status === 'active').length >= 2);
+    const created = await queue(5);
+    await untilStep(t.client, created.id, 12, 120_000);
+    const pid = await holder(created.id);
+    const stalled = workers.find((w) => w.process.pid === pid)!;
+    stalled.process.kill('SIGSTOP');
+    // The other worker takes the job over; the stalled one wakes while the job trains there.
+    await until('the take-over', async () =>
+      (await allEvents(t.client, created.id)).some((e) => e.message.startsWith('The worker training the job stopped renewing its lease')),
+    );
+    stalled.process.kill('SIGCONT');
+    await until('the woken worker to find its lease lost', async () => /lease on \S+ (was lost|expired)/.test(stalled.stderr()));
+
+    const job = await finished(t.client, created.id, 240_000);
+    expect(job.status).toBe('succeeded');
+    expect(await metricsSteps(t.client, job.id)).toEqual(Array.from({ length: 50 }, (_, i) => i + 1));
+    const events = await allEvents(t.client, job.id);
+    expect(events.filter((e) => e.message.startsWith('New fine-tuned model created'))).toHaveLength(1);
+    expect(events.filter((e) => e.level === 'error')).toEqual([]);
+    // Every start after the take-over is the other worker's.
+    const starts = events.filter((e) => e.message.startsWith('Fine-tuning job'));
+    const stalledId = workerOf(await listWorkers(), pid)?.id;
+    expect(starts.at(-1)!.data).not.toMatchObject({ worker: stalledId });
+  }, 300_000);
+});
