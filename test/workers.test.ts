@@ -4,7 +4,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { WorkerInfo } from '../src/jobs/workers.js';
 import { BaseModelRegistry } from '../src/models/base-models.js';
-import { CLI } from './support/cli.js';
+import { CLI, runCli } from './support/cli.js';
 import { writeTrainableModelFolder } from './support/model-folder.js';
 import {
   type TestServer,
@@ -120,6 +120,10 @@ describe.skipIf(!onPostgres)('training on workers through PostgreSQL', () => {
     const workerIds = [a, b, small].map((w) => workerOf(listed, w.process.pid!)!.id);
     expect([...starters].sort()).toEqual([workerIds[0], workerIds[1]].sort());
     expect(workerOf(listed, small.process.pid!)!.capabilities.cpus).toBeGreaterThan(0);
+    // The operator's view: every worker, by the CLI.
+    const cli = await runCli(['workers', 'list', '--json'], { env: { ...process.env, TUNELAB_BASE_URL: t.server.baseURL, TUNELAB_API_KEY: t.apiKey } });
+    expect(cli.code).toBe(0);
+    expect((JSON.parse(cli.stdout) as WorkerInfo[]).map((w) => w.id)).toEqual(expect.arrayContaining(workerIds));
     small.process.kill('SIGTERM');
   }, 300_000);
 

@@ -10,7 +10,7 @@ import { datasetCommands, USAGE_ERROR, UsageError } from './dataset-commands.js'
 import { serveCommand } from './serve.js';
 import { setupCommand } from './setup-command.js';
 import { usageCommand } from './usage-command.js';
-import { workerCommand } from './worker.js';
+import { workerCommand, workersCommand } from './worker.js';
 
 const program = new Command('tunelab')
   .description('Self-hosted fine-tuning with OpenAI\'s API')
@@ -20,6 +20,7 @@ const program = new Command('tunelab')
 setupCommand(program);
 serveCommand(program);
 workerCommand(program);
+workersCommand(program);
 datasetCommands(program);
 const models = program.command('models').description('base models and fine-tunes');
 adminCommands(program, models);

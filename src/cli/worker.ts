@@ -1,5 +1,8 @@
 import type { Command } from 'commander';
 import { parseByteSize } from '../config.js';
+import type { WorkerInfo } from '../jobs/workers.js';
+import { connect } from './client.js';
+import { printJson, printTable } from './output.js';
 
 export function workerCommand(program: Command): void {
   program
@@ -29,3 +32,34 @@ export function workerCommand(program: Command): void {
       process.once('SIGTERM', stop);
     });
 }
+
+/** `tunelab workers list`: the workers, what they hold and the jobs they train, from `GET /v1/workers` (administrators). */
+export function workersCommand(program: Command): void {
+  program
+    .command('workers')
+    .description('the processes that train jobs (administrators)')
+    .command('list')
+    .description('workers, their memory and GPUs, heartbeats and the jobs they hold leases on')
+    .option('--home <dir>', 'home folder holding the api-key file (default $TUNELAB_HOME or ~/.tunelab)')
+    .option('--json', 'print the API objects as JSON')
+    .action(async (options: { home?: string; json?: boolean }) => {
+      const client = await connect(options.home);
+      const list = await client.get<{ data: WorkerInfo[] }>('/workers');
+      if (options.json) return printJson(list.data);
+      printTable(
+        list.data.map((worker) => ({
+          id: worker.id,
+          status: worker.status,
+          host: worker.host,
+          slots: worker.slots,
+          memory: gigabytes(worker.capabilities.memory_bytes),
+          gpus: worker.capabilities.gpus.map((gpu) => `${gpu.name} ${gigabytes(gpu.memory_bytes)}`).join(', ') || '-',
+          heartbeat: `${(worker.last_heartbeat_ms_ago / 1000).toFixed(1)}s ago`,
+          jobs: worker.jobs.map((job) => `${job.id} (${job.status}, lease ${(job.lease_expires_in_ms / 1000).toFixed(0)}s)`).join(', ') || '-',
+        })),
+        ['id', 'status', 'host', 'slots', 'memory', 'gpus', 'heartbeat', 'jobs'],
+      );
+    });
+}
+
+const gigabytes = (bytes: number) => `${(bytes / 1024 ** 3).toFixed(1)} GiB`;
