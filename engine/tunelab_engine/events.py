@@ -16,7 +16,18 @@ def _clean(value):
     return value
 
 
+_silent = False
+
+
+def silence():
+    """A process that is not rank 0 of a torchrun group: its events would repeat rank 0's."""
+    global _silent
+    _silent = True
+
+
 def emit(event_type, **fields):
+    if _silent:
+        return
     record = {"type": event_type, "time": round(time.time(), 3)}
     record.update({k: _clean(v) for k, v in fields.items()})
     sys.stdout.write(json.dumps(record, ensure_ascii=False) + "\n")

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from . import checkpoint, config, data, events, kernels, lora, runtime, safetensors
+from . import checkpoint, config, data, distributed, events, kernels, lora, runtime, safetensors
 from .errors import EngineError
 from .loss import linear_cross_entropy
 from .model import build
@@ -71,6 +71,9 @@ class Trainer:
         self.cancel = Cancellation()
         runtime.use_threads(spec.threads)
         self.device = runtime.device(spec.device, "invalid_spec", "spec field 'device'")
+        # Under torchrun: this process's rank among the job's processes (distributed.py).
+        self.group = distributed.start(self.device, spec.threads)
+        self.device = self.group.device(self.device)
         self.dtype = runtime.training_dtype(spec.dtype, self.device)
         torch.manual_seed(spec.seed)
         self.config = config.load(spec.model)
@@ -84,6 +87,7 @@ class Trainer:
             kernels.apply(self.model)
         self.model.gradient_checkpointing = spec.gradient_checkpointing
         self.params = params
+        self.group.same_start(params)
         self.optimizer = make_optimizer(params, spec)
         # Full fine-tuning keeps fp32 master weights and computes in bf16 under autocast; LoRA holds
         # the frozen weights in bf16 already, so nothing is recast per step.
@@ -126,9 +130,8 @@ class Trainer:
         chosen = order[index * self.spec.batch_size:(index + 1) * self.spec.batch_size]
         return data.pack(chosen, self.train_data.lengths, self.spec.seq_len)
 
-    def batches(self, arrays, rows):
-        batches = [data.Batch(arrays, part, self.spec.seq_len, self.device)
-                   for part in data.split(rows, self.spec.gradient_accumulation_steps)]
+    def batches(self, arrays, parts):
+        batches = [data.Batch(arrays, part, self.spec.seq_len, self.device) for part in parts]
         if self.kernels:
             for batch in batches:
                 batch.attend = kernels.attention(batch.attend)
@@ -139,8 +142,10 @@ class Trainer:
 
     def train_step(self, rows):
         self.model.train()
-        batches = self.batches(self.train_data, rows)
-        count = sum(len(b.labels) for b in batches)
+        accumulation = self.spec.gradient_accumulation_steps
+        parts = data.split(rows, accumulation * self.group.size)
+        batches = self.batches(self.train_data, self.group.share(parts, accumulation))
+        (count,) = self.group.total(sum(len(b.labels) for b in batches))
         loss_total, correct_total = 0.0, 0
         for batch in batches:
             loss, correct = self.scored(batch)
@@ -148,6 +153,9 @@ class Trainer:
                 (loss / count).backward()
             loss_total += loss.item()
             correct_total += int(correct)
+        self.group.sync(self.params)
+        loss_total, correct_total, tokens, padded = self.group.total(
+            loss_total, correct_total, sum(b.tokens for b in batches), sum(b.padded_tokens for b in batches))
         if self.spec.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.params, self.spec.max_grad_norm)
         lr = lr_at(self.spec, self.step, self.total_steps)
@@ -156,9 +164,9 @@ class Trainer:
         if count:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        tokens = sum(b.tokens for b in batches)
+        tokens = int(tokens)
         self.real_tokens += tokens
-        self.padded_tokens += sum(b.padded_tokens for b in batches)
+        self.padded_tokens += int(padded)
         return (loss_total / count if count else float("nan"), correct_total / count if count else float("nan"), lr, tokens)
 
     @torch.no_grad()
@@ -169,7 +177,7 @@ class Trainer:
             if self.cancel.requested:
                 return None
             rows = data.pack(indices[start:start + self.spec.batch_size], self.valid_data.lengths, self.spec.seq_len)
-            for batch in self.batches(self.valid_data, rows):
+            for batch in self.batches(self.valid_data, data.split(rows, self.spec.gradient_accumulation_steps)):
                 loss, correct = self.scored(batch)
                 loss_total += loss.item()
                 correct_total += int(correct)
@@ -201,7 +209,9 @@ class Trainer:
 
     def save_checkpoint(self, epoch):
         folder = os.path.join(self.spec.work_dir, "checkpoints", f"step-{self.step}")
-        checkpoint.save(folder, self.model, self.spec, self.optimizer, self.step, self.trained_tokens)
+        if self.group.main:
+            checkpoint.save(folder, self.model, self.spec, self.optimizer, self.step, self.trained_tokens)
+        self.group.barrier()
         events.emit("checkpoint", step=self.step, epoch=epoch, path=os.path.abspath(folder))
         self.last_checkpoint = (self.step, folder)
         return folder
@@ -231,7 +241,7 @@ class Trainer:
         started = time.perf_counter()
         while self.step < self.total_steps:
             epoch, index = divmod(self.step, self.steps_per_epoch)
-            if self.cancel.requested:
+            if self.group.any(self.cancel.requested):
                 return self.cancelled(epoch + 1)
             t0 = time.perf_counter()
             loss, accuracy, lr, tokens = self.train_step(self.step_rows(epoch, index))
@@ -248,10 +258,12 @@ class Trainer:
                 self.periodic_eval(epoch + 1, final)
             if epoch_end:
                 self.save_checkpoint(epoch + 1)
-        if self.cancel.requested and self.step < self.total_steps:
+        if self.group.any(self.cancel.requested) and self.step < self.total_steps:
             return self.cancelled(self.step // self.steps_per_epoch + 1)
-        os.makedirs(spec.output_dir, exist_ok=True)
-        checkpoint.save_weights(self.model, spec, spec.output_dir)
+        if self.group.main:
+            os.makedirs(spec.output_dir, exist_ok=True)
+            checkpoint.save_weights(self.model, spec, spec.output_dir)
+        self.group.barrier()
         events.emit("done", step=self.step, trained_tokens=self.trained_tokens, path=os.path.abspath(spec.output_dir),
                     packing_efficiency=round(self.real_tokens / self.padded_tokens, 4) if self.padded_tokens else None,
                     elapsed_s=round(time.perf_counter() - started, 3))
@@ -267,4 +279,8 @@ class Trainer:
 
 
 def train(spec):
-    return Trainer(spec).run()
+    trainer = Trainer(spec)
+    try:
+        return trainer.run()
+    finally:
+        trainer.group.close()
