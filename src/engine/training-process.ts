@@ -16,6 +16,11 @@ export interface TrainingProcessOptions {
   logPath: string;
   /** Holds the process id while it runs, so a server that restarts after a crash can stop an orphan. */
   pidPath: string;
+  /**
+   * Processes training the job together, one per GPU (default 1). More than one run under
+   * `torchrun --nproc-per-node N` (engine/tunelab_engine/distributed.py); rank 0 speaks the events.
+   */
+  processes?: number;
 }
 
 const KEPT_LOG_LINES = 8;
@@ -58,7 +63,9 @@ export class TrainingProcess {
   }
 
   static start(options: TrainingProcessOptions): TrainingProcess {
-    const child = spawn(enginePython(), ['-m', 'tunelab_engine', 'train', '--spec', options.specPath], {
+    const processes = options.processes ?? 1;
+    const launcher = processes > 1 ? ['-m', 'torch.distributed.run', '--standalone', `--nproc-per-node=${processes}`] : [];
+    const child = spawn(enginePython(), [...launcher, '-m', 'tunelab_engine', 'train', '--spec', options.specPath], {
       env: engineEnv(),
       stdio: ['ignore', 'pipe', 'pipe'],
       // Its own process group: a Ctrl-C meant for the server does not reach it, and a signal to the

@@ -265,7 +265,7 @@ export class JobRunner {
         const [atCheckpoint] = await this.services.jobs.metrics(job.id, resumeFrom.step);
         await this.checkpoints.register(run, resumeFrom.step, resumeFrom.path, atCheckpoint?.data.step === resumeFrom.step ? atCheckpoint.data : undefined);
       }
-      run.engine = TrainingProcess.start({ specPath: folders.spec, logPath: folders.log, pidPath: folders.pid });
+      run.engine = TrainingProcess.start({ specPath: folders.spec, logPath: folders.log, pidPath: folders.pid, processes: this.processesPerJob() });
     } catch (error) {
       await this.endings.fail(run, { code: 'engine_start_failed', message: `the engine could not be started: ${(error as Error).message}` }, null);
       return;
@@ -332,6 +332,12 @@ export class JobRunner {
     // Stopped by a signal from outside (a terminal's Ctrl-C, a service manager): it saved a checkpoint.
     if (run.stoppedAtStep !== null && exit.code === 0) return endings.afterStop(run);
     await endings.fail(run, endings.engineDiskFull(run) ?? run.error, exit);
+  }
+
+  /** A worker with one slot trains each job on all its GPUs, one process each; with more slots, or none, one process. */
+  private processesPerJob(): number {
+    const gpus = this.options.worker.capabilities.gpus.length;
+    return this.options.slots === 1 && gpus > 1 ? gpus : 1;
   }
 
   /**
