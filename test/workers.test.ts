@@ -62,6 +62,12 @@ describe.skipIf(!onPostgres)('training on workers through PostgreSQL', () => {
   const holder = (jobId: string) =>
     until(`a worker to hold ${jobId}`, async () => (await listWorkers()).find((w) => w.status === 'active' && w.jobs.some((j) => j.id === jobId))?.pid);
 
+  async function atLeastWorkers(n: number) {
+    const active = (await listWorkers()).filter((w) => w.status === 'active').length;
+    for (let i = active; i < n; i++) startWorker();
+    await until(`${n} active workers`, async () => (await listWorkers()).filter((w) => w.status === 'active').length >= n);
+  }
+
   async function queue(nEpochs: number) {
     const file = await t.client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
     return t.client.fineTuning.jobs.create({ model: MODEL, training_file: file.id, hyperparameters: { n_epochs: nEpochs } });
@@ -146,10 +152,29 @@ describe.skipIf(!onPostgres)('training on workers through PostgreSQL', () => {
     expect(models.sort()).toEqual([job.fine_tuned_model, `${job.fine_tuned_model}:ckpt-step-30`, `${job.fine_tuned_model}:ckpt-step-40`].sort());
   }, 300_000);
 
+  it('pause and cancel made through the API reach the job on the worker training it', async () => {
+    await atLeastWorkers(1);
+    const created = await queue(5);
+    await untilStep(t.client, created.id, 3, 120_000);
+    expect((await t.client.fineTuning.jobs.pause(created.id)).status).toBe('paused');
+    await until('the paused engine to save', async () =>
+      (await allEvents(t.client, created.id)).some((e) => e.message.startsWith('Checkpoint saved at step')),
+    );
+    const pausedAt = (await metricsSteps(t.client, created.id)).length;
+    expect((await t.client.fineTuning.jobs.resume(created.id)).status).toBe('queued');
+    await untilStep(t.client, created.id, pausedAt + 2, 120_000);
+    await t.client.fineTuning.jobs.cancel(created.id);
+    const job = await finished(t.client, created.id);
+    expect(job.status).toBe('cancelled');
+    // The engine on the worker stopped, and left nothing behind.
+    await until('the engine to exit', async () => !fs.existsSync(path.join(t.home, 'work', job.id, 'engine.pid')));
+    await until('the worker to clean up', async () => !fs.existsSync(path.join(t.home, 'work', job.id, 'train')));
+    expect(await metricsSteps(t.client, job.id)).toEqual(Array.from({ length: (await metricsSteps(t.client, job.id)).length }, (_, i) => i + 1));
+    expect(fs.existsSync(path.join(t.home, 'adapters', job.id))).toBe(false);
+  }, 300_000);
+
   it('a worker stalled past its lease (SIGSTOP) and woken (SIGCONT) writes nothing more for the job it lost', async () => {
-    const active = (await listWorkers()).filter((w) => w.status === 'active').length;
-    for (let i = active; i < 2; i++) startWorker();
-    await until('two active workers', async () => (await listWorkers()).filter((w) => w.status === 'active').length >= 2);
+    await atLeastWorkers(2);
     const created = await queue(5);
     await untilStep(t.client, created.id, 12, 120_000);
     const pid = await holder(created.id);
