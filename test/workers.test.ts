@@ -4,6 +4,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { WorkerInfo } from '../src/jobs/workers.js';
 import { BaseModelRegistry } from '../src/models/base-models.js';
+import { launchBrowser, openDashboard, screenshot } from './support/browser.js';
 import { CLI, runCli } from './support/cli.js';
 import { writeTrainableModelFolder } from './support/model-folder.js';
 import {
@@ -197,5 +198,24 @@ describe.skipIf(!onPostgres)('training on workers through PostgreSQL', () => {
     const starts = events.filter((e) => e.message.startsWith('Fine-tuning job'));
     const stalledId = workerOf(await listWorkers(), pid)?.id;
     expect(starts.at(-1)!.data).not.toMatchObject({ worker: stalledId });
+  }, 300_000);
+
+  it("the dashboard's Workers page shows each worker, what it holds, and the job it trains", async () => {
+    await atLeastWorkers(1);
+    const created = await queue(5);
+    await untilStep(t.client, created.id, 2, 120_000);
+    const pid = await holder(created.id);
+    const browser = await launchBrowser();
+    try {
+      const page = await openDashboard(browser, t, '#/workers');
+      const row = page.getByRole('row').filter({ hasText: created.id });
+      await row.waitFor();
+      expect(await row.textContent()).toContain(`pid ${pid}`);
+      expect(await row.locator('td[data-label="Status"]').textContent()).toBe('active');
+      await screenshot(page, 'workers');
+    } finally {
+      await browser.close();
+      await t.client.fineTuning.jobs.cancel(created.id);
+    }
   }, 300_000);
 });

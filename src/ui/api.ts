@@ -5,8 +5,9 @@ import type { FineTuningJobEvent } from 'openai/resources/fine-tuning/jobs/jobs'
 import type { Model, ModelDeleted } from 'openai/resources/models';
 import type { FineTuningJob } from '../jobs/jobs.js';
 import type { MonthUsage } from '../usage/usage.js';
+import type { WorkerInfo } from '../jobs/workers.js';
 
-export type { ChatCompletionChunk, FileObject, FineTuningJob, FineTuningJobCheckpoint, FineTuningJobEvent, Model, ModelDeleted, MonthUsage };
+export type { ChatCompletionChunk, FileObject, FineTuningJob, FineTuningJobCheckpoint, FineTuningJobEvent, Model, ModelDeleted, MonthUsage, WorkerInfo };
 
 /** The dashboard talks to the same /v1 API as the SDK, on the server that serves it. */
 const BASE = new URL('../v1', location.href).pathname;

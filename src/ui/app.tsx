@@ -8,6 +8,7 @@ import { ModelsPage } from './pages/models.js';
 import { PlaygroundPage } from './pages/playground.js';
 import { SignInPage } from './pages/sign-in.js';
 import { UsagePage } from './pages/usage.js';
+import { WorkersPage } from './pages/workers.js';
 import { href, useRoute, type Route } from './router.js';
 
 const SECTIONS = [
@@ -16,6 +17,7 @@ const SECTIONS = [
   ['models', 'Models'],
   ['playground', 'Playground'],
   ['usage', 'Usage'],
+  ['workers', 'Workers'],
 ] as const;
 
 function page(route: Route) {
@@ -31,6 +33,8 @@ function page(route: Route) {
       return <PlaygroundPage left={route.query.get('left')} right={route.query.get('right')} />;
     case 'usage':
       return <UsagePage />;
+    case 'workers':
+      return <WorkersPage />;
     default:
       return <p class="error">There is no page "{route.parts.join('/')}".</p>;
   }
