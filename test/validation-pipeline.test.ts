@@ -7,6 +7,7 @@ import { LocalBlobStore } from '../src/files/blob-store.js';
 import { FileService } from '../src/files/files.js';
 import { JobService } from '../src/jobs/jobs.js';
 import { BaseModelRegistry } from '../src/models/base-models.js';
+import { ModelService } from '../src/models/models.js';
 import { openStore } from '../src/store/store.js';
 import { encodeChat } from '../src/tokenizer/chat-encoding.js';
 import { ModelTokenizer } from '../src/tokenizer/model-tokenizer.js';
@@ -159,7 +160,8 @@ describe.skipIf(onPostgres)('a restart during validation (SQLite: the test write
     const layout = homeLayout(home);
     const store = await openStore(layout.database);
     const files = new FileService(store.db, new LocalBlobStore(layout.blobs));
-    const jobs = new JobService(store.db, files, new BaseModelRegistry(layout.models));
+    const baseModels = new BaseModelRegistry(layout.models);
+    const jobs = new JobService(store.db, files, baseModels, new ModelService(store.db, baseModels));
     const job = await jobs.create(org.id, { model: BASE_MODEL, training_file: file.id });
     await expect(jobs.validationReport(org.id, job.id)).rejects.toMatchObject({ kind: 'not_found', code: 'validation_report_not_ready' });
     await store.close();

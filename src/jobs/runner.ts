@@ -4,7 +4,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { HomeLayout } from '../config.js';
 import { enginePython } from '../engine/python.js';
-import type { DoneEvent, EngineEvent, EvalEvent, StepEvent, StepMetrics, TrainingSpec } from '../engine/protocol.js';
+import { type DoneEvent, type EngineEvent, type EvalEvent, EVAL_FIELDS, STEP_FIELDS, type StepEvent, type StepMetrics, type TrainingSpec } from '../engine/protocol.js';
 import { type Exit, TrainingProcess, stopOrphan } from '../engine/training-process.js';
 import { ServiceError } from '../errors.js';
 import { DISK_FULL_WORDS, type DiskSpace, isDiskFull, megabytes } from '../files/disk.js';
@@ -18,8 +18,7 @@ import type { OrgService } from '../orgs/orgs.js';
 import type { Db } from '../store/store.js';
 import { type CheckpointSpace, checkpointSpace } from './checkpoint-space.js';
 import { learningRate, resolveHyperparameters } from './hyperparameters.js';
-import type { SupervisedHyperparameters } from './job-request.js';
-import type { FineTuningJob, JobService } from './jobs.js';
+import { type FineTuningJob, type JobService, type Method, methodHyperparameters } from './jobs.js';
 import { resultsCsv } from './results.js';
 import { WorkLoop } from './work-loop.js';
 import { isFinished } from './status.js';
@@ -81,6 +80,8 @@ interface Run {
   finishing: boolean;
   finished: Promise<void>;
   fineTunedModel: string;
+  /** What its models are recorded as made from (starting-point.ts: the weights a LoRA adapter sits on, or the lineage's base). */
+  baseModel: string;
   /** What its checkpoints take on disk, for the messages of a full disk. */
   space: CheckpointSpace;
   totalSteps: number;
@@ -195,11 +196,12 @@ export class JobRunner {
   private async begin(job: FineTuningJob): Promise<void> {
     // An engine a crashed server left behind while it was pausing or cancelling this job.
     await stopOrphan(this.pidPath(job.id));
-    const model = this.services.baseModels.get(job.model);
-    if (!model) throw new Error(`the base model ${job.model} is no longer registered`);
+    const start = await this.services.jobs.startingPoint(job.organization_id, job.model);
+    const model = start.root;
+    const method = job.method as Method;
     const report = validationFacts(await this.services.jobs.validationReport(job.organization_id, job.id));
     const defaults = trainingDefaults(model.path);
-    const resolved = resolveHyperparameters(job.hyperparameters as SupervisedHyperparameters, report.n_examples, defaults);
+    const resolved = resolveHyperparameters(methodHyperparameters(method), report.n_examples, defaults, start.adapter);
     const work = this.workDir(job.id);
     const stepsPerEpoch = Math.ceil(report.n_examples / resolved.batch_size);
     const totalSteps = stepsPerEpoch * resolved.n_epochs;
@@ -219,8 +221,11 @@ export class JobRunner {
     const spec: TrainingSpec = written ?? {
       // The model's own engine settings first: the fields below are the runner's to set.
       ...defaults.engine,
-      model: model.path,
-      base_model_name: job.model,
+      model: start.weights,
+      base_model_name: start.weightsModel,
+      init_adapter: start.adapter?.path ?? null,
+      method: method.type,
+      ...(resolved.beta === undefined ? {} : { dpo: { beta: resolved.beta } }),
       train_data: path.join(work, 'train'),
       valid_data: valid,
       output_dir: path.join(this.home.adapters, job.id),
@@ -230,7 +235,7 @@ export class JobRunner {
       n_epochs: resolved.n_epochs,
       batch_size: resolved.batch_size,
       learning_rate: learningRate(resolved, defaults),
-      seq_len: sequenceLength(report, job.model),
+      seq_len: sequenceLength(report, model.name),
       warmup_steps: Math.ceil(defaults.warmup_ratio * totalSteps),
       lr_schedule: defaults.lr_schedule,
       seed: job.seed,
@@ -249,7 +254,7 @@ export class JobRunner {
       'queued',
       'running',
       { message: resumeFrom ? `Fine-tuning job resumed from its checkpoint at step ${resumeFrom.step}` : 'Fine-tuning job started' },
-      { method: { type: 'supervised', supervised: { hyperparameters: resolved } } },
+      { method: method.type === 'dpo' ? { type: 'dpo', dpo: { hyperparameters: resolved } } : { type: 'supervised', supervised: { hyperparameters: resolved } } },
     );
     const checkpoints = await this.services.jobs.checkpoints(job.id);
     const run: Run = {
@@ -258,7 +263,8 @@ export class JobRunner {
       stopping: null,
       finishing: false,
       finished: Promise.resolve(),
-      fineTunedModel: fineTunedModelName(job, await this.services.orgs.name(job.organization_id)),
+      fineTunedModel: fineTunedModelName({ ...job, model: model.name }, await this.services.orgs.name(job.organization_id)),
+      baseModel: resolved.full ? model.name : start.weightsModel,
       space,
       totalSteps,
       startStep: resumeFrom?.step ?? 0,
@@ -387,12 +393,8 @@ export class JobRunner {
     const step = Number(event.step);
     // A run resumed from a checkpoint repeats the steps after it that were already recorded.
     if (run.lastMetrics && step <= run.lastMetrics.data.step) return;
-    const data: Metrics = {
-      step,
-      total_steps: Number(event.total_steps),
-      train_loss: event.train_loss,
-      train_mean_token_accuracy: event.train_mean_token_accuracy,
-    };
+    const data: Metrics = { step, total_steps: Number(event.total_steps) };
+    for (const key of STEP_FIELDS) if (key in event) data[key] = event[key];
     const id = await this.services.jobs.recordStep(run.job.id, { message: stepMessage(data), data });
     run.lastMetrics = { id, data };
     // From the engine's own clock, so a backlog of events here does not skew it.
@@ -409,9 +411,7 @@ export class JobRunner {
   private async onEval(run: Run, event: EvalEvent): Promise<void> {
     if (!run.lastMetrics || run.lastMetrics.data.step !== Number(event.step)) return;
     const data: Metrics = { ...run.lastMetrics.data };
-    for (const key of ['valid_loss', 'valid_mean_token_accuracy', 'full_valid_loss', 'full_valid_mean_token_accuracy'] as const) {
-      if (key in event) data[key] = event[key];
-    }
+    for (const key of EVAL_FIELDS) if (key in event) data[key] = event[key];
     await this.services.jobs.updateStep(run.job.id, run.lastMetrics.id, { message: stepMessage(data), data });
     run.lastMetrics = { id: run.lastMetrics.id, data };
   }
@@ -538,7 +538,7 @@ export class JobRunner {
   }
 
   private modelRow(run: Run, id: string, kind: 'fine-tune' | 'checkpoint', folder: string) {
-    return { id, org_id: run.job.organization_id, job_id: run.job.id, base_model: run.job.model, kind, path: folder, created_at: unixSeconds() };
+    return { id, org_id: run.job.organization_id, job_id: run.job.id, base_model: run.baseModel, kind, path: folder, created_at: unixSeconds() };
   }
 
   /**
@@ -601,6 +601,7 @@ function stepMessage(data: Metrics): string {
   const loss = (value: unknown) => (typeof value === 'number' ? value.toFixed(4) : 'n/a');
   let message = `Step ${data.step}/${data.total_steps}: training loss=${loss(data.train_loss)}`;
   if ('valid_loss' in data) message += `, validation loss=${loss(data.valid_loss)}`;
+  if ('train_reward_accuracy' in data) message += `, reward accuracy=${loss(data.train_reward_accuracy)}, margin=${loss(data.train_reward_margin)}`;
   return message;
 }
 
