@@ -21,6 +21,7 @@ gradient accumulation splits between pairs, never inside one.
 import contextlib
 import dataclasses
 import os
+import time
 
 import numpy as np
 import torch
@@ -174,7 +175,7 @@ class PreferenceTrainer(Trainer):
             return stored
         if self.state is not None:
             raise EngineError("invalid_arrays", f"{path}: not found; a resumed DPO run needs the reference log-probabilities of its first start")
-        events.log(f"computing the reference log-probabilities of {n} pairs in {arrays.folder}")
+        started = time.perf_counter()
         self.model.eval()
         out = np.zeros((n, 2), dtype=np.float32)
         for start in range(0, n, self.spec.batch_size):
@@ -186,4 +187,5 @@ class PreferenceTrainer(Trainer):
         tmp = path + ".tmp.npy"
         np.save(tmp, out)
         os.replace(tmp, path)
+        events.log(f"reference log-probabilities of {n} pairs in {arrays.folder}: {time.perf_counter() - started:.3f} s")
         return out
