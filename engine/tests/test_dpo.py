@@ -9,9 +9,11 @@ import numpy as np
 import torch
 
 from tunelab_engine import data, dpo, generate, lora
+from tunelab_engine.pair_batch import PairBatch
 
-from .helpers import TempDirTest, parse_events, run_engine, save_random_model, start_engine, write_arrays
+from .helpers import TempDirTest, parse_events, random_model, run_engine, save_random_model, start_engine, write_arrays
 from .test_parity import COMMON, referee
+from .test_train import of_type
 
 try:
     import transformers
@@ -25,10 +27,10 @@ BETA = 0.25
 TOLERANCE = 1e-4
 
 
-def pairs_of(seed=0, n=3):
+def pairs_of(seed=0, n=3, vocab=COMMON["vocab_size"]):
     """(prompt, chosen, rejected) token lists of different lengths."""
     rng = np.random.default_rng(seed)
-    tokens = lambda k: rng.integers(2, COMMON["vocab_size"], size=k).tolist()  # noqa: E731
+    tokens = lambda k: rng.integers(2, vocab, size=k).tolist()  # noqa: E731
     return [(tokens(p), tokens(c), tokens(r)) for p, c, r in [(7, 5, 9), (12, 6, 3), (4, 11, 8)][:n]]
 
 
@@ -76,13 +78,13 @@ def nudge(parameters, scale=0.01):
 @unittest.skipIf(trl is None, "trl, transformers and peft are not installed (pip install -r engine/requirements-test.txt)")
 class TRLRefereeTest(TempDirTest):
     def ours(self, model, reference, pairs):
-        """Our loss, rewards and reward accuracy over the same pairs, packed as training packs them."""
+        """Our loss, rewards and reward accuracy over the same pairs, packed as training packs them
+        (two pairs in one row, one in another, each pair's prompt computed once)."""
         arrays = data.Arrays(pair_arrays(self.path("arrays"), pairs), COMMON["vocab_size"])
-        rows = [[0, 1, 2, 3], [4, 5]]  # two pairs in one row, one in another
-        batch = data.Batch(arrays, rows, 64, "cpu")
+        rows = [[0, 1], [2]]
         with torch.no_grad():
-            ref_chosen, ref_rejected, _, _ = dpo.pair_logps(reference, data.Batch(arrays, rows, 64, "cpu"), [0, 1, 2], False)
-        chosen, rejected, _, _ = dpo.pair_logps(model, batch, [0, 1, 2], False)
+            ref_chosen, ref_rejected, _, _ = dpo.pair_logps(reference, PairBatch(arrays, rows, 64, "cpu"), [0, 1, 2], False)
+        chosen, rejected, _, _ = dpo.pair_logps(model, PairBatch(arrays, rows, 64, "cpu"), [0, 1, 2], False)
         losses, chosen_rewards, rejected_rewards = dpo.sigmoid_loss(chosen, rejected, ref_chosen, ref_rejected, BETA)
         losses.mean().backward()
         return losses.mean().item(), chosen_rewards, rejected_rewards
@@ -151,8 +153,20 @@ class TRLRefereeTest(TempDirTest):
         self.assertGradsClose(got, want)
 
 
-def of_type(events, kind):
-    return [e for e in events if e["type"] == kind]
+class SharedPrefixTest(TempDirTest):
+    def test_a_pair_sharing_its_prompt_scores_as_its_two_examples_apart(self):
+        # Against data.Batch, which runs the two halves as separate examples; mistral's window of
+        # 8 is crossed by the rejected tails, whose positions continue the prompt's.
+        pairs = pairs_of(seed=4, vocab=96) + [([5, 6, 7], [8, 9], [8, 9, 10])]  # a chosen answer that starts the rejected one
+        arrays = data.Arrays(pair_arrays(self.path("arrays"), pairs), 96)
+        for family in ("llama", "mistral", "qwen3"):
+            with self.subTest(family=family), torch.no_grad():
+                model = random_model(family)
+                shared = dpo.pair_logps(model, PairBatch(arrays, [[0, 3], [1, 2]], 64, "cpu"), [0, 1, 2, 3], False)
+                apart = dpo.pair_logps(model, data.Batch(arrays, [[0, 1, 6, 7], [2, 3, 4, 5]], 64, "cpu"), [0, 1, 2, 3], False)
+                for got, want in zip(shared[:2], apart[:2]):
+                    self.assertLessEqual((got - want).abs().max().item(), TOLERANCE * want.abs().max().item())
+                self.assertEqual(shared[2:], apart[2:])
 
 
 def learnable_pairs(n, seed):

@@ -14,8 +14,9 @@ For a LoRA run from the base model that reference is the base model (a new adapt
 zero, that is, switched off); for a run that continues an adapter or a fine-tuned model, it is
 that starting point, as DPO after supervised fine-tuning wants.
 
-A step packs whole pairs into rows, so both halves of a pair land in the same forward pass and
-gradient accumulation splits between pairs, never inside one.
+A step packs whole pairs into rows, so both halves of a pair land in the same forward pass, their
+shared prompt computed once (pair_batch.py), and gradient accumulation splits between pairs,
+never inside one.
 """
 
 import contextlib
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 
 from . import data, events
 from .errors import EngineError
+from .pair_batch import PairBatch, shared_prefix
 from .train import Trainer
 
 REFERENCE = "reference_logps.npy"
@@ -119,21 +121,37 @@ class PreferenceTrainer(Trainer):
         return pair_count(arrays)
 
     def _pair_lengths(self, arrays):
-        lengths = np.minimum(arrays.lengths, self.spec.seq_len)
-        return lengths[0::2] + lengths[1::2]
+        """Tokens each pair puts through the model: both halves, their shared prefix once."""
+        def length(pair):
+            chosen, rejected = (arrays.example(e, self.spec.seq_len)[0] for e in (2 * pair, 2 * pair + 1))
+            return len(chosen) + len(rejected) - shared_prefix(chosen, rejected)
+        return np.array([length(p) for p in range(self.units(arrays))], dtype=np.int64)
 
     def pair_rows(self, arrays, pairs):
-        """Rows of example indices with each pair's two halves side by side."""
-        rows = data.pack(pairs, self.pair_lengths[id(arrays)], self.spec.seq_len)
-        return [[e for p in row for e in (2 * p, 2 * p + 1)] for row in rows]
+        """Rows of pair indices, packed first-fit-decreasing as examples are."""
+        return data.pack(pairs, self.pair_lengths[id(arrays)], self.spec.seq_len)
 
     def step_rows(self, epoch, index):
         order = data.epoch_order(self.units(self.train_data), self.spec.seed, epoch)
         return self.pair_rows(self.train_data, order[index * self.spec.batch_size:(index + 1) * self.spec.batch_size])
 
+    def batches(self, arrays, rows):
+        return [PairBatch(arrays, part, self.spec.seq_len, self.device)
+                for part in data.split(rows, self.spec.gradient_accumulation_steps)]
+
+    def packing_efficiency(self, epoch):
+        lengths = self.pair_lengths[id(self.train_data)]
+        real = padded = 0
+        for index in range(self.steps_per_epoch):
+            for part in data.split(self.step_rows(epoch, index), self.spec.gradient_accumulation_steps):
+                used = [int(lengths[row].sum()) for row in part]
+                real += sum(used)
+                padded += max(used) * len(part)
+        return real / padded
+
     def _parts(self, arrays, rows, batches=None):
-        """The step's micro-batches, each with the pairs it holds (data.split as Trainer.batches splits)."""
-        pairs = [sorted({e // 2 for row in part for e in row}) for part in data.split(rows, self.spec.gradient_accumulation_steps)]
+        """The step's micro-batches, each with the pairs it holds (split as `batches` splits)."""
+        pairs = [sorted(p for row in part for p in row) for part in data.split(rows, self.spec.gradient_accumulation_steps)]
         return zip(pairs, batches if batches is not None else self.batches(arrays, rows))
 
     def _score(self, arrays, pairs, batch, totals):
@@ -145,7 +163,7 @@ class PreferenceTrainer(Trainer):
 
     def backward(self, rows, batches):
         totals = Totals()
-        n = len({e // 2 for row in rows for e in row})
+        n = sum(len(row) for row in rows)
         for pairs, batch in self._parts(self.train_data, rows, batches):
             (self._score(self.train_data, pairs, batch, totals).sum() / n).backward()
         return totals.metrics(), n > 0
