@@ -112,3 +112,43 @@ it('trains DPO on top of a supervised fine-tune: reward accuracy 1.0, a margin g
   expect(last.full_valid_reward_margin).toBeGreaterThan(0);
   expect((await greedy(job.fine_tuned_model!)).filter((answer) => DRY.test(answer))).toEqual([]);
 }, 900_000);
+
+it("continues a LoRA fine-tune's checkpoint with DPO: its adapter, rank and alpha, measured against it", async () => {
+  const sftFile = await client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
+  const sft = await finished(
+    client,
+    (
+      await client.fineTuning.jobs.create({
+        model: TINY_MODEL_NAME,
+        training_file: sftFile.id,
+        suffix: 'lora',
+        seed: 1,
+        // Ours beside OpenAI's fields (see the README), so outside the SDK's type.
+        method: { type: 'supervised', supervised: { hyperparameters: { full: false, lora_rank: 4, lora_alpha: 8, n_epochs: 2 } as object } },
+      })
+    ).id,
+    300_000,
+  );
+  expect(sft.status, JSON.stringify(sft.error)).toBe('succeeded');
+  const [checkpoint] = (await client.fineTuning.jobs.checkpoints.list(sft.id)).data.filter((c) => c.step_number === 10);
+  const start = checkpoint!.fine_tuned_model_checkpoint;
+  const pairs = await client.files.create({ file: fs.createReadStream(PREFERENCES), purpose: 'fine-tune' });
+  const dpo = (hyperparameters: object) =>
+    client.fineTuning.jobs.create({ model: start, training_file: pairs.id, suffix: 'lora-dpo', seed: 1, method: { type: 'dpo', dpo: { hyperparameters } } });
+
+  // The adapter is continued as it is: another rank, or full fine-tuning, cannot continue it.
+  expect(await dpo({ lora_rank: 16 }).catch((e: unknown) => e)).toMatchObject({ status: 400, param: 'method.dpo.hyperparameters.lora_rank' });
+  expect(await dpo({ full: true }).catch((e: unknown) => e)).toMatchObject({ status: 400, param: 'method.dpo.hyperparameters.full' });
+
+  const job = await finished(client, (await dpo({ n_epochs: 2, batch_size: 4 })).id, 300_000);
+  expect(job.status, JSON.stringify(job.error)).toBe('succeeded');
+  expect(job.method?.dpo?.hyperparameters).toMatchObject({ full: false, lora_rank: 4, lora_alpha: 8, beta: 0.1 });
+  const metrics = await client.get<{ data: Array<Record<string, number>> }>(`/fine_tuning/jobs/${job.id}/metrics`);
+  // The reference is the checkpoint itself: the first step starts at log 2, then the pairs are learned.
+  expect(metrics.data[0]!.train_loss).toBeCloseTo(Math.log(2), 4);
+  expect(metrics.data.at(-1)!.train_reward_margin).toBeGreaterThan(0);
+  expect(await client.models.retrieve(job.fine_tuned_model!)).toMatchObject({ fine_tuned_from: start });
+  // Served as an adapter over the base model, like any LoRA fine-tune.
+  const reply = await client.chat.completions.create({ model: job.fine_tuned_model!, messages: [{ role: 'user', content: '青岛明天天气怎么样?' }], temperature: 0, max_tokens: 8 });
+  expect(reply.choices[0]!.message.content).toBeTruthy();
+}, 900_000);
