@@ -119,8 +119,15 @@ describe('validating_files', () => {
         non_preferred_output: [{ role: 'assistant', content: `Bad ${i}.` }],
       });
     const file = await upload(t, 'pairs.jsonl', Array.from({ length: 10 }, (_, i) => pair(i)));
-    const job = await validated(t.client, (await t.client.fineTuning.jobs.create({ model: BASE_MODEL, training_file: file.id })).id);
-    expect(job.error).toMatchObject({ code: 'invalid_training_file', message: expect.stringContaining('preference pairs (DPO data)') });
+    // Told at create, naming the file: a DPO job trains on them.
+    await expect(t.client.fineTuning.jobs.create({ model: BASE_MODEL, training_file: file.id })).rejects.toMatchObject({
+      status: 400,
+      param: 'training_file',
+      code: 'invalid_training_file',
+      message: expect.stringContaining(`${file.id} holds preference pairs (DPO data)`),
+    });
+    const dpo = await t.client.fineTuning.jobs.create({ model: BASE_MODEL, training_file: file.id, method: { type: 'dpo' } });
+    expect((await validated(t.client, dpo.id)).status).toBe('queued');
   });
 
   it('stops reading the files of a job cancelled during validation', async () => {
