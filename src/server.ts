@@ -93,7 +93,8 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   const orgs = new OrgService(store.db);
   const files = new FileService(store.db, new LocalBlobStore(home.blobs));
   const baseModels = new BaseModelRegistry(home.models);
-  const jobs = new JobService(store.db, files, baseModels);
+  const models = new ModelService(store.db, baseModels);
+  const jobs = new JobService(store.db, files, baseModels, models);
   const workers = new WorkerRegistry(store.db, options.leaseMs ?? DEFAULT_LEASE_MS);
   const logError = (message: string, error: unknown) => app.log.error({ err: error }, message);
   const smtp = loadSmtpSettings(home.root);
@@ -103,7 +104,6 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   const tokenizers = new ModelTokenizers();
   const fileReports = new FileReports(files, baseModels, datasetSettings, tokenizers, trainingTimeEstimator(home.root));
   const usage = new UsageService(store.db, datasetSettings.prices, logError);
-  const models = new ModelService(store.db, baseModels);
   const servePool = new ServePool({ ...loadServingSettings(home.root), ...options.serving, logDir: home.logs });
   const inference = new InferenceService(models, servePool, usage, logError);
   const administrators = loadPullOrganizations(home.root);
@@ -115,7 +115,7 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   const disk = new DiskSpace(home.root, home.diskReserve);
   await disk.setAside();
   const app = buildApi(services, { maxUploadBytes, disk, logger: options.logger ?? false });
-  const validation = new FileValidation(jobs, files, baseModels, datasetSettings, tokenizers, home.work, disk, (message, error) =>
+  const validation = new FileValidation(jobs, files, datasetSettings, tokenizers, home.work, disk, (message, error) =>
     app.log.error({ err: error }, message),
   );
 

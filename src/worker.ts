@@ -51,12 +51,13 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
   const leaseMs = options.leaseMs ?? DEFAULT_LEASE_MS;
   const baseModels = new BaseModelRegistry(home.models);
   const files = new FileService(store.db, new LocalBlobStore(home.blobs));
-  const jobs = new JobService(store.db, files, baseModels);
+  const models = new ModelService(store.db, baseModels);
+  const jobs = new JobService(store.db, files, baseModels, models);
   const disk = new DiskSpace(home.root, home.diskReserve);
   const capabilities = detectCapabilities();
   const id = newWorkerId();
   const runner = new JobRunner(
-    { db: store.db, jobs, models: new ModelService(store.db, baseModels), files, orgs: new OrgService(store.db), baseModels, disk },
+    { db: store.db, jobs, models, files, orgs: new OrgService(store.db), baseModels, disk },
     home,
     {
       slots: options.slots ?? 1,

@@ -1,7 +1,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import type { DatasetReport } from '../src/datasets/doctor.js';
+import { type DatasetReport, examineFiles } from '../src/datasets/doctor.js';
+import { DEFAULT_DATASET_SETTINGS } from '../src/datasets/settings.js';
 import { autoEpochs, percentile, trainingCost, DEFAULT_PRICES } from '../src/datasets/stats.js';
 import { encodeChat } from '../src/tokenizer/chat-encoding.js';
 import { ModelTokenizer } from '../src/tokenizer/model-tokenizer.js';
@@ -213,3 +214,67 @@ describe('the rules behind the numbers', () => {
     expect(encoded.ids.filter((_, i) => encoded.mask[i] === 1).map((id) => tokenizer.idToToken(id))).toEqual(['O', 'k', '</s>', 'O', 'k', '</s>']);
   });
 });
+
+describe('preference files', () => {
+  it('renders both answers after the same conversation, trains only the answers, and bills the shared prompt once', async () => {
+    const tokenizer = ModelTokenizer.load(model);
+    const pair = (i: number) => ({
+      input: {
+        messages: [
+          { role: 'system', content: 'You answer briefly.' },
+          { role: 'user', content: `Question ${i}?` },
+          { role: 'assistant', content: 'An earlier turn, context only.' },
+          { role: 'user', content: 'And now?' },
+        ],
+      },
+      preferred_output: [{ role: 'assistant', content: `A cheerful answer ${i}.` }],
+      non_preferred_output: [{ role: 'assistant', content: `Dry ${i}.` }],
+    });
+    const file = jsonl('pairs.jsonl', tenDistinct(pair));
+    const arraysDir = path.join(home, 'pair-arrays');
+    const report = await examineFiles(
+      { training: () => fs.createReadStream(file) },
+      { model: { name: 'm', tokenizer }, context: 4096, nEpochs: 1, prices: DEFAULT_PRICES, screening: DEFAULT_DATASET_SETTINGS.screening, arraysDir, show: 1 },
+    );
+    expect(report.format).toBe('preference');
+    expect(report.can_train).toBe(true);
+
+    // The trainer's arrays: each pair as its preferred and its non-preferred sequence, in that order.
+    const ids = readNpy(path.join(arraysDir, 'train', 'input_ids.npy'));
+    const mask = readNpy(path.join(arraysDir, 'train', 'loss_mask.npy'));
+    const offsets = readNpy(path.join(arraysDir, 'train', 'offsets.npy'));
+    expect(offsets).toHaveLength(21);
+    const sequence = (k: number) => ({ ids: ids.slice(offsets[k]!, offsets[k + 1]!), mask: mask.slice(offsets[k]!, offsets[k + 1]!) });
+    const messages = pair(0).input.messages;
+    const chosen = encodeChat(tokenizer, [...messages.map((m) => ({ ...m, weight: m.role === 'assistant' ? 0 : 1 })), { role: 'assistant', content: 'A cheerful answer 0.' }]);
+    expect(sequence(0)).toEqual({ ids: chosen.ids, mask: chosen.mask });
+    const prompt = encodeChat(tokenizer, messages, { addGenerationPrompt: true }).ids;
+    for (const side of [sequence(0), sequence(1)]) {
+      expect(side.ids.slice(0, prompt.length)).toEqual(prompt);
+      // Only the answer trains: the earlier assistant turn is context.
+      expect(side.mask.slice(0, prompt.length).every((bit) => bit === 0)).toBe(true);
+      // The answer through its end of turn trains; what the template writes after it does not.
+      expect(side.mask.slice(prompt.length).join('')).toMatch(/^1+0*$/);
+    }
+
+    const counts = report.token_counts.m!;
+    const chosenTrained = [0, 2, 4, 6, 8, 10, 12, 14, 16, 18].reduce((sum, k) => sum + sequence(k).mask.reduce((a, b) => a + b, 0), 0);
+    expect(counts.preference?.chosen_trained).toBe(chosenTrained);
+    expect(counts.trained).toBe(chosenTrained + counts.preference!.rejected_trained);
+    expect(counts.preference!.shared_prompt).toBeGreaterThanOrEqual(10 * prompt.length);
+    // Billed: both sequences, their shared prompt once.
+    expect(report.billing_tokens).toBe(ids.length - counts.preference!.shared_prompt);
+    expect(report.shown_examples[0]!.rejected_segments!.filter((s) => s.trained).map((s) => s.text).join('')).toContain('Dry 0.');
+  });
+});
+
+/** The values of a 1-D .npy file the arrays writer wrote. */
+function readNpy(file: string): number[] {
+  const bytes = fs.readFileSync(file);
+  const header = 10 + bytes.readUInt16LE(8);
+  const descr = /'descr': '([^']+)'/.exec(bytes.toString('latin1', 10, header))![1]!;
+  const body = bytes.subarray(header);
+  if (descr === '<i4') return Array.from(new Int32Array(body.buffer.slice(body.byteOffset, body.byteOffset + body.length)));
+  if (descr === '|u1') return Array.from(body);
+  return Array.from(new BigInt64Array(body.buffer.slice(body.byteOffset, body.byteOffset + body.length)), Number);
+}

@@ -127,7 +127,9 @@ describe('errors in OpenAI form', () => {
     [{ hyperparameters: { batch_size: 1000 } }, 'hyperparameters.batch_size', 'expected number to be <=256'],
     [{ hyperparameters: { learning_rate_multiplier: 0 } }, 'hyperparameters.learning_rate_multiplier', 'expected number to be >0'],
     [{ hyperparameters: { n_epochs: 'many' } }, 'hyperparameters.n_epochs', 'expected number, received string'],
-    [{ method: { type: 'dpo', dpo: { hyperparameters: { beta: 0.1 } } } }, 'method.type', "'dpo' is not supported yet"],
+    [{ method: { type: 'dpo', dpo: { hyperparameters: { beta: 0.1 } } } }, 'training_file', "holds chat examples, but method 'dpo' trains on preference pairs"],
+    [{ method: { type: 'dpo', dpo: { hyperparameters: { beta: 3 } } } }, 'method.dpo.hyperparameters.beta', 'expected number to be <=2'],
+    [{ hyperparameters: { n_epochs: 2 }, method: { type: 'dpo' } }, 'hyperparameters', "supervised fine-tuning's; give DPO's in 'method.dpo.hyperparameters'"],
     [{ method: { type: 'reinforcement' } }, 'method.type', "'reinforcement' is not supported yet"],
     [
       { hyperparameters: { n_epochs: 2 }, method: { type: 'supervised', supervised: { hyperparameters: { n_epochs: 3 } } } },

@@ -178,7 +178,8 @@ describe("the guide's calls through the official SDK", () => {
       path: adapter,
       created_at: 1_700_000_000,
     });
-    expect(await t.client.models.retrieve(id)).toEqual({ id, object: 'model', created: 1_700_000_000, owned_by: job.organization_id });
+    // Ours beside OpenAI's fields: the model its job trained from.
+    expect(await t.client.models.retrieve(id)).toEqual({ id, object: 'model', created: 1_700_000_000, owned_by: job.organization_id, fine_tuned_from: BASE_MODEL });
     expect(await t.client.models.delete(id)).toEqual({ id, object: 'model', deleted: true });
     expect(fs.existsSync(adapter)).toBe(false);
     await expect(t.client.models.retrieve(id)).rejects.toMatchObject({ status: 404, code: 'model_not_found' });

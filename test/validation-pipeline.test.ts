@@ -7,6 +7,7 @@ import { LocalBlobStore } from '../src/files/blob-store.js';
 import { FileService } from '../src/files/files.js';
 import { JobService } from '../src/jobs/jobs.js';
 import { BaseModelRegistry } from '../src/models/base-models.js';
+import { ModelService } from '../src/models/models.js';
 import { openStore } from '../src/store/store.js';
 import { encodeChat } from '../src/tokenizer/chat-encoding.js';
 import { ModelTokenizer } from '../src/tokenizer/model-tokenizer.js';
@@ -118,8 +119,15 @@ describe('validating_files', () => {
         non_preferred_output: [{ role: 'assistant', content: `Bad ${i}.` }],
       });
     const file = await upload(t, 'pairs.jsonl', Array.from({ length: 10 }, (_, i) => pair(i)));
-    const job = await validated(t.client, (await t.client.fineTuning.jobs.create({ model: BASE_MODEL, training_file: file.id })).id);
-    expect(job.error).toMatchObject({ code: 'invalid_training_file', message: expect.stringContaining('preference pairs (DPO data)') });
+    // Told at create, naming the file: a DPO job trains on them.
+    await expect(t.client.fineTuning.jobs.create({ model: BASE_MODEL, training_file: file.id })).rejects.toMatchObject({
+      status: 400,
+      param: 'training_file',
+      code: 'invalid_training_file',
+      message: expect.stringContaining(`${file.id} holds preference pairs (DPO data)`),
+    });
+    const dpo = await t.client.fineTuning.jobs.create({ model: BASE_MODEL, training_file: file.id, method: { type: 'dpo' } });
+    expect((await validated(t.client, dpo.id)).status).toBe('queued');
   });
 
   it('stops reading the files of a job cancelled during validation', async () => {
@@ -159,7 +167,8 @@ describe.skipIf(onPostgres)('a restart during validation (SQLite: the test write
     const layout = homeLayout(home);
     const store = await openStore(layout.database);
     const files = new FileService(store.db, new LocalBlobStore(layout.blobs));
-    const jobs = new JobService(store.db, files, new BaseModelRegistry(layout.models));
+    const baseModels = new BaseModelRegistry(layout.models);
+    const jobs = new JobService(store.db, files, baseModels, new ModelService(store.db, baseModels));
     const job = await jobs.create(org.id, { model: BASE_MODEL, training_file: file.id });
     await expect(jobs.validationReport(org.id, job.id)).rejects.toMatchObject({ kind: 'not_found', code: 'validation_report_not_ready' });
     await store.close();

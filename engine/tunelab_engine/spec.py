@@ -20,6 +20,11 @@ class LoRASpec:
 
 
 @dataclasses.dataclass
+class DPOSpec:
+    beta: float = 0.1
+
+
+@dataclasses.dataclass
 class Spec:
     model: str
     train_data: str
@@ -33,6 +38,9 @@ class Spec:
     resume_from: Optional[str] = None
     training: str = "lora"  # which weights train: "lora" (an adapter) or "full"
     lora: LoRASpec = dataclasses.field(default_factory=LoRASpec)
+    init_adapter: Optional[str] = None  # a LoRA adapter to continue training from (a fine-tune's)
+    method: str = "supervised"  # the objective: "supervised" or "dpo"
+    dpo: DPOSpec = dataclasses.field(default_factory=DPOSpec)
     seq_len: int = 2048
     gradient_accumulation_steps: int = 1
     warmup_steps: int = 0
@@ -69,12 +77,12 @@ def from_dict(raw):
     _check(isinstance(raw, dict), "(root)", "the spec must be a JSON object")
     fields = {f.name: f for f in dataclasses.fields(Spec)}
     for key in raw:
-        _check(key in fields or key == "method", key, "unknown field")
+        _check(key in fields, key, "unknown field")
     for key in ("model", "train_data", "output_dir", "work_dir", "n_epochs", "batch_size", "learning_rate"):
         _check(key in raw and raw[key] is not None, key, "required")
     values = dict(raw)
     # Specs written before `training` was named so called it `method` (a resumed job keeps its spec).
-    if "method" in values:
+    if values.get("method") in ("lora", "full"):
         _check("training" not in values, "method", "the old name of 'training': give only 'training'")
         values["training"] = values.pop("method")
     lora_raw = values.pop("lora", None) or {}
@@ -82,11 +90,15 @@ def from_dict(raw):
     lora_fields = {f.name for f in dataclasses.fields(LoRASpec)}
     for key in lora_raw:
         _check(key in lora_fields, f"lora.{key}", "unknown field")
-    spec = Spec(**values, lora=LoRASpec(**lora_raw))
+    dpo_raw = values.pop("dpo", None) or {}
+    _check(isinstance(dpo_raw, dict), "dpo", "must be an object")
+    for key in dpo_raw:
+        _check(key in {f.name for f in dataclasses.fields(DPOSpec)}, f"dpo.{key}", "unknown field")
+    spec = Spec(**values, lora=LoRASpec(**lora_raw), dpo=DPOSpec(**dpo_raw))
 
     for key in ("model", "train_data", "output_dir", "work_dir"):
         _check(isinstance(getattr(spec, key), str) and getattr(spec, key), key, "must be a non-empty path")
-    for key in ("valid_data", "resume_from", "base_model_name"):
+    for key in ("valid_data", "resume_from", "base_model_name", "init_adapter"):
         _check(getattr(spec, key) is None or isinstance(getattr(spec, key), str), key, "must be a string or null")
     for key in ("n_epochs", "batch_size", "seq_len", "gradient_accumulation_steps", "eval_batches"):
         _check(_is_int(getattr(spec, key)) and getattr(spec, key) >= 1, key, "must be an integer >= 1")
@@ -101,6 +113,9 @@ def from_dict(raw):
     _check(_is_number(spec.adam_eps) and spec.adam_eps > 0, "adam_eps", "must be a number > 0")
     _check(spec.max_grad_norm is None or (_is_number(spec.max_grad_norm) and spec.max_grad_norm >= 0), "max_grad_norm", "must be a number >= 0 or null (0 or null: no clipping)")
     _check(spec.training in ("lora", "full"), "training", f"{spec.training!r} is not 'lora' or 'full'")
+    _check(spec.method in ("supervised", "dpo"), "method", f"{spec.method!r} is not 'supervised' or 'dpo' (or, in old specs, 'lora' or 'full': what 'training' says now)")
+    _check(_is_number(spec.dpo.beta) and spec.dpo.beta > 0, "dpo.beta", "must be a number > 0")
+    _check(spec.init_adapter is None or spec.training == "lora", "init_adapter", "an adapter continues a 'lora' run only")
     _check(spec.lr_schedule in ("cosine", "linear", "constant"), "lr_schedule", f"{spec.lr_schedule!r} is not 'cosine', 'linear' or 'constant'")
     _check(spec.dtype in ("auto", "bfloat16", "float32"), "dtype", f"{spec.dtype!r} is not 'auto', 'bfloat16' or 'float32'")
     _check(isinstance(spec.device, str) and (spec.device in ("auto", "cpu", "cuda") or spec.device.startswith("cuda:")), "device", f"{spec.device!r} is not 'auto', 'cpu', 'cuda' or 'cuda:N'")
@@ -120,7 +135,7 @@ def load(path):
     spec = from_dict(read_json_object(path, "invalid_spec"))
     for key in ("model", "train_data"):
         _check(os.path.isdir(getattr(spec, key)), key, f"{getattr(spec, key)} is not a folder")
-    for key in ("valid_data", "resume_from"):
+    for key in ("valid_data", "resume_from", "init_adapter"):
         value = getattr(spec, key)
         _check(value is None or os.path.isdir(value), key, f"{value} is not a folder")
     return spec

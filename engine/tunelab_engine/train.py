@@ -92,7 +92,7 @@ class Trainer:
         # Full fine-tuning keeps fp32 master weights and computes in bf16 under autocast; LoRA holds
         # the frozen weights in bf16 already, so nothing is recast per step.
         self.autocast = spec.training == "full" and self.dtype == torch.bfloat16
-        self.steps_per_epoch = math.ceil(self.train_data.n_examples / spec.batch_size)
+        self.steps_per_epoch = math.ceil(self.units(self.train_data) / spec.batch_size)
         self.total_steps = spec.n_epochs * self.steps_per_epoch
         self.step = 0
         self.trained_tokens = 0
@@ -112,8 +112,9 @@ class Trainer:
         spec = self.spec
         if spec.training == "lora":
             model = build(self.config, safetensors.load_model(spec.model), self.dtype, self.device)
-            if spec.resume_from:
-                lora.load_adapter(model, spec.resume_from, spec.lora.dropout)
+            adapter = spec.resume_from or spec.init_adapter
+            if adapter:
+                lora.load_adapter(model, adapter, spec.lora.dropout)
                 params = [p for n, p in model.named_parameters() if ".lora_" in n]
             else:
                 params = lora.apply(model, spec.lora.rank, spec.lora.alpha, spec.lora.dropout,
@@ -124,6 +125,10 @@ class Trainer:
             model = build(self.config, safetensors.load_model(source), torch.float32, self.device)
             params = list(model.parameters())
         return model, params
+
+    def units(self, arrays):
+        """What a batch counts and an epoch goes through: examples here, pairs for DPO (dpo.py)."""
+        return arrays.n_examples
 
     def step_rows(self, epoch, index):
         order = data.epoch_order(self.train_data.n_examples, self.spec.seed, epoch)
@@ -140,11 +145,9 @@ class Trainer:
     def scored(self, batch):
         return scored(self.model, batch, self.dtype, self.autocast)
 
-    def train_step(self, rows):
-        self.model.train()
-        accumulation = self.spec.gradient_accumulation_steps
-        parts = data.split(rows, accumulation * self.group.size)
-        batches = self.batches(self.train_data, self.group.share(parts, accumulation))
+    def backward(self, parts, batches):
+        """This process's gradients for its micro-batches, and the step's metrics over all
+        processes; False when nothing was trained."""
         (count,) = self.group.total(sum(len(b.labels) for b in batches))
         loss_total, correct_total = 0.0, 0
         for batch in batches:
@@ -153,21 +156,30 @@ class Trainer:
                 (loss / count).backward()
             loss_total += loss.item()
             correct_total += int(correct)
+        loss_total, correct_total = self.group.total(loss_total, correct_total)
+        nan = float("nan")
+        return dict(loss=loss_total / count if count else nan, mean_token_accuracy=correct_total / count if count else nan), count > 0
+
+    def train_step(self, rows):
+        self.model.train()
+        accumulation = self.spec.gradient_accumulation_steps
+        parts = self.group.share(data.split(rows, accumulation * self.group.size), accumulation)
+        batches = self.batches(self.train_data, parts)
+        metrics, trained = self.backward(parts, batches)
         self.group.sync(self.params)
-        loss_total, correct_total, tokens, padded = self.group.total(
-            loss_total, correct_total, sum(b.tokens for b in batches), sum(b.padded_tokens for b in batches))
         if self.spec.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.params, self.spec.max_grad_norm)
         lr = lr_at(self.spec, self.step, self.total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        if count:
+        if trained:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        tokens, padded = self.group.total(sum(b.tokens for b in batches), sum(b.padded_tokens for b in batches))
         tokens = int(tokens)
         self.real_tokens += tokens
         self.padded_tokens += int(padded)
-        return (loss_total / count if count else float("nan"), correct_total / count if count else float("nan"), lr, tokens)
+        return metrics, lr, tokens
 
     @torch.no_grad()
     def evaluate(self, indices):
@@ -183,13 +195,13 @@ class Trainer:
                 correct_total += int(correct)
                 count += len(batch.labels)
         if not count:
-            return float("nan"), float("nan")
-        return loss_total / count, correct_total / count
+            return dict(loss=float("nan"), mean_token_accuracy=float("nan"))
+        return dict(loss=loss_total / count, mean_token_accuracy=correct_total / count)
 
     def periodic_eval(self, epoch, final):
         if self.valid_data is None:
             return
-        n = self.valid_data.n_examples
+        n = self.units(self.valid_data)
         size = min(n, self.spec.batch_size * self.spec.eval_batches)
         # A window of the validation set that moves on with each evaluation, so evaluations over
         # a run see all of it while each stays as cheap as a few steps.
@@ -199,12 +211,12 @@ class Trainer:
         if result is None:
             return
         fields = dict(step=self.step, total_steps=self.total_steps, epoch=epoch,
-                      valid_loss=result[0], valid_mean_token_accuracy=result[1])
+                      **{f"valid_{k}": v for k, v in result.items()})
         if final:
             full = self.evaluate(list(range(n))) if size < n else result
             if full is None:
                 return
-            fields.update(full_valid_loss=full[0], full_valid_mean_token_accuracy=full[1])
+            fields.update({f"full_valid_{k}": v for k, v in full.items()})
         events.emit("eval", **fields)
 
     def save_checkpoint(self, epoch):
@@ -236,7 +248,7 @@ class Trainer:
                     truncated_examples=truncated, packing_efficiency=round(self.packing_efficiency(0), 4),
                     trainable_parameters=sum(p.numel() for p in self.params),
                     parameters=sum(p.numel() for p in self.model.parameters()),
-                    training=spec.training, device=str(self.device), dtype=str(self.dtype).replace("torch.", ""),
+                    training=spec.training, method=spec.method, device=str(self.device), dtype=str(self.dtype).replace("torch.", ""),
                     threads=torch.get_num_threads())
         started = time.perf_counter()
         while self.step < self.total_steps:
@@ -244,12 +256,12 @@ class Trainer:
             if self.group.any(self.cancel.requested):
                 return self.cancelled(epoch + 1)
             t0 = time.perf_counter()
-            loss, accuracy, lr, tokens = self.train_step(self.step_rows(epoch, index))
+            metrics, lr, tokens = self.train_step(self.step_rows(epoch, index))
             self.step += 1
             self.trained_tokens += tokens
             seconds = time.perf_counter() - t0
             events.emit("step", step=self.step, total_steps=self.total_steps, epoch=epoch + 1,
-                        train_loss=loss, train_mean_token_accuracy=accuracy, lr=lr, tokens=tokens,
+                        **{f"train_{k}": v for k, v in metrics.items()}, lr=lr, tokens=tokens,
                         trained_tokens=self.trained_tokens, tokens_per_second=round(tokens / seconds, 1),
                         elapsed_s=round(time.perf_counter() - started, 3))
             epoch_end = self.step % self.steps_per_epoch == 0
@@ -279,7 +291,11 @@ class Trainer:
 
 
 def train(spec):
-    trainer = Trainer(spec)
+    if spec.method == "dpo":
+        from .dpo import PreferenceTrainer  # dpo.py builds on Trainer
+        trainer = PreferenceTrainer(spec)
+    else:
+        trainer = Trainer(spec)
     try:
         return trainer.run()
     finally:

@@ -7,6 +7,7 @@ import type { DatasetError, DatasetWarning, ErrorCategory, Location, ScreeningCa
 import { readJsonlLines } from './jsonl.js';
 import { blockingMessage, Screener, type ScreeningPolicy } from './screening.js';
 import { autoEpochs, Samples, trainingCost, type Distribution, type Prices } from './stats.js';
+import { encodePreference } from './preference-encoding.js';
 import { TrainingArraysWriter } from './training-arrays.js';
 
 /** OpenAI's minimum for a training file. */
@@ -24,6 +25,8 @@ export interface TokenCounts {
   /** Tokens the model learns to produce. */
   trained: number;
   distributions: { messages: Distribution | null; total_tokens: Distribution | null; assistant_tokens: Distribution | null };
+  /** Preference files: the trained tokens of each side, and the prompt tokens both share (billed once). */
+  preference?: { chosen_trained: number; rejected_trained: number; shared_prompt: number };
 }
 
 export interface ScreeningReport {
@@ -38,6 +41,8 @@ export interface ScreeningReport {
 export interface ShownExample {
   line: number;
   segments: Array<{ text: string; trained: boolean }>;
+  /** Preference pairs: the non-preferred side (`segments` is the preferred one). */
+  rejected_segments?: Array<{ text: string; trained: boolean }>;
 }
 
 export interface DatasetReport {
@@ -120,6 +125,8 @@ class TokenTally {
   readonly messages = new Samples();
   readonly totals = new Samples();
   readonly assistant = new Samples();
+  /** Preference files only. */
+  pairs: { chosen_trained: number; rejected_trained: number; shared_prompt: number } | null = null;
 
   add(tokens: ExampleTokens, messages: number | null): void {
     this.total += tokens.total;
@@ -134,6 +141,7 @@ class TokenTally {
       total: this.total,
       trained: this.trained,
       distributions: { messages: this.messages.summary(), total_tokens: this.totals.summary(), assistant_tokens: this.assistant.summary() },
+      ...(this.pairs ? { preference: this.pairs } : {}),
     };
   }
 }
@@ -219,23 +227,41 @@ export async function examineDataset(input: AsyncIterable<Buffer | Uint8Array>, 
       openaiTally.add(openai, example.format === 'prompt_completion' ? null : example.messages.length);
       let billed = openai.total;
       if (options.model) {
-        let encoded: EncodedSequence;
+        // A preference pair is two sequences (preferred, then non-preferred) sharing their prompt.
+        let sequences: EncodedSequence[];
+        let shared = 0;
         try {
-          encoded = encodeExample(options.model.tokenizer, example);
+          if (example.format === 'preference') {
+            const pair = encodePreference(options.model.tokenizer, example);
+            sequences = [pair.chosen, pair.rejected];
+            shared = pair.shared;
+          } else sequences = [encodeExample(options.model.tokenizer, example)];
         } catch (templateError) {
           // Templates refuse some conversations (Mistral's: roles that do not alternate).
           error('template_error', `The model's chat template cannot render this example: ${(templateError as Error).message}`, { line });
           continue;
         }
         // What trains is what fits in the context.
-        const keep = Math.min(encoded.ids.length, options.context);
-        const mask = encoded.mask.slice(0, keep);
-        const tokens = { total: encoded.ids.length, trained: countTrained(mask) };
+        const kept = sequences.map((encoded) => {
+          const keep = Math.min(encoded.ids.length, options.context);
+          return { ids: encoded.ids.slice(0, keep), mask: encoded.mask.slice(0, keep), cut: keep < encoded.ids.length };
+        });
+        const trained = kept.map((sequence) => countTrained(sequence.mask));
+        const tokens = { total: sequences.reduce((sum, encoded) => sum + encoded.ids.length, 0) - shared, trained: trained.reduce((a, b) => a + b, 0) };
         modelTally!.add(tokens, example.format === 'prompt_completion' ? null : example.messages.length);
+        if (example.format === 'preference') {
+          const pairs = (modelTally!.pairs ??= { chosen_trained: 0, rejected_trained: 0, shared_prompt: 0 });
+          pairs.chosen_trained += trained[0]!;
+          pairs.rejected_trained += trained[1]!;
+          pairs.shared_prompt += shared;
+        }
         billed = tokens.total;
-        if (shown.length < (options.show ?? 0)) shown.push({ line, segments: encoded.segments.map(({ text, trained }) => ({ text, trained })) });
-        if (options.arrays && errors.size === 0) await options.arrays.add(encoded.ids.slice(0, keep), mask);
-        if (keep < encoded.ids.length && tokens.trained === 0) {
+        if (shown.length < (options.show ?? 0)) {
+          const [first, second] = sequences.map((encoded) => encoded.segments.map(({ text, trained }) => ({ text, trained })));
+          shown.push({ line, segments: first!, ...(second ? { rejected_segments: second } : {}) });
+        }
+        if (options.arrays && errors.size === 0) for (const sequence of kept) await options.arrays.add(sequence.ids, sequence.mask);
+        if (kept.some((sequence, i) => sequence.cut && trained[i] === 0)) {
           warn('no_trained_tokens', `The example's trained tokens all lie beyond the context of ${options.context.toLocaleString('en-US')}, so it teaches nothing.`, { line });
         }
       }
@@ -333,17 +359,21 @@ export async function examineFiles(files: FilesToExamine, options: ExamineFilesO
   return report;
 }
 
-/** The token sequence the trainer gets for an example (preference pairs: the preferred conversation). */
-export function encodeExample(tokenizer: ModelTokenizer, example: Example): EncodedSequence {
+/** The token sequence the trainer gets for a supervised example (preference pairs: `encodePreference`). */
+export function encodeExample(tokenizer: ModelTokenizer, example: Exclude<Example, { format: 'preference' }>): EncodedSequence {
   if (example.format === 'prompt_completion') return encodePromptCompletion(tokenizer, example.prompt, example.completion);
-  const messages = example.format === 'chat' ? example.messages : [...example.messages, example.preferred];
-  return encodeChat(tokenizer, messages, { tools: example.tools });
+  return encodeChat(tokenizer, example.messages, { tools: example.tools });
 }
 
 function openaiTokens(counter: OpenAITokenCounter, example: Example): ExampleTokens {
   if (example.format === 'prompt_completion') return counter.promptCompletion(example.prompt, example.completion);
   if (example.format === 'chat') return counter.chat(example.messages, example.tools);
-  return counter.chat([...example.messages, example.preferred], example.tools);
+  // The shared input once, and both answers trained.
+  const context = example.messages.map((message) => (message.role === 'assistant' ? { ...message, weight: 0 } : message));
+  const chosen = counter.chat([...context, { ...example.preferred, weight: 1 }], example.tools);
+  const rejected = counter.chat([{ ...example.nonPreferred, weight: 1 }]);
+  // `chat` primes a reply with 3 tokens, once per conversation: the second answer is not a conversation of its own.
+  return { total: chosen.total + rejected.total - 3, trained: chosen.trained + rejected.trained };
 }
 
 function countTrained(mask: readonly number[]): number {

@@ -10,6 +10,9 @@ import { z } from 'zod';
 /** Which weights a run trains: a LoRA adapter beside the frozen model, or every weight. */
 export type Training = 'lora' | 'full';
 
+/** The objective a run trains: cross-entropy on the trained tokens, or DPO over chosen/rejected pairs. */
+export type Objective = 'supervised' | 'dpo';
+
 /** `spec.json` of `train` (engine/README.md, "spec.json"); absent fields take the engine's defaults. */
 export interface TrainingSpec {
   model: string;
@@ -21,6 +24,10 @@ export interface TrainingSpec {
   resume_from?: string | null;
   training?: Training;
   lora?: { rank?: number; alpha?: number; dropout?: number; target_modules?: string[] | null };
+  /** A LoRA adapter (a fine-tune's) the run continues instead of starting a new one. */
+  init_adapter?: string | null;
+  method?: Objective;
+  dpo?: { beta?: number };
   n_epochs: number;
   batch_size: number;
   learning_rate: number;
@@ -61,6 +68,7 @@ const started = z.object({
   trainable_parameters: z.number(),
   parameters: z.number(),
   training: z.enum(['lora', 'full']),
+  method: z.enum(['supervised', 'dpo']),
   device: z.string(),
   dtype: z.string(),
   threads: z.number(),
@@ -74,6 +82,10 @@ const step = z.object({
   epoch: z.number(),
   train_loss: metric,
   train_mean_token_accuracy: metric,
+  train_reward_accuracy: metric.optional(),
+  train_chosen_reward: metric.optional(),
+  train_rejected_reward: metric.optional(),
+  train_reward_margin: metric.optional(),
   lr: z.number(),
   tokens: z.number(),
   trained_tokens: z.number(),
@@ -91,6 +103,12 @@ const evaluation = z.object({
   valid_mean_token_accuracy: metric,
   full_valid_loss: metric.optional(),
   full_valid_mean_token_accuracy: metric.optional(),
+  valid_reward_accuracy: metric.optional(),
+  valid_chosen_reward: metric.optional(),
+  valid_rejected_reward: metric.optional(),
+  valid_reward_margin: metric.optional(),
+  full_valid_reward_accuracy: metric.optional(),
+  full_valid_reward_margin: metric.optional(),
 });
 
 const checkpoint = z.object({ ...stamped, type: z.literal('checkpoint'), step: z.number(), epoch: z.number(), path: z.string() });
@@ -142,7 +160,33 @@ export interface StepMetrics {
   valid_mean_token_accuracy?: number | null;
   full_valid_loss?: number | null;
   full_valid_mean_token_accuracy?: number | null;
+  /** DPO only: the share of pairs whose chosen answer earns the larger reward, the mean rewards, and their mean difference. */
+  train_reward_accuracy?: number | null;
+  train_chosen_reward?: number | null;
+  train_rejected_reward?: number | null;
+  train_reward_margin?: number | null;
+  valid_reward_accuracy?: number | null;
+  valid_chosen_reward?: number | null;
+  valid_rejected_reward?: number | null;
+  valid_reward_margin?: number | null;
+  full_valid_reward_accuracy?: number | null;
+  full_valid_reward_margin?: number | null;
 }
+
+/** The metrics of a step event, and of an eval event, that a job's StepMetrics carries (DPO's only when present). */
+export const STEP_FIELDS = ['train_loss', 'train_mean_token_accuracy', 'train_reward_accuracy', 'train_chosen_reward', 'train_rejected_reward', 'train_reward_margin'] as const;
+export const EVAL_FIELDS = [
+  'valid_loss',
+  'valid_mean_token_accuracy',
+  'full_valid_loss',
+  'full_valid_mean_token_accuracy',
+  'valid_reward_accuracy',
+  'valid_chosen_reward',
+  'valid_rejected_reward',
+  'valid_reward_margin',
+  'full_valid_reward_accuracy',
+  'full_valid_reward_margin',
+] as const;
 
 // --- serve -------------------------------------------------------------------------------------
 

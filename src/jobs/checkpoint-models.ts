@@ -69,7 +69,7 @@ export class CheckpointModels {
 }
 
 export function modelRow(run: Run, id: string, kind: 'fine-tune' | 'checkpoint', folder: string) {
-  return { id, org_id: run.job.organization_id, job_id: run.job.id, base_model: run.job.model, kind, path: folder, created_at: unixSeconds() };
+  return { id, org_id: run.job.organization_id, job_id: run.job.id, base_model: run.baseModel, kind, path: folder, created_at: unixSeconds() };
 }
 
 /** A checkpoint's metrics are its step's, without the run's length. */

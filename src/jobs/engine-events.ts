@@ -1,4 +1,4 @@
-import type { EngineEvent, EvalEvent, StepEvent } from '../engine/protocol.js';
+import { type EngineEvent, type EvalEvent, EVAL_FIELDS, STEP_FIELDS, type StepEvent } from '../engine/protocol.js';
 import { unixSeconds } from '../ids.js';
 import type { CheckpointModels } from './checkpoint-models.js';
 import type { JobService } from './jobs.js';
@@ -49,12 +49,8 @@ export class EngineEvents {
     const step = Number(event.step);
     // A run resumed from a checkpoint repeats the steps after it that were already recorded.
     if (run.lastMetrics && step <= run.lastMetrics.data.step) return;
-    const data: Metrics = {
-      step,
-      total_steps: Number(event.total_steps),
-      train_loss: event.train_loss,
-      train_mean_token_accuracy: event.train_mean_token_accuracy,
-    };
+    const data: Metrics = { step, total_steps: Number(event.total_steps) };
+    for (const key of STEP_FIELDS) if (key in event) data[key] = event[key];
     const id = await run.fence.write((trx) => this.jobs.recordStep(run.job.id, { message: stepMessage(data), data }, trx));
     run.lastMetrics = { id, data };
     // From the engine's own clock, so a backlog of events here does not skew it.
@@ -72,9 +68,7 @@ export class EngineEvents {
   private async evaluation(run: Run, event: EvalEvent): Promise<void> {
     if (!run.lastMetrics || run.lastMetrics.data.step !== Number(event.step)) return;
     const data: Metrics = { ...run.lastMetrics.data };
-    for (const key of ['valid_loss', 'valid_mean_token_accuracy', 'full_valid_loss', 'full_valid_mean_token_accuracy'] as const) {
-      if (key in event) data[key] = event[key];
-    }
+    for (const key of EVAL_FIELDS) if (key in event) data[key] = event[key];
     const eventId = run.lastMetrics.id;
     await run.fence.write((trx) => this.jobs.updateStep(run.job.id, eventId, { message: stepMessage(data), data }, trx));
     run.lastMetrics = { id: run.lastMetrics.id, data };
@@ -85,5 +79,6 @@ function stepMessage(data: Metrics): string {
   const loss = (value: unknown) => (typeof value === 'number' ? value.toFixed(4) : 'n/a');
   let message = `Step ${data.step}/${data.total_steps}: training loss=${loss(data.train_loss)}`;
   if ('valid_loss' in data) message += `, validation loss=${loss(data.valid_loss)}`;
+  if ('train_reward_accuracy' in data) message += `, reward accuracy=${loss(data.train_reward_accuracy)}, margin=${loss(data.train_reward_margin)}`;
   return message;
 }

@@ -7,9 +7,9 @@ import type { ModelTokenizers } from '../datasets/model-tokenizers.js';
 import type { DatasetSettings } from '../datasets/settings.js';
 import { type DiskSpace, isDiskFull } from '../files/disk.js';
 import type { FileService } from '../files/files.js';
-import { modelContextLength, type BaseModelRegistry } from '../models/base-models.js';
+import { modelContextLength } from '../models/base-models.js';
 import { trainingDefaults } from '../models/training-defaults.js';
-import type { FineTuningJob, JobService } from './jobs.js';
+import type { FineTuningJob, JobService, Method } from './jobs.js';
 import type { SupervisedHyperparameters } from './job-request.js';
 import { trainingMemory } from './memory-need.js';
 import { WorkLoop } from './work-loop.js';
@@ -37,7 +37,6 @@ export class FileValidation {
   constructor(
     private readonly jobs: JobService,
     private readonly files: FileService,
-    private readonly baseModels: BaseModelRegistry,
     private readonly settings: DatasetSettings,
     private readonly tokenizers: ModelTokenizers,
     private readonly workDir: string,
@@ -95,15 +94,15 @@ export class FileValidation {
 
   /** True when the job was queued. */
   private async validate(job: FineTuningJob, signal: AbortSignal): Promise<boolean> {
-    const model = this.baseModels.get(job.model);
-    if (!model) throw new Error(`the base model ${job.model} is no longer registered`);
+    // A job continuing a fine-tune reads its files with the tokenizer and template of the lineage's base model.
+    const model = (await this.jobs.startingPoint(job.organization_id, job.model)).root;
     const tokenizer = this.tokenizers.get(model.path);
     const nEpochs = job.hyperparameters.n_epochs;
     const open = (fileId: string) => () => this.files.bytes(job.organization_id, fileId);
     const report = await examineFiles(
       { training: open(job.training_file), validation: job.validation_file ? open(job.validation_file) : null },
       {
-        model: { name: job.model, tokenizer },
+        model: { name: model.name, tokenizer },
         context: trainingContext(modelContextLength(model.path)),
         nEpochs: typeof nEpochs === 'number' ? nEpochs : null,
         prices: this.settings.prices,
@@ -114,14 +113,16 @@ export class FileValidation {
     );
     await this.jobs.saveValidationReport(job.id, report);
 
-    const trainingError = fileError(report, 'training_file');
-    const validationError = report.validation ? fileError(report.validation, 'validation_file') : null;
+    const method = (job.method as Method).type;
+    const trainingError = fileError(report, 'training_file', method);
+    const validationError = report.validation ? fileError(report.validation, 'validation_file', method) : null;
     const error = trainingError ?? validationError;
     if (error) {
       await this.fail(job, error);
       return false;
     }
     const defaults = trainingDefaults(model.path);
+    // DPO's hyperparameters extend supervised ones: both say how the model is trained.
     const given = job.hyperparameters as SupervisedHyperparameters;
     const full = given.full ?? defaults.method === 'full';
     await this.jobs.move(
@@ -144,7 +145,7 @@ export class FileValidation {
  * The report's verdict on one file as OpenAI words it: `invalid_n_examples`, a screening block, or
  * `invalid_training_file` naming the first error's example, message and field.
  */
-export function fileError(report: DatasetReport, param: 'training_file' | 'validation_file'): JobError | null {
+export function fileError(report: DatasetReport, param: 'training_file' | 'validation_file', method: Method['type']): JobError | null {
   const first = report.errors[0];
   const total = Object.values(report.error_counts).reduce((sum, n) => sum + (n ?? 0), 0);
   if (first?.category === 'invalid_n_examples') return { code: 'invalid_n_examples', message: first.message, param };
@@ -152,9 +153,12 @@ export function fileError(report: DatasetReport, param: 'training_file' | 'valid
     const more = total > 1 ? ` (${total - 1} more error${total > 2 ? 's' : ''} in the validation report)` : '';
     return { code: `invalid_${param}`, message: `Invalid file format. ${describeError(first)}${more}`, param };
   }
-  if (report.format === 'preference') {
-    // Preference pairs are DPO data; jobs train supervised only, and would silently learn just the preferred side.
+  if (method === 'supervised' && report.format === 'preference') {
+    // Supervised fine-tuning would silently learn just the preferred side.
     return { code: `invalid_${param}`, message: 'Invalid file format. The file holds preference pairs (DPO data); supervised fine-tuning needs chat or prompt/completion examples.', param };
+  }
+  if (method === 'dpo' && report.format !== 'preference') {
+    return { code: `invalid_${param}`, message: 'Invalid file format. DPO trains on preference pairs (input, preferred_output, non_preferred_output); the file holds other examples.', param };
   }
   if (report.screening.blocked) return { code: `invalid_${param}`, message: report.screening.message ?? 'This file failed screening.', param };
   return null;

@@ -1,6 +1,9 @@
 import { autoEpochs } from '../datasets/stats.js';
 import { type TrainingDefaults, baseLearningRate } from '../models/training-defaults.js';
-import type { SupervisedHyperparameters } from './job-request.js';
+import type { DpoHyperparameters, SupervisedHyperparameters } from './job-request.js';
+
+/** DPO's beta when "auto": the DPO paper's and TRL's default. */
+export const AUTO_BETA = 0.1;
 
 export interface ResolvedHyperparameters {
   n_epochs: number;
@@ -10,6 +13,8 @@ export interface ResolvedHyperparameters {
   lora_rank?: number;
   lora_alpha?: number;
   full: boolean;
+  /** DPO only: how far the policy may move from the reference (higher: less). */
+  beta?: number;
 }
 
 /**
@@ -21,22 +26,26 @@ export interface ResolvedHyperparameters {
  *   batches take fewer, surer steps), applied to the base model's own rate.
  */
 export function resolveHyperparameters(
-  given: SupervisedHyperparameters,
+  given: SupervisedHyperparameters | DpoHyperparameters,
   nExamples: number,
   defaults: TrainingDefaults,
+  /** The LoRA adapter a job continues: its rank and alpha are the job's (starting-point.ts). */
+  continued: { rank: number; alpha: number } | null = null,
 ): ResolvedHyperparameters {
   const batchSize = given.batch_size === undefined || given.batch_size === 'auto' ? autoBatchSize(nExamples) : given.batch_size;
   const multiplier =
     given.learning_rate_multiplier === undefined || given.learning_rate_multiplier === 'auto'
       ? Math.round(Math.sqrt(batchSize) * 100) / 100
       : given.learning_rate_multiplier;
-  const full = given.full ?? defaults.method === 'full';
+  const full = continued ? false : (given.full ?? defaults.method === 'full');
+  const lora = continued ? { lora_rank: continued.rank, lora_alpha: continued.alpha } : { lora_rank: given.lora_rank ?? defaults.lora_rank, lora_alpha: given.lora_alpha ?? defaults.lora_alpha };
   return {
     n_epochs: given.n_epochs === undefined || given.n_epochs === 'auto' ? autoEpochs(nExamples) : given.n_epochs,
     batch_size: batchSize,
     learning_rate_multiplier: multiplier,
-    ...(full ? {} : { lora_rank: given.lora_rank ?? defaults.lora_rank, lora_alpha: given.lora_alpha ?? defaults.lora_alpha }),
+    ...(full ? {} : lora),
     full,
+    ...('beta' in given ? { beta: given.beta === undefined || given.beta === 'auto' ? AUTO_BETA : given.beta } : {}),
   };
 }
 

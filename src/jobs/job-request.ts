@@ -57,3 +57,4 @@ export const createJobRequest = z.strictObject({
 
 export type CreateJobRequest = z.infer<typeof createJobRequest>;
 export type SupervisedHyperparameters = z.infer<typeof supervisedHyperparameters>;
+export type DpoHyperparameters = z.infer<typeof dpoHyperparameters>;

@@ -10,12 +10,15 @@ import type { StepMetrics } from '../engine/protocol.js';
 import { ServiceError, invalidRequest, noSuch } from '../errors.js';
 import type { FileService } from '../files/files.js';
 import { newId, unixSeconds } from '../ids.js';
+import { firstExampleFormat } from '../datasets/file-format.js';
 import type { BaseModelRegistry } from '../models/base-models.js';
+import type { ModelService } from '../models/models.js';
 import { type Page, type PageRequest, mapPage, pageBySeq } from '../store/pages.js';
 import type { JobCheckpointTable, JobEventTable, JobTable } from '../store/schema.js';
 import { inEventOrder } from '../store/event-order.js';
 import type { Db } from '../store/store.js';
-import type { CreateJobRequest, SupervisedHyperparameters } from './job-request.js';
+import type { CreateJobRequest, DpoHyperparameters, SupervisedHyperparameters } from './job-request.js';
+import { type StartingPoint, checkContinuation, startingPoint } from './starting-point.js';
 import { type JobStatus, type UserAction, USER_ACTIONS, canMove, isFinished } from './status.js';
 
 /** OpenAI's job object, with `paused` among the statuses as the spec has it. */
@@ -56,21 +59,15 @@ export class JobService {
     private readonly db: Db,
     private readonly files: FileService,
     private readonly baseModels: BaseModelRegistry,
+    private readonly models: ModelService,
   ) {}
 
   async create(orgId: string, request: CreateJobRequest): Promise<FineTuningJob> {
     const method = normalizeMethod(request);
-    if (!this.baseModels.get(request.model)) {
-      const known = this.baseModels.list().map((m) => m.name);
-      throw invalidRequest(
-        `Model ${request.model} is not available for fine-tuning or does not exist. ` +
-          (known.length ? `Available base models: ${known.join(', ')}.` : 'No base models are registered (tunelab models add).'),
-        'model',
-        'model_not_available',
-      );
-    }
-    await this.checkTrainingData(orgId, request.training_file, 'training_file');
-    if (request.validation_file) await this.checkTrainingData(orgId, request.validation_file, 'validation_file');
+    const start = await this.startingPoint(orgId, request.model);
+    checkContinuation(start, methodHyperparameters(method), `method.${method.type}.hyperparameters`);
+    await this.checkTrainingData(orgId, request.training_file, 'training_file', method.type);
+    if (request.validation_file) await this.checkTrainingData(orgId, request.validation_file, 'validation_file', method.type);
     if (request.integrations?.length) {
       throw invalidRequest(
         `Integrations (${request.integrations.map((i) => i.type).join(', ')}) are not supported: tunelab sends no training data off this server.`,
@@ -129,6 +126,11 @@ export class JobService {
   private changed(job: FineTuningJob): FineTuningJob {
     for (const listener of this.listeners) listener(job);
     return job;
+  }
+
+  /** What the job's `model` trains from: a base model, or the organization's fine-tune or checkpoint it continues. */
+  startingPoint(orgId: string, model: string): Promise<StartingPoint> {
+    return startingPoint(this.models, this.baseModels, orgId, model);
   }
 
   /** Jobs in a status, oldest first, across organizations: the pipeline's work list. */
@@ -380,7 +382,7 @@ export class JobService {
     return row;
   }
 
-  private async checkTrainingData(orgId: string, fileId: string, param: 'training_file' | 'validation_file') {
+  private async checkTrainingData(orgId: string, fileId: string, param: 'training_file' | 'validation_file', method: Method['type']) {
     const file = await this.files.checked(orgId, fileId, param).catch((error: unknown) => {
       if (error instanceof ServiceError && error.kind === 'not_found') {
         throw invalidRequest(`Invalid ${param}: no such file ${fileId}.`, param, `invalid_${param}`);
@@ -397,10 +399,31 @@ export class JobService {
     if (file.status === 'error') {
       throw invalidRequest(`Invalid ${param}: ${fileId} cannot be used for fine-tuning. ${file.status_details}`, param, `invalid_${param}`);
     }
+    // The method and the file must agree: DPO learns from preference pairs, supervised fine-tuning from examples.
+    const format = await firstExampleFormat(this.files.bytes(orgId, fileId));
+    if (method === 'dpo' && format !== null && format !== 'preference') {
+      throw invalidRequest(
+        `Invalid ${param}: ${fileId} holds ${format === 'chat' ? 'chat' : 'prompt/completion'} examples, but method 'dpo' trains on preference pairs ({"input": {"messages": [...]}, "preferred_output": [...], "non_preferred_output": [...]}).`,
+        param,
+        `invalid_${param}`,
+      );
+    }
+    if (method === 'supervised' && format === 'preference') {
+      throw invalidRequest(
+        `Invalid ${param}: ${fileId} holds preference pairs (DPO data); supervised fine-tuning needs chat or prompt/completion examples. Use method {"type": "dpo"} to train on preference pairs.`,
+        param,
+        `invalid_${param}`,
+      );
+    }
   }
 }
 
-export type Method = { type: 'supervised'; supervised: { hyperparameters: SupervisedHyperparameters } };
+export type Method =
+  | { type: 'supervised'; supervised: { hyperparameters: SupervisedHyperparameters } }
+  | { type: 'dpo'; dpo: { hyperparameters: DpoHyperparameters } };
+
+export const methodHyperparameters = (method: Method): SupervisedHyperparameters | DpoHyperparameters =>
+  method.type === 'dpo' ? method.dpo.hyperparameters : method.supervised.hyperparameters;
 
 /**
  * One place for the hyperparameters: the legacy top-level field and `method` say the same
@@ -408,9 +431,16 @@ export type Method = { type: 'supervised'; supervised: { hyperparameters: Superv
  */
 function normalizeMethod(request: CreateJobRequest): Method {
   const type = request.method?.type ?? 'supervised';
+  if (type === 'dpo') {
+    if (request.hyperparameters) {
+      throw invalidRequest("The deprecated top-level 'hyperparameters' are supervised fine-tuning's; give DPO's in 'method.dpo.hyperparameters'.", 'hyperparameters');
+    }
+    const given = request.method?.type === 'dpo' ? request.method.dpo?.hyperparameters : undefined;
+    return { type: 'dpo', dpo: { hyperparameters: { beta: 'auto', ...AUTO_HYPERPARAMETERS, ...given } } };
+  }
   if (type !== 'supervised') {
     throw invalidRequest(
-      `Fine-tuning method '${type}' is not supported yet: tunelab's engine trains 'supervised' fine-tunes only.`,
+      `Fine-tuning method '${type}' is not supported yet: tunelab's engine trains 'supervised' and 'dpo' fine-tunes.`,
       'method.type',
       'unsupported_method',
     );
@@ -449,7 +479,7 @@ function toJob(row: JobRow): FineTuningJob {
     organization_id: row.org_id,
     status: row.status as JobStatus,
     error: row.error === null ? null : JSON.parse(row.error),
-    hyperparameters: method.supervised.hyperparameters,
+    hyperparameters: methodHyperparameters(method),
     method,
     result_files: JSON.parse(row.result_files),
     trained_tokens: row.trained_tokens,

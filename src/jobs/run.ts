@@ -45,6 +45,8 @@ export interface Run {
   finishing: boolean;
   finished: Promise<void>;
   fineTunedModel: string;
+  /** What its models are recorded as made from (starting-point.ts: the weights a LoRA adapter sits on, or the lineage's base). */
+  baseModel: string;
   /** What its checkpoints take on disk, for the messages of a full disk. */
   space: CheckpointSpace;
   totalSteps: number;

@@ -11,7 +11,7 @@ import { type CheckpointSpace, checkpointSpace } from './checkpoint-space.js';
 import { cleanUpJob } from './clean-up.js';
 import { EngineEvents } from './engine-events.js';
 import { jobFolders } from './job-folders.js';
-import type { FineTuningJob } from './jobs.js';
+import type { FineTuningJob, Method } from './jobs.js';
 import { type Fence, type JobLeases, LeaseLost } from './leases.js';
 import type { JobStatus } from './status.js';
 import type { Run, RunnerServices } from './run.js';
@@ -203,10 +203,11 @@ export class JobRunner {
     const folders = jobFolders(this.home, job.id);
     // An engine a crashed server left behind while it was pausing or cancelling this job.
     await stopOrphan(folders.pid);
-    const model = this.services.baseModels.get(job.model);
-    if (!model) throw new Error(`the base model ${job.model} is no longer registered`);
+    const start = await this.services.jobs.startingPoint(job.organization_id, job.model);
+    const model = start.root;
+    const method = job.method as Method;
     const report = await this.services.jobs.trainingReport(job.id);
-    const plan = planTraining(job, model, report);
+    const plan = planTraining(method, start, report);
     const last = await this.services.jobs.lastStep(job.id);
     const resumeFrom = await this.checkpoints.resumePoint(job.id, folders, last?.data.step ?? 0);
     const space = checkpointSpace(model.path, {
@@ -218,7 +219,8 @@ export class JobRunner {
     const spaceWarning = await this.checkSpace(space, resumeFrom !== null);
     await writeTrainingSpec({
       job,
-      model,
+      method,
+      start,
       report,
       plan,
       folders,
@@ -236,7 +238,7 @@ export class JobRunner {
         // Which worker trains it: the dashboard and `jobs follow` show it.
         data: { worker: this.options.worker.id },
       },
-      { method: { type: 'supervised', supervised: { hyperparameters: plan.resolved } } },
+      { method: method.type === 'dpo' ? { type: 'dpo', dpo: { hyperparameters: plan.resolved } } : { type: 'supervised', supervised: { hyperparameters: plan.resolved } } },
     );
     const checkpoints = await this.services.jobs.checkpoints(job.id);
     const run: Run = {
@@ -247,7 +249,8 @@ export class JobRunner {
       stopping: null,
       finishing: false,
       finished: Promise.resolve(),
-      fineTunedModel: fineTunedModelName(job, await this.services.orgs.name(job.organization_id)),
+      fineTunedModel: fineTunedModelName({ ...job, model: model.name }, await this.services.orgs.name(job.organization_id)),
+      baseModel: plan.resolved.full ? model.name : start.weightsModel,
       space,
       totalSteps: plan.totalSteps,
       startStep: resumeFrom?.step ?? 0,
@@ -265,7 +268,9 @@ export class JobRunner {
         const [atCheckpoint] = await this.services.jobs.metrics(job.id, resumeFrom.step);
         await this.checkpoints.register(run, resumeFrom.step, resumeFrom.path, atCheckpoint?.data.step === resumeFrom.step ? atCheckpoint.data : undefined);
       }
-      run.engine = TrainingProcess.start({ specPath: folders.spec, logPath: folders.log, pidPath: folders.pid, processes: this.processesPerJob() });
+      // DPO's pair metrics are one process's (dpo.py): it does not run under torchrun.
+      const processes = method.type === 'dpo' ? 1 : this.processesPerJob();
+      run.engine = TrainingProcess.start({ specPath: folders.spec, logPath: folders.log, pidPath: folders.pid, processes });
     } catch (error) {
       await this.endings.fail(run, { code: 'engine_start_failed', message: `the engine could not be started: ${(error as Error).message}` }, null);
       return;

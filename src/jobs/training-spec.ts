@@ -2,12 +2,11 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import type { DatasetReport } from '../datasets/doctor.js';
 import type { TrainingSpec } from '../engine/protocol.js';
-import type { BaseModel } from '../models/base-models.js';
 import { type TrainingDefaults, trainingDefaults } from '../models/training-defaults.js';
 import { type ResolvedHyperparameters, learningRate, resolveHyperparameters } from './hyperparameters.js';
 import type { JobFolders } from './job-folders.js';
-import type { SupervisedHyperparameters } from './job-request.js';
-import type { FineTuningJob } from './jobs.js';
+import { type FineTuningJob, type Method, methodHyperparameters } from './jobs.js';
+import type { StartingPoint } from './starting-point.js';
 
 /** What a job trains, in numbers: its hyperparameters with "auto" resolved, and its length in steps. */
 export interface TrainingPlan {
@@ -17,9 +16,9 @@ export interface TrainingPlan {
   totalSteps: number;
 }
 
-export function planTraining(job: FineTuningJob, model: BaseModel, report: DatasetReport): TrainingPlan {
-  const defaults = trainingDefaults(model.path);
-  const resolved = resolveHyperparameters(job.hyperparameters as SupervisedHyperparameters, report.n_examples, defaults);
+export function planTraining(method: Method, start: StartingPoint, report: DatasetReport): TrainingPlan {
+  const defaults = trainingDefaults(start.root.path);
+  const resolved = resolveHyperparameters(methodHyperparameters(method), report.n_examples, defaults, start.adapter);
   const stepsPerEpoch = Math.ceil(report.n_examples / resolved.batch_size);
   return { resolved, defaults, stepsPerEpoch, totalSteps: stepsPerEpoch * resolved.n_epochs };
 }
@@ -30,7 +29,8 @@ export function planTraining(job: FineTuningJob, model: BaseModel, report: Datas
  */
 export async function writeTrainingSpec(options: {
   job: FineTuningJob;
-  model: BaseModel;
+  method: Method;
+  start: StartingPoint;
   report: DatasetReport;
   plan: TrainingPlan;
   folders: JobFolders;
@@ -38,15 +38,18 @@ export async function writeTrainingSpec(options: {
   /** Cores for this engine when several share the host; all of them when null. */
   threads: number | null;
 }): Promise<TrainingSpec> {
-  const { job, model, report, plan, folders, resumeFrom, threads } = options;
+  const { job, method, start, report, plan, folders, resumeFrom, threads } = options;
   const { resolved, defaults, totalSteps } = plan;
   const written = resumeFrom && fs.existsSync(folders.spec) ? (JSON.parse(fs.readFileSync(folders.spec, 'utf8')) as TrainingSpec) : null;
   const valid = fs.existsSync(folders.valid) ? folders.valid : null;
   const spec: TrainingSpec = written ?? {
     // The model's own engine settings first: the fields below are the runner's to set.
     ...defaults.engine,
-    model: model.path,
-    base_model_name: job.model,
+    model: start.weights,
+    base_model_name: start.weightsModel,
+    init_adapter: start.adapter?.path ?? null,
+    method: method.type,
+    ...(resolved.beta === undefined ? {} : { dpo: { beta: resolved.beta } }),
     train_data: folders.train,
     valid_data: valid,
     output_dir: folders.output,
@@ -56,7 +59,7 @@ export async function writeTrainingSpec(options: {
     n_epochs: resolved.n_epochs,
     batch_size: resolved.batch_size,
     learning_rate: learningRate(resolved, defaults),
-    seq_len: sequenceLength(report, job.model),
+    seq_len: sequenceLength(report, start.root.name),
     warmup_steps: Math.ceil(defaults.warmup_ratio * totalSteps),
     lr_schedule: defaults.lr_schedule,
     seed: job.seed,

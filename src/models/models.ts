@@ -22,6 +22,10 @@ export interface ServableModel {
   weights: string;
   /** A LoRA fine-tune's adapter folder (PEFT layout), applied on top of `weights`; null otherwise. */
   adapter: string | null;
+  /** The model whose folder `weights` is: a base model or a full fine-tune. */
+  weightsModel: string;
+  /** The base model at the root of its lineage (a fine-tune of a fine-tune goes back to one). */
+  root: string;
 }
 
 /** What `/v1/models` shows an organization: every base model, and its own fine-tunes and checkpoints. */
@@ -34,7 +38,8 @@ export class ModelService {
   async list(orgId: string): Promise<Model[]> {
     const base = this.baseModels.list().map((m) => this.baseModelObject(m));
     const tuned = await this.owned(orgId).orderBy('created_at', 'asc').orderBy('id', 'asc').execute();
-    return [...base, ...tuned.map(toModel)];
+    const from = await this.trainedFrom(tuned);
+    return [...base, ...tuned.map((row) => toModel(row, from.get(row.job_id)))];
   }
 
   async retrieve(orgId: string, id: string): Promise<Model> {
@@ -42,32 +47,41 @@ export class ModelService {
     if (base) return this.baseModelObject(base);
     const row = await this.owned(orgId).where('id', '=', id).executeTakeFirst();
     if (!row) throw modelNotFound(id);
-    return toModel(row);
+    return toModel(row, (await this.trainedFrom([row])).get(row.job_id));
+  }
+
+  /** The model each row's job trained from (its `model`: a base model, or a fine-tune it continued), by job id. */
+  private async trainedFrom(rows: FineTunedModelTable[]): Promise<Map<string, string>> {
+    const ids = [...new Set(rows.map((row) => row.job_id))];
+    if (!ids.length) return new Map();
+    const jobs = await this.db.selectFrom('jobs').select(['id', 'model']).where('id', 'in', ids).execute();
+    return new Map(jobs.map((job) => [job.id, job.model]));
   }
 
   /** Where a model the organization may use lives: base models, its fine-tunes and their checkpoints. */
   async servable(orgId: string, id: string): Promise<ServableModel> {
     const base = this.baseModels.get(id);
-    if (base) return { id, weights: base.path, adapter: null };
+    if (base) return { id, weights: base.path, adapter: null, weightsModel: id, root: id };
     const row = await this.owned(orgId).where('id', '=', id).executeTakeFirst();
     if (!row) throw modelNotFound(id);
-    // Full fine-tunes are whole model folders; LoRA ones are adapters over their base.
-    if (!fs.existsSync(path.join(row.path, 'adapter_config.json'))) return { id, weights: row.path, adapter: null };
-    const parent = this.baseModels.get(row.base_model);
-    if (!parent) {
+    // Full fine-tunes are whole model folders (their base_model: the root of their lineage).
+    if (!fs.existsSync(path.join(row.path, 'adapter_config.json'))) return { id, weights: row.path, adapter: null, weightsModel: id, root: row.base_model };
+    // LoRA ones are adapters over their base's weights: a base model's, or a full fine-tune's that training continued.
+    const parent = await this.servable(orgId, row.base_model).catch((error: unknown) => {
+      if (!(error instanceof ServiceError && error.kind === 'not_found')) throw error;
       throw new ServiceError(
         'not_found',
         `The base model \`${row.base_model}\` of \`${id}\` is no longer on this server; an administrator can add it back with \`tunelab models add\`.`,
         { param: 'model', code: 'model_not_found' },
       );
-    }
-    return { id, weights: parent.path, adapter: row.path };
+    });
+    return { id, weights: parent.weights, adapter: row.path, weightsModel: parent.weightsModel, root: parent.root };
   }
 
   /** Records a model a job produced; the folder it names becomes the model's to delete. */
   async registerFineTuned(model: FineTunedModelTable, db: Db = this.db): Promise<Model> {
     await db.insertInto('fine_tuned_models').values(model).execute();
-    return toModel(model);
+    return toModel(model, undefined);
   }
 
   /** The folders a job's models live in. */
@@ -114,11 +128,13 @@ export class ModelService {
   }
 }
 
-const toModel = (row: FineTunedModelTable): Model => ({
+/** OpenAI's Model, with ours: `fine_tuned_from`, the model the job trained from (its lineage, one step back). */
+const toModel = (row: FineTunedModelTable, trainedFrom: string | undefined): Model & { fine_tuned_from?: string } => ({
   id: row.id,
   object: 'model',
   created: row.created_at,
   owned_by: row.org_id,
+  ...(trainedFrom ? { fine_tuned_from: trainedFrom } : {}),
 });
 
 export interface BaseModelDetails {

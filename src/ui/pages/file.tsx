@@ -194,20 +194,12 @@ function ReportView({ report }: { report: FileReport }) {
           </p>
           {report.shown_examples.map((example) => (
             <figure key={example.line} class="shown-example">
-              <figcaption>Line {example.line}</figcaption>
-              <pre>
-                {example.segments.map((segment, index) =>
-                  segment.trained ? (
-                    <mark key={index} class="trained">
-                      {segment.text}
-                    </mark>
-                  ) : (
-                    <span key={index} class="context">
-                      {segment.text}
-                    </span>
-                  ),
-                )}
-              </pre>
+              <figcaption>
+                Line {example.line}
+                {example.rejected_segments ? ': the preferred answer, then the non-preferred one after the same conversation' : ''}
+              </figcaption>
+              <Segments segments={example.segments} />
+              {example.rejected_segments && <Segments segments={example.rejected_segments} />}
             </figure>
           ))}
         </>
@@ -334,3 +326,21 @@ function Screening({ report }: { report: FileReport }) {
 }
 
 const total = (counts: Partial<Record<string, number>>) => Object.values(counts).reduce<number>((sum, n) => sum + (n ?? 0), 0);
+
+function Segments({ segments }: { segments: Array<{ text: string; trained: boolean }> }) {
+  return (
+    <pre>
+      {segments.map((segment, index) =>
+        segment.trained ? (
+          <mark key={index} class="trained">
+            {segment.text}
+          </mark>
+        ) : (
+          <span key={index} class="context">
+            {segment.text}
+          </span>
+        ),
+      )}
+    </pre>
+  );
+}

@@ -263,7 +263,8 @@ const playgroundLink = (job: FineTuningJob, model: string) => (
 function details(job: FineTuningJob, metrics: StepMetrics[]): Array<[string, ComponentChildren]> {
   const last = metrics.at(-1);
   return [
-    ['Base model', job.model],
+    [job.model.startsWith('ft:') ? 'Trained from' : 'Base model', job.model],
+    ['Method', job.method?.type === 'dpo' ? 'DPO (preference pairs)' : 'Supervised'],
     ['Suffix', job.user_provided_suffix ?? '—'],
     ['Progress', last ? `step ${count(last.step)} of ${count(last.total_steps)}` : '—'],
     ['Trained tokens', count(job.trained_tokens)],
@@ -300,10 +301,11 @@ const HYPERPARAMETER_NAMES: Record<string, string> = {
   full: 'Method',
   lora_rank: 'LoRA rank',
   lora_alpha: 'LoRA alpha',
+  beta: 'Beta (DPO)',
 };
 
 function Hyperparameters({ job }: { job: FineTuningJob }) {
-  const given = (job.method?.supervised?.hyperparameters ?? job.hyperparameters) as Record<string, unknown>;
+  const given = (job.method?.dpo?.hyperparameters ?? job.method?.supervised?.hyperparameters ?? job.hyperparameters) as Record<string, unknown>;
   const values = Object.entries(given).map(([name, value]): [string, string] => [
     HYPERPARAMETER_NAMES[name] ?? name,
     name === 'full' ? (value ? 'full fine-tune' : 'LoRA adapter') : String(value),
@@ -319,6 +321,7 @@ function Hyperparameters({ job }: { job: FineTuningJob }) {
 }
 
 function Curve({ job, metrics }: { job: FineTuningJob; metrics: StepMetrics[] }) {
+  const dpo = job.method?.type === 'dpo';
   const chart = useMemo(() => {
     const validated = job.validation_file !== null;
     return {
@@ -326,22 +329,28 @@ function Curve({ job, metrics }: { job: FineTuningJob; metrics: StepMetrics[] })
       series: [
         { label: 'Training loss', values: metrics.map((m) => m.train_loss ?? null), color: 'var(--series-1)' },
         ...(validated ? [{ label: 'Validation loss', values: metrics.map((m) => m.valid_loss ?? null), color: 'var(--series-2)', sparse: true }] : []),
-        { label: 'Token accuracy', values: metrics.map((m) => m.train_mean_token_accuracy ?? null), color: 'var(--series-3)', right: true, digits: 3 },
+        // DPO: how far the chosen answers' reward is ahead of the rejected ones', and for how many pairs.
+        ...(dpo
+          ? [
+              { label: 'Reward margin', values: metrics.map((m) => m.train_reward_margin ?? null), color: 'var(--series-4)' },
+              { label: 'Reward accuracy', values: metrics.map((m) => m.train_reward_accuracy ?? null), color: 'var(--series-3)', right: true, digits: 3 },
+            ]
+          : [{ label: 'Token accuracy', values: metrics.map((m) => m.train_mean_token_accuracy ?? null), color: 'var(--series-3)', right: true, digits: 3 }]),
       ],
     };
-  }, [metrics, job.validation_file]);
+  }, [metrics, job.validation_file, dpo]);
 
   if (metrics.length === 0) {
     return <p class="muted">{isFinished(job.status) ? 'This job trained no steps.' : 'No steps yet: the curve starts when the job runs.'}</p>;
   }
   return (
     <LineChart
-      title="Loss and token accuracy per step"
+      title={dpo ? 'Loss, reward margin and reward accuracy per step' : 'Loss and token accuracy per step'}
       x={chart.x}
       xLabel="Step"
       xMax={metrics.at(-1)!.total_steps}
-      leftLabel="Loss"
-      rightLabel="Token accuracy"
+      leftLabel={dpo ? 'Loss, margin' : 'Loss'}
+      rightLabel={dpo ? 'Reward accuracy' : 'Token accuracy'}
       rightRange={[0, 1]}
       series={chart.series}
     />

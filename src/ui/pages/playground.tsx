@@ -28,11 +28,13 @@ const SIDE_NAMES = ['Left', 'Right'] as const;
 
 /**
  * Unless the address names them: a base model on the left and, on the right, its newest
- * fine-tune (or the newest of any base); a fine-tune named alone gets its base beside it.
+ * fine-tune (or the newest of any base); a fine-tune named alone gets what it was trained from
+ * beside it (its base, or the fine-tune it continued: a DPO model beside its supervised start).
  */
 function defaultModels(models: Model[], left: string | null, right: string | null): [string, string] {
   const newestFirst = models.filter((model) => modelKind(model) === 'fine-tune').sort((a, b) => b.created - a.created);
-  const leftModel = left ?? (right ? parseFineTunedName(right)?.base : undefined) ?? models.find((model) => modelKind(model) === 'base')?.id ?? models[0]?.id ?? '';
+  const trainedFrom = (id: string) => (models.find((model) => model.id === id) as (Model & { fine_tuned_from?: string }) | undefined)?.fine_tuned_from;
+  const leftModel = left ?? (right ? (trainedFrom(right) ?? parseFineTunedName(right)?.base) : undefined) ?? models.find((model) => modelKind(model) === 'base')?.id ?? models[0]?.id ?? '';
   const ownTune = newestFirst.find((model) => parseFineTunedName(model.id)?.base === leftModel);
   return [leftModel, right ?? ownTune?.id ?? newestFirst[0]?.id ?? leftModel];
 }
