@@ -90,6 +90,8 @@ it('trains DPO on top of a supervised fine-tune: reward accuracy 1.0, a margin g
   expect(counts.preference.rejected_trained).toBeGreaterThan(0);
   expect(counts.trained).toBe(counts.preference.chosen_trained + counts.preference.rejected_trained);
   expect(counts.preference.shared_prompt).toBeGreaterThan(12 * 10);
+  // Trained tokens as billed: each pair's two sequences with their shared prompt once, every epoch.
+  expect(job.trained_tokens).toBe(6 * counts.total);
 
   // The result file: DPO's columns, one row per step (3 steps an epoch).
   const [header, ...lines] = (await (await client.files.content(job.result_files[0]!)).text()).trim().split('\n');

@@ -1,4 +1,5 @@
 import fs from 'node:fs';
+import path from 'node:path';
 import type OpenAI from 'openai';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -105,6 +106,38 @@ describe('the job page', () => {
     await expect.poll(() => page.locator('.line-chart-plot canvas').first().evaluate((canvas) => canvas.getBoundingClientRect().width)).toBeLessThan(390);
     await screenshot(page, 'job-narrow');
     expect(await page.evaluate(() => document.documentElement.scrollWidth)).toBeLessThanOrEqual(390);
+    await page.close();
+  }, 420_000);
+
+  it("shows a DPO job's reward margin and accuracy, and opens its result beside the fine-tune it started from", async () => {
+    const pairs = await t.client.files.create({ file: fs.createReadStream(path.join(import.meta.dirname, 'fixtures/weather-preferences.jsonl')), purpose: 'fine-tune' });
+    const start = (await t.client.fineTuning.jobs.retrieve(trained.id)).fine_tuned_model!;
+    const job = await t.client.fineTuning.jobs.create({
+      model: start,
+      training_file: pairs.id,
+      seed: 1,
+      suffix: 'dpo',
+      method: { type: 'dpo', dpo: { hyperparameters: { n_epochs: 2, batch_size: 4, learning_rate_multiplier: 0.2 } } },
+    });
+    const done = await finished(t.client, job.id, 300_000);
+    expect(done.status, JSON.stringify(done.error)).toBe('succeeded');
+    const page = await openDashboard(browser, t, `#/jobs/${job.id}`);
+    await page.getByRole('heading', { name: job.id }).waitFor();
+    await page.getByText('Loss, reward margin and reward accuracy per step').waitFor();
+    expect(await page.locator('main').textContent()).toContain('DPO (preference pairs)');
+    expect(await page.getByRole('region', { name: 'Hyperparameters' }).textContent()).toContain('Beta (DPO)0.1');
+
+    await page.getByText('Show as table').click();
+    const table = page.locator('.line-chart-table');
+    expect(await table.locator('thead th').allTextContents()).toEqual(['Step', 'Training loss', 'Reward margin', 'Reward accuracy']);
+    const last = (await metrics(job.id)).body.data.at(-1)!;
+    const cells = await table.locator('tbody tr').last().locator('td').allTextContents();
+    expect(cells).toEqual([last.train_loss!.toFixed(4), last.train_reward_margin!.toFixed(4), last.train_reward_accuracy!.toFixed(3)]);
+
+    const link = page.locator('.names').getByRole('link', { name: 'Open in playground' });
+    const target = new URLSearchParams((await link.getAttribute('href'))!.split('?')[1]);
+    expect(Object.fromEntries(target)).toEqual({ left: start, right: done.fine_tuned_model });
+    await screenshot(page, 'job-dpo');
     await page.close();
   }, 420_000);
 

@@ -173,6 +173,7 @@ def main():
         train_dir = write_pairs(tmp, SHAPES[args.shape]["vocab_size"], args.pairs_per_step * args.steps)
         for round_ in range(args.rounds):
             load = [round(x, 2) for x in os.getloadavg()]
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
             steps, reference_s = run_engine(tmp, model_dir, train_dir, args, round_)
             engine_seconds = [e["tokens"] / e["tokens_per_second"] for e in steps]
             child = subprocess.run([sys.executable, __file__, "--trl-child", model_dir, tmp] + sys.argv[1:],
@@ -186,8 +187,7 @@ def main():
             # The reference pass covers every pair once; charge the timed pairs' share of it.
             share = reference_s * timed_pairs / (args.pairs_per_step * args.steps)
             with_reference = round(timed_pairs / (sum(engine_seconds[args.warmup_steps:]) + share), 3)
-            rounds.append({"engine_commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip(),
-                           "load_average_before": load, "engine_pairs_per_second": ours_pps, "trl_pairs_per_second": trl_pps,
+            rounds.append({"engine_commit": commit, "load_average_before": load, "engine_pairs_per_second": ours_pps, "trl_pairs_per_second": trl_pps,
                            "ratio": round(ours_pps / trl_pps, 2), "engine_reference_s": round(reference_s, 2),
                            "engine_pairs_per_second_with_reference": with_reference,
                            "ratio_with_reference": round(with_reference / trl_pps, 2),

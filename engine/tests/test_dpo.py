@@ -50,8 +50,9 @@ def trl_trainer(model, pairs, beta, out_dir, ref_model=None):
     tok = Tokenizer(models.WordLevel(words, unk_token="w0"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tokenizer = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="w0", eos_token="w1")
-    text = lambda ids: " ".join(f"w{i}" for i in ids)  # noqa: E731
-    dataset = Dataset.from_dict({"prompt": [text(p) for p, _, _ in pairs], "chosen": [text(c) for _, c, _ in pairs],
+    text = lambda ids: "".join(f" w{i}" for i in ids)  # noqa: E731
+    # Unused (the batch is collated from the ids below), but TRL tokenizes it when it starts.
+    dataset = Dataset.from_dict({"prompt": [text(p).strip() for p, _, _ in pairs], "chosen": [text(c) for _, c, _ in pairs],
                                  "rejected": [text(r) for _, _, r in pairs]})
     config = trl.DPOConfig(output_dir=out_dir, beta=beta, loss_type=["sigmoid"], per_device_train_batch_size=len(pairs),
                            use_cpu=True, bf16=False, report_to=[], precompute_ref_log_probs=False, max_length=None)
