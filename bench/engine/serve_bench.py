@@ -14,7 +14,8 @@ through node-llama-cpp, CPU, one context of 8 sequences) are both started with t
 greedy, no stop ids:
 
 - time to first token: one request for 1 token, from the write to its token;
-- one stream: 128 new tokens; decode tokens/s = 127 / (last token's arrival - first token's arrival);
+- one stream: 128 new tokens; decode tokens/s = 127 / (last token's arrival - first token's arrival),
+  and the CPU time the engine's processes used for the request, per token (prefill included);
 - 8 streams: 8 such requests (different prompts) written at once; aggregate decode tokens/s while
   all 8 decode together (tokens that arrive between the 8th stream's first token and the first
   stream's last token, over that time); also tokens/s end to end (all 8 x 128 tokens over the time
@@ -22,8 +23,9 @@ greedy, no stop ids:
 
 Medians of the rounds and the ratios engine / llama.cpp go to bench/engine/results/serve_cpu.json with
 the command, CPU model, torch version, git commit and the load averages of every round (other
-processes on the cores move the figures: compare only the two engines of one run). `--no-llama-cpp`
-times the engine alone.
+processes on the cores move the figures: compare only the engines of one run). `--no-llama-cpp`
+times the engine alone; `--baseline-engine DIR` adds another engine folder (say the last commit's,
+`git archive`d) to the same rounds.
 """
 
 import argparse
@@ -209,13 +211,42 @@ def gguf_file(model_dir, converter, env):
     return out
 
 
+def cpu_seconds(pid):
+    """CPU time (user + system) of process `pid` and its descendants so far."""
+    parents, times = {}, {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry)] = int(fields[1])
+            times[int(entry)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tree, total = {pid}, 0.0
+    grew = True
+    while grew:
+        grew = False
+        for p, parent in parents.items():
+            if parent in tree and p not in tree:
+                tree.add(p)
+                grew = True
+    for p in tree:
+        total += times.get(p, 0.0)
+    return total
+
+
 def measure(engine, prompts, args):
-    """One round: time to first token, one stream, args.streams streams."""
+    """One round: time to first token, one stream (and its CPU time a token: on a shared machine
+    the work each engine does, whatever share of the cores it got), args.streams streams."""
     sent, arrivals = engine.run(prompts(1), 1)
     ttft = arrivals[0][0] - sent
-    single = one_stream_rate(engine.run(prompts(1), args.new_tokens)[1][0])
+    cpu = cpu_seconds(engine.proc.pid)
+    times = engine.run(prompts(1), args.new_tokens)[1][0]
+    cpu_per_token = (cpu_seconds(engine.proc.pid) - cpu) / len(times)
     multi, e2e = streams_rates(*engine.run(prompts(args.streams), args.new_tokens))
-    return {"ttft_ms": 1000 * ttft, "one_stream": single, "streams": multi, "streams_end_to_end": e2e}
+    return {"ttft_ms": 1000 * ttft, "one_stream": one_stream_rate(times), "one_stream_cpu_ms_per_token": 1000 * cpu_per_token,
+            "streams": multi, "streams_end_to_end": e2e}
 
 
 def summary(rounds):
@@ -242,6 +273,9 @@ def bench_shape(shape, args, env, tmp):
     engines["tunelab"] = Serve(model_dir, dict(env, TUNELAB_THREADS=str(args.threads)),
                                ["--dtype", args.dtype] if args.dtype != "auto" else [])
     startup_s = time.perf_counter() - started
+    if args.baseline_engine:
+        engines["tunelab_baseline"] = Serve(model_dir, dict(env, PYTHONPATH=os.path.abspath(args.baseline_engine),
+                                                            TUNELAB_THREADS=str(args.threads)), [])
     if not args.no_llama_cpp:
         gguf = gguf_file(model_dir, args.converter, env)
         engines["llama_cpp"] = LlamaCpp(gguf, args.threads, args.streams, dict(env, OMP_WAIT_POLICY="PASSIVE"))
@@ -259,6 +293,9 @@ def bench_shape(shape, args, env, tmp):
               "threads": args.threads, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
               "streams": args.streams, "startup_s": round(startup_s, 2), "load_averages": loads}
     result.update({name: summary(r) for name, r in rounds.items()})
+    if "tunelab_baseline" in rounds:
+        ours, before = result["tunelab"], result["tunelab_baseline"]
+        result["ratios_over_baseline"] = {key: round(ours[key] / before[key], 2) for key in ("one_stream", "streams", "ttft_ms")}
     if "llama_cpp" in rounds:
         ours, theirs = result["tunelab"], result["llama_cpp"]
         result["llama_cpp"]["runtime"] = engines["llama_cpp"].ready
@@ -266,6 +303,8 @@ def bench_shape(shape, args, env, tmp):
             "one_stream_tunelab_over_llama_cpp": round(ours["one_stream"] / theirs["one_stream"], 2),
             "streams_tunelab_over_llama_cpp": round(ours["streams"] / theirs["streams"], 2),
             "ttft_tunelab_over_llama_cpp": round(ours["ttft_ms"] / theirs["ttft_ms"], 2),
+            "one_stream_tokens_per_cpu_second_tunelab_over_llama_cpp":
+                round(theirs["one_stream_cpu_ms_per_token"] / ours["one_stream_cpu_ms_per_token"], 2),
         }
     return result
 
@@ -278,6 +317,7 @@ def main():
     ap.add_argument("--converter", default=os.path.expanduser(os.path.join("~", ".tunelab", "tools", "llama.cpp-converter")),
                     help="llama.cpp's converter folder, as `tunelab setup-export` installs it")
     ap.add_argument("--no-llama-cpp", action="store_true", help="time the engine alone")
+    ap.add_argument("--baseline-engine", help="another engine folder (an older commit's, by git archive) timed in the same rounds")
     decode_arguments(ap)
     ap.add_argument("--out", default=os.path.join(HERE, "results", "serve_cpu.json"))
     args = ap.parse_args()
