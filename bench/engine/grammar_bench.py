@@ -7,8 +7,10 @@ After a warm-up, each mode decodes 128 new tokens (greedy, 128-token prompts) in
 concurrent streams, the modes alternating within each of --repeats rounds; medians of the rounds:
 
 - free: no grammar;
-- json_schema: a strict JSON schema (an object holding a list of strings, so the output can run on
-  for 128 tokens), compiled by llguidance with the separators tunelab sends.
+- json_schema: a strict JSON schema (an object holding a list of at least 64 strings, so the output
+  cannot end before the tokens asked for: with fewer items a random model may close the object
+  early, and shorter requests would time a smaller batch), compiled by llguidance with the
+  separators tunelab sends.
 
 Tokens/s as serve_bench.py measures them (one stream: between its first and last token; 8 streams:
 the tokens that arrive while all 8 decode, over that time). The figures that matter are the ratios
@@ -36,7 +38,7 @@ from serve_bench import Serve, decode_arguments, decode_rates, load  # noqa: E40
 from shapes import SHAPES  # noqa: E402
 from train_cpu import cpu_model  # noqa: E402
 
-SCHEMA = {"type": "object", "properties": {"notes": {"type": "array", "items": {"type": "string"}}}, "required": ["notes"],
+SCHEMA = {"type": "object", "properties": {"notes": {"type": "array", "items": {"type": "string"}, "minItems": 64}}, "required": ["notes"],
           "additionalProperties": False,
           "x-guidance": {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}}
 GRAMMARS = {"free": None, "json_schema": f"start: %json {json.dumps(SCHEMA)}"}
