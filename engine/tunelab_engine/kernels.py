@@ -265,18 +265,7 @@ def decode_attention(q, keys, values, bias):
     """One new query per row against the row's cached keys: q [B, 1, heads, D], keys and values
     [B, kv_heads, S, D], bias [B, 1, 1, S] additive; out [B, 1, heads, D]. Each key/value head's
     group of query heads is one small matrix, so the cache is never repeated; two bmm's and a
-    softmax, where SDPA's CPU kernels cost several times more for a single query. On one thread:
-    these products are too small to share, and waking a sleeping OpenMP thread for each of them
-    cost more than they do (OMP_WAIT_POLICY=PASSIVE, a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _decode_attention(q, keys, values, bias)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _decode_attention(q, keys, values, bias):
+    softmax, where SDPA's CPU kernels cost several times more for a single query."""
     b, _, h, d = q.shape
     kv_heads, span = keys.shape[1], keys.shape[2]
     groups = h // kv_heads
