@@ -4,11 +4,13 @@ Qwen2.5-0.5B shape with the Qwen3 tokenizer (151k tokens: the largest mask to co
     PYTHONPATH=engine python3 bench/engine/grammar_bench.py
 
 After a warm-up, each mode decodes 128 new tokens (greedy, 128-token prompts) in one stream and in 8
-concurrent streams, the median of --repeats runs:
+concurrent streams, the modes alternating within each of --repeats rounds; medians of the rounds:
 
 - free: no grammar;
-- json_schema: a strict JSON schema (an object holding a list of strings, so the output can run on
-  for 128 tokens), compiled by llguidance with the separators tunelab sends.
+- json_schema: a strict JSON schema (an object holding a list of at least 64 strings, so the output
+  cannot end before the tokens asked for: with fewer items a random model may close the object
+  early, and shorter requests would time a smaller batch), compiled by llguidance with the
+  separators tunelab sends.
 
 Tokens/s as serve_bench.py measures them (one stream: between its first and last token; 8 streams:
 the tokens that arrive while all 8 decode, over that time). The figures that matter are the ratios
@@ -36,17 +38,29 @@ from serve_bench import Serve, decode_arguments, decode_rates, load  # noqa: E40
 from shapes import SHAPES  # noqa: E402
 from train_cpu import cpu_model  # noqa: E402
 
-SCHEMA = {"type": "object", "properties": {"notes": {"type": "array", "items": {"type": "string"}}}, "required": ["notes"],
+SCHEMA = {"type": "object", "properties": {"notes": {"type": "array", "items": {"type": "string"}, "minItems": 64}}, "required": ["notes"],
           "additionalProperties": False,
           "x-guidance": {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}}
 GRAMMARS = {"free": None, "json_schema": f"start: %json {json.dumps(SCHEMA)}"}
 STOP_ID = 151645  # <|im_end|>
 
 
-def measure(serve, prompts, args, grammar):
-    single, multi, _ = decode_rates(serve, prompts, args, stop_ids=[STOP_ID], grammar=grammar)
-    return {"one_stream_tokens_per_s": round(statistics.median(single), 2), "one_stream_runs": [round(x, 2) for x in single],
-            "streams_tokens_per_s": round(statistics.median(multi), 2), "streams_runs": [round(x, 2) for x in multi]}
+def measure(serve, prompts, args):
+    """Each mode's one-stream and streams tokens/s, the modes alternating within every round (the
+    machine's load drifts between rounds), and the load average after each round."""
+    one_round = argparse.Namespace(**dict(vars(args), repeats=1))
+    runs = {name: ([], []) for name in GRAMMARS}
+    loads = []
+    for _ in range(args.repeats):
+        for name, grammar in GRAMMARS.items():
+            single, multi, _ = decode_rates(serve, prompts, one_round, stop_ids=[STOP_ID], grammar=grammar)
+            runs[name][0].extend(single)
+            runs[name][1].extend(multi)
+        loads.append(load())
+    modes = {name: {"one_stream_tokens_per_s": round(statistics.median(single), 2), "one_stream_runs": [round(x, 2) for x in single],
+                    "streams_tokens_per_s": round(statistics.median(multi), 2), "streams_runs": [round(x, 2) for x in multi]}
+             for name, (single, multi) in runs.items()}
+    return modes, loads
 
 
 def main():
@@ -74,7 +88,7 @@ def main():
         serve = Serve(model_dir, env, [])
         for grammar in GRAMMARS.values():  # warm-up: the grammar tokenizer is built on first use
             serve.collect(serve.send(prompts(1), 8, stop_ids=[STOP_ID], grammar=grammar)[1])
-        modes = {name: measure(serve, prompts, args, grammar) for name, grammar in GRAMMARS.items()}
+        modes, loads = measure(serve, prompts, args)
         serve.close()
     free, constrained = modes["free"], modes["json_schema"]
     record = {
@@ -87,7 +101,7 @@ def main():
         "streams": args.streams, "modes": modes,
         "ratio_one_stream": round(constrained["one_stream_tokens_per_s"] / free["one_stream_tokens_per_s"], 3),
         "ratio_streams": round(constrained["streams_tokens_per_s"] / free["streams_tokens_per_s"], 3),
-        "load_average": {"before": load_before, "after": load()},
+        "load_average": {"before": load_before, "after_each_round": loads},
     }
     print(json.dumps(record, indent=2))
     os.makedirs(os.path.dirname(args.out), exist_ok=True)

@@ -82,3 +82,19 @@ class KernelsTest(unittest.TestCase):
         bias = torch.zeros(allowed.shape).masked_fill_(~allowed, float("-inf"))
         want = attention.sdpa(q.transpose(1, 2), keys, values, allowed).transpose(1, 2)
         self.assert_close([kernels.decode_attention(q, keys, values, bias)], [want], 1e-6)
+
+    def test_frozen_linear(self):
+        # bf16 takes the packed oneDNN product where the CPU has native bf16; the plain F.linear is
+        # the reference, for one row (a decode step), several, and a [1, T] prefill.
+        g = torch.Generator().manual_seed(7)
+        for dtype in (torch.bfloat16, torch.float32):
+            for bias in (False, True):
+                weight = torch.randn(48, 40, generator=g).to(dtype)
+                b = torch.randn(48, generator=g).to(dtype) if bias else None
+                product = kernels.frozen_linear(weight, b)
+                for shape in ((1, 1, 40), (5, 1, 40), (1, 33, 40)):
+                    with self.subTest(dtype=dtype, bias=bias, shape=shape):
+                        x = torch.randn(shape, generator=g).to(dtype)
+                        got = product(x)
+                        self.assertEqual(got.dtype, dtype)
+                        self.assert_close([got], [torch.nn.functional.linear(x, weight, b)], 1e-2 if dtype == torch.bfloat16 else 1e-6)

@@ -11,10 +11,10 @@ rows of a batch that use a LoRA adapter get its update beside the frozen weights
 """
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .adapters import apply_lora
+from .kernels import frozen_linear
 from .kv_cache import KVCache
 
 PREFILL_CHUNK = 512  # prompt tokens a prefill forward takes at once
@@ -36,9 +36,10 @@ class RowLinear(nn.Module):
         self.register_buffer("weight", weight, persistent=False)
         self.register_buffer("bias", bias, persistent=False)
         self.rows, self.layer, self.key, self.sizes = rows, layer, key, sizes
+        self.product = frozen_linear(weight, bias)
 
     def forward(self, x):
-        out = F.linear(x, self.weight, self.bias)
+        out = self.product(x)
         if self.rows.lora and self.key:
             apply_lora(out, x, self.rows.lora, self.layer, self.key)
         return out

@@ -1,6 +1,7 @@
-"""Hand-written training kernels for the CPU, where they beat torch 2.13's own ops (measured in
-bench/engine/README.md, "Kernels"); each is tested against autograd through the plain modules
-(engine/tests/test_kernels.py).
+"""Hand-written kernels for the CPU, where they beat torch 2.13's own ops (measured in
+bench/engine/README.md, "Kernels" and "Serving"); each is tested against the plain module or
+autograd through it (engine/tests/test_kernels.py). Training's come first; serving's decode
+pieces (`frozen_linear`, `decode_attention`) last.
 
 `apply(model)` swaps a model's RMSNorm and LoRA modules for the subclasses below (same parameters,
 same names, another forward), and `attention(attend)` swaps packed examples' attention; the model
@@ -246,6 +247,18 @@ class Examples(attention_mod.Examples):
             examples.append((start, n) + self._masks[key])
             start += n
         return _PerExampleAttention.apply(q, k, v, examples).unflatten(-1, (-1, q.shape[-1]))
+
+
+def frozen_linear(weight, bias):
+    """x -> F.linear(x, weight, bias) for a weight that never changes (serving's). On a CPU with
+    native bf16 a bf16 weight is reordered once into oneDNN's blocked layout and every product
+    runs from it: F.linear goes through a path that reads the plain layout at about half the
+    speed, and a decode step is mostly these products. The packed copy sits beside the weight."""
+    if weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available() \
+            and torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight)
+        return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    return lambda x: F.linear(x, weight, bias)
 
 
 def decode_attention(q, keys, values, bias):

@@ -34,8 +34,16 @@ def cpu_count():
 
 
 def use_threads(threads=None):
-    """Torch's CPU threads: `threads`, or every core this process may use."""
+    """Torch's CPU threads: `threads`, else `TUNELAB_THREADS` from the environment (the operator's
+    cap on a shared machine), else every core this process may use."""
     import torch
+    if not threads and os.environ.get("TUNELAB_THREADS"):
+        try:
+            threads = int(os.environ["TUNELAB_THREADS"])
+        except ValueError:
+            threads = 0
+        if threads < 1:
+            raise SystemExit(f"TUNELAB_THREADS={os.environ['TUNELAB_THREADS']!r}: expected a whole number >= 1")
     torch.set_num_threads(threads or cpu_count())
 
 
