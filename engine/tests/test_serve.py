@@ -411,7 +411,7 @@ class ProcessTest(TempDirTest):
         self.assertEqual(got["two"], generate.generate(reference, p2, len(got["two"]))[0])
         start = time.time()
         proc.stdin.close()
-        self.assertEqual(proc.wait(timeout=10), 0)
+        self.assertEqual(proc.wait(timeout=60), 0)
         self.assertLess(time.time() - start, 5)
         self.assertEqual(proc.stdout.read(), "")
 
@@ -426,7 +426,7 @@ class ProcessTest(TempDirTest):
                     self.assertEqual(self.read_event(proc)["type"], "tokens")
                 start = time.time()
                 proc.send_signal(signal.SIGTERM)
-                self.assertEqual(proc.wait(timeout=10), 0)
+                self.assertEqual(proc.wait(timeout=60), 0)
                 self.assertLess(time.time() - start, 5)
                 proc.stdin.close()
 
@@ -439,7 +439,7 @@ class ProcessTest(TempDirTest):
         last = self.read_event(proc)
         self.assertEqual((last["type"], last["code"]), ("error", "invalid_request"))
         self.assertNotIn("id", last)
-        self.assertEqual(proc.wait(timeout=10), 1)
+        self.assertEqual(proc.wait(timeout=60), 1)
         proc.stdin.close()
 
     def test_unreadable_model_is_fatal(self):
