@@ -3,7 +3,7 @@ import path from 'node:path';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { TINY_MODEL_NAME } from '../src/models/tiny-model.js';
-import { type TestServer, finished, startTestServer, weatherJokes } from './support/server.js';
+import { type TestServer, finished, metricsSteps, startTestServer, untilStep, weatherJokes } from './support/server.js';
 
 /**
  * The usual recipe, through the SDK on the built-in tunelab-tiny: a supervised fine-tune on the
@@ -153,4 +153,33 @@ it("continues a LoRA fine-tune's checkpoint with DPO: its adapter, rank and alph
   // Served as an adapter over the base model, like any LoRA fine-tune.
   const reply = await client.chat.completions.create({ model: job.fine_tuned_model!, messages: [{ role: 'user', content: '青岛明天天气怎么样?' }], temperature: 0, max_tokens: 8 });
   expect(reply.choices[0]!.message.content).toBeTruthy();
+}, 900_000);
+
+it('pauses a DPO job and resumes it from its checkpoint, its reference read back: no step twice, the same curve as straight through', async () => {
+  const pairs = await client.files.create({ file: fs.createReadStream(PREFERENCES), purpose: 'fine-tune' });
+  const create = (suffix: string) =>
+    client.fineTuning.jobs.create({
+      model: TINY_MODEL_NAME,
+      training_file: pairs.id,
+      suffix,
+      seed: 2,
+      method: { type: 'dpo', dpo: { hyperparameters: { n_epochs: 4, batch_size: 2, learning_rate_multiplier: 0.2 } } },
+    });
+  const straight = await finished(client, (await create('straight')).id, 300_000);
+  expect(straight.status).toBe('succeeded');
+
+  const paused = await create('paused');
+  await untilStep(client, paused.id, 3, 120_000);
+  expect((await client.fineTuning.jobs.pause(paused.id)).status).toBe('paused');
+  await expect
+    .poll(async () => (await client.fineTuning.jobs.listEvents(paused.id)).data.some((e) => e.message.startsWith('Checkpoint saved at step')), { timeout: 60_000 })
+    .toBe(true);
+  // The reference log-probabilities stay beside the arrays while the job can resume.
+  expect(fs.existsSync(path.join(t.home, 'work', paused.id, 'train', 'reference_logps.npy'))).toBe(true);
+  expect((await client.fineTuning.jobs.resume(paused.id)).status).toBe('queued');
+  const job = await finished(client, paused.id, 300_000);
+  expect(job.status, JSON.stringify(job.error)).toBe('succeeded');
+  expect(await metricsSteps(client, job.id)).toEqual(Array.from({ length: 24 }, (_, i) => i + 1));
+  const curve = async (id: string) => (await client.get<{ data: Array<Record<string, number>> }>(`/fine_tuning/jobs/${id}/metrics`)).data.map((m) => m.train_reward_margin);
+  expect(await curve(job.id)).toEqual(await curve(straight.id));
 }, 900_000);
