@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import OpenAI from 'openai';
+import OpenAI, { toFile } from 'openai';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { TINY_MODEL_NAME } from '../src/models/tiny-model.js';
 import { type TestServer, finished, metricsSteps, startTestServer, untilStep, weatherJokes } from './support/server.js';
@@ -113,6 +113,36 @@ it('trains DPO on top of a supervised fine-tune: reward accuracy 1.0, a margin g
   expect(last.full_valid_reward_accuracy).toBe(1);
   expect(last.full_valid_reward_margin).toBeGreaterThan(0);
   expect((await greedy(job.fine_tuned_model!)).filter((answer) => DRY.test(answer))).toEqual([]);
+}, 900_000);
+
+it('moves the held-out answers of a supervised model trained on the dry forecasts to the preferred side', async () => {
+  // The supervised step learns the non-preferred answers, so there is a style for DPO to move away from.
+  const dry = fs
+    .readFileSync(PREFERENCES, 'utf8')
+    .trim()
+    .split('\n')
+    .map((line) => {
+      const pair = JSON.parse(line) as { input: { messages: unknown[] }; non_preferred_output: unknown[] };
+      return `${JSON.stringify({ messages: [...pair.input.messages, ...pair.non_preferred_output] })}\n`;
+    });
+  const sftFile = await client.files.create({ file: await toFile(Buffer.from(dry.join('')), 'dry-forecasts.jsonl'), purpose: 'fine-tune' });
+  const sft = await finished(client, (await client.fineTuning.jobs.create({ model: TINY_MODEL_NAME, training_file: sftFile.id, suffix: 'dry', seed: 1 })).id, 300_000);
+  expect(sft.status, JSON.stringify(sft.error)).toBe('succeeded');
+  const before = await greedy(sft.fine_tuned_model!);
+  expect(before.filter((answer) => DRY.test(answer)), before.join(' | ')).toEqual(before);
+
+  const pairs = await client.files.create({ file: fs.createReadStream(PREFERENCES), purpose: 'fine-tune' });
+  const hyperparameters = { beta: 0.1, n_epochs: 6, batch_size: 4, learning_rate_multiplier: 0.4 };
+  const job = await finished(
+    client,
+    (await client.fineTuning.jobs.create({ model: sft.fine_tuned_model!, training_file: pairs.id, suffix: 'jokes', seed: 1, method: { type: 'dpo', dpo: { hyperparameters } } })).id,
+    300_000,
+  );
+  expect(job.status, JSON.stringify(job.error)).toBe('succeeded');
+  // Every preferred answer ends with an exclamation and states no figure; the dry ones are the reverse.
+  // (A model this small, on twelve pairs, keeps the jokes' shape more than their words.)
+  const after = await greedy(job.fine_tuned_model!);
+  expect(after.filter((answer) => DRY.test(answer) || !answer.endsWith('!')), after.join(' | ')).toEqual([]);
 }, 900_000);
 
 it("continues a LoRA fine-tune's checkpoint with DPO: its adapter, rank and alpha, measured against it", async () => {
