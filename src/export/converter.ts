@@ -8,7 +8,7 @@ import { ENGINE_DIR, enginePython } from '../engine/python.js';
 
 /**
  * llama.cpp's GGUF converter (convert_hf_to_gguf.py with its conversion/ and gguf-py/ folders).
- * It is llama.cpp's, so it is not copied into this project: `tunelab setup-export` downloads the
+ * It is llama.cpp's, so it is not copied into this project: `tunelab setup --export` downloads the
  * llama-cpp-python sdist pinned in engine/export-converter.txt from PyPI, the one versioned
  * package that carries the converter together with the gguf-py of the same llama.cpp commit (the
  * `gguf` package alone has no converter, and a converter and gguf-py of different commits

@@ -90,6 +90,7 @@ interface Dependencies {
 export class ExportService {
   private queue: Promise<void> = Promise.resolve();
   private stopping = false;
+  private readonly unpacking = new Map<string, Promise<void>>();
 
   constructor(private readonly deps: Dependencies) {
     fs.mkdirSync(deps.home.exports, { recursive: true });
@@ -161,7 +162,35 @@ export class ExportService {
     }
     await this.deps.db.deleteFrom('model_exports').where('id', '=', id).execute();
     await fsp.rm(this.archivePath(id), { force: true });
+    await fsp.rm(this.ggufPath(id), { force: true });
     return { id, object: 'model.export.deleted', deleted: true };
+  }
+
+  /**
+   * The model's newest succeeded GGUF export (of `quantization`, or any), as a file llama.cpp
+   * serves: unpacked from its archive beside it on first use.
+   */
+  async servingGguf(orgId: string, model: string, quantization: string | null): Promise<{ path: string; quantization: string } | null> {
+    let query = this.deps.db
+      .selectFrom('model_exports')
+      .select(['id', 'quantization'])
+      .where('org_id', '=', orgId)
+      .where('model', '=', model)
+      .where('format', '=', 'gguf')
+      .where('status', '=', 'succeeded');
+    if (quantization !== null) query = query.where('quantization', '=', quantization);
+    const row = await query.orderBy('seq', 'desc').executeTakeFirst();
+    if (!row) return null;
+    const file = this.ggufPath(row.id);
+    if (!fs.existsSync(file)) {
+      let unpacking = this.unpacking.get(row.id);
+      if (!unpacking) {
+        unpacking = this.unpackGguf(row.id, file).finally(() => this.unpacking.delete(row.id));
+        this.unpacking.set(row.id, unpacking);
+      }
+      await unpacking;
+    }
+    return { path: file, quantization: row.quantization ?? 'f16' };
   }
 
   /** After a restart: exports it cut short failed; queued ones run. */
@@ -329,6 +358,22 @@ export class ExportService {
 
   private archivePath(id: string): string {
     return path.join(this.deps.home.exports, `${id}.tar.gz`);
+  }
+
+  private ggufPath(id: string): string {
+    return path.join(this.deps.home.exports, `${id}.gguf`);
+  }
+
+  private async unpackGguf(id: string, file: string): Promise<void> {
+    const scratch = await fsp.mkdtemp(path.join(this.deps.home.exports, `${id}-unpack-`));
+    try {
+      await tar.x({ file: this.archivePath(id), cwd: scratch, strip: 1, filter: (entry) => entry.endsWith('.gguf') });
+      const gguf = (await fsp.readdir(scratch)).find((name) => name.endsWith('.gguf'));
+      if (!gguf) throw new Error(`the archive of export ${id} holds no .gguf file`);
+      await fsp.rename(path.join(scratch, gguf), file);
+    } finally {
+      await fsp.rm(scratch, { recursive: true, force: true });
+    }
   }
 
   private async progress(id: string, progress: number, stage: string): Promise<void> {

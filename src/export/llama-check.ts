@@ -1,6 +1,7 @@
 import { Template } from '@huggingface/jinja';
-import type { Llama, LlamaModel, Token } from 'node-llama-cpp';
+import type { Token } from 'node-llama-cpp';
 import { ServiceError } from '../errors.js';
+import { llamaRuntime } from '../inference/llama-runtime.js';
 import { encodeChat } from '../tokenizer/chat-encoding.js';
 import type { ModelTokenizer, TemplateMessage } from '../tokenizer/model-tokenizer.js';
 
@@ -31,14 +32,6 @@ export interface ExportChecks {
 
 const MAX_TOKENS = 64;
 const THREADS = 1;
-
-let llama: Promise<Llama> | null = null;
-
-/** llama.cpp through node-llama-cpp's prebuilt binaries, CPU only; loaded on first use. */
-async function llamaCpp(): Promise<Llama> {
-  llama ??= import('node-llama-cpp').then(({ getLlama }) => getLlama({ gpu: false, build: 'never', logLevel: 'error' as never, maxThreads: THREADS }));
-  return llama;
-}
 
 /** Up to and including the first sentence end (or line end); the whole text when it has none. */
 export function firstSentence(text: string): string {
@@ -73,7 +66,7 @@ export async function checkGguf(options: {
   onProgress?: (done: number) => void;
 }): Promise<ExportChecks> {
   const { tokenizer } = options;
-  const runtime = await llamaCpp();
+  const runtime = await llamaRuntime();
   const model = await runtime.loadModel({ modelPath: options.ggufFile });
   try {
     const context = await model.createContext({ contextSize: 2048, threads: THREADS, sequences: 1 });

@@ -1,0 +1,15 @@
+import type { Llama } from 'node-llama-cpp';
+
+let runtime: Promise<Llama> | null = null;
+
+/**
+ * llama.cpp through node-llama-cpp's prebuilt binaries, CPU only, loaded on first use (most
+ * servers never load it). No thread cap here: each context says how many threads it uses (the
+ * export check one, serving as many as the host has math cores, unless told otherwise).
+ */
+export function llamaRuntime(): Promise<Llama> {
+  runtime ??= import('node-llama-cpp').then(({ getLlama }) =>
+    getLlama({ gpu: false, build: 'never', logLevel: 'error' as never, maxThreads: 0 }),
+  );
+  return runtime;
+}
