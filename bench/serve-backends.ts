@@ -23,6 +23,9 @@ const CLI = path.join(ROOT, 'dist/cli/main.js');
 const ROUNDS = Number(process.env.ROUNDS ?? 3);
 const MAX_TOKENS = 128;
 const QUANTIZATION = 'q8_0';
+// llama.cpp's threads wait for each other spinning: on a shared machine busier than its cores one
+// thread decodes faster than two (serving.threads in config.json; THREADS=2 to compare).
+const THREADS = Number(process.env.THREADS ?? 1);
 const BACKENDS = ['engine', 'llamacpp'] as const;
 type Backend = (typeof BACKENDS)[number];
 // A question it was not trained on, so that it talks on rather than stopping after a trained answer.
@@ -60,7 +63,7 @@ interface Measure {
 }
 
 async function measure(model: string, backend: Backend, round: number): Promise<Measure> {
-  fs.writeFileSync(path.join(home, 'config.json'), JSON.stringify({ serving: { models: { [model]: { backend, quantization: QUANTIZATION } } } }));
+  fs.writeFileSync(path.join(home, 'config.json'), JSON.stringify({ serving: { threads: THREADS, models: { [model]: { backend, quantization: QUANTIZATION } } } }));
   const server = await startBenchServer(['--slots', '0'], { home });
   try {
     const client = new OpenAI({ baseURL: server.baseURL, apiKey: server.apiKey, maxRetries: 0 });
@@ -125,7 +128,7 @@ try {
     load_avg_1m_before: loadBefore,
     load_avg_1m_after: os.loadavg()[0],
     model: 'LoRA fine-tune (10 epochs at 10x learning rate, weather) of random Qwen2.5-0.5B-shape bf16 weights',
-    llamacpp: "q8_0 GGUF export, node-llama-cpp in the server process, threads: the host's math cores",
+    llamacpp: `q8_0 GGUF export, node-llama-cpp in the server process, ${THREADS} thread(s)`,
     engine: "this branch's engine serving the LoRA fine-tune over its bf16 base",
     max_tokens: MAX_TOKENS,
     runs,
