@@ -1,6 +1,6 @@
 """A model folder to one GGUF file through llama.cpp's own converter (convert_hf_to_gguf.py).
 
-The converter is not ours and not vendored: `tunelab setup-export` unpacks it from the pinned
+The converter is not ours and not vendored: `tunelab setup --export` unpacks it from the pinned
 llama-cpp-python sdist into a folder the caller names (`--converter`). We call its `main()` as
 its command line would, with one addition: llama.cpp names a BPE tokenizer's pre-tokenizer by
 hashing the ids of a test string, which only works for tokenizers published on the Hugging Face

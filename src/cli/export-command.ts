@@ -30,7 +30,7 @@ export function exportCommands(program: Command): void {
     .argument('<model>', 'a fine-tune (ft:...) or one of its checkpoints (ft:...:ckpt-step-N)')
     .description('export a fine-tune: a PEFT adapter, merged Hugging Face weights, or a GGUF for llama.cpp and Ollama')
     .requiredOption('--format <format>', 'peft, merged or gguf')
-    .option('--quantization <q>', 'gguf only: f16 (default), bf16, q8_0 or f32')
+    .option('--quantization <q>', 'gguf only: f16 (default), bf16, q8_0, q4_k_m or f32')
     .option('--out <dir>', 'where to unpack it (default: a folder named after the model, here)')
     .option('--home <dir>', 'home folder holding the api-key file (default $TUNELAB_HOME or ~/.tunelab)')
     .option('--json', 'print the finished export object as JSON')

@@ -16,6 +16,7 @@ import type { ModelExportTable } from '../store/schema.js';
 import type { Db } from '../store/store.js';
 import { ModelTokenizer } from '../tokenizer/model-tokenizer.js';
 import { installedConverter } from './converter.js';
+import { installedQuantizer, quantize } from './quantizer.js';
 import { type ExportSource, writeMergedFolder, writePeftFolder } from './hf-folder.js';
 import { type ExportChecks, type ServedGreedy, checkGguf } from './llama-check.js';
 import { modelfile, readme } from './ollama.js';
@@ -23,8 +24,10 @@ import { type TrainingPrompts, trainingPrompts } from './training-prompts.js';
 
 export const EXPORT_FORMATS = ['peft', 'merged', 'gguf'] as const;
 export type ExportFormat = (typeof EXPORT_FORMATS)[number];
-/** What llama.cpp's converter writes itself; q4_k_m would need llama.cpp's llama-quantize, which tunelab does not build. */
-export const GGUF_QUANTIZATIONS = ['f32', 'f16', 'bf16', 'q8_0'] as const;
+/** What llama.cpp's converter writes itself, and q4_k_m through llama.cpp's llama-quantize. */
+export const GGUF_QUANTIZATIONS = ['f32', 'f16', 'bf16', 'q8_0', 'q4_k_m'] as const;
+/** The quantizations llama-quantize makes from the converter's f16, by llama.cpp's name. */
+const QUANTIZED_LATER: Record<string, string> = { q4_k_m: 'Q4_K_M' };
 export type GgufQuantization = (typeof GGUF_QUANTIZATIONS)[number];
 
 type ExportStatus = ModelExportTable['status'];
@@ -109,6 +112,7 @@ export class ExportService {
     }
     if (request.format === 'gguf') {
       installedConverter(this.deps.home.tools);
+      if (request.quantization && QUANTIZED_LATER[request.quantization]) installedQuantizer(this.deps.home.tools);
       if (!(await this.prompts(orgId, request.model)).conversations.length) {
         throw invalidRequest(
           `A GGUF export is checked on chat prompts of the job's training file, and the training file of \`${request.model}\` has none.`,
@@ -251,16 +255,23 @@ export class ExportService {
     await this.progress(row.id, 0.05, 'merging');
     const merged = path.join(scratch, 'merged-model');
     await writeMergedFolder(source, merged, scratch);
-    await this.progress(row.id, 0.3, `converting to GGUF (${quantization}) with llama.cpp's converter`);
+    const later = QUANTIZED_LATER[quantization];
+    const outtype = later ? 'f16' : quantization;
+    await this.progress(row.id, 0.3, `converting to GGUF (${outtype}) with llama.cpp's converter`);
     const name = exportName(row.model);
     const ggufFile = `${name}-${quantization}.gguf`;
     await fsp.mkdir(out, { recursive: true });
-    const converted = await runEngineCommand(['gguf', '--model', merged, '--out', path.join(out, ggufFile), '--outtype', quantization, '--converter', converter]);
+    const converterOut = later ? path.join(scratch, `${name}-f16.gguf`) : path.join(out, ggufFile);
+    const converted = await runEngineCommand(['gguf', '--model', merged, '--out', converterOut, '--outtype', outtype, '--converter', converter]);
     const error = converted.events.find((event) => event.type === 'error');
     if (converted.code !== 0 || error) {
       throw new ServiceError('server', `llama.cpp's converter failed: ${String(error?.message ?? converted.stderr.trim().split('\n').at(-1))}`, {
         code: String(error?.code ?? 'conversion_failed'),
       });
+    }
+    if (later) {
+      await this.progress(row.id, 0.5, `quantizing to ${quantization} with llama.cpp's llama-quantize`);
+      await quantize(installedQuantizer(this.deps.home.tools), converterOut, path.join(out, ggufFile), later);
     }
 
     const tokenizer = ModelTokenizer.load(merged);
