@@ -58,7 +58,7 @@ def convert(model_dir, out_file, outtype, converter_dir):
         raise EngineError("invalid_request", f"--outtype must be one of {', '.join(OUTTYPES)}")
     script = os.path.join(converter_dir, "convert_hf_to_gguf.py")
     if not os.path.isfile(script):
-        raise EngineError("converter_missing", f"{script} does not exist: run `tunelab setup-export`")
+        raise EngineError("converter_missing", f"{script} does not exist: run `tunelab setup --export`")
     sys.path[:0] = [converter_dir, os.path.join(converter_dir, "gguf-py")]
     import convert_hf_to_gguf
     from conversion import base
@@ -82,4 +82,26 @@ def convert(model_dir, out_file, outtype, converter_dir):
     except SystemExit as e:
         if e.code:
             raise EngineError("conversion_failed", f"llama.cpp's converter exited with {e.code}; see its log") from None
+    events.emit("done", path=os.path.abspath(out_file), bytes=os.path.getsize(out_file))
+
+
+LORA_OUTTYPES = ("f16", "bf16", "q8_0", "f32")
+
+
+def convert_lora(adapter_dir, base_dir, out_file, outtype, converter_dir):
+    """A PEFT adapter folder to a GGUF LoRA adapter for the base's GGUF, by llama.cpp's convert_lora_to_gguf.py."""
+    if outtype not in LORA_OUTTYPES:
+        raise EngineError("invalid_request", f"--outtype must be one of {', '.join(LORA_OUTTYPES)}")
+    script = os.path.join(converter_dir, "convert_lora_to_gguf.py")
+    if not os.path.isfile(script):
+        raise EngineError("converter_missing", f"{script} does not exist: run `tunelab setup --export`")
+    sys.path[:0] = [converter_dir, os.path.join(converter_dir, "gguf-py")]
+    import convert_lora_to_gguf
+
+    sys.argv = ["convert_lora_to_gguf.py", "--base", base_dir, "--outtype", outtype, "--outfile", out_file, adapter_dir]
+    try:
+        convert_lora_to_gguf.main()
+    except SystemExit as e:
+        if e.code:
+            raise EngineError("conversion_failed", f"llama.cpp's LoRA converter exited with {e.code}; see its log") from None
     events.emit("done", path=os.path.abspath(out_file), bytes=os.path.getsize(out_file))

@@ -20,7 +20,7 @@ interface ExportOptions {
 }
 
 /**
- * `tunelab export MODEL --format peft|merged|gguf`: asks the server for an export (`/v1/exports`),
+ * `tunelab export MODEL --format peft|merged|gguf|gguf_lora`: asks the server for an export (`/v1/exports`),
  * follows its progress, downloads the archive and unpacks it into `--out`. `tunelab setup --export`
  * installs what GGUF export needs on the server's own machine.
  */
@@ -29,7 +29,7 @@ export function exportCommands(program: Command): void {
     .command('export')
     .argument('<model>', 'a fine-tune (ft:...) or one of its checkpoints (ft:...:ckpt-step-N)')
     .description('export a fine-tune: a PEFT adapter, merged Hugging Face weights, or a GGUF for llama.cpp and Ollama')
-    .requiredOption('--format <format>', 'peft, merged or gguf')
+    .requiredOption('--format <format>', 'peft, merged, gguf or gguf_lora (the base as GGUF and the adapter as a GGUF LoRA adapter)')
     .option('--quantization <q>', 'gguf only: f16 (default), bf16, q8_0, q4_k_m or f32')
     .option('--out <dir>', 'where to unpack it (default: a folder named after the model, here)')
     .option('--home <dir>', 'home folder holding the api-key file (default $TUNELAB_HOME or ~/.tunelab)')

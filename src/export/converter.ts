@@ -7,7 +7,7 @@ import { ServiceError } from '../errors.js';
 import { ENGINE_DIR, enginePython } from '../engine/python.js';
 
 /**
- * llama.cpp's GGUF converter (convert_hf_to_gguf.py with its conversion/ and gguf-py/ folders).
+ * llama.cpp's GGUF converters (convert_hf_to_gguf.py, convert_lora_to_gguf.py, conversion/, gguf-py/).
  * It is llama.cpp's, so it is not copied into this project: `tunelab setup --export` downloads the
  * llama-cpp-python sdist pinned in engine/export-converter.txt from PyPI, the one versioned
  * package that carries the converter together with the gguf-py of the same llama.cpp commit (the
@@ -19,7 +19,7 @@ export const CONVERTER_PIN = path.join(ENGINE_DIR, 'export-converter.txt');
 export const EXPORT_REQUIREMENTS = path.join(ENGINE_DIR, 'requirements-export.txt');
 
 const SDIST_LLAMA_CPP = 'vendor/llama.cpp/';
-const CONVERTER_FILES = ['convert_hf_to_gguf.py', 'conversion/', 'gguf-py/', 'LICENSE'];
+const CONVERTER_FILES = ['convert_hf_to_gguf.py', 'convert_lora_to_gguf.py', 'conversion/', 'gguf-py/', 'LICENSE'];
 
 export const converterDir = (tools: string) => path.join(tools, 'llama.cpp-converter');
 

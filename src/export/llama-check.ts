@@ -51,7 +51,7 @@ const withoutEnds = (ids: number[], ends: ReadonlySet<number>) => {
 };
 
 /**
- * Loads a GGUF with llama.cpp and answers each prompt greedily, beside tunelab's own serving of
+ * Loads a GGUF (and a LoRA adapter over it) with llama.cpp and answers each prompt greedily, beside tunelab's own serving of
  * the same fine-tune. The prompt is rendered by the chat template embedded in the GGUF and
  * tokenized by llama.cpp, and must give exactly tunelab's prompt ids; the answers must be the
  * same tokens (`tokens`) or begin with the same sentence (`first_sentence`). A failure names the
@@ -59,6 +59,8 @@ const withoutEnds = (ids: number[], ends: ReadonlySet<number>) => {
  */
 export async function checkGguf(options: {
   ggufFile: string;
+  /** A GGUF LoRA adapter llama.cpp applies over `ggufFile`, or null. */
+  adapterFile?: string | null;
   tokenizer: ModelTokenizer;
   prompts: TemplateMessage[][];
   required: ExportChecks['required'];
@@ -69,7 +71,12 @@ export async function checkGguf(options: {
   const runtime = await llamaRuntime();
   const model = await runtime.loadModel({ modelPath: options.ggufFile });
   try {
-    const context = await model.createContext({ contextSize: 2048, threads: THREADS, sequences: 1 });
+    const context = await model.createContext({
+      contextSize: 2048,
+      threads: THREADS,
+      sequences: 1,
+      ...(options.adapterFile ? { lora: { adapters: [{ filePath: options.adapterFile }] } } : {}),
+    });
     const sequence = context.getSequence();
     const embedded = model.fileInfo.metadata.tokenizer.chat_template;
     if (typeof embedded !== 'string') throw mismatch('The GGUF carries no chat template (tokenizer.chat_template).');
