@@ -1,29 +1,25 @@
 /**
  * A GGUF export as a user asks for it: a LoRA fine-tune of random Qwen2.5-0.5B-shape weights
  * (bf16, the Qwen3 tokenizer; made once under bench/results/tmp/) trained until its answers are
- * peaked (`peakedQwenFineTune`), then `POST /v1/exports` (gguf, q8_0) timed from the request to
+ * peaked (`peakedQwenHome`, made once), then `POST /v1/exports` (gguf, q8_0) timed from the request to
  * `succeeded`, with the time of each stage (merging, converting, checking with llama.cpp,
- * archiving) taken from the export object polled every 200 ms. Once, on a fresh home; a failed
- * check is reported with the stages up to the failure.
+ * archiving) taken from the export object polled every 200 ms. Once; a failed check is reported
+ * with the stages up to the failure.
  *
  *   npm run bench:export
  */
-import { execFileSync } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
 import OpenAI from 'openai';
 import type { ModelExport } from '../src/export/exports.js';
-import { machine, peakedQwenFineTune, startBenchServer, writeResult } from './support.js';
+import { machine, peakedQwenHome, startBenchServer, writeResult } from './support.js';
 
-const ROOT = path.resolve(import.meta.dirname, '..');
-const CLI = path.join(ROOT, 'dist/cli/main.js');
 const QUANTIZATION = 'q8_0';
 
-const server = await startBenchServer(['--slots', '1']);
+const { home, model } = await peakedQwenHome();
+const server = await startBenchServer(['--slots', '0'], { home });
 try {
   const client = new OpenAI({ baseURL: server.baseURL, apiKey: server.apiKey, maxRetries: 0 });
-  execFileSync(process.execPath, [CLI, 'setup', '--export', '--home', server.home], { stdio: 'inherit' });
-  const model = await peakedQwenFineTune(server, client);
 
   const loadBefore = os.loadavg()[0];
   const started = performance.now();

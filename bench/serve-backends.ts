@@ -1,53 +1,55 @@
 /**
  * One stream through the HTTP API, llama.cpp against tunelab's engine, on the same fine-tune: a
  * LoRA fine-tune of random Qwen2.5-0.5B-shape weights (bench/engine/shapes.py, the Qwen3
- * tokenizer, `peakedQwenFineTune`), exported to a q8_0 GGUF, then served by each backend in turn
- * as config.json's `serving.models` chooses (a server restart each time, as a user switches).
- * Each round starts the server, warms the model up with one request, then streams one chat answer
- * of up to 128 tokens at temperature 0 and takes the decode rate between its first and last
- * content chunks (and the whole request's rate). The backends alternate, their order swapped each
+ * tokenizer, `peakedQwenHome`), exported to a q8_0 GGUF, then served by each backend in turn as
+ * config.json's `serving.models` chooses (a server restart each time, as a user switches). Each
+ * round starts the server, warms the model up with one request, then streams the answers to the
+ * ten trained questions one after another at temperature 0 (it was trained to answer them in a
+ * sentence and stop) and takes the decode rate between each answer's first and last content
+ * chunks, summed (and the whole requests' rate). The backends alternate, their order swapped each
  * round; the ratio is of the medians. The machine is shared, so figures are noisy: repeat.
  *
  *   npm run bench:serve-backends
  */
-import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import OpenAI from 'openai';
 import type { ModelExport } from '../src/export/exports.js';
-import { machine, peakedQwenFineTune, startBenchServer, writeResult } from './support.js';
+import { machine, peakedQwenHome, startBenchServer, writeResult } from './support.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
-const CLI = path.join(ROOT, 'dist/cli/main.js');
 const ROUNDS = Number(process.env.ROUNDS ?? 3);
-const MAX_TOKENS = 128;
+const MAX_TOKENS = 64;
 const QUANTIZATION = 'q8_0';
 // llama.cpp's threads wait for each other spinning: on a shared machine busier than its cores one
 // thread decodes faster than two (serving.threads in config.json; THREADS=2 to compare).
 const THREADS = Number(process.env.THREADS ?? 1);
 const BACKENDS = ['engine', 'llamacpp'] as const;
 type Backend = (typeof BACKENDS)[number];
-// A question it was not trained on, so that it talks on rather than stopping after a trained answer.
-const PROMPT = [{ role: 'user' as const, content: 'Tell me a long story about a lighthouse keeper and the sea.' }];
+const QUESTIONS = fs
+  .readFileSync(path.join(ROOT, 'examples/data/weather-jokes.jsonl'), 'utf8')
+  .trim()
+  .split('\n')
+  .map((line) => (JSON.parse(line) as { messages: OpenAI.ChatCompletionMessageParam[] }).messages.slice(0, -1));
 
 process.env.OMP_WAIT_POLICY = 'PASSIVE';
-const home = fs.mkdtempSync(path.join(os.tmpdir(), 'tunelab-bench-'));
+const { home, model } = await peakedQwenHome();
 
-/** The fine-tune and its q8_0 GGUF export, made once on the home. */
-async function prepare(): Promise<string> {
-  const server = await startBenchServer(['--slots', '1'], { home });
+/** The fine-tune's q8_0 GGUF export, unless it has one. */
+async function prepare(): Promise<void> {
+  fs.rmSync(path.join(home, 'config.json'), { force: true });
+  const server = await startBenchServer(['--slots', '0'], { home });
   try {
     const client = new OpenAI({ baseURL: server.baseURL, apiKey: server.apiKey, maxRetries: 0 });
-    execFileSync(process.execPath, [CLI, 'setup', '--export', '--home', home], { stdio: 'inherit' });
-    const model = await peakedQwenFineTune(server, client);
+    const done = (await client.get<{ data: ModelExport[] }>('/exports')).data;
+    if (done.some((e) => e.model === model && e.format === 'gguf' && e.quantization === QUANTIZATION && e.status === 'succeeded')) return;
     let exported = await client.post<ModelExport>('/exports', { body: { model, format: 'gguf', quantization: QUANTIZATION } });
     while (exported.status === 'queued' || exported.status === 'running') {
       await new Promise((resolve) => setTimeout(resolve, 500));
       exported = await client.get<ModelExport>(`/exports/${exported.id}`);
     }
     if (exported.status !== 'succeeded') throw new Error(`the q8_0 export failed: ${exported.error?.message}`);
-    return model;
   } finally {
     await server.stop();
   }
@@ -62,42 +64,51 @@ interface Measure {
   load_avg_1m: number;
 }
 
-async function measure(model: string, backend: Backend, round: number): Promise<Measure> {
+async function measure(backend: Backend, round: number): Promise<Measure> {
   fs.writeFileSync(path.join(home, 'config.json'), JSON.stringify({ serving: { threads: THREADS, models: { [model]: { backend, quantization: QUANTIZATION } } } }));
   const server = await startBenchServer(['--slots', '0'], { home });
   try {
     const client = new OpenAI({ baseURL: server.baseURL, apiKey: server.apiKey, maxRetries: 0 });
-    const warm = await client.chat.completions.create({ model, messages: PROMPT, max_tokens: 8, temperature: 0 });
+    const warm = await client.chat.completions.create({ model, messages: QUESTIONS[0]!, max_tokens: 8, temperature: 0 });
     const fingerprint = backend === 'engine' ? 'fp_tunelab' : `fp_tunelab_llamacpp_${QUANTIZATION}`;
     if (warm.system_fingerprint !== fingerprint) throw new Error(`expected ${fingerprint}, got ${warm.system_fingerprint}`);
-    const started = performance.now();
-    const stream = await client.chat.completions.create({
-      model,
-      messages: PROMPT,
-      max_tokens: MAX_TOKENS,
-      temperature: 0,
-      stream: true,
-      stream_options: { include_usage: true },
-    });
-    let first = 0;
-    let last = 0;
     let tokens = 0;
-    for await (const chunk of stream) {
-      if (chunk.choices[0]?.delta.content) {
-        last = performance.now();
-        first ||= last;
+    let decodeTokens = 0;
+    let decodeMs = 0;
+    let requestMs = 0;
+    for (const messages of QUESTIONS) {
+      const started = performance.now();
+      const stream = await client.chat.completions.create({
+        model,
+        messages,
+        max_tokens: MAX_TOKENS,
+        temperature: 0,
+        stream: true,
+        stream_options: { include_usage: true },
+      });
+      let first = 0;
+      let last = 0;
+      let chunks = 0;
+      for await (const chunk of stream) {
+        if (chunk.choices[0]?.delta.content) {
+          last = performance.now();
+          first ||= last;
+          chunks++;
+        }
+        if (chunk.usage) tokens += chunk.usage.completion_tokens;
       }
-      if (chunk.usage) tokens = chunk.usage.completion_tokens;
+      requestMs += performance.now() - started;
+      // Content chunks after the first, over the time to the last: chunks are whole characters, so a
+      // token split inside one is not counted, for either backend alike.
+      decodeTokens += chunks - 1;
+      decodeMs += last - first;
     }
-    const ended = performance.now();
-    if (tokens < MAX_TOKENS / 2) throw new Error(`${backend} answered only ${tokens} tokens`);
     return {
       backend,
       round,
       completion_tokens: tokens,
-      // The tokens after the first one's chunk, over the time to the last.
-      decode_tokens_per_s: round1((tokens - 1) / ((last - first) / 1000)),
-      request_tokens_per_s: round1(tokens / ((ended - started) / 1000)),
+      decode_tokens_per_s: round1(decodeTokens / (decodeMs / 1000)),
+      request_tokens_per_s: round1(tokens / (requestMs / 1000)),
       load_avg_1m: os.loadavg()[0]!,
     };
   } finally {
@@ -109,14 +120,14 @@ const round1 = (x: number) => Math.round(x * 10) / 10;
 const round2 = (x: number) => Math.round(x * 100) / 100;
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
-try {
+{
   const loadBefore = os.loadavg()[0];
-  const model = await prepare();
+  await prepare();
   const runs: Measure[] = [];
   for (let round = 1; round <= ROUNDS; round++) {
     const order = round % 2 ? BACKENDS : [...BACKENDS].reverse();
     for (const backend of order) {
-      const result = await measure(model, backend, round);
+      const result = await measure(backend, round);
       console.log(JSON.stringify(result));
       runs.push(result);
     }
@@ -131,12 +142,11 @@ try {
     llamacpp: `q8_0 GGUF export, node-llama-cpp in the server process, ${THREADS} thread(s)`,
     engine: "this branch's engine serving the LoRA fine-tune over its bf16 base",
     max_tokens: MAX_TOKENS,
+    questions: QUESTIONS.length,
     runs,
     median_decode_tokens_per_s: { engine: of('engine', 'decode_tokens_per_s'), llamacpp: of('llamacpp', 'decode_tokens_per_s') },
     median_request_tokens_per_s: { engine: of('engine', 'request_tokens_per_s'), llamacpp: of('llamacpp', 'request_tokens_per_s') },
     ratio_decode: round2(of('llamacpp', 'decode_tokens_per_s') / of('engine', 'decode_tokens_per_s')),
     ratio_request: round2(of('llamacpp', 'request_tokens_per_s') / of('engine', 'request_tokens_per_s')),
   });
-} finally {
-  fs.rmSync(home, { recursive: true, force: true });
 }
