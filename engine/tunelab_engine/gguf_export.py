@@ -53,13 +53,29 @@ def known_pre_tokenizer(model_dir):
     return KNOWN_SPLITS.get(regexes[0]) if len(regexes) == 1 else None
 
 
-def convert(model_dir, out_file, outtype, converter_dir):
+def _load_converter(converter_dir, script_name, outtype):
+    """Puts llama.cpp's converter (and its gguf-py) on the import path, after checking it is there."""
     if outtype not in OUTTYPES:
         raise EngineError("invalid_request", f"--outtype must be one of {', '.join(OUTTYPES)}")
-    script = os.path.join(converter_dir, "convert_hf_to_gguf.py")
+    script = os.path.join(converter_dir, script_name)
     if not os.path.isfile(script):
         raise EngineError("converter_missing", f"{script} does not exist: run `tunelab setup --export`")
     sys.path[:0] = [converter_dir, os.path.join(converter_dir, "gguf-py")]
+
+
+def _run_main(main, argv, out_file):
+    """A converter's main() as its command line would run it."""
+    sys.argv = argv
+    try:
+        main()
+    except SystemExit as e:
+        if e.code:
+            raise EngineError("conversion_failed", f"llama.cpp's {argv[0]} exited with {e.code}; see its log") from None
+    events.emit("done", path=os.path.abspath(out_file), bytes=os.path.getsize(out_file))
+
+
+def convert(model_dir, out_file, outtype, converter_dir):
+    _load_converter(converter_dir, "convert_hf_to_gguf.py", outtype)
     import convert_hf_to_gguf
     from conversion import base
 
@@ -76,32 +92,13 @@ def convert(model_dir, out_file, outtype, converter_dir):
             return name
 
     base.TextModel.get_vocab_base_pre = pre_tokenizer
-    sys.argv = ["convert_hf_to_gguf.py", model_dir, "--outtype", outtype, "--outfile", out_file]
-    try:
-        convert_hf_to_gguf.main()
-    except SystemExit as e:
-        if e.code:
-            raise EngineError("conversion_failed", f"llama.cpp's converter exited with {e.code}; see its log") from None
-    events.emit("done", path=os.path.abspath(out_file), bytes=os.path.getsize(out_file))
-
-
-LORA_OUTTYPES = ("f16", "bf16", "q8_0", "f32")
+    _run_main(convert_hf_to_gguf.main, ["convert_hf_to_gguf.py", model_dir, "--outtype", outtype, "--outfile", out_file], out_file)
 
 
 def convert_lora(adapter_dir, base_dir, out_file, outtype, converter_dir):
     """A PEFT adapter folder to a GGUF LoRA adapter for the base's GGUF, by llama.cpp's convert_lora_to_gguf.py."""
-    if outtype not in LORA_OUTTYPES:
-        raise EngineError("invalid_request", f"--outtype must be one of {', '.join(LORA_OUTTYPES)}")
-    script = os.path.join(converter_dir, "convert_lora_to_gguf.py")
-    if not os.path.isfile(script):
-        raise EngineError("converter_missing", f"{script} does not exist: run `tunelab setup --export`")
-    sys.path[:0] = [converter_dir, os.path.join(converter_dir, "gguf-py")]
+    _load_converter(converter_dir, "convert_lora_to_gguf.py", outtype)
     import convert_lora_to_gguf
 
-    sys.argv = ["convert_lora_to_gguf.py", "--base", base_dir, "--outtype", outtype, "--outfile", out_file, adapter_dir]
-    try:
-        convert_lora_to_gguf.main()
-    except SystemExit as e:
-        if e.code:
-            raise EngineError("conversion_failed", f"llama.cpp's LoRA converter exited with {e.code}; see its log") from None
-    events.emit("done", path=os.path.abspath(out_file), bytes=os.path.getsize(out_file))
+    argv = ["convert_lora_to_gguf.py", "--base", base_dir, "--outtype", outtype, "--outfile", out_file, adapter_dir]
+    _run_main(convert_lora_to_gguf.main, argv, out_file)

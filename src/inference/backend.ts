@@ -1,4 +1,4 @@
-import type { GenerationUpdate, ServeInfo } from '../engine/serve-process.js';
+import type { GenerateRequest, GenerationUpdate, ServeInfo } from '../engine/serve-process.js';
 import type { ToolCallFormat } from '../tokenizer/tool-calls.js';
 import type { CallableFunction } from './grammars.js';
 
@@ -18,20 +18,8 @@ export type OutputConstraint =
   /** One call, or with `parallel` one or more, of `functions`, written as the model's family writes calls. */
   | { type: 'tool_calls'; format: ToolCallFormat; functions: CallableFunction[]; parallel: boolean; mistralCallsToken: number | null };
 
-/** One generation, in token ids. */
-export interface TokenRequest {
-  inputIds: readonly number[];
-  maxTokens: number;
-  temperature: number;
-  topP: number;
-  seed: number | null;
-  stopIds: readonly number[];
-  presencePenalty: number;
-  frequencyPenalty: number;
-  constraint: OutputConstraint | null;
-  /** Alternatives to report per token (0-20) with each token's log-probability, or null for none. */
-  logprobs: number | null;
-}
+/** One generation, in token ids: the engine's request, with a constraint in place of its grammar and no adapter (the model names it). */
+export type TokenRequest = Omit<GenerateRequest, 'adapter' | 'grammar'> & { constraint: OutputConstraint | null };
 
 export interface TokenGenerator {
   /** Token ids as they are sampled, then `done`; leaving early or `signal` aborting cancels the generation. */
