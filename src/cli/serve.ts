@@ -35,9 +35,9 @@ export function serveCommand(program: Command): void {
         database: options.database,
         maxUploadBytes: options.maxUploadSize,
         engineSlots: options.slots,
-        // Without an NVIDIA GPU, llama.cpp answers a model with a GGUF export faster than the engine
-        // does (bench/results/serve-backends.json), unless config.json's serving section says otherwise.
-        defaultBackend: fs.existsSync('/dev/nvidiactl') ? 'engine' : 'auto',
+        // Without a GPU (NVIDIA's or AMD's device files), llama.cpp answers a model with a GGUF export
+        // faster than the engine does (bench/results/serve-backends.json), unless config.json says otherwise.
+        defaultBackend: fs.existsSync('/dev/nvidiactl') || fs.existsSync('/dev/kfd') ? 'engine' : 'auto',
         logger: { level: process.env.TUNELAB_LOG_LEVEL ?? 'info' },
       });
       server.app.log.info(`tunelab serving ${server.home.root} at ${server.baseURL}`);
