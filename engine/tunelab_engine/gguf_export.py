@@ -11,6 +11,7 @@ the converter fails. The export check afterwards proves the ids llama.cpp tokeni
 
 import json
 import os
+import runpy
 import sys
 
 from . import events
@@ -98,7 +99,7 @@ def convert(model_dir, out_file, outtype, converter_dir):
 def convert_lora(adapter_dir, base_dir, out_file, outtype, converter_dir):
     """A PEFT adapter folder to a GGUF LoRA adapter for the base's GGUF, by llama.cpp's convert_lora_to_gguf.py."""
     _load_converter(converter_dir, "convert_lora_to_gguf.py", outtype)
-    import convert_lora_to_gguf
-
+    script = os.path.join(converter_dir, "convert_lora_to_gguf.py")
     argv = ["convert_lora_to_gguf.py", "--base", base_dir, "--outtype", outtype, "--outfile", out_file, adapter_dir]
-    _run_main(convert_lora_to_gguf.main, argv, out_file)
+    # Its command line is its `if __name__ == "__main__":` block, not a main().
+    _run_main(lambda: runpy.run_path(script, run_name="__main__"), argv, out_file)

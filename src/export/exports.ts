@@ -17,7 +17,7 @@ import type { Db } from '../store/store.js';
 import { ModelTokenizer } from '../tokenizer/model-tokenizer.js';
 import { installedConverter } from './converter.js';
 import { installedQuantizer, quantize } from './quantizer.js';
-import { type ExportSource, writeMergedFolder, writePeftFolder } from './hf-folder.js';
+import { type ExportSource, writeBaseFolder, writeMergedFolder, writePeftFolder } from './hf-folder.js';
 import { type ExportChecks, type ServedGreedy, checkGguf } from './llama-check.js';
 import { modelfile, readme } from './ollama.js';
 import { type TrainingPrompts, trainingPrompts } from './training-prompts.js';
@@ -263,16 +263,17 @@ export class ExportService {
     const prompts = await this.prompts(row.org_id, row.model);
     const name = exportName(row.model);
     await fsp.mkdir(out, { recursive: true });
-    let model = source.weights;
+    let model: string;
     let adapterFile: string | null = null;
     if (lora) {
       await this.progress(row.id, 0.05, "converting the adapter to a GGUF LoRA adapter with llama.cpp's converter");
       const peft = path.join(scratch, 'peft-adapter');
       await writePeftFolder(source, peft);
+      model = path.join(scratch, 'base-model');
+      await writeBaseFolder(source, model);
       const adapterType = LORA_OUTTYPES.includes(quantization) ? quantization : 'f16';
       adapterFile = `${name}-lora-${adapterType}.gguf`;
-      await this.engineStep(['gguf-lora', '--adapter', peft, '--base', source.baseFolder, '--out', path.join(out, adapterFile), '--outtype', adapterType, '--converter', converter]);
-      model = source.baseFolder;
+      await this.engineStep(['gguf-lora', '--adapter', peft, '--base', model, '--out', path.join(out, adapterFile), '--outtype', adapterType, '--converter', converter]);
     } else {
       await this.progress(row.id, 0.05, 'merging');
       model = path.join(scratch, 'merged-model');
