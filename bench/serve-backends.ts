@@ -133,7 +133,7 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
     }
   }
   const of = (backend: Backend, key: 'decode_tokens_per_s' | 'request_tokens_per_s') => median(runs.filter((r) => r.backend === backend).map((r) => r[key]));
-  writeResult('serve-backends', {
+  writeResult(THREADS === 1 ? 'serve-backends' : `serve-backends-threads${THREADS}`, {
     command: 'npm run bench:serve-backends',
     machine: machine(),
     load_avg_1m_before: loadBefore,

@@ -213,22 +213,48 @@ describe('a LoRA fine-tune of a random Qwen3-shape model with the real Qwen3 tok
     expect(checks.prompts.every((p) => p.equal_tokens === p.tokens && p.prompt_tokens > 20)).toBe(true);
     expect(checks.prompts[0]!.llama_cpp).toBe(await served(questions[0]!, lora));
   }, 300_000);
+});
+
+describe('a LoRA fine-tune of tunelab-tiny', () => {
+  let tinyLora: string;
+
+  beforeAll(async () => {
+    const file = await client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
+    const job = await finished(
+      client,
+      (
+        await client.fineTuning.jobs.create({
+          model: TINY_MODEL_NAME,
+          training_file: file.id,
+          suffix: 'lora',
+          seed: 1,
+          method: {
+            type: 'supervised',
+            supervised: { hyperparameters: { full: false, lora_rank: 32, lora_alpha: 64, learning_rate_multiplier: 10 } as object },
+          },
+        })
+      ).id,
+      300_000,
+    );
+    expect(job.status).toBe('succeeded');
+    tinyLora = job.fine_tuned_model!;
+  }, 400_000);
 
   it('exports the base as a GGUF and the adapter as a GGUF LoRA adapter that llama.cpp applies over it, answering as we do', async () => {
-    const job = await exported({ model: lora, format: 'gguf_lora', quantization: 'f16' });
+    const job = await exported({ model: tinyLora, format: 'gguf_lora', quantization: 'f16' });
     expect(job.error).toBeNull();
     const checks = job.checks!;
     expect(checks.required).toBe('tokens');
     expect(checks.prompts).toHaveLength(10);
     expect(checks.prompts.every((p) => p.equal_tokens === p.tokens && p.tokens > 5)).toBe(true);
-    expect(checks.prompts[0]!.llama_cpp).toBe(await served(questions[0]!, lora));
+    expect(checks.prompts[0]!.llama_cpp).toBe(await served(questions[0]!, tinyLora));
 
     const dir = fs.mkdtempSync(path.join(t.home, 'download-'));
     const name = job.filename.replace(/-gguf_lora-f16\.tar\.gz$/, '');
-    expect(await unpack(job, dir)).toEqual(['Modelfile', 'README.md', 'checks.json', `${name}-lora-f16.gguf`, 'qwen3-export-f16.gguf'].sort());
+    expect(await unpack(job, dir)).toEqual(['Modelfile', 'README.md', 'checks.json', `${name}-lora-f16.gguf`, `${TINY_MODEL_NAME}-f16.gguf`].sort());
     const modelfile = fs.readFileSync(path.join(dir, name, 'Modelfile'), 'utf8');
-    expect(modelfile).toContain(`FROM ./qwen3-export-f16.gguf\nADAPTER ./${name}-lora-f16.gguf\n`);
-    expect(fs.readFileSync(path.join(dir, name, 'README.md'), 'utf8')).toContain(`llama-cli -m qwen3-export-f16.gguf --lora ${name}-lora-f16.gguf --jinja`);
+    expect(modelfile).toContain(`FROM ./${TINY_MODEL_NAME}-f16.gguf\nADAPTER ./${name}-lora-f16.gguf\n`);
+    expect(fs.readFileSync(path.join(dir, name, 'README.md'), 'utf8')).toContain(`llama-cli -m ${TINY_MODEL_NAME}-f16.gguf --lora ${name}-lora-f16.gguf --jinja`);
     const adapter = await readGgufFileInfo(path.join(dir, name, `${name}-lora-f16.gguf`));
     expect((adapter.metadata.general as Record<string, unknown>).type).toBe('adapter');
   }, 300_000);
