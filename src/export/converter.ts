@@ -7,8 +7,8 @@ import { ServiceError } from '../errors.js';
 import { ENGINE_DIR, enginePython } from '../engine/python.js';
 
 /**
- * llama.cpp's GGUF converter (convert_hf_to_gguf.py with its conversion/ and gguf-py/ folders).
- * It is llama.cpp's, so it is not copied into this project: `tunelab setup-export` downloads the
+ * llama.cpp's GGUF converters (convert_hf_to_gguf.py, convert_lora_to_gguf.py, conversion/, gguf-py/).
+ * It is llama.cpp's, so it is not copied into this project: `tunelab setup --export` downloads the
  * llama-cpp-python sdist pinned in engine/export-converter.txt from PyPI, the one versioned
  * package that carries the converter together with the gguf-py of the same llama.cpp commit (the
  * `gguf` package alone has no converter, and a converter and gguf-py of different commits
@@ -19,7 +19,7 @@ export const CONVERTER_PIN = path.join(ENGINE_DIR, 'export-converter.txt');
 export const EXPORT_REQUIREMENTS = path.join(ENGINE_DIR, 'requirements-export.txt');
 
 const SDIST_LLAMA_CPP = 'vendor/llama.cpp/';
-const CONVERTER_FILES = ['convert_hf_to_gguf.py', 'conversion/', 'gguf-py/', 'LICENSE'];
+const CONVERTER_FILES = ['convert_hf_to_gguf.py', 'convert_lora_to_gguf.py', 'conversion/', 'gguf-py/', 'LICENSE'];
 
 export const converterDir = (tools: string) => path.join(tools, 'llama.cpp-converter');
 
@@ -45,19 +45,30 @@ export function pinnedRelease(): string {
   return line.trim();
 }
 
-/** Installs the converter's Python packages and unpacks the converter; returns its folder. */
-export async function installConverter(tools: string, log: (line: string) => void): Promise<string> {
-  const python = enginePython();
-  log(`Installing the converter's Python packages (${path.basename(EXPORT_REQUIREMENTS)}) into ${python}`);
-  await run(python, ['-m', 'pip', 'install', '--quiet', '-r', EXPORT_REQUIREMENTS]);
+/**
+ * Downloads the pinned llama-cpp-python sdist into a scratch folder under `tools`, hands its path
+ * to `use` (installing the converter, building the quantizer) and removes it afterwards.
+ */
+export async function withLlamaCppSdist<T>(tools: string, log: (line: string) => void, use: (sdist: string) => Promise<T>): Promise<T> {
   const download = await fsp.mkdtemp(path.join(tools, 'download-'));
   try {
     log(`Downloading ${pinnedRelease()} (source) from PyPI`);
-    await run(python, ['-m', 'pip', 'download', '--quiet', '--no-deps', '--no-binary', ':all:', '-r', CONVERTER_PIN, '-d', download]);
+    await run(enginePython(), ['-m', 'pip', 'download', '--quiet', '--no-deps', '--no-binary', ':all:', '-r', CONVERTER_PIN, '-d', download]);
     const sdist = (await fsp.readdir(download)).find((name) => name.endsWith('.tar.gz'));
     if (!sdist) throw new Error(`pip download left no .tar.gz in ${download}`);
-    const staging = path.join(download, 'converter');
-    await fsp.mkdir(staging);
+    return await use(path.join(download, sdist));
+  } finally {
+    await fsp.rm(download, { recursive: true, force: true });
+  }
+}
+
+/** Installs the converter's Python packages and unpacks the converter from the sdist; returns its folder. */
+export async function installConverter(tools: string, sdist: string, log: (line: string) => void): Promise<string> {
+  const python = enginePython();
+  log(`Installing the converter's Python packages (${path.basename(EXPORT_REQUIREMENTS)}) into ${python}`);
+  await run(python, ['-m', 'pip', 'install', '--quiet', '-r', EXPORT_REQUIREMENTS]);
+  const staging = await fsp.mkdtemp(path.join(tools, 'converter-'));
+  try {
     const wanted = (entry: string) => {
       const inside = entry.split('/').slice(1).join('/');
       if (!inside.startsWith(SDIST_LLAMA_CPP)) return false;
@@ -65,22 +76,27 @@ export async function installConverter(tools: string, log: (line: string) => voi
       return CONVERTER_FILES.some((file) => (file.endsWith('/') ? rest.startsWith(file) : rest === file));
     };
     // strip: "<sdist>/vendor/llama.cpp/" is three levels.
-    await tar.x({ file: path.join(download, sdist), cwd: staging, strip: 3, filter: wanted });
-    if (!fs.existsSync(path.join(staging, 'convert_hf_to_gguf.py'))) throw new Error(`${sdist} carries no vendor/llama.cpp/convert_hf_to_gguf.py`);
-    await fsp.writeFile(path.join(staging, 'RELEASE'), `${sdist}\n`);
+    await tar.x({ file: sdist, cwd: staging, strip: 3, filter: wanted });
+    if (!fs.existsSync(path.join(staging, 'convert_hf_to_gguf.py'))) throw new Error(`${path.basename(sdist)} carries no vendor/llama.cpp/convert_hf_to_gguf.py`);
+    await fsp.writeFile(path.join(staging, 'RELEASE'), `${path.basename(sdist)}\n`);
     const dir = converterDir(tools);
     await fsp.rm(dir, { recursive: true, force: true });
     await fsp.rename(staging, dir);
     log(`llama.cpp's converter is in ${dir}`);
     return dir;
   } finally {
-    await fsp.rm(download, { recursive: true, force: true });
+    await fsp.rm(staging, { recursive: true, force: true });
   }
 }
 
-function run(command: string, args: string[]): Promise<void> {
+/** llama.cpp's own sources in the sdist (for building its tools), unpacked into `dir`. */
+export async function unpackLlamaCpp(sdist: string, dir: string): Promise<void> {
+  await tar.x({ file: sdist, cwd: dir, strip: 3, filter: (entry) => entry.split('/').slice(1).join('/').startsWith(SDIST_LLAMA_CPP) });
+}
+
+export function run(command: string, args: string[]): Promise<void> {
   return new Promise((resolve, reject) => {
-    const child = spawn(command, args, { stdio: ['ignore', 'inherit', 'pipe'] });
+    const child = spawn(command, args, { stdio: ['ignore', 'ignore', 'pipe'] });
     let stderr = '';
     child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
     child.on('error', reject);

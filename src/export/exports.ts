@@ -16,15 +16,20 @@ import type { ModelExportTable } from '../store/schema.js';
 import type { Db } from '../store/store.js';
 import { ModelTokenizer } from '../tokenizer/model-tokenizer.js';
 import { installedConverter } from './converter.js';
-import { type ExportSource, writeMergedFolder, writePeftFolder } from './hf-folder.js';
+import { installedQuantizer, quantize } from './quantizer.js';
+import { type ExportSource, writeBaseFolder, writeMergedFolder, writePeftFolder } from './hf-folder.js';
 import { type ExportChecks, type ServedGreedy, checkGguf } from './llama-check.js';
 import { modelfile, readme } from './ollama.js';
 import { type TrainingPrompts, trainingPrompts } from './training-prompts.js';
 
-export const EXPORT_FORMATS = ['peft', 'merged', 'gguf'] as const;
+export const EXPORT_FORMATS = ['peft', 'merged', 'gguf', 'gguf_lora'] as const;
 export type ExportFormat = (typeof EXPORT_FORMATS)[number];
-/** What llama.cpp's converter writes itself; q4_k_m would need llama.cpp's llama-quantize, which tunelab does not build. */
-export const GGUF_QUANTIZATIONS = ['f32', 'f16', 'bf16', 'q8_0'] as const;
+/** What llama.cpp's converter writes itself, and q4_k_m through llama.cpp's llama-quantize. */
+export const GGUF_QUANTIZATIONS = ['f32', 'f16', 'bf16', 'q8_0', 'q4_k_m'] as const;
+/** The quantizations llama-quantize makes from the converter's f16, by llama.cpp's name. */
+const QUANTIZED_LATER: Record<string, string> = { q4_k_m: 'Q4_K_M' };
+/** What llama.cpp's LoRA converter writes; the adapter of a q4_k_m base stays f16. */
+const LORA_OUTTYPES: readonly string[] = ['f32', 'f16', 'bf16', 'q8_0'];
 export type GgufQuantization = (typeof GGUF_QUANTIZATIONS)[number];
 
 type ExportStatus = ModelExportTable['status'];
@@ -90,24 +95,27 @@ interface Dependencies {
 export class ExportService {
   private queue: Promise<void> = Promise.resolve();
   private stopping = false;
+  private readonly unpacking = new Map<string, Promise<void>>();
 
   constructor(private readonly deps: Dependencies) {
     fs.mkdirSync(deps.home.exports, { recursive: true });
   }
 
   async create(orgId: string, request: ExportRequest): Promise<ModelExport> {
-    if (request.format !== 'gguf' && request.quantization !== undefined) {
+    const gguf = request.format === 'gguf' || request.format === 'gguf_lora';
+    if (!gguf && request.quantization !== undefined) {
       throw invalidRequest(`'quantization' applies to gguf exports only, not ${request.format}.`, 'quantization');
     }
     const source = await this.source(orgId, request.model);
-    if (request.format === 'peft' && !source.adapter) {
+    if ((request.format === 'peft' || request.format === 'gguf_lora') && !source.adapter) {
       throw invalidRequest(
-        `\`${request.model}\` is a full fine-tune: it has no adapter to export as peft. Export it as merged or gguf.`,
+        `\`${request.model}\` is a full fine-tune: it has no adapter to export as ${request.format}. Export it as merged or gguf.`,
         'format',
       );
     }
-    if (request.format === 'gguf') {
+    if (gguf) {
       installedConverter(this.deps.home.tools);
+      if (request.quantization && QUANTIZED_LATER[request.quantization]) installedQuantizer(this.deps.home.tools);
       if (!(await this.prompts(orgId, request.model)).conversations.length) {
         throw invalidRequest(
           `A GGUF export is checked on chat prompts of the job's training file, and the training file of \`${request.model}\` has none.`,
@@ -120,7 +128,7 @@ export class ExportService {
       org_id: orgId,
       model: request.model,
       format: request.format,
-      quantization: request.format === 'gguf' ? (request.quantization ?? 'f16') : null,
+      quantization: gguf ? (request.quantization ?? 'f16') : null,
       status: 'queued',
       progress: 0,
       stage: null,
@@ -161,7 +169,35 @@ export class ExportService {
     }
     await this.deps.db.deleteFrom('model_exports').where('id', '=', id).execute();
     await fsp.rm(this.archivePath(id), { force: true });
+    await fsp.rm(this.ggufPath(id), { force: true });
     return { id, object: 'model.export.deleted', deleted: true };
+  }
+
+  /**
+   * The model's newest succeeded GGUF export (of `quantization`, or any), as a file llama.cpp
+   * serves: unpacked from its archive beside it on first use.
+   */
+  async servingGguf(orgId: string, model: string, quantization: string | null): Promise<{ path: string; quantization: string } | null> {
+    let query = this.deps.db
+      .selectFrom('model_exports')
+      .select(['id', 'quantization'])
+      .where('org_id', '=', orgId)
+      .where('model', '=', model)
+      .where('format', '=', 'gguf')
+      .where('status', '=', 'succeeded');
+    if (quantization !== null) query = query.where('quantization', '=', quantization);
+    const row = await query.orderBy('seq', 'desc').executeTakeFirst();
+    if (!row) return null;
+    const file = this.ggufPath(row.id);
+    if (!fs.existsSync(file)) {
+      let unpacking = this.unpacking.get(row.id);
+      if (!unpacking) {
+        unpacking = this.unpackGguf(row.id, file).finally(() => this.unpacking.delete(row.id));
+        this.unpacking.set(row.id, unpacking);
+      }
+      await unpacking;
+    }
+    return { path: file, quantization: row.quantization ?? 'f16' };
   }
 
   /** After a restart: exports it cut short failed; queued ones run. */
@@ -203,10 +239,12 @@ export class ExportService {
       else if (row.format === 'merged') {
         await this.progress(id, 0.05, 'merging');
         await writeMergedFolder(source, out, scratch);
-      } else checks = await this.gguf(row, source, out, scratch);
+      } else checks = await this.gguf(row, source, out, scratch, row.format === 'gguf_lora');
       await this.progress(id, 0.97, 'archiving');
       const archive = this.archivePath(id);
-      await tar.c({ gzip: true, file: `${archive}.partial`, cwd: scratch, portable: true }, [path.basename(out)]);
+      // Weights barely compress (a q8_0 GGUF by a few percent): gzip's fastest level spends a
+      // fraction of the default's time for nearly the same archive.
+      await tar.c({ gzip: { level: 1 }, file: `${archive}.partial`, cwd: scratch, portable: true }, [path.basename(out)]);
       await fsp.rename(`${archive}.partial`, archive);
       const bytes = (await fsp.stat(archive)).size;
       await this.move(id, 'succeeded', { progress: 1, stage: null, bytes, checks: checks && JSON.stringify(checks), finished_at: unixSeconds() });
@@ -215,46 +253,77 @@ export class ExportService {
     }
   }
 
-  private async gguf(row: ExportRow, source: ExportSource, out: string, scratch: string): Promise<ExportChecks> {
+  /**
+   * A GGUF of the merged fine-tune, or with `lora` the base's GGUF and a GGUF LoRA adapter that
+   * llama.cpp applies over it; checked against tunelab's serving, with a Modelfile and a README.
+   */
+  private async gguf(row: ExportRow, source: ExportSource, out: string, scratch: string, lora: boolean): Promise<ExportChecks> {
     const quantization = row.quantization ?? 'f16';
     const converter = installedConverter(this.deps.home.tools);
     const prompts = await this.prompts(row.org_id, row.model);
-    await this.progress(row.id, 0.05, 'merging');
-    const merged = path.join(scratch, 'merged-model');
-    await writeMergedFolder(source, merged, scratch);
-    await this.progress(row.id, 0.3, `converting to GGUF (${quantization}) with llama.cpp's converter`);
     const name = exportName(row.model);
-    const ggufFile = `${name}-${quantization}.gguf`;
     await fsp.mkdir(out, { recursive: true });
-    const converted = await runEngineCommand(['gguf', '--model', merged, '--out', path.join(out, ggufFile), '--outtype', quantization, '--converter', converter]);
-    const error = converted.events.find((event) => event.type === 'error');
-    if (converted.code !== 0 || error) {
-      throw new ServiceError('server', `llama.cpp's converter failed: ${String(error?.message ?? converted.stderr.trim().split('\n').at(-1))}`, {
-        code: String(error?.code ?? 'conversion_failed'),
-      });
+    let model: string;
+    let adapterFile: string | null = null;
+    if (lora) {
+      await this.progress(row.id, 0.05, "converting the adapter to a GGUF LoRA adapter with llama.cpp's converter");
+      const peft = path.join(scratch, 'peft-adapter');
+      await writePeftFolder(source, peft);
+      model = path.join(scratch, 'base-model');
+      await writeBaseFolder(source, model);
+      const adapterType = LORA_OUTTYPES.includes(quantization) ? quantization : 'f16';
+      adapterFile = `${name}-lora-${adapterType}.gguf`;
+      await this.engineStep(['gguf-lora', '--adapter', peft, '--base', model, '--out', path.join(out, adapterFile), '--outtype', adapterType, '--converter', converter]);
+    } else {
+      await this.progress(row.id, 0.05, 'merging');
+      model = path.join(scratch, 'merged-model');
+      await writeMergedFolder(source, model, scratch);
+    }
+    const later = QUANTIZED_LATER[quantization];
+    const outtype = later ? 'f16' : quantization;
+    await this.progress(row.id, 0.3, `converting to GGUF (${outtype}) with llama.cpp's converter`);
+    const ggufFile = lora ? `${exportName(source.baseName)}-${quantization}.gguf` : `${name}-${quantization}.gguf`;
+    const converterOut = later ? path.join(scratch, `${name}-f16.gguf`) : path.join(out, ggufFile);
+    await this.engineStep(['gguf', '--model', model, '--out', converterOut, '--outtype', outtype, '--converter', converter]);
+    if (later) {
+      await this.progress(row.id, 0.5, `quantizing to ${quantization} with llama.cpp's llama-quantize`);
+      await quantize(installedQuantizer(this.deps.home.tools), converterOut, path.join(out, ggufFile), later);
     }
 
-    const tokenizer = ModelTokenizer.load(merged);
+    const tokenizer = ModelTokenizer.load(model);
     const total = prompts.conversations.length;
     await this.progress(row.id, 0.6, `checking with llama.cpp: 0 of ${total} prompts`);
     const checks = await checkGguf({
       ggufFile: path.join(out, ggufFile),
+      adapterFile: adapterFile && path.join(out, adapterFile),
       tokenizer,
       prompts: prompts.conversations,
       required: EXACT_QUANTIZATIONS.includes(quantization) ? 'tokens' : 'first_sentence',
       served: this.served(source, tokenizer),
       onProgress: (done) => void this.progress(row.id, 0.6 + (0.35 * done) / total, `checking with llama.cpp: ${done} of ${total} prompts`),
     });
-    const run = { name: name.toLowerCase(), ggufFile, tokenizer, chatTemplate: tokenizer.chatTemplate ?? '', system: prompts.system };
+    const run = { name: name.toLowerCase(), ggufFile, adapterFile, tokenizer, chatTemplate: tokenizer.chatTemplate ?? '', system: prompts.system };
     const equal = `${(checks.equal_token_share * 100).toFixed(1)}%`;
+    const what = lora ? `its base as GGUF (${quantization}) and its adapter as a GGUF LoRA adapter` : `GGUF (${quantization})`;
     const summary =
-      `Exported by tunelab from \`${row.model}\` as GGUF (${quantization}) with llama.cpp's converter. Checked before ` +
+      `Exported by tunelab from \`${row.model}\` as ${what} with llama.cpp's converter. Checked before ` +
       `handing over: llama.cpp answered ${checks.prompts.length} prompts of the training file greedily, ${equal} of tunelab's ` +
       `own greedy tokens equal${checks.required === 'first_sentence' ? ', every first sentence the same' : ''}.`;
     await fsp.writeFile(path.join(out, 'Modelfile'), modelfile(run));
     await fsp.writeFile(path.join(out, 'README.md'), readme(run, summary));
     await fsp.writeFile(path.join(out, 'checks.json'), `${JSON.stringify(checks, null, 2)}\n`);
     return checks;
+  }
+
+  /** An engine command of the export (a converter run); its error names the converter's failure. */
+  private async engineStep(args: string[]): Promise<void> {
+    const converted = await runEngineCommand(args);
+    const error = converted.events.find((event) => event.type === 'error');
+    if (converted.code !== 0 || error) {
+      throw new ServiceError('server', `llama.cpp's converter failed: ${String(error?.message ?? converted.stderr.trim().split('\n').at(-1))}`, {
+        code: String(error?.code ?? 'conversion_failed'),
+      });
+    }
   }
 
   /** tunelab's own serving of the fine-tune: the engine process chat completions use, greedy. */
@@ -329,6 +398,22 @@ export class ExportService {
 
   private archivePath(id: string): string {
     return path.join(this.deps.home.exports, `${id}.tar.gz`);
+  }
+
+  private ggufPath(id: string): string {
+    return path.join(this.deps.home.exports, `${id}.gguf`);
+  }
+
+  private async unpackGguf(id: string, file: string): Promise<void> {
+    const scratch = await fsp.mkdtemp(path.join(this.deps.home.exports, `${id}-unpack-`));
+    try {
+      await tar.x({ file: this.archivePath(id), cwd: scratch, strip: 1, filter: (entry) => entry.endsWith('.gguf') });
+      const gguf = (await fsp.readdir(scratch)).find((name) => name.endsWith('.gguf'));
+      if (!gguf) throw new Error(`the archive of export ${id} holds no .gguf file`);
+      await fsp.rename(path.join(scratch, gguf), file);
+    } finally {
+      await fsp.rm(scratch, { recursive: true, force: true });
+    }
   }
 
   private async progress(id: string, progress: number, stage: string): Promise<void> {

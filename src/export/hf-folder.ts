@@ -92,6 +92,22 @@ export async function writeMergedFolder(source: ExportSource, out: string, scrat
   await writeGenerationConfig(out);
 }
 
+/**
+ * The base model as llama.cpp's converters read it (for a GGUF LoRA adapter and the base GGUF it
+ * applies to): its weights and tokenizer linked rather than copied, its config with the
+ * architecture named.
+ */
+export async function writeBaseFolder(source: ExportSource, out: string): Promise<void> {
+  await fsp.mkdir(out, { recursive: true });
+  for (const name of await fsp.readdir(source.baseFolder)) {
+    if (MODEL_FILES.includes(name) || /^model(-\d+-of-\d+)?\.safetensors$/.test(name)) {
+      if (name === 'config.json') await fsp.copyFile(path.join(source.baseFolder, name), path.join(out, name));
+      else await fsp.symlink(path.join(source.baseFolder, name), path.join(out, name));
+    }
+  }
+  await nameArchitecture(out);
+}
+
 /** The class transformers and llama.cpp's converter pick the model by, for each family tunelab trains. */
 const ARCHITECTURES: Record<string, string> = {
   llama: 'LlamaForCausalLM',

@@ -1,6 +1,7 @@
 import { Template } from '@huggingface/jinja';
-import type { Llama, LlamaModel, Token } from 'node-llama-cpp';
+import type { Token } from 'node-llama-cpp';
 import { ServiceError } from '../errors.js';
+import { llamaRuntime } from '../inference/llama-runtime.js';
 import { encodeChat } from '../tokenizer/chat-encoding.js';
 import type { ModelTokenizer, TemplateMessage } from '../tokenizer/model-tokenizer.js';
 
@@ -32,14 +33,6 @@ export interface ExportChecks {
 const MAX_TOKENS = 64;
 const THREADS = 1;
 
-let llama: Promise<Llama> | null = null;
-
-/** llama.cpp through node-llama-cpp's prebuilt binaries, CPU only; loaded on first use. */
-async function llamaCpp(): Promise<Llama> {
-  llama ??= import('node-llama-cpp').then(({ getLlama }) => getLlama({ gpu: false, build: 'never', logLevel: 'error' as never, maxThreads: THREADS }));
-  return llama;
-}
-
 /** Up to and including the first sentence end (or line end); the whole text when it has none. */
 export function firstSentence(text: string): string {
   const end = /[!?。！？\n]|\.(?=\s|$)/.exec(text);
@@ -58,7 +51,7 @@ const withoutEnds = (ids: number[], ends: ReadonlySet<number>) => {
 };
 
 /**
- * Loads a GGUF with llama.cpp and answers each prompt greedily, beside tunelab's own serving of
+ * Loads a GGUF (and a LoRA adapter over it) with llama.cpp and answers each prompt greedily, beside tunelab's own serving of
  * the same fine-tune. The prompt is rendered by the chat template embedded in the GGUF and
  * tokenized by llama.cpp, and must give exactly tunelab's prompt ids; the answers must be the
  * same tokens (`tokens`) or begin with the same sentence (`first_sentence`). A failure names the
@@ -66,6 +59,8 @@ const withoutEnds = (ids: number[], ends: ReadonlySet<number>) => {
  */
 export async function checkGguf(options: {
   ggufFile: string;
+  /** A GGUF LoRA adapter llama.cpp applies over `ggufFile`, or null. */
+  adapterFile?: string | null;
   tokenizer: ModelTokenizer;
   prompts: TemplateMessage[][];
   required: ExportChecks['required'];
@@ -73,10 +68,15 @@ export async function checkGguf(options: {
   onProgress?: (done: number) => void;
 }): Promise<ExportChecks> {
   const { tokenizer } = options;
-  const runtime = await llamaCpp();
+  const runtime = await llamaRuntime();
   const model = await runtime.loadModel({ modelPath: options.ggufFile });
   try {
-    const context = await model.createContext({ contextSize: 2048, threads: THREADS, sequences: 1 });
+    const context = await model.createContext({
+      contextSize: 2048,
+      threads: THREADS,
+      sequences: 1,
+      ...(options.adapterFile ? { lora: { adapters: [{ filePath: options.adapterFile }] } } : {}),
+    });
     const sequence = context.getSequence();
     const embedded = model.fileInfo.metadata.tokenizer.chat_template;
     if (typeof embedded !== 'string') throw mismatch('The GGUF carries no chat template (tokenizer.chat_template).');

@@ -4,6 +4,8 @@ export interface RunInstructions {
   /** The exported model's name for Ollama: letters, digits, dots, dashes. */
   name: string;
   ggufFile: string;
+  /** A GGUF LoRA adapter applied over `ggufFile`, or null. */
+  adapterFile: string | null;
   tokenizer: ModelTokenizer;
   /** The chat template's source, to tell its family. */
   chatTemplate: string;
@@ -28,9 +30,10 @@ export function ollamaTemplate(chatTemplate: string): string | null {
   return `{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n${thinking}`;
 }
 
-/** An Ollama Modelfile: FROM the GGUF, the turn format, a stop per end-of-turn token, the job's system message. */
+/** An Ollama Modelfile: FROM the GGUF (and ADAPTER, the LoRA one), the turn format, a stop per end-of-turn token, the job's system message. */
 export function modelfile(run: RunInstructions): string {
   const lines = [`FROM ./${run.ggufFile}`];
+  if (run.adapterFile) lines.push(`ADAPTER ./${run.adapterFile}`);
   const template = ollamaTemplate(run.chatTemplate);
   if (template) lines.push(`TEMPLATE ${quoted(template)}`);
   for (const token of run.tokenizer.endOfTurnTokens) lines.push(`PARAMETER stop ${JSON.stringify(token)}`);
@@ -57,7 +60,7 @@ export function readme(run: RunInstructions, summary: string): string {
     '## llama.cpp',
     '',
     '```sh',
-    `llama-cli -m ${run.ggufFile} --jinja${thinking}${system}`,
+    `llama-cli -m ${run.ggufFile}${run.adapterFile ? ` --lora ${run.adapterFile}` : ''} --jinja${thinking}${system}`,
     '```',
     '',
     "`--jinja` renders the chat template embedded in the GGUF, the one the model was trained with.",

@@ -1,8 +1,9 @@
 import { setMaxListeners } from 'node:events';
 import { Channel } from '../channel.js';
-import { GenerationError, type GenerateRequest, type ServeProcess, type TokenLogprob } from '../engine/serve-process.js';
+import { GenerationError, type TokenLogprob } from '../engine/serve-process.js';
 import type { ModelTokenizer } from '../tokenizer/model-tokenizer.js';
 import { TextStream } from '../tokenizer/text-stream.js';
+import type { TokenGenerator, TokenRequest } from './backend.js';
 
 export type FinishReason = 'stop' | 'length';
 
@@ -17,20 +18,20 @@ export interface ChoiceEvent {
 
 export interface ChoiceRequest {
   index: number;
-  engine: GenerateRequest;
+  tokens: TokenRequest;
 }
 
 /**
- * The choices of one completion request generated side by side in a model server, as one stream
+ * The choices of one completion request generated side by side by a backend, as one stream
  * of text events. Token ids become text per choice (`TextStream`: whole characters, stop strings
- * across tokens); a stop string ends its choice and cancels it in the engine. Leaving the stream
+ * across tokens); a stop string ends its choice and cancels its generation. Leaving the stream
  * early cancels every choice still running.
  */
 export class Generation {
   completionTokens = 0;
 
   constructor(
-    private readonly process: ServeProcess,
+    private readonly generator: TokenGenerator,
     private readonly tokenizer: ModelTokenizer,
     private readonly choices: readonly ChoiceRequest[],
     private readonly stops: readonly string[],
@@ -64,7 +65,7 @@ export class Generation {
 
   private async run(choice: ChoiceRequest, signal: AbortSignal, emit: (event: ChoiceEvent) => void): Promise<void> {
     const text = new TextStream(this.tokenizer, this.stops);
-    for await (const update of this.process.generate(choice.engine, signal)) {
+    for await (const update of this.generator.generate(choice.tokens, signal)) {
       if (update.type === 'tokens') {
         this.completionTokens += update.ids.length;
         const delta = text.push(update.ids);

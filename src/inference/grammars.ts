@@ -1,4 +1,5 @@
 import type { ToolCallFormat } from '../tokenizer/tool-calls.js';
+import type { OutputConstraint } from './backend.js';
 
 /**
  * The grammars constrained requests send to the engine: Lark in llguidance's dialect, where
@@ -8,6 +9,18 @@ import type { ToolCallFormat } from '../tokenizer/tool-calls.js';
  */
 
 const JSON_STYLE = { whitespace_flexible: false, item_separator: ', ', key_separator: ': ' };
+
+/** The engine's grammar for an output constraint. */
+export function larkGrammar(constraint: OutputConstraint): string {
+  switch (constraint.type) {
+    case 'json_object':
+      return jsonObjectGrammar();
+    case 'json_schema':
+      return jsonSchemaGrammar(constraint.schema, constraint.lenient);
+    case 'tool_calls':
+      return toolCallGrammar(constraint.format, constraint.functions, constraint.parallel, constraint.mistralCallsToken);
+  }
+}
 
 /** Any JSON object (`response_format: {type: "json_object"}`). */
 export function jsonObjectGrammar(): string {

@@ -6,21 +6,22 @@ import type {
 } from 'openai/resources/chat/completions';
 import type { Completion, CompletionChoice, CompletionUsage } from 'openai/resources/completions';
 import { GenerationError, type TokenLogprob } from '../engine/serve-process.js';
-import type { ServeLease, ServePool } from '../engine/serve-pool.js';
 import { ServiceError, invalidRequest } from '../errors.js';
 import { newId, unixSeconds } from '../ids.js';
 import { modelContextLength } from '../models/base-models.js';
-import type { ModelService, ServableModel } from '../models/models.js';
+import type { ServableModel } from '../models/models.js';
 import { type WeightedMessage, encodeChat } from '../tokenizer/chat-encoding.js';
 import { ModelTokenizer } from '../tokenizer/model-tokenizer.js';
 import { type ToolCallFormat, parseToolCalls } from '../tokenizer/tool-calls.js';
-import { jsonObjectGrammar, jsonSchemaGrammar, toolCallGrammar } from './grammars.js';
 import { ToolCallStream, type ToolUse, forcedFunctions, toolCallsFor, toolUse } from './tools.js';
 import type { UsageService } from '../usage/usage.js';
+import type { BackendLease, OutputConstraint, ServingChoice } from './backend.js';
+import type { ModelServing, ServedModel } from './serving.js';
 import { type ChoiceEvent, type ChoiceRequest, type FinishReason, Generation } from './generation.js';
 import type { ChatCompletionRequest, ChatMessage, ChatTool, CompletionRequest, SamplingRequest } from './requests.js';
 
-const SYSTEM_FINGERPRINT = 'fp_tunelab';
+/** OpenAI's name for the backend configuration that answered: the engine, or llama.cpp and its quantization. */
+const systemFingerprint = (choice: ServingChoice) => (choice.backend === 'engine' ? 'fp_tunelab' : `fp_tunelab_llamacpp_${choice.quantization}`);
 const MODELS_KEPT = 16;
 
 interface ModelText {
@@ -32,15 +33,14 @@ interface ModelText {
 /**
  * Chat and legacy completions for base models, fine-tunes and checkpoints: the model's own
  * tokenizer and chat template (the same encoding training used) turn messages into token ids, a
- * model server (`ServePool`) generates, and the ids come back as text. Every request's tokens are
- * recorded as the organization's usage.
+ * backend (`ModelServing`: the engine or llama.cpp) generates, and the ids come back as text.
+ * Every request's tokens are recorded as the organization's usage.
  */
 export class InferenceService {
   private readonly texts = new Map<string, ModelText>();
 
   constructor(
-    private readonly models: ModelService,
-    private readonly pool: ServePool,
+    private readonly serving: ModelServing,
     private readonly usage: UsageService,
     private readonly onError: (message: string, error: unknown) => void = () => {},
   ) {}
@@ -51,8 +51,8 @@ export class InferenceService {
     request: ChatCompletionRequest,
     signal?: AbortSignal,
   ): Promise<ChatCompletion | AsyncGenerator<ChatCompletionChunk>> {
-    const model = await this.models.servable(orgId, request.model);
-    const { tokenizer, context } = this.modelText(model);
+    const served = await this.serving.resolve(orgId, request.model);
+    const { tokenizer, context } = this.modelText(served.model);
     if (!tokenizer.hasChatTemplate) {
       throw invalidRequest(
         `The model \`${request.model}\` has no chat template; use /v1/completions with a prompt instead.`,
@@ -69,13 +69,13 @@ export class InferenceService {
     }
     const prompt = renderChat(tokenizer, request.messages, tools?.tools);
     const maxTokens = request.max_completion_tokens ?? request.max_tokens ?? null;
-    const plan = planRun(model, tokenizer, context, [prompt], maxTokens, request, 'messages');
-    plan.grammar = chatGrammar(request, tools, format, tokenizer);
+    const plan = planRun(served, tokenizer, context, [prompt], maxTokens, request, 'messages');
+    plan.constraint = chatConstraint(request, tools, format, tokenizer);
     plan.logprobs = request.logprobs ? (request.top_logprobs ?? 0) : null;
     // Answers are read for calls unless the model may not call (tool_choice none).
     const callFormat = tools && tools.choice !== 'none' ? format : null;
     const id = newId('chatcmpl-');
-    const head = { id, created: unixSeconds(), model: request.model, system_fingerprint: SYSTEM_FINGERPRINT };
+    const head = { id, created: unixSeconds(), model: request.model, system_fingerprint: systemFingerprint(served.choice) };
     const logprobsOf = (tokens: TokenLogprob[]) => (plan.logprobs === null ? null : { content: tokens.map((t) => chatLogprob(tokenizer, t)), refusal: null });
     if (!request.stream) {
       const { texts, finishReasons, logprobs } = await this.collect(orgId, plan, id, signal);
@@ -129,8 +129,8 @@ export class InferenceService {
 
   /** A `text_completion` (legacy: a prompt in, text out), or with `stream`, its chunks. */
   async complete(orgId: string, request: CompletionRequest, signal?: AbortSignal): Promise<Completion | AsyncGenerator<Completion>> {
-    const model = await this.models.servable(orgId, request.model);
-    const { tokenizer, context } = this.modelText(model);
+    const served = await this.serving.resolve(orgId, request.model);
+    const { tokenizer, context } = this.modelText(served.model);
     // As prompt/completion examples were trained: the prompt with what the tokenizer adds at the start.
     const prompts = promptList(request.prompt).map((prompt) => {
       const ids = typeof prompt === 'string' ? tokenizer.encodeWithSpecialTokens(prompt) : prompt;
@@ -139,10 +139,10 @@ export class InferenceService {
       if (tokenizer.endOfTurnIds[0] === undefined) throw invalidRequest('The prompt is empty, and this model has no token to start from.', 'prompt');
       return [tokenizer.endOfTurnIds[0]];
     });
-    const plan = planRun(model, tokenizer, context, prompts, request.max_tokens, request, 'prompt');
+    const plan = planRun(served, tokenizer, context, prompts, request.max_tokens, request, 'prompt');
     plan.logprobs = request.logprobs ?? null;
     const id = newId('cmpl-');
-    const head = { id, created: unixSeconds(), model: request.model, system_fingerprint: SYSTEM_FINGERPRINT, object: 'text_completion' as const };
+    const head = { id, created: unixSeconds(), model: request.model, system_fingerprint: systemFingerprint(served.choice), object: 'text_completion' as const };
     const echoes = promptList(request.prompt).map((prompt) =>
       !request.echo ? '' : typeof prompt === 'string' ? prompt : tokenizer.decode(prompt, { skipSpecialTokens: true }),
     );
@@ -185,9 +185,9 @@ export class InferenceService {
     });
   }
 
-  /** The model servers running, and how many generations each is working on. */
+  /** The models loaded by the backends, and how many generations each is working on. */
   status(): Array<{ modelDir: string; generations: number }> {
-    return this.pool.status();
+    return this.serving.status();
   }
 
   private async collect(orgId: string, plan: Plan, id: string, signal: AbortSignal | undefined) {
@@ -230,13 +230,13 @@ export class InferenceService {
   }
 
   /**
-   * Waits for the model's server (loading it if need be) and generates every choice, `n` per
-   * prompt. The server is held only while this runs: an abandoned stream gives it back.
+   * Waits for the model's backend (loading the model if need be) and generates every choice, `n`
+   * per prompt. The model is held only while this runs: an abandoned stream gives it back.
    */
   private async *run(plan: Plan, signal: AbortSignal | undefined): AsyncGenerator<ChoiceEvent> {
-    let lease: ServeLease;
+    let lease: BackendLease;
     try {
-      lease = await this.pool.acquire(plan.model.weights, signal);
+      lease = await plan.served.acquire(signal);
     } catch (error) {
       throw asServiceError(error, plan);
     }
@@ -247,7 +247,7 @@ export class InferenceService {
         throw invalidRequest(`Token ids in '${plan.promptParam}' must be below the model's vocabulary size, ${vocab}.`, plan.promptParam);
       }
       plan.started = true;
-      generation = new Generation(lease.process, plan.tokenizer, choiceRequests(plan, lease.info.contextLength), plan.stops, signal);
+      generation = new Generation(lease.generator, plan.tokenizer, choiceRequests(plan, lease.info.contextLength), plan.stops, signal);
       yield* generation.events();
     } catch (error) {
       throw asServiceError(error, plan);
@@ -284,7 +284,7 @@ export class InferenceService {
 
 /** A completion request checked and tokenized, ready to generate; `usage` fills in as it does. */
 interface Plan {
-  model: ServableModel;
+  served: ServedModel;
   modelName: string;
   tokenizer: ModelTokenizer;
   prompts: number[][];
@@ -294,8 +294,8 @@ interface Plan {
   n: number;
   choiceCount: number;
   stops: string[];
-  /** The grammar the output must match, and the parameter that asked for it. */
-  grammar: { lark: string; param: string } | null;
+  /** What the output must match, and the parameter that asked for it. */
+  constraint: { constraint: OutputConstraint; param: string } | null;
   /** Alternatives per token to report with log-probabilities, or null for none. */
   logprobs: number | null;
   usage: CompletionUsage;
@@ -304,7 +304,7 @@ interface Plan {
 }
 
 function planRun(
-  model: ServableModel,
+  served: ServedModel,
   tokenizer: ModelTokenizer,
   context: number | null,
   prompts: number[][],
@@ -316,7 +316,7 @@ function planRun(
   const n = request.n ?? 1;
   const promptTokens = prompts.reduce((sum, ids) => sum + ids.length, 0);
   return {
-    model,
+    served,
     modelName: request.model,
     tokenizer,
     prompts,
@@ -326,7 +326,7 @@ function planRun(
     n,
     choiceCount: prompts.length * n,
     stops: request.stop === null || request.stop === undefined ? [] : [request.stop].flat(),
-    grammar: null,
+    constraint: null,
     logprobs: null,
     usage: { prompt_tokens: promptTokens, completion_tokens: 0, total_tokens: promptTokens },
     started: false,
@@ -339,9 +339,8 @@ function choiceRequests(plan: Plan, contextLength: number): ChoiceRequest[] {
     const limit = Math.max(1, contextLength - ids.length);
     return Array.from({ length: n }, (_, i): ChoiceRequest => ({
       index: p * n + i,
-      engine: {
+      tokens: {
         inputIds: ids,
-        adapter: plan.model.adapter,
         maxTokens: Math.min(plan.maxTokens ?? limit, limit),
         temperature: request.temperature ?? 1,
         topP: request.top_p ?? 1,
@@ -350,7 +349,7 @@ function choiceRequests(plan: Plan, contextLength: number): ChoiceRequest[] {
         stopIds: plan.tokenizer.endOfTurnIds,
         presencePenalty: request.presence_penalty ?? 0,
         frequencyPenalty: request.frequency_penalty ?? 0,
-        grammar: plan.grammar?.lark ?? null,
+        constraint: plan.constraint?.constraint ?? null,
         logprobs: plan.logprobs,
       },
     }));
@@ -400,21 +399,25 @@ function promptList(prompt: CompletionRequest['prompt']): Array<string | number[
 }
 
 /**
- * The grammar a chat answer must match: a forced tool call (`tool_choice` `required` or a named
+ * What a chat answer must match: a forced tool call (`tool_choice` `required` or a named
  * function), else a JSON `response_format`. A `json_schema` without `strict` is followed as far
- * as the library implements it (leniently) rather than refused.
+ * as the backend implements it (leniently) rather than refused.
  */
-function chatGrammar(request: ChatCompletionRequest, tools: ToolUse | null, format: ToolCallFormat | null, tokenizer: ModelTokenizer): Plan['grammar'] {
+function chatConstraint(request: ChatCompletionRequest, tools: ToolUse | null, format: ToolCallFormat | null, tokenizer: ModelTokenizer): Plan['constraint'] {
   const forced = tools ? forcedFunctions(tools) : null;
   if (forced && format) {
-    const callsToken = format === 'mistral' ? (tokenizer.encode('[TOOL_CALLS]')[0] ?? null) : null;
-    return { lark: toolCallGrammar(format, forced, tools!.parallel, callsToken), param: tools!.legacy ? 'functions' : 'tools' };
+    const mistralCallsToken = format === 'mistral' ? (tokenizer.encode('[TOOL_CALLS]')[0] ?? null) : null;
+    return {
+      constraint: { type: 'tool_calls', format, functions: forced, parallel: tools!.parallel, mistralCallsToken },
+      param: tools!.legacy ? 'functions' : 'tools',
+    };
   }
   const responseFormat = request.response_format;
-  if (responseFormat?.type === 'json_object') return { lark: jsonObjectGrammar(), param: 'response_format' };
+  if (responseFormat?.type === 'json_object') return { constraint: { type: 'json_object' }, param: 'response_format' };
   if (responseFormat?.type === 'json_schema') {
     const { schema, strict } = responseFormat.json_schema;
-    return { lark: schema ? jsonSchemaGrammar(schema, !strict) : jsonObjectGrammar(), param: 'response_format.json_schema.schema' };
+    const constraint: OutputConstraint = schema ? { type: 'json_schema', schema, lenient: !strict } : { type: 'json_object' };
+    return { constraint, param: 'response_format.json_schema.schema' };
   }
   return null;
 }
@@ -462,7 +465,9 @@ function asServiceError(error: unknown, plan: Plan): unknown {
   const model = plan.modelName;
   switch (error.code) {
     case 'invalid_grammar':
-      return invalidRequest(`Invalid schema: ${error.message}`, plan.grammar?.param ?? null);
+      return invalidRequest(`Invalid schema: ${error.message}`, plan.constraint?.param ?? null);
+    case 'unsupported':
+      return invalidRequest(error.message, plan.constraint?.param ?? null);
     case 'cancelled':
       return error;
     case 'model_loading':

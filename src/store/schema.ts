@@ -259,7 +259,7 @@ export interface ModelExportTable {
   id: string;
   org_id: string;
   model: string;
-  format: 'peft' | 'merged' | 'gguf';
+  format: 'peft' | 'merged' | 'gguf' | 'gguf_lora';
   /** GGUF only: f16, bf16, q8_0. */
   quantization: string | null;
   status: 'queued' | 'running' | 'succeeded' | 'failed';

@@ -8,6 +8,8 @@ const CHOICES = [
   { label: 'LoRA adapter (PEFT)', body: { format: 'peft' } },
   { label: 'GGUF f16 (llama.cpp, Ollama)', body: { format: 'gguf', quantization: 'f16' } },
   { label: 'GGUF q8_0 (llama.cpp, Ollama)', body: { format: 'gguf', quantization: 'q8_0' } },
+  { label: 'GGUF q4_k_m (llama.cpp, Ollama)', body: { format: 'gguf', quantization: 'q4_k_m' } },
+  { label: 'Base GGUF f16 + LoRA GGUF adapter', body: { format: 'gguf_lora', quantization: 'f16' } },
 ] as const;
 
 const POLL_MS = 1000;

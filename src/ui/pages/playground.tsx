@@ -14,6 +14,16 @@ interface Answer {
   completionTokens?: number;
   seconds?: number;
   finishReason?: string | null;
+  /** Which backend answered, from the chunks' `system_fingerprint`. */
+  backend?: string;
+}
+
+/** tunelab's fingerprints: `fp_tunelab` for its engine, `fp_tunelab_llamacpp_<quantization>` for llama.cpp. */
+export function backendOf(fingerprint: string | null | undefined): string | undefined {
+  if (!fingerprint) return undefined;
+  const quantization = /^fp_tunelab_llamacpp_(.+)$/.exec(fingerprint)?.[1];
+  if (quantization) return `llama.cpp (${quantization})`;
+  return fingerprint === 'fp_tunelab' ? 'tunelab engine' : undefined;
 }
 
 /** One question asked of both models, and each one's answer. */
@@ -121,6 +131,7 @@ export function PlaygroundPage({ left, right }: { left: string | null; right: st
           text: answer.text + delta,
           finishReason: choice?.finish_reason ?? answer.finishReason,
           completionTokens: chunk.usage?.completion_tokens ?? answer.completionTokens,
+          backend: backendOf(chunk.system_fingerprint) ?? answer.backend,
         }));
       }
       updateAnswer(index, side, (answer) => ({ ...answer, done: true, seconds: (performance.now() - started) / 1000 }));
@@ -189,6 +200,7 @@ export function PlaygroundPage({ left, right }: { left: string | null; right: st
                       {answer.done && !answer.error && (
                         <p class="meta muted">
                           {answer.completionTokens ?? '?'} tokens in {answer.seconds?.toFixed(1)} s{answer.finishReason === 'length' ? ' · cut at max tokens' : ''}
+                          {answer.backend ? ` · answered by ${answer.backend}` : ''}
                         </p>
                       )}
                     </div>
