@@ -5,7 +5,7 @@ random weights, each spoken to over its pipes, alternating.
 
 For each shape (default smollm2-135m and qwen2.5-0.5b; weights written by `init --dtype bfloat16`
 as the hub ships them) the model folder is also converted to a BF16 GGUF by llama.cpp's own
-converter (`python -m tunelab_engine gguf`, the converter `tunelab setup-export` installs; a
+converter (`python -m tunelab_engine gguf`, the converter `tunelab setup --export` installs; a
 tokenizer is needed only for the conversion: Qwen3's, cut to the shape's vocabulary when that is
 smaller). Then `python -m tunelab_engine serve --model DIR` and `llama-cpp-streams.ts` (llama.cpp
 through node-llama-cpp, CPU, one context of 8 sequences) are both started with the same threads
@@ -315,7 +315,7 @@ def main():
     ap.add_argument("--dtype", default="auto", help="passed to serve --dtype (auto: what the server would get)")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="for both engines")
     ap.add_argument("--converter", default=os.path.expanduser(os.path.join("~", ".tunelab", "tools", "llama.cpp-converter")),
-                    help="llama.cpp's converter folder, as `tunelab setup-export` installs it")
+                    help="llama.cpp's converter folder, as `tunelab setup --export` installs it")
     ap.add_argument("--no-llama-cpp", action="store_true", help="time the engine alone")
     ap.add_argument("--baseline-engine", help="another engine folder (an older commit's, by git archive) timed in the same rounds")
     decode_arguments(ap)

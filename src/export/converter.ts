@@ -29,7 +29,7 @@ export function installedConverter(tools: string): string {
   if (!fs.existsSync(path.join(dir, 'convert_hf_to_gguf.py'))) {
     throw new ServiceError(
       'unavailable',
-      `GGUF export needs llama.cpp's converter, which this server has not installed: run \`tunelab setup-export\` on it (it downloads ${pinnedRelease()} from PyPI).`,
+      `GGUF export needs llama.cpp's converter, which this server has not installed: run \`tunelab setup --export\` on it (it downloads ${pinnedRelease()} from PyPI).`,
       { param: 'format', code: 'converter_missing' },
     );
   }
