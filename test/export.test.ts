@@ -172,7 +172,7 @@ describe('a LoRA fine-tune of a random Qwen3-shape model with the real Qwen3 tok
     const file = await client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
     const job = await finished(
       client,
-      (await client.fineTuning.jobs.create({ model: 'qwen3-export', training_file: file.id, hyperparameters: { n_epochs: 10, learning_rate_multiplier: 10 } })).id,
+      (await client.fineTuning.jobs.create({ model: 'qwen3-export', training_file: file.id, seed: 1, hyperparameters: { n_epochs: 10, learning_rate_multiplier: 10 } })).id,
       300_000,
     );
     expect(job.status).toBe('succeeded');
