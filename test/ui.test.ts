@@ -71,11 +71,12 @@ describe('the dashboard', () => {
     expect(page.url()).toMatch(/#\/jobs$/);
     await page.getByRole('link', { name: 'Skip to content' }).focus();
     const focused: string[] = [];
-    for (let i = 0; i < 7; i++) {
+    for (let i = 0; i < 8; i++) {
       await page.keyboard.press('Tab');
       focused.push((await page.evaluate(() => document.activeElement?.textContent)) ?? '');
     }
-    expect(focused).toEqual(['tunelab', 'Jobs', 'Files', 'Models', 'Playground', 'Usage', 'Sign out']);
+    expect(focused).toEqual(['tunelab', 'Jobs', 'Files', 'Models', 'Playground', 'Usage', 'Workers', 'Sign out']);
+    await page.keyboard.press('Shift+Tab');
     await page.keyboard.press('Shift+Tab');
     await page.keyboard.press('Enter');
     await page.getByRole('heading', { name: 'Usage' }).waitFor();
