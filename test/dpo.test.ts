@@ -48,7 +48,7 @@ async function greedy(model: string): Promise<string[]> {
   return answers;
 }
 
-it('trains DPO on top of a supervised fine-tune: reward accuracy 1.0, a margin growing every epoch, answers in the preferred style', async () => {
+it('trains DPO on top of a supervised fine-tune: reward accuracy 1.0, a margin growing every epoch, held-out pairs preferred', async () => {
   const sftFile = await client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
   const sft = await finished(client, (await client.fineTuning.jobs.create({ model: TINY_MODEL_NAME, training_file: sftFile.id, suffix: 'weather', seed: 1 })).id, 300_000);
   expect(sft.status).toBe('succeeded');
@@ -107,12 +107,12 @@ it('trains DPO on top of a supervised fine-tune: reward accuracy 1.0, a margin g
   expect(rows[0]!.train_loss).toBeCloseTo(Math.log(2), 4); // the reference is the supervised model itself
 
   // Held-out questions: the DPO model prefers the joke to the dry forecast on every one (the
-  // reference, the supervised model, has a margin of 0 by definition), and its greedy answers are no forecasts.
+  // reference, the supervised model, has a margin of 0 by definition). Whether greedy answers move is the next test's:
+  // this supervised model answers in jokes already.
   const metrics = await client.get<{ data: Array<Record<string, number>> }>(`/fine_tuning/jobs/${job.id}/metrics`);
   const last = metrics.data.at(-1)!;
   expect(last.full_valid_reward_accuracy).toBe(1);
   expect(last.full_valid_reward_margin).toBeGreaterThan(0);
-  expect((await greedy(job.fine_tuned_model!)).filter((answer) => DRY.test(answer))).toEqual([]);
 }, 900_000);
 
 it('moves the held-out answers of a supervised model trained on the dry forecasts to the preferred side', async () => {
