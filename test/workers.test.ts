@@ -2,12 +2,14 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { WorkerInfo } from '../src/jobs/workers.js';
+import { WORKER_RETENTION_MS, type WorkerInfo, WorkerRegistry } from '../src/jobs/workers.js';
 import { BaseModelRegistry } from '../src/models/base-models.js';
 import { launchBrowser, openDashboard, screenshot } from './support/browser.js';
 import { CLI, runCli } from './support/cli.js';
+import { openStore } from '../src/store/store.js';
 import { writeTrainableModelFolder } from './support/model-folder.js';
 import {
+  BASE_MODEL,
   type TestServer,
   allEvents,
   finished,
@@ -218,4 +220,39 @@ describe.skipIf(!onPostgres)('training on workers through PostgreSQL', () => {
       await t.client.fineTuning.jobs.cancel(created.id);
     }
   }, 300_000);
+});
+
+describe('the workers table', () => {
+  it('forgets a worker silent past the retention once another starts, unless a job it held still names it', async () => {
+    const t = await startTestServer();
+    const store = await openStore(onPostgres ? await postgresFor(t.home) : path.join(t.home, 'tunelab.db'));
+    try {
+      // Workers on other hosts, as `tunelab worker` records them, through the same database.
+      const registry = new WorkerRegistry(store.db, 30_000);
+      const capabilities = { cpus: 2, cpu_model: 'test', memory_bytes: 2 ** 30, gpus: [] };
+      for (const id of ['gone', 'holding', 'recent']) await registry.register({ id, slots: 1, capabilities });
+      await registry.stopped('recent');
+      // 'gone' and 'holding' last beat past the retention; a job still names 'holding' as its lease's worker.
+      const longAgo = Date.now() - WORKER_RETENTION_MS - 60 * 60 * 1000;
+      await store.db.updateTable('workers').set({ heartbeat_at: longAgo }).where('id', 'in', ['gone', 'holding']).execute();
+      const file = await t.client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
+      const job = await t.client.fineTuning.jobs.create({ model: BASE_MODEL, training_file: file.id });
+      await store.db.updateTable('jobs').set({ lease_worker: 'holding', lease_token: 'lost', lease_expires_at: longAgo }).where('id', '=', job.id).execute();
+      const listed = async () => ((await t.client.get('/workers')) as { data: WorkerInfo[] }).data;
+      expect((await listed()).map((w) => [w.id, w.status]).sort()).toEqual([['gone', 'silent'], ['holding', 'silent'], ['recent', 'stopped']]);
+
+      await registry.register({ id: 'fresh', slots: 1, capabilities });
+      const after = await listed();
+      expect(after.map((w) => [w.id, w.status]).sort()).toEqual([['fresh', 'active'], ['holding', 'silent'], ['recent', 'stopped']]);
+      expect(after.find((w) => w.id === 'holding')!.jobs.map((j) => j.id)).toEqual([job.id]);
+
+      // Once the job is released, the silent worker goes at the next start.
+      await store.db.updateTable('jobs').set({ lease_worker: null, lease_token: null, lease_expires_at: null }).where('id', '=', job.id).execute();
+      await registry.register({ id: 'fresh', slots: 1, capabilities });
+      expect((await listed()).map((w) => w.id).sort()).toEqual(['fresh', 'recent']);
+    } finally {
+      await store.close();
+      await t.cleanup();
+    }
+  });
 });

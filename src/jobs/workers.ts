@@ -23,6 +23,13 @@ export interface WorkerInfo {
 }
 
 /**
+ * How long a worker that stopped beating (it stopped, was killed, or its host went away) stays
+ * listed: long enough to see what happened to it after a weekend, short enough that a cluster
+ * whose `tunelab worker`s start afresh each deploy does not list every start it ever had.
+ */
+export const WORKER_RETENTION_MS = 7 * 24 * 60 * 60 * 1000;
+
+/**
  * The workers table: each process that trains jobs (the server's runner, `tunelab worker`) records
  * itself and what it can hold, and beats while it lives; the jobs it holds are those its leases name.
  */
@@ -51,6 +58,21 @@ export class WorkerRegistry {
       .onConflict((conflict) => conflict.column('id').doUpdateSet({ ...row, id: undefined }))
       .execute();
     await this.beat(worker.id);
+    await this.prune();
+  }
+
+  /**
+   * Removes the workers silent for longer than the retention that no job's lease names: each start
+   * tidies up after the ones before it, so the table holds the live workers and the recent past.
+   * A worker a lease still names stays, however old: the job it held is listed under it until
+   * another worker takes the job over.
+   */
+  private async prune(): Promise<void> {
+    await this.db
+      .deleteFrom('workers')
+      .where('heartbeat_at', '<', sql<number>`${databaseNow(this.db)} - ${WORKER_RETENTION_MS}`)
+      .where('id', 'not in', this.db.selectFrom('jobs').select('lease_worker').where('lease_worker', 'is not', null))
+      .execute();
   }
 
   async beat(id: string): Promise<void> {
