@@ -75,6 +75,7 @@ describe('the dashboard', () => {
       await page.keyboard.press('Tab');
       focused.push((await page.evaluate(() => document.activeElement?.textContent)) ?? '');
     }
+    // The server's first key is an administrator's: it is offered the Workers page.
     expect(focused).toEqual(['tunelab', 'Jobs', 'Files', 'Models', 'Playground', 'Usage', 'Workers', 'Sign out']);
     await page.keyboard.press('Shift+Tab');
     await page.keyboard.press('Shift+Tab');
@@ -85,6 +86,29 @@ describe('the dashboard', () => {
     await page.getByRole('button', { name: 'Sign out' }).focus();
     await page.keyboard.press('Enter');
     await page.getByLabel('API key').waitFor();
+    await page.close();
+  });
+
+  it("offers the Workers page to administrators' keys only, and tells another key why it is not theirs", async () => {
+    const { key } = await t.server.services.orgs.createKey('guests');
+    expect(await t.clientFor(key).get('/organization')).toMatchObject({ object: 'organization', name: 'guests', administrator: false });
+    expect(await t.client.get('/organization')).toMatchObject({ object: 'organization', name: 'personal', administrator: true });
+
+    const page = await openDashboard(browser, t, '#/jobs', undefined, key);
+    await page.getByRole('heading', { name: 'Fine-tuning jobs' }).waitFor();
+    const sections = await page.getByRole('navigation', { name: 'Sections' }).getByRole('link').allTextContents();
+    expect(sections).toEqual(['Jobs', 'Files', 'Models', 'Playground', 'Usage']);
+
+    // Its address typed in: the page says who may see it, and asks the server nothing it would refuse.
+    const refused: string[] = [];
+    page.on('response', (response) => {
+      if (response.status() === 403) refused.push(response.url());
+    });
+    await page.goto(`${dashboardURL(t)}#/workers`);
+    await page.getByRole('heading', { name: 'Workers' }).waitFor();
+    expect(await page.getByRole('alert').textContent()).toMatch(/Only administrators see the workers.*"guests"/);
+    expect(refused).toEqual([]);
+    await screenshot(page, 'workers-not-administrator');
     await page.close();
   });
 });

@@ -21,6 +21,7 @@ import { inferenceRoutes } from './inference.js';
 import { responsesRoutes } from './responses.js';
 import { jobsRoutes } from './jobs.js';
 import { keysRoutes } from './keys.js';
+import { organizationRoutes } from './organization.js';
 import { loggedUrl, safeLogger } from './logging.js';
 import { refuseForbiddenKeys, refuseForbiddenQueryKeys } from './parse.js';
 import { modelPullRoutes } from './model-pulls.js';
@@ -129,6 +130,7 @@ export function buildApi(services: Services, options: ApiOptions): FastifyInstan
       v1.register(usageRoutes(services.usage));
       v1.register(inferenceRoutes(services.inference));
       v1.register(keysRoutes(services.orgs));
+      v1.register(organizationRoutes(services.administrators));
       v1.register(responsesRoutes(services.responses));
       v1.register(exportsRoutes(services.exports));
       v1.register(workersRoutes(services.workers, services.administrators));

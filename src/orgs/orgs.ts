@@ -18,6 +18,17 @@ export interface Caller extends Organization {
   keyRole: KeyRole;
 }
 
+/** Ours (`GET /v1/organization`): whom a key speaks for and what it may do, so a client shows only what it may use. */
+export interface OrganizationInfo {
+  object: 'organization';
+  id: string;
+  name: string;
+  /** The key's role: an owner manages the organization's keys. */
+  key_role: KeyRole;
+  /** Whether the organization administers the server: it may add base models and see the workers. */
+  administrator: boolean;
+}
+
 export interface CreatedKey {
   key: string;
   /** The key as listings show it. */

@@ -6,8 +6,9 @@ import type { Model, ModelDeleted } from 'openai/resources/models';
 import type { FineTuningJob } from '../jobs/jobs.js';
 import type { MonthUsage } from '../usage/usage.js';
 import type { WorkerInfo } from '../jobs/workers.js';
+import type { OrganizationInfo } from '../orgs/orgs.js';
 
-export type { ChatCompletionChunk, FileObject, FineTuningJob, FineTuningJobCheckpoint, FineTuningJobEvent, Model, ModelDeleted, MonthUsage, WorkerInfo };
+export type { ChatCompletionChunk, FileObject, FineTuningJob, FineTuningJobCheckpoint, FineTuningJobEvent, Model, ModelDeleted, MonthUsage, OrganizationInfo, WorkerInfo };
 
 /** The dashboard talks to the same /v1 API as the SDK, on the server that serves it. */
 const BASE = new URL('../v1', location.href).pathname;

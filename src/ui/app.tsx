@@ -1,5 +1,7 @@
 import { useEffect, useState } from 'preact/hooks';
-import { apiKey, onSignedOut } from './api.js';
+import { apiKey, get, onSignedOut, type OrganizationInfo } from './api.js';
+import { ErrorMessage, Loading } from './components/common.js';
+import { useLoad } from './components/use-load.js';
 import { FilePage } from './pages/file.js';
 import { FilesPage } from './pages/files.js';
 import { JobPage } from './pages/job.js';
@@ -8,19 +10,20 @@ import { ModelsPage } from './pages/models.js';
 import { PlaygroundPage } from './pages/playground.js';
 import { SignInPage } from './pages/sign-in.js';
 import { UsagePage } from './pages/usage.js';
-import { WorkersPage } from './pages/workers.js';
+import { WorkersForAdministrators, WorkersPage } from './pages/workers.js';
 import { href, useRoute, type Route } from './router.js';
 
+/** The sections, and whether only administrators' keys are offered them. */
 const SECTIONS = [
-  ['jobs', 'Jobs'],
-  ['files', 'Files'],
-  ['models', 'Models'],
-  ['playground', 'Playground'],
-  ['usage', 'Usage'],
-  ['workers', 'Workers'],
+  ['jobs', 'Jobs', false],
+  ['files', 'Files', false],
+  ['models', 'Models', false],
+  ['playground', 'Playground', false],
+  ['usage', 'Usage', false],
+  ['workers', 'Workers', true],
 ] as const;
 
-function page(route: Route) {
+function page(route: Route, organization: OrganizationInfo) {
   const [section = 'jobs', id] = route.parts;
   switch (section) {
     case 'jobs':
@@ -28,29 +31,35 @@ function page(route: Route) {
     case 'files':
       return id ? <FilePage id={id} /> : <FilesPage />;
     case 'models':
-      return <ModelsPage />;
+      return <ModelsPage mayPull={organization.administrator} />;
     case 'playground':
       return <PlaygroundPage left={route.query.get('left')} right={route.query.get('right')} />;
     case 'usage':
       return <UsagePage />;
     case 'workers':
-      return <WorkersPage />;
+      return organization.administrator ? <WorkersPage /> : <WorkersForAdministrators organization={organization.name} />;
     default:
       return <p class="error">There is no page "{route.parts.join('/')}".</p>;
   }
 }
 
 export function App() {
-  const route = useRoute();
   const [signedIn, setSignedIn] = useState(apiKey.get() !== null);
   useEffect(() => onSignedOut(() => setSignedIn(false)), []);
+  return signedIn ? <Dashboard onSignOut={() => setSignedIn(false)} /> : <SignInPage onSignedIn={() => setSignedIn(true)} />;
+}
+
+/** The pages of a signed-in key: which sections it is offered depends on its organization, read once per sign-in. */
+function Dashboard({ onSignOut }: { onSignOut: () => void }) {
+  const route = useRoute();
+  const organization = useLoad((signal) => get<OrganizationInfo>('/organization', undefined, signal), []);
+  const sections = SECTIONS.filter(([, , administrators]) => !administrators || organization.data?.administrator);
   // Each page says where it is, for the browser's history and tabs.
   const section = SECTIONS.find(([name]) => name === (route.parts[0] ?? 'jobs'));
   useEffect(() => {
     document.title = `${section?.[1] ?? 'tunelab'} · tunelab`;
   }, [section]);
 
-  if (!signedIn) return <SignInPage onSignedIn={() => setSignedIn(true)} />;
   return (
     <>
       {/* The fragment holds the page's route, so the skip link moves the focus itself instead of following #main. */}
@@ -69,7 +78,7 @@ export function App() {
           tunelab
         </a>
         <nav aria-label="Sections">
-          {SECTIONS.map(([name, label]) => (
+          {sections.map(([name, label]) => (
             <a key={name} href={href(name)} aria-current={section?.[0] === name ? 'page' : undefined}>
               {label}
             </a>
@@ -79,14 +88,14 @@ export function App() {
           class="link"
           onClick={() => {
             apiKey.clear();
-            setSignedIn(false);
+            onSignOut();
           }}
         >
           Sign out
         </button>
       </header>
       <main id="main" tabIndex={-1}>
-        {page(route)}
+        {organization.data ? page(route, organization.data) : organization.error ? <ErrorMessage error={organization.error} /> : <Loading what="your organization" />}
       </main>
     </>
   );

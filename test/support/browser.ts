@@ -25,15 +25,16 @@ export function launchBrowser(): Promise<Browser> {
   });
 }
 
-/** A page of the dashboard, already signed in with the server's first key. */
+/** A page of the dashboard, already signed in with the server's first key (an administrator's), or with `apiKey`. */
 export async function openDashboard(
   browser: Browser,
   t: TestServer,
   hash = '#/jobs',
   viewport = { width: 1280, height: 900 },
+  apiKey = t.apiKey,
 ): Promise<Page> {
   const page = await browser.newPage({ viewport, colorScheme: 'light' });
-  await page.addInitScript((key) => localStorage.setItem('tunelab.apiKey', key), t.apiKey);
+  await page.addInitScript((key) => localStorage.setItem('tunelab.apiKey', key), apiKey);
   await page.goto(`${dashboardURL(t)}${hash}`);
   return page;
 }

@@ -4,6 +4,7 @@ import type { DatasetError, DatasetWarning } from '../../datasets/findings.js';
 import { downloadFile, get, type FileObject, type List, type Model } from '../api.js';
 import { ErrorMessage, Facts, Loading, PageHeader, StatusBadge } from '../components/common.js';
 import { Histogram } from '../components/histogram.js';
+import { type Column, ListTable } from '../components/list-table.js';
 import { useLoad } from '../components/use-load.js';
 import { bytes, count, counted, dateTime, dollars, words } from '../format.js';
 import { href, navigate, useRoute } from '../router.js';
@@ -141,29 +142,25 @@ function ReportView({ report }: { report: FileReport }) {
       {Object.keys(report.token_counts).length === 0 ? (
         <p class="muted">No tokens were counted.</p>
       ) : (
-        <div class="table-scroll">
-          <table class="list token-counts">
-            <thead>
-              <tr>
-                <th scope="col">Tokenizer</th>
-                <th scope="col" class="number">Total tokens</th>
-                <th scope="col" class="number">Trained tokens</th>
-              </tr>
-            </thead>
-            <tbody>
-              {Object.entries(report.token_counts).map(([name, counts]) => (
-                <tr key={name}>
-                  <td>
-                    {name}
-                    {name === report.billing_tokenizer && <span class="muted"> (billing)</span>}
-                  </td>
-                  <td class="number">{count(counts.total)}</td>
-                  <td class="number">{count(counts.trained)}</td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </div>
+        <ListTable
+          cards={false}
+          class="token-counts"
+          rows={Object.entries(report.token_counts)}
+          rowKey={([name]) => name}
+          columns={[
+            {
+              label: 'Tokenizer',
+              cell: ([name]) => (
+                <>
+                  {name}
+                  {name === report.billing_tokenizer && <span class="muted"> (billing)</span>}
+                </>
+              ),
+            },
+            { label: 'Total tokens', number: true, cell: ([, counts]) => count(counts.total) },
+            { label: 'Trained tokens', number: true, cell: ([, counts]) => count(counts.trained) },
+          ]}
+        />
       )}
       {distributions && (distributions.messages || distributions.total_tokens || distributions.assistant_tokens) && (
         <>
@@ -251,32 +248,25 @@ function Findings({
   );
 }
 
+const FINDING_COLUMNS: Array<Column<DatasetError | DatasetWarning>> = [
+  { label: 'Line', number: true, cell: (finding) => finding.line ?? 'file' },
+  { label: 'Message', number: true, cell: (finding) => finding.message_index ?? '—' },
+  { label: 'Field', class: 'mono', cell: (finding) => finding.field ?? '—' },
+  { label: 'Category', cell: (finding) => words(finding.category) },
+  { label: 'Problem', class: 'problem', cell: (finding) => finding.message },
+];
+
+const SCREENING_COLUMNS: Array<Column<FileReport['screening']['findings'][number]>> = [
+  { label: 'Line', number: true, cell: (finding) => finding.line ?? 'file' },
+  { label: 'Field', class: 'mono', cell: (finding) => finding.field ?? '—' },
+  { label: 'Category', cell: (finding) => words(finding.category) },
+  { label: 'Action', cell: (finding) => finding.action },
+  { label: 'Found', class: 'mono', cell: (finding) => finding.excerpt },
+];
+
 function FindingsTable({ findings }: { findings: Array<DatasetError | DatasetWarning> }) {
   return (
-    <div class="table-scroll">
-      <table class="list findings">
-        <thead>
-          <tr>
-            <th scope="col" class="number">Line</th>
-            <th scope="col" class="number">Message</th>
-            <th scope="col">Field</th>
-            <th scope="col">Category</th>
-            <th scope="col">Problem</th>
-          </tr>
-        </thead>
-        <tbody>
-          {findings.map((finding, index) => (
-            <tr key={index}>
-              <td class="number">{finding.line ?? 'file'}</td>
-              <td class="number">{finding.message_index ?? '—'}</td>
-              <td class="mono">{finding.field ?? '—'}</td>
-              <td>{words(finding.category)}</td>
-              <td class="problem">{finding.message}</td>
-            </tr>
-          ))}
-        </tbody>
-      </table>
-    </div>
+    <ListTable cards={false} class="findings" rows={findings} rowKey={(_, index) => index} columns={FINDING_COLUMNS} />
   );
 }
 
@@ -297,30 +287,7 @@ function Screening({ report }: { report: FileReport }) {
           </li>
         ))}
       </ul>
-      <div class="table-scroll">
-        <table class="list findings">
-          <thead>
-            <tr>
-              <th scope="col" class="number">Line</th>
-              <th scope="col">Field</th>
-              <th scope="col">Category</th>
-              <th scope="col">Action</th>
-              <th scope="col">Found</th>
-            </tr>
-          </thead>
-          <tbody>
-            {screening.findings.map((finding, index) => (
-              <tr key={index}>
-                <td class="number">{finding.line ?? 'file'}</td>
-                <td class="mono">{finding.field ?? '—'}</td>
-                <td>{words(finding.category)}</td>
-                <td>{finding.action}</td>
-                <td class="mono">{finding.excerpt}</td>
-              </tr>
-            ))}
-          </tbody>
-        </table>
-      </div>
+      <ListTable cards={false} class="findings" rows={screening.findings} rowKey={(_, index) => index} columns={SCREENING_COLUMNS} />
     </>
   );
 }

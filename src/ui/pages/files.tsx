@@ -1,6 +1,7 @@
 import { useState } from 'preact/hooks';
 import { del, get, uploadFile, type FileObject, type List } from '../api.js';
 import { ErrorMessage, Loading, PageHeader, StatusBadge } from '../components/common.js';
+import { type Column, ListTable } from '../components/list-table.js';
 import { useLoad } from '../components/use-load.js';
 import { bytes, count, dateTime } from '../format.js';
 import { currentRoute, href, navigate } from '../router.js';
@@ -55,6 +56,41 @@ export function FilesPage() {
       setFailure(error as Error);
     }
   };
+  const columns: Array<Column<FileObject>> = [
+    {
+      label: 'File',
+      class: 'file-name',
+      title: true,
+      cell: (file) => (
+        <>
+          <a href={href('files', file.id)}>{file.filename}</a>
+          <div class="muted mono">{file.id}</div>
+        </>
+      ),
+    },
+    { label: 'Purpose', cell: (file) => file.purpose },
+    { label: 'Size', number: true, tooltip: (file) => `${count(file.bytes)} bytes`, cell: (file) => bytes(file.bytes) },
+    { label: 'Created', cell: (file) => dateTime(file.created_at) },
+    {
+      label: 'Status',
+      cell: (file) => (
+        <>
+          <StatusBadge status={file.status} />
+          {file.status_details && <div class="muted status-details">{file.status_details}</div>}
+        </>
+      ),
+    },
+    {
+      label: 'Actions',
+      hiddenLabel: true,
+      class: 'file-actions',
+      cell: (file) => (
+        <button class="danger" aria-label={`Delete ${file.filename}`} onClick={() => remove(file)}>
+          Delete
+        </button>
+      ),
+    },
+  ];
 
   return (
     <>
@@ -112,46 +148,7 @@ export function FilesPage() {
       ) : files.data.length === 0 ? (
         <p class="muted">No files yet: drop one above, or upload with the SDK or `tunelab`.</p>
       ) : (
-        <div class="table-scroll">
-          <table class="list cards files-list" aria-label="Files">
-            <thead>
-              <tr>
-                <th scope="col">File</th>
-                <th scope="col">Purpose</th>
-                <th scope="col" class="number">Size</th>
-                <th scope="col">Created</th>
-                <th scope="col">Status</th>
-                <th scope="col">
-                  <span class="visually-hidden">Actions</span>
-                </th>
-              </tr>
-            </thead>
-            <tbody>
-              {files.data.map((file) => (
-                <tr key={file.id}>
-                  <td class="file-name card-title">
-                    <a href={href('files', file.id)}>{file.filename}</a>
-                    <div class="muted mono">{file.id}</div>
-                  </td>
-                  <td data-label="Purpose">{file.purpose}</td>
-                  <td class="number" data-label="Size" title={`${count(file.bytes)} bytes`}>
-                    {bytes(file.bytes)}
-                  </td>
-                  <td data-label="Created">{dateTime(file.created_at)}</td>
-                  <td data-label="Status">
-                    <StatusBadge status={file.status} />
-                    {file.status_details && <div class="muted status-details">{file.status_details}</div>}
-                  </td>
-                  <td class="file-actions">
-                    <button class="danger" aria-label={`Delete ${file.filename}`} onClick={() => remove(file)}>
-                      Delete
-                    </button>
-                  </td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </div>
+        <ListTable label="Files" class="files-list" rows={files.data} rowKey={(file) => file.id} columns={columns} />
       )}
     </>
   );

@@ -16,6 +16,7 @@ import {
 import { ExportMenu } from '../components/export-menu.js';
 import { ErrorMessage, Facts, Loading, PageHeader, StatusBadge } from '../components/common.js';
 import { LineChart } from '../components/line-chart.js';
+import { type Column, ListTable } from '../components/list-table.js';
 import { useLoad } from '../components/use-load.js';
 import { bytes, count, dateTime, duration, number, words } from '../format.js';
 import { href } from '../router.js';
@@ -357,59 +358,24 @@ function Curve({ job, metrics }: { job: FineTuningJob; metrics: StepMetrics[] })
   );
 }
 
+const metrics = (checkpoint: FineTuningJobCheckpoint) => checkpoint.metrics as Record<string, number | undefined>;
+
+const checkpointColumns = (job: FineTuningJob): Array<Column<FineTuningJobCheckpoint>> => [
+  { label: 'Step', number: true, cell: (checkpoint) => checkpoint.step_number },
+  { label: 'Model', class: 'mono', title: true, cell: (checkpoint) => checkpoint.fine_tuned_model_checkpoint },
+  { label: 'Training loss', number: true, cell: (checkpoint) => number(metrics(checkpoint).train_loss) },
+  { label: 'Validation loss', number: true, cell: (checkpoint) => number(metrics(checkpoint).full_valid_loss ?? metrics(checkpoint).valid_loss) },
+  { label: 'Token accuracy', number: true, cell: (checkpoint) => number(metrics(checkpoint).train_mean_token_accuracy, 3) },
+  { label: 'Playground', title: true, cell: (checkpoint) => playgroundLink(job, checkpoint.fine_tuned_model_checkpoint) },
+];
+
 function Checkpoints({ job, checkpoints }: { job: FineTuningJob; checkpoints: FineTuningJobCheckpoint[] }) {
   if (checkpoints.length === 0) {
     return <p class="muted">{isFinished(job.status) ? 'No checkpoints.' : 'None yet: one is saved at the end of each epoch.'}</p>;
   }
   const byStep = [...checkpoints].sort((a, b) => a.step_number - b.step_number);
   return (
-    <div class="table-scroll">
-      <table class="list cards checkpoints" aria-label="Checkpoints">
-        <thead>
-          <tr>
-            <th scope="col" class="number">
-              Step
-            </th>
-            <th scope="col">Model</th>
-            <th scope="col" class="number">
-              Training loss
-            </th>
-            <th scope="col" class="number">
-              Validation loss
-            </th>
-            <th scope="col" class="number">
-              Token accuracy
-            </th>
-            <th scope="col">Playground</th>
-          </tr>
-        </thead>
-        <tbody>
-          {byStep.map((checkpoint) => {
-            const metrics = checkpoint.metrics as Record<string, number | undefined>;
-            return (
-              <tr key={checkpoint.id}>
-                <td class="number" data-label="Step">
-                  {checkpoint.step_number}
-                </td>
-                <td class="mono card-title">
-                  {checkpoint.fine_tuned_model_checkpoint}
-                </td>
-                <td class="number" data-label="Training loss">
-                  {number(metrics.train_loss)}
-                </td>
-                <td class="number" data-label="Validation loss">
-                  {number(metrics.full_valid_loss ?? metrics.valid_loss)}
-                </td>
-                <td class="number" data-label="Token accuracy">
-                  {number(metrics.train_mean_token_accuracy, 3)}
-                </td>
-                <td class="card-title">{playgroundLink(job, checkpoint.fine_tuned_model_checkpoint)}</td>
-              </tr>
-            );
-          })}
-        </tbody>
-      </table>
-    </div>
+    <ListTable label="Checkpoints" class="checkpoints" rows={byStep} rowKey={(checkpoint) => checkpoint.id} columns={checkpointColumns(job)} />
   );
 }
 

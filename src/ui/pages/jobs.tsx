@@ -1,6 +1,7 @@
 import { isFinished, type JobStatus } from '../../jobs/status.js';
 import { listAll, type FineTuningJob } from '../api.js';
 import { ErrorMessage, Loading, PageHeader, StatusBadge } from '../components/common.js';
+import { type Column, ListTable } from '../components/list-table.js';
 import { useLoad } from '../components/use-load.js';
 import { count, dateTime, duration, words } from '../format.js';
 import { href, navigate } from '../router.js';
@@ -9,6 +10,16 @@ const STATUSES: JobStatus[] = ['validating_files', 'queued', 'running', 'paused'
 
 /** How long a job ran, or has been running. */
 export const jobDuration = (job: FineTuningJob) => (job.finished_at ?? Date.now() / 1000) - job.created_at;
+
+const COLUMNS: Array<Column<FineTuningJob>> = [
+  { label: 'Job', title: true, cell: (job) => <a href={href('jobs', job.id)}>{job.id}</a> },
+  { label: 'Status', cell: (job) => <StatusBadge status={job.status} /> },
+  { label: 'Base model', cell: (job) => job.model },
+  { label: 'Suffix', cell: (job) => job.user_provided_suffix ?? '—' },
+  { label: 'Created', cell: (job) => dateTime(job.created_at) },
+  { label: 'Duration', cell: (job) => duration(jobDuration(job)) },
+  { label: 'Trained tokens', number: true, cell: (job) => count(job.trained_tokens) },
+];
 
 export function JobsPage({ status }: { status: string | null }) {
   const jobs = useLoad((signal) => listAll<FineTuningJob>('/fine_tuning/jobs', {}, signal), [], {
@@ -40,40 +51,7 @@ export function JobsPage({ status }: { status: string | null }) {
           {status ? `No ${words(status)} jobs.` : 'No jobs yet: upload a file on the Files page, then start a job with the SDK or the CLI.'}
         </p>
       ) : (
-        <div class="table-scroll">
-          <table class="list cards" aria-label="Jobs">
-            <thead>
-              <tr>
-                <th scope="col">Job</th>
-                <th scope="col">Status</th>
-                <th scope="col">Base model</th>
-                <th scope="col">Suffix</th>
-                <th scope="col">Created</th>
-                <th scope="col">Duration</th>
-                <th scope="col" class="number">Trained tokens</th>
-              </tr>
-            </thead>
-            <tbody>
-              {shown.map((job) => (
-                <tr key={job.id}>
-                  <td class="card-title">
-                    <a href={href('jobs', job.id)}>{job.id}</a>
-                  </td>
-                  <td data-label="Status">
-                    <StatusBadge status={job.status} />
-                  </td>
-                  <td data-label="Base model">{job.model}</td>
-                  <td data-label="Suffix">{job.user_provided_suffix ?? '—'}</td>
-                  <td data-label="Created">{dateTime(job.created_at)}</td>
-                  <td data-label="Duration">{duration(jobDuration(job))}</td>
-                  <td class="number" data-label="Trained tokens">
-                    {count(job.trained_tokens)}
-                  </td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </div>
+        <ListTable label="Jobs" rows={shown} rowKey={(job) => job.id} columns={COLUMNS} />
       )}
     </>
   );

@@ -1,6 +1,7 @@
 import { useEffect, useState } from 'preact/hooks';
-import { ApiError, del, get, listAll, post, type FineTuningJob, type List, type Model, type ModelDeleted } from '../api.js';
+import { del, get, listAll, post, type FineTuningJob, type List, type Model, type ModelDeleted } from '../api.js';
 import { ErrorMessage, Loading, PageHeader } from '../components/common.js';
+import { type Column, ListTable } from '../components/list-table.js';
 import { useLoad } from '../components/use-load.js';
 import { bytes, dateTime } from '../format.js';
 import { href } from '../router.js';
@@ -50,18 +51,41 @@ interface ModelPull {
 const parameters = (n: number | null | undefined) =>
   n === null || n === undefined ? '—' : n >= 1e9 ? `${(n / 1e9).toFixed(1)}B` : `${(n / 1e6).toFixed(n >= 1e8 ? 0 : 1)}M`;
 
-export function ModelsPage() {
+const details = (model: Model) => (model as Model & { details?: BaseModelDetails }).details;
+
+const BASE_COLUMNS: Array<Column<Model>> = [
+  { label: 'Model', class: 'mono', title: true, cell: (model) => model.id },
+  {
+    label: 'Parameters',
+    cell: (model) => {
+      const known = details(model);
+      return known ? `${parameters(known.parameters)} ${known.dtype ?? ''}` : '—';
+    },
+  },
+  { label: 'Context', cell: (model) => details(model)?.context_length?.toLocaleString('en-US') ?? '—' },
+  {
+    label: 'Memory to serve / train (LoRA)',
+    cell: (model) => {
+      const memory = details(model)?.memory_bytes;
+      return memory ? `${bytes(memory.serve)} / ${bytes(memory.train_lora)}` : '—';
+    },
+  },
+  { label: 'Added', cell: (model) => dateTime(model.created) },
+  {
+    label: 'Try it',
+    cell: (model) => (
+      <a href={href('playground', { left: model.id })} aria-label={`Open ${model.id} in the playground`}>
+        Playground
+      </a>
+    ),
+  },
+];
+
+/** `mayPull`: the key's organization may add base models (it administers the server). */
+export function ModelsPage({ mayPull }: { mayPull: boolean }) {
   const loaded = useLoad(async (signal) => {
-    const [models, jobs, mayPull] = await Promise.all([
-      get<List<Model>>('/models', undefined, signal),
-      listAll<FineTuningJob>('/fine_tuning/jobs', {}, signal),
-      // Only the organizations the administrator allows may add base models: the others get a 403 here.
-      get<List<ModelPull>>('/models/pulls', undefined, signal).then(
-        () => true,
-        (error: unknown) => (error instanceof ApiError && error.status === 403 ? false : Promise.reject(error)),
-      ),
-    ]);
-    return { models: models.data, jobs, mayPull };
+    const [models, jobs] = await Promise.all([get<List<Model>>('/models', undefined, signal), listAll<FineTuningJob>('/fine_tuning/jobs', {}, signal)]);
+    return { models: models.data, jobs };
   }, []);
   const [deleting, setDeleting] = useState<string | null>(null);
   const [error, setError] = useState<Error>();
@@ -83,6 +107,39 @@ export function ModelsPage() {
   const { models, jobs } = loaded.data ?? { models: [], jobs: [] };
   const base = models.filter((model) => modelKind(model) === 'base');
   const tuned = models.filter((model) => modelKind(model) !== 'base').sort((a, b) => b.created - a.created || a.id.localeCompare(b.id));
+  const tunedColumns: Array<Column<Model>> = [
+    { label: 'Model', class: 'mono wrap', title: true, cell: (model) => model.id },
+    {
+      label: 'Kind',
+      cell: (model) => (modelKind(model) === 'checkpoint' ? `checkpoint, step ${parseFineTunedName(model.id)!.step}` : 'fine-tune'),
+    },
+    {
+      label: 'Job',
+      cell: (model) => {
+        const job = jobOf(jobs, model.id);
+        return job ? <a href={href('jobs', job.id)}>{job.id}</a> : '—';
+      },
+    },
+    { label: 'Created', cell: (model) => dateTime(model.created) },
+    {
+      label: 'Actions',
+      title: true,
+      cell: (model) => (
+        <div class="actions">
+          <a
+            class="button secondary"
+            href={href('playground', { left: parseFineTunedName(model.id)?.base ?? jobOf(jobs, model.id)?.model ?? model.id, right: model.id })}
+            aria-label={`Compare ${model.id} with its base model in the playground`}
+          >
+            Compare
+          </a>
+          <button class="danger" disabled={deleting === model.id} onClick={() => remove(model.id)} aria-label={`Delete ${model.id}`}>
+            {deleting === model.id ? 'Deleting…' : 'Delete'}
+          </button>
+        </div>
+      ),
+    },
+  ];
 
   return (
     <>
@@ -93,88 +150,14 @@ export function ModelsPage() {
       ) : (
         <>
           <h2>Base models</h2>
-          {loaded.data.mayPull && <PullForm onPulled={loaded.reload} />}
-          <div class="table-scroll">
-            <table class="list cards" aria-label="Base models">
-              <thead>
-                <tr>
-                  <th scope="col">Model</th>
-                  <th scope="col">Parameters</th>
-                  <th scope="col">Context</th>
-                  <th scope="col">Memory to serve / train (LoRA)</th>
-                  <th scope="col">Added</th>
-                  <th scope="col">Try it</th>
-                </tr>
-              </thead>
-              <tbody>
-                {base.map((model) => {
-                  const details = (model as Model & { details?: BaseModelDetails }).details;
-                  return (
-                  <tr key={model.id}>
-                    <td class="mono card-title">{model.id}</td>
-                    <td data-label="Parameters">{details ? `${parameters(details.parameters)} ${details.dtype ?? ''}` : '—'}</td>
-                    <td data-label="Context">{details?.context_length?.toLocaleString('en-US') ?? '—'}</td>
-                    <td data-label="Memory to serve / train (LoRA)">
-                      {details?.memory_bytes ? `${bytes(details.memory_bytes.serve)} / ${bytes(details.memory_bytes.train_lora)}` : '—'}
-                    </td>
-                    <td data-label="Added">{dateTime(model.created)}</td>
-                    <td data-label="Try it">
-                      <a href={href('playground', { left: model.id })} aria-label={`Open ${model.id} in the playground`}>
-                        Playground
-                      </a>
-                    </td>
-                  </tr>
-                  );
-                })}
-              </tbody>
-            </table>
-          </div>
+          {mayPull && <PullForm onPulled={loaded.reload} />}
+          <ListTable label="Base models" rows={base} rowKey={(model) => model.id} columns={BASE_COLUMNS} />
 
           <h2>Fine-tuned models</h2>
           {tuned.length === 0 ? (
             <p class="muted">No fine-tuned models yet: a job that succeeds makes one, and its checkpoints are models too.</p>
           ) : (
-            <div class="table-scroll">
-              <table class="list cards" aria-label="Fine-tuned models">
-                <thead>
-                  <tr>
-                    <th scope="col">Model</th>
-                    <th scope="col">Kind</th>
-                    <th scope="col">Job</th>
-                    <th scope="col">Created</th>
-                    <th scope="col">Actions</th>
-                  </tr>
-                </thead>
-                <tbody>
-                  {tuned.map((model) => {
-                    const name = parseFineTunedName(model.id);
-                    const job = jobOf(jobs, model.id);
-                    return (
-                      <tr key={model.id}>
-                        <td class="mono wrap card-title">{model.id}</td>
-                        <td data-label="Kind">{modelKind(model) === 'checkpoint' ? `checkpoint, step ${name!.step}` : 'fine-tune'}</td>
-                        <td data-label="Job">{job ? <a href={href('jobs', job.id)}>{job.id}</a> : '—'}</td>
-                        <td data-label="Created">{dateTime(model.created)}</td>
-                        <td class="card-title">
-                          <div class="actions">
-                          <a
-                            class="button secondary"
-                            href={href('playground', { left: name?.base ?? job?.model ?? model.id, right: model.id })}
-                            aria-label={`Compare ${model.id} with its base model in the playground`}
-                          >
-                            Compare
-                          </a>
-                          <button class="danger" disabled={deleting === model.id} onClick={() => remove(model.id)} aria-label={`Delete ${model.id}`}>
-                            {deleting === model.id ? 'Deleting…' : 'Delete'}
-                          </button>
-                          </div>
-                        </td>
-                      </tr>
-                    );
-                  })}
-                </tbody>
-              </table>
-            </div>
+            <ListTable label="Fine-tuned models" rows={tuned} rowKey={(model) => model.id} columns={tunedColumns} />
           )}
         </>
       )}

@@ -1,5 +1,6 @@
 import { get, type List, type MonthUsage } from '../api.js';
 import { ErrorMessage, Loading, PageHeader } from '../components/common.js';
+import { type Column, ListTable } from '../components/list-table.js';
 import { useLoad } from '../components/use-load.js';
 import { count, dollars } from '../format.js';
 
@@ -10,6 +11,30 @@ export function UsagePage() {
   const usage = useLoad((signal) => get<List<MonthUsage>>('/usage', undefined, signal), []);
   const months = usage.data?.data;
   const highest = Math.max(0, ...(months ?? []).map((month) => month.total_cost));
+  const share = (cost: number) => `${highest ? (cost / highest) * 100 : 0}%`;
+  const columns: Array<Column<MonthUsage>> = [
+    { label: 'Month', rowHeader: true, title: true, cell: (month) => monthName(month.month) },
+    { label: 'Jobs', number: true, cell: (month) => count(month.training_jobs) },
+    { label: 'Training tokens', number: true, cell: (month) => count(month.training_tokens) },
+    { label: 'Training', number: true, cell: (month) => dollars(month.training_cost) },
+    { label: 'Input tokens', number: true, cell: (month) => count(month.inference_input_tokens) },
+    { label: 'Output tokens', number: true, cell: (month) => count(month.inference_output_tokens) },
+    { label: 'Inference', number: true, cell: (month) => dollars(month.inference_cost) },
+    { label: 'Total', number: true, cell: (month) => <strong>{dollars(month.total_cost)}</strong> },
+    {
+      label: 'Share of the highest month',
+      hiddenLabel: true,
+      decorative: true,
+      title: true,
+      class: 'bar-cell',
+      cell: (month) => (
+        <>
+          <span class="bar training" style={{ width: share(month.training_cost) }} />
+          <span class="bar inference" style={{ width: share(month.inference_cost) }} />
+        </>
+      ),
+    },
+  ];
 
   return (
     <>
@@ -24,62 +49,11 @@ export function UsagePage() {
       ) : months.length === 0 ? (
         <p class="muted">Nothing used yet.</p>
       ) : (
-        <div class="table-scroll">
-          <table class="list cards" aria-label="Usage per month">
-            <thead>
-              <tr>
-                <th scope="col">Month</th>
-                <th scope="col" class="number">Jobs</th>
-                <th scope="col" class="number">Training tokens</th>
-                <th scope="col" class="number">Training</th>
-                <th scope="col" class="number">Input tokens</th>
-                <th scope="col" class="number">Output tokens</th>
-                <th scope="col" class="number">Inference</th>
-                <th scope="col" class="number">Total</th>
-                <th scope="col">
-                  <span class="visually-hidden">Share of the highest month</span>
-                </th>
-              </tr>
-            </thead>
-            <tbody>
-              {months.map((month) => (
-                <tr key={month.month}>
-                  <th scope="row" class="card-title">
-                    {monthName(month.month)}
-                  </th>
-                  <td class="number" data-label="Jobs">
-                    {count(month.training_jobs)}
-                  </td>
-                  <td class="number" data-label="Training tokens">
-                    {count(month.training_tokens)}
-                  </td>
-                  <td class="number" data-label="Training">
-                    {dollars(month.training_cost)}
-                  </td>
-                  <td class="number" data-label="Input tokens">
-                    {count(month.inference_input_tokens)}
-                  </td>
-                  <td class="number" data-label="Output tokens">
-                    {count(month.inference_output_tokens)}
-                  </td>
-                  <td class="number" data-label="Inference">
-                    {dollars(month.inference_cost)}
-                  </td>
-                  <td class="number" data-label="Total">
-                    <strong>{dollars(month.total_cost)}</strong>
-                  </td>
-                  <td class="bar-cell card-title" aria-hidden="true">
-                    <span class="bar training" style={{ width: `${highest ? (month.training_cost / highest) * 100 : 0}%` }} />
-                    <span class="bar inference" style={{ width: `${highest ? (month.inference_cost / highest) * 100 : 0}%` }} />
-                  </td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
+        <ListTable label="Usage per month" rows={months} rowKey={(month) => month.month} columns={columns}>
           <p class="legend muted" aria-hidden="true">
             <span class="bar training" /> training <span class="bar inference" /> inference, against the most expensive month
           </p>
-        </div>
+        </ListTable>
       )}
     </>
   );

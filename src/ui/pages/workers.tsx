@@ -1,10 +1,42 @@
 import { get, type List, type WorkerInfo } from '../api.js';
 import { ErrorMessage, Loading, PageHeader } from '../components/common.js';
+import { type Column, ListTable } from '../components/list-table.js';
 import { useLoad } from '../components/use-load.js';
 import { bytes, count, dateTime } from '../format.js';
 import { href } from '../router.js';
 
 const seconds = (ms: number) => `${(ms / 1000).toFixed(1)} s`;
+
+const COLUMNS: Array<Column<WorkerInfo>> = [
+  {
+    label: 'Worker',
+    rowHeader: true,
+    title: true,
+    cell: (worker) => (
+      <>
+        {worker.id}
+        <div class="muted">since {dateTime(worker.started_at)}</div>
+      </>
+    ),
+  },
+  { label: 'Status', cell: (worker) => worker.status },
+  { label: 'Host', cell: (worker) => `${worker.host} (pid ${worker.pid})` },
+  { label: 'Slots', number: true, cell: (worker) => count(worker.slots) },
+  { label: 'Memory', cell: (worker) => `${bytes(worker.capabilities.memory_bytes)}, ${worker.capabilities.cpus} CPUs` },
+  { label: 'GPUs', cell: (worker) => worker.capabilities.gpus.map((gpu) => `${gpu.name} (${bytes(gpu.memory_bytes)})`).join(', ') || 'none' },
+  { label: 'Heartbeat', cell: (worker) => `${seconds(worker.last_heartbeat_ms_ago)} ago` },
+  {
+    label: 'Jobs',
+    cell: (worker) =>
+      worker.jobs.length === 0
+        ? '—'
+        : worker.jobs.map((job) => (
+            <div key={job.id}>
+              <a href={href('jobs', job.id)}>{job.id}</a> {job.status}, lease {job.lease_expires_in_ms > 0 ? `for ${seconds(job.lease_expires_in_ms)}` : 'expired'}
+            </div>
+          )),
+  },
+];
 
 /** The processes that train jobs, what they can hold and the jobs they hold leases on (administrators). */
 export function WorkersPage() {
@@ -24,54 +56,20 @@ export function WorkersPage() {
       ) : list.length === 0 ? (
         <p class="muted">No worker has started: the server trains nothing (--slots 0) and no tunelab worker has joined.</p>
       ) : (
-        <div class="table-scroll">
-          <table class="list cards" aria-label="Workers">
-            <thead>
-              <tr>
-                <th scope="col">Worker</th>
-                <th scope="col">Status</th>
-                <th scope="col">Host</th>
-                <th scope="col" class="number">Slots</th>
-                <th scope="col">Memory</th>
-                <th scope="col">GPUs</th>
-                <th scope="col">Heartbeat</th>
-                <th scope="col">Jobs</th>
-              </tr>
-            </thead>
-            <tbody>
-              {list.map((worker) => (
-                <tr key={worker.id}>
-                  <th scope="row" class="card-title">
-                    {worker.id}
-                    <div class="muted">since {dateTime(worker.started_at)}</div>
-                  </th>
-                  <td data-label="Status">{worker.status}</td>
-                  <td data-label="Host">
-                    {worker.host} (pid {worker.pid})
-                  </td>
-                  <td class="number" data-label="Slots">
-                    {count(worker.slots)}
-                  </td>
-                  <td data-label="Memory">
-                    {bytes(worker.capabilities.memory_bytes)}, {worker.capabilities.cpus} CPUs
-                  </td>
-                  <td data-label="GPUs">{worker.capabilities.gpus.map((gpu) => `${gpu.name} (${bytes(gpu.memory_bytes)})`).join(', ') || 'none'}</td>
-                  <td data-label="Heartbeat">{seconds(worker.last_heartbeat_ms_ago)} ago</td>
-                  <td data-label="Jobs">
-                    {worker.jobs.length === 0
-                      ? '—'
-                      : worker.jobs.map((job) => (
-                          <div key={job.id}>
-                            <a href={href('jobs', job.id)}>{job.id}</a> {job.status}, lease {job.lease_expires_in_ms > 0 ? `for ${seconds(job.lease_expires_in_ms)}` : 'expired'}
-                          </div>
-                        ))}
-                  </td>
-                </tr>
-              ))}
-            </tbody>
-          </table>
-        </div>
+        <ListTable label="Workers" rows={list} rowKey={(worker) => worker.id} columns={COLUMNS} />
       )}
+    </>
+  );
+}
+
+/** What a key of an organization that does not administer the server sees at #/workers, which its navigation does not offer. */
+export function WorkersForAdministrators({ organization }: { organization: string }) {
+  return (
+    <>
+      <PageHeader title="Workers" />
+      <ErrorMessage
+        error={`Only administrators see the workers: they train every organization's jobs. This key's organization, "${organization}", is not one of those the server's config.json lists (models.pull_organizations).`}
+      />
     </>
   );
 }
