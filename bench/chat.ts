@@ -19,7 +19,7 @@ import { execFileSync } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
 import OpenAI from 'openai';
-import { machine, shapeFolder, startBenchServer, writeResult } from './support.js';
+import { shapeFolder, startBenchServer, writeResult } from './support.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const CLI = path.join(ROOT, 'dist/cli/main.js');
@@ -103,7 +103,7 @@ try {
     'tunelab-tiny': await measure(client, 'tunelab-tiny', 5460),
     'qwen2.5-0.5b (bf16 weights)': await measure(client, 'bench-qwen2.5-0.5b', 151_643),
   };
-  writeResult('chat', { command: 'npm run bench:chat', machine: machine(), prompt_tokens: PROMPT_TOKENS, new_tokens: NEW_TOKENS, results });
+  writeResult('chat', { command: 'npm run bench:chat', prompt_tokens: PROMPT_TOKENS, new_tokens: NEW_TOKENS, results });
 } finally {
   await server.stop();
 }

@@ -13,7 +13,7 @@ import { JobLeases } from '../src/jobs/leases.js';
 import type { Database } from '../src/store/schema.js';
 import { openStore } from '../src/store/store.js';
 import { findPostgresBin, startPostgres } from '../test/support/postgres.js';
-import { machine, writeResult } from './support.js';
+import { writeResult } from './support.js';
 
 const QUEUED = 10_000;
 const WORKERS = 8;
@@ -105,7 +105,6 @@ try {
   const left = await store.db.selectFrom('jobs').select(sql<number>`count(*)`.as('n')).where('status', '=', 'queued').executeTakeFirstOrThrow();
   const result = {
     command: 'npm run build && OMP_WAIT_POLICY=PASSIVE npx tsx bench/claim.ts',
-    machine: machine(),
     load_average_during: loads.map((l) => l.map((x) => +x.toFixed(2))),
     queued_at_start: QUEUED,
     queued_at_end: Number(left.n),

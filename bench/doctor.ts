@@ -15,7 +15,7 @@
  *   npm run bench:doctor                   (apt-get install time, for /usr/bin/time)
  *   npm run bench:doctor -- --big=none     (skip the 512 MB runs; --big=no-tokens,cl100k is the default)
  */
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -24,7 +24,7 @@ import { DEFAULT_SCREENING_POLICY } from '../src/datasets/screening.js';
 import { DEFAULT_PRICES } from '../src/datasets/stats.js';
 import { ModelTokenizer } from '../src/tokenizer/model-tokenizer.js';
 import { writeChatJsonl } from './chat-data.js';
-import { machine, writeResult } from './support.js';
+import { writeResult } from './support.js';
 
 const MB = 1024 * 1024;
 const CLI = path.resolve(import.meta.dirname, '../dist/cli/main.js');
@@ -102,10 +102,8 @@ const median = (values: number[]) => {
 const spread = (values: number[]) => ({ median: round(median(values)), min: round(Math.min(...values)), max: round(Math.max(...values)) });
 const round = (value: number) => Math.round(value * 100) / 100;
 
-const load = () => os.loadavg().map((value) => round(value));
-const result: Record<string, unknown> = {
+const result: { command: string } & Record<string, unknown> = {
   command: `npm run bench:doctor${process.argv.slice(2).length ? ` -- ${process.argv.slice(2).join(' ')}` : ''}`,
-  machine: { ...machine(), nproc: Number(execFileSync('nproc', { encoding: 'utf8' }).trim()), load_average_at_start: load() },
   data: `bench/chat-data.ts, seed ${SEED}: chat examples, 6 system prompts reused, English and Chinese sentences from word lists, a third multi-turn`,
 };
 
@@ -156,6 +154,5 @@ try {
   fs.rmSync(dir, { recursive: true, force: true });
 }
 
-(result.machine as Record<string, unknown>).load_average_at_end = load();
 result.bars = { no_tokens_mb_per_s: '>= 50', cl100k_mb_per_s: '>= 5', qwen3_mb_per_s: 'measured', peak_rss_512mb_mb: '< 300' };
 writeResult('doctor', result);

@@ -5,7 +5,7 @@
  */
 import { execFileSync } from 'node:child_process';
 import OpenAI from 'openai';
-import { addBenchModel, machine, startBenchServer, writeResult } from './support.js';
+import { addBenchModel, startBenchServer, writeResult } from './support.js';
 
 const JOBS = 10_000;
 const server = await startBenchServer();
@@ -43,7 +43,6 @@ try {
   }
   writeResult('list-jobs', {
     command: 'npm run bench:list-jobs',
-    machine: machine(),
     jobs_stored: JOBS,
     created_per_s: JOBS / createSeconds,
     tool: 'wrk -t1 --latency, 10 s per run, after a 3 s warm-up',

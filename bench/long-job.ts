@@ -7,12 +7,11 @@
  * holds every step. Bars (issue 20): p50 < 20 ms; the page in < 1 s.
  *   npm run build && npx tsx bench/long-job.ts
  */
-import os from 'node:os';
 import path from 'node:path';
 import SqliteDatabase from 'better-sqlite3';
 import OpenAI from 'openai';
 import { launchBrowser } from '../test/support/browser.js';
-import { addBenchModel, machine, startBenchServer, writeResult } from './support.js';
+import { addBenchModel, startBenchServer, writeResult } from './support.js';
 
 const STEPS = 200_000;
 const FROM_STEP = 199_990;
@@ -84,8 +83,6 @@ try {
   const round = (ms: number) => Math.round(ms * 1000) / 1000;
   writeResult('long-job', {
     command: 'npm run build && npx tsx bench/long-job.ts',
-    machine: machine(),
-    load_average: os.loadavg().map((l) => Math.round(l * 100) / 100),
     steps_stored: STEPS,
     insert_seconds: insertSeconds,
     request: `GET /v1/fine_tuning/jobs/{id}/metrics?from_step=${FROM_STEP} (11 steps), fetch from another process on loopback, ${RUNS} sequential after 50 warm-up`,

@@ -15,7 +15,7 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { hubSettings, pullModel } from '../src/models/hub-pull.js';
 import { writeModelFolder } from '../test/support/model-folder.js';
-import { machine, writeResult } from './support.js';
+import { writeResult } from './support.js';
 
 const WEIGHT_BYTES = 500 * 1000 * 1000;
 const root = fs.mkdtempSync(path.join(os.tmpdir(), 'tunelab-bench-pull-'));
@@ -54,7 +54,6 @@ try {
   writeBigModel(source);
   hub = spawn(process.execPath, ['--import', 'tsx', path.resolve(import.meta.dirname, 'pull-hub.ts'), source], { stdio: ['ignore', 'pipe', 'inherit'] });
   const url = await new Promise<string>((resolve) => hub!.stdout!.once('data', (data: Buffer) => resolve(data.toString().trim())));
-  const loadBefore = os.loadavg();
 
   // Baseline: the same bytes over the same loopback, streamed to disk, nothing else.
   const baselineFile = path.join(root, 'baseline.bin');
@@ -78,8 +77,6 @@ try {
   const baselineRate = mb(weightFileBytes) / baselineSeconds;
   writeResult('pull', {
     command: 'npm run bench:pull',
-    machine: machine(),
-    load_average: { before: loadBefore, after: os.loadavg() },
     downloaded_bytes: fresh.result.downloadedBytes,
     pull: { seconds: pullSeconds, mb_per_s: pullRate, rss_before_mb: mb(fresh.before), rss_growth_mb: mb(fresh.peak - fresh.before) },
     baseline_plain_fetch: { seconds: baselineSeconds, mb_per_s: baselineRate },

@@ -56,18 +56,32 @@ export async function addBenchModel(server: BenchServer): Promise<string> {
   return 'bench-model';
 }
 
+const loadAverage = () => os.loadavg().map((value) => Math.round(value * 100) / 100);
+
+/** Taken when a benchmark starts (every one imports this module first), beside the one when it writes its result. */
+const LOAD_AT_START = loadAverage();
+
+/** The machine a result was measured on, and how busy it was: the machine is shared, so a figure means little without its load. */
 export function machine() {
   return {
     cpus: `${os.cpus().length} x ${os.cpus()[0]?.model ?? 'unknown'}`,
+    nproc: os.availableParallelism(),
     memory_gib: Math.round(os.totalmem() / 2 ** 30),
     node: process.version,
     os: `${os.type()} ${os.release()}`,
     commit: execSync('git rev-parse --short HEAD', { encoding: 'utf8' }).trim(),
     date: new Date().toISOString(),
+    /** 1, 5 and 15-minute load averages. */
+    load_average: { start: LOAD_AT_START, end: loadAverage() },
   };
 }
 
-export function writeResult(name: string, result: Record<string, unknown>): void {
+/**
+ * Writes bench/results/<name>.json: the command that ran the benchmark and the machine (CPU model,
+ * load averages) first, then its figures; and prints it.
+ */
+export function writeResult(name: string, { command, ...figures }: { command: string } & Record<string, unknown>): void {
+  const result = { command, machine: machine(), ...figures };
   const file = path.resolve(import.meta.dirname, 'results', `${name}.json`);
   fs.writeFileSync(file, `${JSON.stringify(result, null, 2)}\n`);
   console.log(JSON.stringify(result, null, 2));

@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import OpenAI from 'openai';
-import { machine, startBenchServer, writeResult } from './support.js';
+import { startBenchServer, writeResult } from './support.js';
 
 const DATASET = path.resolve(import.meta.dirname, '../examples/data/weather-jokes.jsonl');
 const RUNS = 3;
@@ -51,5 +51,4 @@ writeResult('tiny-guide', {
   bar: 'create to succeeded < 120 s, 10 auto epochs, the weather dataset learned (issue 5)',
   median_create_to_succeeded_s: times[Math.floor(times.length / 2)],
   runs,
-  machine: machine(),
 });

@@ -7,7 +7,7 @@ import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { machine, startBenchServer, writeResult } from './support.js';
+import { startBenchServer, writeResult } from './support.js';
 
 const SIZE = 100 * 1024 * 1024;
 const RUNS = 5;
@@ -51,7 +51,6 @@ try {
 const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
 writeResult('upload', {
   command: 'npm run bench:upload',
-  machine: machine(),
   file_bytes: SIZE,
   runs,
   median_mb_per_s: median(runs.map((r) => r.mb_per_s)),

@@ -30,7 +30,7 @@ ENGINE = os.path.join(HERE, "..", "..", "engine")
 sys.path.insert(0, HERE)
 
 from shapes import SHAPES  # noqa: E402
-from train_cpu import machine  # noqa: E402
+from result_file import write_result  # noqa: E402
 
 
 def write_pairs(tmp, vocab, n_pairs, seed=0):
@@ -127,20 +127,18 @@ def trl_child(model_dir, tmp, args):
     print(json.dumps({"steps": [{"tokens": n, "seconds": end - begin} for n, begin, end in zip(step_tokens, starts, step_ends)]}))
 
 
-def write_result(args, rounds):
+def write_rounds(args, rounds):
     """Rewritten after every round, so a run cut short keeps what it measured."""
     import peft
     import transformers
     import trl
-    result = {
-        "command": " ".join(["PYTHONPATH=engine", sys.executable] + sys.argv),
-        "machine": dict(machine(), transformers=transformers.__version__, peft=peft.__version__, trl=trl.__version__),
+    figures = {
         "shape": args.shape, "lora_rank": args.rank, "pairs_per_step": args.pairs_per_step, "steps": args.steps,
         "timed_steps": args.steps - args.warmup_steps, "threads": args.threads, "beta": 0.1, "dtype": "bfloat16",
-        "rounds": rounds, "load_average_after": [round(x, 2) for x in os.getloadavg()],
+        "rounds": rounds,
     }
-    with open(os.path.join(HERE, "results", f"dpo-vs-trl-{args.shape}.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    write_result(os.path.join(HERE, "results", f"dpo-vs-trl-{args.shape}.json"), figures,
+                 transformers=transformers.__version__, peft=peft.__version__, trl=trl.__version__)
 
 
 def pairs_per_second(seconds, pairs_per_step, warmup):
@@ -195,7 +193,7 @@ def main():
                            "trl_step_s": [round(s["seconds"], 3) for s in theirs],
                            "engine_step_tokens": [e["tokens"] for e in steps], "trl_step_tokens": [s["tokens"] for s in theirs]})
             print(json.dumps(rounds[-1]), flush=True)
-            write_result(args, rounds)
+            write_rounds(args, rounds)
     for r in rounds:
         print(f"engine {r['engine_pairs_per_second']} pairs/s ({r['engine_pairs_per_second_with_reference']} with its reference pass), "
               f"TRL DPOTrainer+PEFT {r['trl_pairs_per_second']} pairs/s: {r['ratio']}x ({r['ratio_with_reference']}x)")

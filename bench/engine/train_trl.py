@@ -28,7 +28,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from train_cpu import machine, prepare, run_engine, tokens_per_second  # noqa: E402
+from result_file import write_result  # noqa: E402
+from train_cpu import prepare, run_engine, tokens_per_second  # noqa: E402
 from tunelab_engine.data import epoch_order  # noqa: E402
 
 
@@ -132,19 +133,16 @@ def main():
     import peft
     import transformers
     import trl
-    result = {
-        "command": " ".join(["PYTHONPATH=engine", sys.executable] + sys.argv),
-        "machine": dict(machine(), transformers=transformers.__version__, peft=peft.__version__, trl=trl.__version__),
+    figures = {
         "shape": args.shape, "lora_rank": args.rank, "seq_len": args.seq_len, "batch_size": args.batch_size,
         "steps": args.steps, "timed_steps": args.steps - args.warmup_steps, "dtype": "bfloat16", "threads": started["threads"],
         "engine_tokens_per_second": engine_tps, "trl_tokens_per_second": trl_tps, "ratio": round(engine_tps / trl_tps, 2),
         "rounds": rounds,
         # 1/5/15-minute load averages before the first run and after each run, in run order.
-        "load_average": loads,
+        "load_average_each_run": loads,
     }
-    out = os.path.join(HERE, "results", f"train-vs-trl-{args.shape}.json")
-    with open(out, "w") as f:
-        json.dump(result, f, indent=2)
+    result = write_result(os.path.join(HERE, "results", f"train-vs-trl-{args.shape}.json"), figures,
+                          transformers=transformers.__version__, peft=peft.__version__, trl=trl.__version__)
     print(json.dumps(result, indent=2))
     print(f"engine {engine_tps} tok/s, TRL SFTTrainer+PEFT {trl_tps} tok/s: {result['ratio']}x")
 
