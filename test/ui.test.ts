@@ -96,8 +96,13 @@ describe('the dashboard', () => {
 
     const page = await openDashboard(browser, t, '#/jobs', undefined, key);
     await page.getByRole('heading', { name: 'Fine-tuning jobs' }).waitFor();
-    const sections = await page.getByRole('navigation', { name: 'Sections' }).getByRole('link').allTextContents();
-    expect(sections).toEqual(['Jobs', 'Files', 'Models', 'Playground', 'Usage']);
+    await page.getByRole('link', { name: 'Skip to content' }).focus();
+    const focused: string[] = [];
+    for (let i = 0; i < 7; i++) {
+      await page.keyboard.press('Tab');
+      focused.push((await page.evaluate(() => document.activeElement?.textContent)) ?? '');
+    }
+    expect(focused).toEqual(['tunelab', 'Jobs', 'Files', 'Models', 'Playground', 'Usage', 'Sign out']);
 
     // Its address typed in: the page says who may see it, and asks the server nothing it would refuse.
     const refused: string[] = [];

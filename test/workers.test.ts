@@ -32,6 +32,9 @@ interface WorkerProcess {
   stderr: () => string;
 }
 
+/** `GET /v1/workers`, as an administrator's key reads it. */
+const workersListed = async (t: TestServer) => ((await t.client.get('/workers')) as { data: WorkerInfo[] }).data;
+
 describe.skipIf(!onPostgres)('training on workers through PostgreSQL', () => {
   let t: TestServer;
   let database: string;
@@ -48,7 +51,7 @@ describe.skipIf(!onPostgres)('training on workers through PostgreSQL', () => {
     return worker;
   }
 
-  const listWorkers = async () => ((await t.client.get('/workers')) as { data: WorkerInfo[] }).data;
+  const listWorkers = () => workersListed(t);
   const workerOf = (info: WorkerInfo[], pid: number) => info.find((w) => w.pid === pid && w.status === 'active');
 
   async function until<T>(what: string, probe: () => Promise<T | undefined | false>, timeoutMs = 60_000): Promise<T> {
@@ -238,18 +241,17 @@ describe('the workers table', () => {
       const file = await t.client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
       const job = await t.client.fineTuning.jobs.create({ model: BASE_MODEL, training_file: file.id });
       await store.db.updateTable('jobs').set({ lease_worker: 'holding', lease_token: 'lost', lease_expires_at: longAgo }).where('id', '=', job.id).execute();
-      const listed = async () => ((await t.client.get('/workers')) as { data: WorkerInfo[] }).data;
-      expect((await listed()).map((w) => [w.id, w.status]).sort()).toEqual([['gone', 'silent'], ['holding', 'silent'], ['recent', 'stopped']]);
+      expect((await workersListed(t)).map((w) => [w.id, w.status]).sort()).toEqual([['gone', 'silent'], ['holding', 'silent'], ['recent', 'stopped']]);
 
       await registry.register({ id: 'fresh', slots: 1, capabilities });
-      const after = await listed();
+      const after = await workersListed(t);
       expect(after.map((w) => [w.id, w.status]).sort()).toEqual([['fresh', 'active'], ['holding', 'silent'], ['recent', 'stopped']]);
       expect(after.find((w) => w.id === 'holding')!.jobs.map((j) => j.id)).toEqual([job.id]);
 
       // Once the job is released, the silent worker goes at the next start.
       await store.db.updateTable('jobs').set({ lease_worker: null, lease_token: null, lease_expires_at: null }).where('id', '=', job.id).execute();
       await registry.register({ id: 'fresh', slots: 1, capabilities });
-      expect((await listed()).map((w) => w.id).sort()).toEqual(['fresh', 'recent']);
+      expect((await workersListed(t)).map((w) => w.id).sort()).toEqual(['fresh', 'recent']);
     } finally {
       await store.close();
       await t.cleanup();
