@@ -10,7 +10,7 @@ import { ModelsPage } from './pages/models.js';
 import { PlaygroundPage } from './pages/playground.js';
 import { SignInPage } from './pages/sign-in.js';
 import { UsagePage } from './pages/usage.js';
-import { WorkersForAdministrators, WorkersPage } from './pages/workers.js';
+import { WorkersForAdministratorsOnly, WorkersPage } from './pages/workers.js';
 import { href, useRoute, type Route } from './router.js';
 
 /** The sections, and whether only administrators' keys are offered them. */
@@ -37,7 +37,7 @@ function page(route: Route, organization: OrganizationInfo) {
     case 'usage':
       return <UsagePage />;
     case 'workers':
-      return organization.administrator ? <WorkersPage /> : <WorkersForAdministrators organization={organization.name} />;
+      return organization.administrator ? <WorkersPage /> : <WorkersForAdministratorsOnly organization={organization.name} />;
     default:
       return <p class="error">There is no page "{route.parts.join('/')}".</p>;
   }

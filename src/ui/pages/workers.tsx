@@ -63,7 +63,7 @@ export function WorkersPage() {
 }
 
 /** What a key of an organization that does not administer the server sees at #/workers, which its navigation does not offer. */
-export function WorkersForAdministrators({ organization }: { organization: string }) {
+export function WorkersForAdministratorsOnly({ organization }: { organization: string }) {
   return (
     <>
       <PageHeader title="Workers" />
