@@ -3,6 +3,7 @@ times the gradient accumulation (LoRA under DistributedDataParallel, full fine-t
 FSDP, DPO with either), and a checkpoint they wrote resumes in one process and loads in transformers."""
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -60,8 +61,8 @@ class SupervisedTest(DistributedTest):
         write_arrays(self.path("train"), random_examples(13, seed=1))
 
     def supervised(self, name, training, lr, accumulation, **fields):
-        return self.spec(f"{training}-{name}", training=training, learning_rate=lr, gradient_accumulation_steps=accumulation,
-                         seq_len=20, n_epochs=2, batch_size=4, **fields)
+        fields = dict(dict(seq_len=20, n_epochs=2, batch_size=4), **fields)
+        return self.spec(f"{training}-{name}", training=training, learning_rate=lr, gradient_accumulation_steps=accumulation, **fields)
 
     def test_two_processes_train_the_curve_of_one_with_twice_the_accumulation_and_resume_in_one(self):
         for training, lr in (("lora", 2e-2), ("full", 3e-3)):
@@ -80,6 +81,32 @@ class SupervisedTest(DistributedTest):
                 first_epoch = of_type(two, "checkpoint")[0]
                 resumed = self.run_spec(1, self.supervised("resumed", training, lr, 2, resume_from=first_epoch["path"]))
                 self.assertSameCurve(of_type(resumed, "step"), two_steps[4:])
+
+    def test_a_sigterm_to_the_group_stops_every_process_at_one_step_with_a_checkpoint(self):
+        # As the server stops an engine: SIGTERM to its process group, torchrun and its processes alike.
+        spec = self.supervised("stopped", "lora", 2e-2, 1, n_epochs=3)
+        proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                                 "-m", "tunelab_engine", "train", "--spec", spec],
+                                env=engine_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        events = []
+        try:
+            for line in proc.stdout:
+                events += parse_events(line)
+                if events[-1]["type"] == "step":
+                    os.killpg(proc.pid, signal.SIGTERM)
+                    break
+            out, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        events += parse_events(out)
+        cancelled = of_type(events, "cancelled")
+        self.assertEqual(len(cancelled), 1, err)
+        step = cancelled[0]["step"]
+        self.assertEqual(of_type(events, "step")[-1]["step"], step)
+        self.assertTrue(os.path.exists(os.path.join(cancelled[0]["path"], "adapter_model.safetensors")))
+        resumed = self.run_spec(1, self.supervised("after-stop", "lora", 2e-2, 2, n_epochs=3, resume_from=cancelled[0]["path"]))
+        self.assertEqual(resumed[0]["resumed_from_step"], step)
 
     def test_full_fine_tuning_sharded_writes_whole_checkpoints_that_resume_at_any_number_of_processes(self):
         one = self.run_spec(1, self.supervised("one", "full", 3e-3, 2))
