@@ -268,7 +268,7 @@ export class JobRunner {
         const [atCheckpoint] = await this.services.jobs.metrics(job.id, resumeFrom.step);
         await this.checkpoints.register(run, resumeFrom.step, resumeFrom.path, atCheckpoint?.data.step === resumeFrom.step ? atCheckpoint.data : undefined);
       }
-      run.engine = TrainingProcess.start({ specPath: folders.spec, logPath: folders.log, pidPath: folders.pid, processes: this.processesPerJob() });
+      run.engine = TrainingProcess.start({ specPath: folders.spec, logPath: folders.log, pidPath: folders.pid, processes: this.options.worker.processes });
     } catch (error) {
       await this.endings.fail(run, { code: 'engine_start_failed', message: `the engine could not be started: ${(error as Error).message}` }, null);
       return;
@@ -337,12 +337,6 @@ export class JobRunner {
     // exits 1 after passing a SIGTERM on to its processes, however they ended.
     if (run.stoppedAtStep !== null) return endings.afterStop(run);
     await endings.fail(run, endings.engineDiskFull(run) ?? run.error, exit);
-  }
-
-  /** A worker with one slot trains each job on all its GPUs, one process each; with more slots, or none, one process. */
-  private processesPerJob(): number {
-    const gpus = this.options.worker.capabilities.gpus.length;
-    return this.options.slots === 1 && gpus > 1 ? gpus : 1;
   }
 
   /**
