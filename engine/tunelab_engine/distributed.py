@@ -31,6 +31,8 @@ import os
 
 import torch
 import torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.nn.parallel import DistributedDataParallel
 
 from . import events, runtime
 
@@ -138,7 +140,7 @@ class Replicated(Group):
     def wrap(self, model, params):
         # The frozen weights never change and LoRA's fused projections keep theirs as buffers:
         # broadcasting buffers every forward would send the whole model each time.
-        forward = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False)
+        forward = DistributedDataParallel(model, broadcast_buffers=False)
         return forward, params
 
     def accumulating(self, forward, last):
@@ -152,7 +154,8 @@ class Sharded(Group):
         return torch.device("cpu")
 
     def wrap(self, model, params):
-        from torch.distributed.device_mesh import init_device_mesh
+        # Imported here: torch.distributed.fsdp and .checkpoint take seconds to import, which
+        # every other engine command (serving among them) would pay at start.
         from torch.distributed.fsdp import fully_shard
         self.names = [name for name, _ in model.named_parameters()]
         mesh = init_device_mesh(self.device_type, (self.size,))
@@ -167,17 +170,19 @@ class Sharded(Group):
         forward.set_requires_gradient_sync(last)
         return contextlib.nullcontext()
 
-    def _options(self):
+    @staticmethod
+    def _whole():
+        """Whole tensors, gathered to rank 0's memory (the other ranks get none)."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions
         return StateDictOptions(full_state_dict=True, cpu_offload=True)
 
     def weights(self, model):
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
-        return get_model_state_dict(model, options=self._options())
+        return get_model_state_dict(model, options=self._whole())
 
     def optimizer_state(self, model, optimizer):
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-        state = get_optimizer_state_dict(model, optimizer, options=self._options())
+        state = get_optimizer_state_dict(model, optimizer, options=self._whole())
         if not self.main:
             return None  # gathered to rank 0 only
         # Keyed by parameter name there; by position in one process's optimizer here.
@@ -189,7 +194,7 @@ class Sharded(Group):
         from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
         state = {"state": {self.names[i]: s for i, s in state["state"].items()},
                  "param_groups": [dict(g, params=[self.names[i] for i in g["params"]]) for g in state["param_groups"]]}
-        set_optimizer_state_dict(model, optimizer, state, options=self._options())
+        set_optimizer_state_dict(model, optimizer, state, options=self._whole())
 
 
 def start(device, threads, training):
