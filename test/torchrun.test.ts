@@ -38,6 +38,9 @@ afterAll(async () => {
   fs.rmSync(bin, { recursive: true, force: true });
 });
 
+/** What the job's engine processes said on stderr: each rank of a torchrun group names itself there. */
+const engineLog = (jobId: string) => fs.readFileSync(jobFolders(t.server.home, jobId).log, 'utf8');
+
 async function train(hyperparameters: object) {
   const file = await t.client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
   return t.client.fineTuning.jobs.create({ model: MODEL, training_file: file.id, method: { type: 'supervised', supervised: { hyperparameters } } });
@@ -47,6 +50,21 @@ it('a full fine-tune too big for one of the GPUs trains sharded across both, eac
   const job = await finished(t.client, (await train({ full: true, n_epochs: 1 })).id, 300_000);
   expect(job.status).toBe('succeeded');
   expect(await metricsSteps(t.client, job.id)).toEqual(Array.from({ length: 10 }, (_, i) => i + 1));
+  expect(engineLog(job.id)).toContain('rank 1 of 2 (gloo, sharded)');
+}, 320_000);
+
+it('a DPO job trains across both GPUs', async () => {
+  const pairs = await t.client.files.create({ file: fs.createReadStream(path.resolve(import.meta.dirname, 'fixtures/weather-preferences.jsonl')), purpose: 'fine-tune' });
+  const created = await t.client.fineTuning.jobs.create({
+    model: MODEL,
+    training_file: pairs.id,
+    method: { type: 'dpo', dpo: { hyperparameters: { n_epochs: 1 } } },
+  });
+  const job = await finished(t.client, created.id, 300_000);
+  expect(job.status).toBe('succeeded');
+  const steps = await metricsSteps(t.client, job.id);
+  expect(steps).toEqual(Array.from({ length: steps.length }, (_, i) => i + 1));
+  expect(engineLog(job.id)).toContain('rank 1 of 2 (gloo, replicated)');
 }, 320_000);
 
 it('an engine under torchrun stopped from outside continues from its checkpoint; one cancelled through the API is cancelled', async () => {

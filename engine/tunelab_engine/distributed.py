@@ -100,6 +100,8 @@ class Group(Single):
         self.rank = dist.get_rank()
         self.size = dist.get_world_size()
         self.main = self.rank == 0
+        # In the job's log (every rank's stderr): which processes trained it, and how.
+        events.log(f"rank {self.rank} of {self.size} ({dist.get_backend()}, {type(self).__name__.lower()})")
         if not self.main:
             events.silence()
 
