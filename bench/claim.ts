@@ -61,7 +61,7 @@ try {
   async function leased(db: Kysely<Database>, worker: number): Promise<number> {
     const leases = new JobLeases(db, 30_000);
     const t0 = performance.now();
-    const lease = await leases.claimQueued(`worker-${worker}`, 16e9);
+    const lease = await leases.claimQueued(`worker-${worker}`, { memory: 16e9, processes: 1 });
     if (!lease) throw new Error('the queue ran dry');
     await db.updateTable('jobs').set({ status: 'running' }).where('id', '=', lease.jobId).where('lease_token', '=', lease.token).execute();
     return performance.now() - t0;

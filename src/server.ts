@@ -20,7 +20,7 @@ import { ResponseService } from './responses/responses.js';
 import { FileValidation } from './jobs/file-validation.js';
 import { JobService } from './jobs/jobs.js';
 import { JobRunner } from './jobs/runner.js';
-import { detectCapabilities, memoryForOneJob } from './jobs/capabilities.js';
+import { detectCapabilities, memoryForOneJob, processesPerJob } from './jobs/capabilities.js';
 import { DEFAULT_LEASE_MS, JobLeases, QUEUE_POLL_MS } from './jobs/leases.js';
 import { WorkerRegistry, serverWorkerId } from './jobs/workers.js';
 import { FileReports } from './datasets/file-reports.js';
@@ -153,10 +153,11 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   jobs.onChange((job) => validation.jobChanged(job));
   validation.kick();
   const capabilities = detectCapabilities();
+  const slots = options.engineSlots ?? 1;
   const leases = new JobLeases(store.db, options.leaseMs ?? DEFAULT_LEASE_MS);
   const runner = new JobRunner({ db: store.db, jobs, models: services.models, files, orgs, baseModels, disk }, home, {
-    slots: options.engineSlots ?? 1,
-    worker: { id: serverWorkerId(home.root), capabilities, memory: memoryForOneJob(capabilities) },
+    slots,
+    worker: { id: serverWorkerId(home.root), capabilities, memory: memoryForOneJob(capabilities), processes: processesPerJob(capabilities, slots) },
     leases,
     workers,
     pollMs: QUEUE_POLL_MS,

@@ -4,7 +4,7 @@ import { locateEnginePython } from './engine/setup.js';
 import { LocalBlobStore } from './files/blob-store.js';
 import { DiskSpace } from './files/disk.js';
 import { FileService } from './files/files.js';
-import { type Capabilities, detectCapabilities, memoryForOneJob } from './jobs/capabilities.js';
+import { type Capabilities, detectCapabilities, memoryForOneJob, processesPerJob } from './jobs/capabilities.js';
 import { JobService } from './jobs/jobs.js';
 import { DEFAULT_LEASE_MS, JobLeases, QUEUE_POLL_MS } from './jobs/leases.js';
 import { JobRunner } from './jobs/runner.js';
@@ -55,13 +55,19 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
   const jobs = new JobService(store.db, files, baseModels, models);
   const disk = new DiskSpace(home.root, home.diskReserve);
   const capabilities = detectCapabilities();
+  const slots = options.slots ?? 1;
   const id = newWorkerId();
   const runner = new JobRunner(
     { db: store.db, jobs, models, files, orgs: new OrgService(store.db), baseModels, disk },
     home,
     {
-      slots: options.slots ?? 1,
-      worker: { id, capabilities, memory: Math.min(options.memory ?? Infinity, memoryForOneJob(capabilities)) },
+      slots,
+      worker: {
+        id,
+        capabilities,
+        memory: Math.min(options.memory ?? Infinity, memoryForOneJob(capabilities)),
+        processes: processesPerJob(capabilities, slots),
+      },
       leases: new JobLeases(store.db, leaseMs),
       workers: new WorkerRegistry(store.db, leaseMs),
       pollMs: options.pollMs ?? QUEUE_POLL_MS,

@@ -23,11 +23,11 @@ def copy_extras(src, dst):
             shutil.copy2(path, os.path.join(dst, name))
 
 
-def save_full_model(model, folder, dtype=None):
-    """config.json (transformers' own, with torch_dtype updated) and the weights, in `dtype` or as
-    they are held."""
+def save_full_model(model, folder, dtype=None, tensors=None):
+    """config.json (transformers' own, with torch_dtype updated) and the weights (`tensors`, or the
+    model's own), in `dtype` or as they are held."""
     os.makedirs(folder, exist_ok=True)
-    tensors = state_dict_for_save(model)
+    tensors = state_dict_for_save(model, tensors)
     if dtype is not None:
         tensors = {k: v.to(dtype) for k, v in tensors.items()}
     raw = dict(model.config.raw)
@@ -37,25 +37,26 @@ def save_full_model(model, folder, dtype=None):
         json.dump(raw, f, indent=2)
 
 
-def save_weights(model, spec, folder):
+def save_weights(model, spec, folder, tensors=None):
+    """`tensors`: the full model's weights when the model itself holds only a shard of them."""
     if spec.training == "lora":
         lora.save_adapter(model, folder, spec.lora.rank, spec.lora.alpha, spec.lora.dropout,
                           spec.lora.target_modules, spec.base_model_name)
     else:
-        save_full_model(model, folder)
+        save_full_model(model, folder, tensors=tensors)
         copy_extras(spec.model, folder)
 
 
-def save(folder, model, spec, optimizer, step, trained_tokens):
+def save(folder, model, spec, optimizer_state, step, trained_tokens, tensors=None):
     """Written beside the target and renamed into place, so a checkpoint folder is complete or absent."""
     tmp = folder + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_weights(model, spec, tmp)
+    save_weights(model, spec, tmp, tensors)
     state = {
         "step": step,
         "trained_tokens": trained_tokens,
         "training": spec.training,
-        "optimizer": optimizer.state_dict(),
+        "optimizer": optimizer_state,
         "rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }

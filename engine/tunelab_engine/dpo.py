@@ -44,14 +44,14 @@ def sigmoid_loss(chosen, rejected, ref_chosen, ref_rejected, beta):
     return losses, chosen_rewards.detach(), rejected_rewards.detach()
 
 
-def pair_logps(model, batch, pairs, autocast):
+def pair_logps(model, batch, pairs, autocast, forward=None):
     """Summed log-probabilities of the chosen and of the rejected answer of each of `pairs` (pair
     indices, all of them in `batch`), and (correct, count) of greedy predictions over the chosen
-    answers' tokens."""
+    answers' tokens. `forward`: as in train.scored."""
     device = batch.input_ids.device
     context = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
     with context:
-        hidden = model(batch.input_ids, batch.position_ids, batch.attend)
+        hidden = (forward or model)(batch.input_ids, batch.position_ids, batch.attend)
         hidden = hidden.reshape(-1, hidden.shape[-1])[batch.positions]
         logits = model.logits(hidden)
     logps = logits.float().log_softmax(-1)
@@ -88,6 +88,10 @@ class Totals:
         self.correct += correct
         self.tokens += tokens
 
+    def across(self, group):
+        """The totals of all the group's processes (distributed.py)."""
+        return Totals(*group.total(*dataclasses.astuple(self)))
+
     def metrics(self):
         nan = float("nan")
         n = self.pairs
@@ -110,8 +114,6 @@ class PreferenceTrainer(Trainer):
 
     def __init__(self, spec):
         super().__init__(spec)
-        if self.group.size > 1:
-            raise EngineError("invalid_spec", "DPO trains in one process; its pair metrics are not summed across torchrun's ranks")
         self.beta = spec.dpo.beta
         self.pair_lengths = {id(self.train_data): self._pair_lengths(self.train_data)}
         self.reference = {id(self.train_data): self._reference(self.train_data)}
@@ -158,19 +160,23 @@ class PreferenceTrainer(Trainer):
     def _split(self, rows):
         return data.split(rows, self.spec.gradient_accumulation_steps)
 
-    def _score(self, arrays, pairs, batch, totals):
-        chosen, rejected, correct, tokens = pair_logps(self.model, batch, pairs, self.autocast)
+    def _score(self, arrays, pairs, batch, totals, training=False):
+        chosen, rejected, correct, tokens = pair_logps(self.model, batch, pairs, self.autocast, self.forward if training else None)
         reference = torch.from_numpy(self.reference[id(arrays)][pairs]).to(chosen.device)
         losses, chosen_rewards, rejected_rewards = sigmoid_loss(chosen, rejected, reference[:, 0], reference[:, 1], self.beta)
         totals.add(losses.detach(), chosen_rewards, rejected_rewards, correct, tokens)
         return losses
 
-    def backward(self, parts, batches):
+    def backward(self, parts, batches, counted):
         totals = Totals()
-        n = sum(len(row) for part in parts for row in part)
-        for pairs, batch in self._parts(self.train_data, parts, batches):
-            (self._score(self.train_data, pairs, batch, totals).sum() / n).backward()
-        return totals.metrics(), n > 0
+        (n,) = self.group.total(sum(len(row) for part in parts[:counted] for row in part))
+        for i, (pairs, batch) in enumerate(self._parts(self.train_data, parts, batches)):
+            with self.group.accumulating(self.forward, last=i == len(batches) - 1):
+                losses = self._score(self.train_data, pairs, batch, totals if i < counted else Totals(), training=True)
+                if n:
+                    # As in Trainer.backward: the sum over the group's processes is wanted.
+                    (losses.sum() * (self.group.size / n if i < counted else 0.0)).backward()
+        return totals.across(self.group).metrics(), n > 0
 
     @torch.no_grad()
     def evaluate(self, indices):
@@ -200,14 +206,21 @@ class PreferenceTrainer(Trainer):
         started = time.perf_counter()
         self.model.eval()
         out = np.zeros((n, 2), dtype=np.float32)
+        accumulation = self.spec.gradient_accumulation_steps
         for start in range(0, n, self.spec.batch_size):
             rows = self.pair_rows(arrays, list(range(start, min(n, start + self.spec.batch_size))))
-            for pairs, batch in self._parts(arrays, self._split(rows)):
+            # Split across the group's processes as a training step is; each pair is scored by one.
+            parts, counted = self.group.share(data.split(rows, accumulation * self.group.size), accumulation)
+            for i, (pairs, batch) in enumerate(self._parts(arrays, parts)):
                 chosen, rejected, _, _ = pair_logps(self.model, batch, pairs, self.autocast)
-                out[pairs, 0] = chosen.cpu().numpy()
-                out[pairs, 1] = rejected.cpu().numpy()
-        tmp = path + ".tmp.npy"
-        np.save(tmp, out)
-        os.replace(tmp, path)
+                if i < counted:
+                    out[pairs, 0] = chosen.cpu().numpy()
+                    out[pairs, 1] = rejected.cpu().numpy()
+        out = self.group.total_array(out)
+        if self.group.main:
+            tmp = path + ".tmp.npy"
+            np.save(tmp, out)
+            os.replace(tmp, path)
+        self.group.barrier()
         events.log(f"reference log-probabilities of {n} pairs in {arrays.folder}: {time.perf_counter() - started:.3f} s")
         return out

@@ -163,9 +163,10 @@ def init_weights(model, seed, std=0.02):
                 p.copy_(torch.randn(p.shape, generator=gen) * std)
 
 
-def state_dict_for_save(model):
-    """Base weights under Hugging Face's names; a tied lm_head is left out, as transformers does."""
-    sd = {k: v for k, v in model.state_dict().items() if ".lora_" not in k}
+def state_dict_for_save(model, tensors=None):
+    """Base weights under Hugging Face's names (of `tensors`, a state dict gathered from the model's
+    shards, or of the model); a tied lm_head is left out, as transformers does."""
+    sd = {k: v for k, v in (model.state_dict() if tensors is None else tensors).items() if ".lora_" not in k}
     if model.config.tie_word_embeddings:
         sd.pop("lm_head.weight", None)
     return sd

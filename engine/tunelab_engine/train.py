@@ -54,13 +54,14 @@ def make_optimizer(params, spec):
     return torch.optim.AdamW(params, fused=True, **kwargs)
 
 
-def scored(model, batch, dtype, autocast):
+def scored(model, batch, dtype, autocast, forward=None):
     """(loss sum, correct count) over a batch's trained tokens. `autocast`: fp32 weights computed
-    in bf16 (full fine-tuning); otherwise the weights are already held in `dtype`."""
+    in bf16 (full fine-tuning); otherwise the weights are already held in `dtype`. `forward`: what
+    runs the model's forward when it is not the model itself (DistributedDataParallel's wrapper)."""
     device = batch.input_ids.device
     context = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
     with context:
-        hidden = model(batch.input_ids, batch.position_ids, batch.attend)
+        hidden = (forward or model)(batch.input_ids, batch.position_ids, batch.attend)
         hidden = hidden.reshape(-1, hidden.shape[-1])[batch.positions]
         return linear_cross_entropy(hidden.to(dtype), model.lm_head.weight, batch.labels)
 
@@ -72,7 +73,7 @@ class Trainer:
         runtime.use_threads(spec.threads)
         self.device = runtime.device(spec.device, "invalid_spec", "spec field 'device'")
         # Under torchrun: this process's rank among the job's processes (distributed.py).
-        self.group = distributed.start(self.device, spec.threads)
+        self.group = distributed.start(self.device, spec.threads, spec.training)
         self.device = self.group.device(self.device)
         self.dtype = runtime.training_dtype(spec.dtype, self.device)
         torch.manual_seed(spec.seed)
@@ -86,9 +87,9 @@ class Trainer:
         if self.kernels:
             kernels.apply(self.model)
         self.model.gradient_checkpointing = spec.gradient_checkpointing
-        self.params = params
-        self.group.same_start(params)
-        self.optimizer = make_optimizer(params, spec)
+        # Under torchrun: DistributedDataParallel around the model (LoRA), or the model sharded (full).
+        self.forward, self.params = self.group.wrap(self.model, params)
+        self.optimizer = make_optimizer(self.params, spec)
         # Full fine-tuning keeps fp32 master weights and computes in bf16 under autocast; LoRA holds
         # the frozen weights in bf16 already, so nothing is recast per step.
         self.autocast = spec.training == "full" and self.dtype == torch.bfloat16
@@ -97,7 +98,7 @@ class Trainer:
         self.step = 0
         self.trained_tokens = 0
         if self.state:
-            self.optimizer.load_state_dict(self.state["optimizer"])
+            self.group.load_optimizer(self.model, self.optimizer, self.state["optimizer"])
             self.step = self.state["step"]
             self.trained_tokens = self.state["trained_tokens"]
             torch.set_rng_state(self.state["rng"])
@@ -110,8 +111,9 @@ class Trainer:
 
     def _build_model(self):
         spec = self.spec
+        device = self.group.home(self.device)
         if spec.training == "lora":
-            model = build(self.config, safetensors.load_model(spec.model), self.dtype, self.device)
+            model = build(self.config, safetensors.load_model(spec.model), self.dtype, device)
             adapter = spec.resume_from or spec.init_adapter
             if adapter:
                 lora.load_adapter(model, adapter, spec.lora.dropout)
@@ -122,7 +124,7 @@ class Trainer:
             lora.fuse(model)
         else:
             source = spec.resume_from or spec.model
-            model = build(self.config, safetensors.load_model(source), torch.float32, self.device)
+            model = build(self.config, safetensors.load_model(source), torch.float32, device)
             params = list(model.parameters())
         return model, params
 
@@ -142,20 +144,24 @@ class Trainer:
                 batch.attend = kernels.attention(batch.attend)
         return batches
 
-    def scored(self, batch):
-        return scored(self.model, batch, self.dtype, self.autocast)
+    def scored(self, batch, training=False):
+        return scored(self.model, batch, self.dtype, self.autocast, self.forward if training else None)
 
-    def backward(self, parts, batches):
-        """This process's gradients for its micro-batches, and the step's metrics over all
+    def backward(self, parts, batches, counted):
+        """This process's gradients for its micro-batches (the first `counted` of them; the others
+        stand in so that every process runs as many passes), and the step's metrics over all
         processes; False when nothing was trained."""
-        (count,) = self.group.total(sum(len(b.labels) for b in batches))
+        (count,) = self.group.total(sum(len(b.labels) for b in batches[:counted]))
         loss_total, correct_total = 0.0, 0
-        for batch in batches:
-            loss, correct = self.scored(batch)
-            if count:
-                (loss / count).backward()
-            loss_total += loss.item()
-            correct_total += int(correct)
+        for i, batch in enumerate(batches):
+            with self.group.accumulating(self.forward, last=i == len(batches) - 1):
+                loss, correct = self.scored(batch, training=True)
+                if count:
+                    # The group's wrappers average gradients over its processes; the sum is wanted.
+                    (loss * (self.group.size / count if i < counted else 0.0)).backward()
+            if i < counted:
+                loss_total += loss.item()
+                correct_total += int(correct)
         loss_total, correct_total = self.group.total(loss_total, correct_total)
         nan = float("nan")
         return dict(loss=loss_total / count if count else nan, mean_token_accuracy=correct_total / count if count else nan), count > 0
@@ -163,10 +169,9 @@ class Trainer:
     def train_step(self, rows):
         self.model.train()
         accumulation = self.spec.gradient_accumulation_steps
-        parts = self.group.share(data.split(rows, accumulation * self.group.size), accumulation)
+        parts, counted = self.group.share(data.split(rows, accumulation * self.group.size), accumulation)
         batches = self.batches(self.train_data, parts)
-        metrics, trained = self.backward(parts, batches)
-        self.group.sync(self.params)
+        metrics, trained = self.backward(parts, batches, counted)
         if self.spec.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.params, self.spec.max_grad_norm)
         lr = lr_at(self.spec, self.step, self.total_steps)
@@ -175,7 +180,7 @@ class Trainer:
         if trained:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        tokens, padded = self.group.total(sum(b.tokens for b in batches), sum(b.padded_tokens for b in batches))
+        tokens, padded = self.group.total(sum(b.tokens for b in batches[:counted]), sum(b.padded_tokens for b in batches[:counted]))
         tokens = int(tokens)
         self.real_tokens += tokens
         self.padded_tokens += int(padded)
@@ -221,8 +226,9 @@ class Trainer:
 
     def save_checkpoint(self, epoch):
         folder = os.path.join(self.spec.work_dir, "checkpoints", f"step-{self.step}")
+        weights, optimizer_state = self.group.weights(self.model), self.group.optimizer_state(self.model, self.optimizer)
         if self.group.main:
-            checkpoint.save(folder, self.model, self.spec, self.optimizer, self.step, self.trained_tokens)
+            checkpoint.save(folder, self.model, self.spec, optimizer_state, self.step, self.trained_tokens, weights)
         self.group.barrier()
         events.emit("checkpoint", step=self.step, epoch=epoch, path=os.path.abspath(folder))
         self.last_checkpoint = (self.step, folder)
@@ -272,9 +278,10 @@ class Trainer:
                 self.save_checkpoint(epoch + 1)
         if self.group.any(self.cancel.requested) and self.step < self.total_steps:
             return self.cancelled(self.step // self.steps_per_epoch + 1)
+        weights = self.group.weights(self.model)
         if self.group.main:
             os.makedirs(spec.output_dir, exist_ok=True)
-            checkpoint.save_weights(self.model, spec, spec.output_dir)
+            checkpoint.save_weights(self.model, spec, spec.output_dir, weights)
         self.group.barrier()
         events.emit("done", step=self.step, trained_tokens=self.trained_tokens, path=os.path.abspath(spec.output_dir),
                     packing_efficiency=round(self.real_tokens / self.padded_tokens, 4) if self.padded_tokens else None,

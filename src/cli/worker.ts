@@ -11,7 +11,7 @@ export function workerCommand(program: Command): void {
     .requiredOption('--database <url>', "the server's postgres:// URL", process.env.TUNELAB_DATABASE_URL)
     .requiredOption('--storage <dir>', "the server's home folder, mounted here at the same path (NFS and the like)", process.env.TUNELAB_HOME)
     .option('--slots <n>', 'jobs trained at once, one engine process each', (v) => Number.parseInt(v, 10), 1)
-    .option('--memory <size>', 'the most memory one job may take here, e.g. 24GB (default: one GPU, or the RAM without one)', parseByteSize)
+    .option('--memory <size>', 'the most memory each process of a job (one per GPU) may take here, e.g. 24GB (default: one GPU, or the RAM without one)', parseByteSize)
     .option('--lease <seconds>', 'how long a job is held without a heartbeat before another worker takes it', (v) => Number(v) * 1000)
     .action(async (options: { database: string; storage: string; slots: number; memory?: number; lease?: number }) => {
       // Loaded here: the other commands need none of the runner's modules.

@@ -24,6 +24,8 @@ export interface TrainingProcessOptions {
 }
 
 const KEPT_LOG_LINES = 8;
+/** How long the processes of a job under torchrun may take to stop after a SIGTERM: a step and a checkpoint of a large model. */
+const STOP_SECONDS = 3600;
 
 /**
  * `python3 -m tunelab_engine train --spec SPEC` as a child process: its events as they come, its
@@ -64,7 +66,10 @@ export class TrainingProcess {
 
   static start(options: TrainingProcessOptions): TrainingProcess {
     const processes = options.processes ?? 1;
-    const launcher = processes > 1 ? ['-m', 'torch.distributed.run', '--standalone', `--nproc-per-node=${processes}`] : [];
+    // torchrun passes a SIGTERM on to its processes and kills them after --shutdown-timeout (30 s by
+    // default); they finish their step and write a checkpoint first, which may take longer.
+    const launcher =
+      processes > 1 ? ['-m', 'torch.distributed.run', '--standalone', `--nproc-per-node=${processes}`, `--shutdown-timeout=${STOP_SECONDS}`] : [];
     const child = spawn(enginePython(), [...launcher, '-m', 'tunelab_engine', 'train', '--spec', options.specPath], {
       env: engineEnv(),
       stdio: ['ignore', 'pipe', 'pipe'],

@@ -36,7 +36,18 @@ function nvidiaGpus(): Capabilities['gpus'] {
     });
 }
 
-/** The memory one job may take on a worker: one GPU's (a job trains on one), or the RAM without a GPU. */
+/**
+ * The memory one process of a job may take on a worker: one GPU's (each process trains on one), or
+ * the RAM without a GPU.
+ */
 export function memoryForOneJob(capabilities: Capabilities): number {
   return capabilities.gpus.length ? Math.min(...capabilities.gpus.map((gpu) => gpu.memory_bytes)) : capabilities.memory_bytes;
+}
+
+/**
+ * Processes that train one job together (under torchrun, one per GPU): all of a worker's GPUs when
+ * it trains one job at a time, else one.
+ */
+export function processesPerJob(capabilities: Capabilities, slots: number): number {
+  return slots === 1 && capabilities.gpus.length > 1 ? capabilities.gpus.length : 1;
 }

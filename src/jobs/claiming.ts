@@ -10,8 +10,10 @@ import type { Fence, JobLeases } from './leases.js';
 export interface WorkerIdentity {
   id: string;
   capabilities: Capabilities;
-  /** Bytes one job may take here (src/jobs/capabilities.ts `memoryForOneJob`, or less as the operator says). */
+  /** Bytes each process of a job may take here (src/jobs/capabilities.ts `memoryForOneJob`, or less as the operator says). */
   memory: number;
+  /** Processes training a job together here (src/jobs/capabilities.ts `processesPerJob`): full fine-tuning shards across them. */
+  processes: number;
 }
 
 /**
@@ -49,7 +51,7 @@ export class JobClaims {
 
   /** Leases the next job to train: a running one whose worker was lost (put back in the queue first), or the oldest queued one. */
   async next(): Promise<Fence | null> {
-    const lost = await this.leases.takeOverExpired(this.worker.id, this.worker.memory);
+    const lost = await this.leases.takeOverExpired(this.worker.id, this.worker);
     if (lost) {
       const fence = this.leases.fence(lost);
       await this.requeue(fence, (step) =>
@@ -59,7 +61,7 @@ export class JobClaims {
       );
       return fence;
     }
-    const lease = await this.leases.claimQueued(this.worker.id, this.worker.memory);
+    const lease = await this.leases.claimQueued(this.worker.id, this.worker);
     return lease ? this.leases.fence(lease) : null;
   }
 

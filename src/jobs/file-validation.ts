@@ -125,13 +125,14 @@ export class FileValidation {
     // DPO's hyperparameters extend supervised ones: both say how the model is trained.
     const given = job.hyperparameters as SupervisedHyperparameters;
     const full = given.full ?? defaults.method === 'full';
+    const need = trainingMemory(model.path, { full, loraRank: given.lora_rank ?? defaults.lora_rank });
     await this.jobs.move(
       job.id,
       'validating_files',
       'queued',
       { message: 'Files validated, moving job to queued state' },
-      // Only a worker with this much memory takes the job.
-      { memory_needed: trainingMemory(model.path, { full, loraRank: given.lora_rank ?? defaults.lora_rank }) },
+      // Only a worker with this much memory takes the job (src/jobs/leases.ts).
+      { memory_needed: need.bytes, memory_sharded: need.sharded },
     );
     return true;
   }

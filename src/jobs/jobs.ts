@@ -43,11 +43,11 @@ export interface NewEvent {
 }
 
 /** A job as the API sees it: the lease columns are the runners' (src/jobs/leases.ts). */
-type JobRow = Omit<Selectable<JobTable>, 'seq' | 'lease_worker' | 'lease_token' | 'lease_expires_at' | 'memory_needed'>;
+type JobRow = Omit<Selectable<JobTable>, 'seq' | 'lease_worker' | 'lease_token' | 'lease_expires_at' | 'memory_needed' | 'memory_sharded'>;
 
 /** What a move may change besides the status. */
 export type JobChanges = Partial<
-  Pick<JobRow, 'error' | 'fine_tuned_model' | 'trained_tokens' | 'result_files' | 'estimated_finish'> & { method: Method; memory_needed: number }
+  Pick<JobRow, 'error' | 'fine_tuned_model' | 'trained_tokens' | 'result_files' | 'estimated_finish'> & { method: Method; memory_needed: number; memory_sharded: number }
 >;
 
 const AUTO_HYPERPARAMETERS = { batch_size: 'auto', learning_rate_multiplier: 'auto', n_epochs: 'auto' } as const;

@@ -11,6 +11,12 @@ export interface Lease {
   token: string;
 }
 
+/** What a worker has room for: bytes per process of a job, and processes per job (src/jobs/claiming.ts WorkerIdentity). */
+export interface Room {
+  memory: number;
+  processes: number;
+}
+
 /** A lease lasts this long without a heartbeat: a lost worker's jobs wait about this long for another. */
 export const DEFAULT_LEASE_MS = 30_000;
 /** How often a runner looks at the queue, besides when its own process queues a job. */
@@ -45,24 +51,34 @@ export class JobLeases {
     readonly ttlMs: number,
   ) {}
 
-  /** Leases the oldest queued job that nobody holds and that fits in `memory` bytes. */
-  async claimQueued(workerId: string, memory: number): Promise<Lease | null> {
-    return this.claim(workerId, 'queued', memory);
+  /** Leases the oldest queued job that nobody holds and that fits the worker (see `claim`). */
+  async claimQueued(workerId: string, room: Room): Promise<Lease | null> {
+    return this.claim(workerId, 'queued', room);
   }
 
   /** Leases a running job whose worker stopped renewing its lease (killed, cut off or stalled). */
-  async takeOverExpired(workerId: string, memory: number): Promise<Lease | null> {
-    return this.claim(workerId, 'running', memory);
+  async takeOverExpired(workerId: string, room: Room): Promise<Lease | null> {
+    return this.claim(workerId, 'running', room);
   }
 
-  private async claim(workerId: string, status: 'queued' | 'running', memory: number): Promise<Lease | null> {
+  /**
+   * A job fits when each of the worker's processes for it can hold its share: what splits across
+   * them (memory_sharded) divided by their number, and all the rest of memory_needed. In integers:
+   * needed * N - sharded * (N - 1) <= memory * N.
+   */
+  private async claim(workerId: string, status: 'queued' | 'running', { memory, processes }: Room): Promise<Lease | null> {
     const now = databaseNow(this.db);
     let free = this.db
       .selectFrom('jobs')
       .select('id')
       .where('status', '=', status)
       .where((eb) => eb.or([eb('lease_expires_at', 'is', null), eb('lease_expires_at', '<', now)]))
-      .where((eb) => eb.or([eb('memory_needed', 'is', null), eb('memory_needed', '<=', memory)]))
+      .where((eb) =>
+        eb.or([
+          eb('memory_needed', 'is', null),
+          eb(sql<number>`memory_needed * ${processes} - coalesce(memory_sharded, 0) * ${processes - 1}`, '<=', Math.floor(memory) * processes),
+        ]),
+      )
       .orderBy('seq', 'asc')
       .limit(1);
     if (isPostgres(this.db)) free = free.forUpdate().skipLocked();

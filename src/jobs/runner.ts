@@ -268,9 +268,7 @@ export class JobRunner {
         const [atCheckpoint] = await this.services.jobs.metrics(job.id, resumeFrom.step);
         await this.checkpoints.register(run, resumeFrom.step, resumeFrom.path, atCheckpoint?.data.step === resumeFrom.step ? atCheckpoint.data : undefined);
       }
-      // DPO's pair metrics are one process's (dpo.py): it does not run under torchrun.
-      const processes = method.type === 'dpo' ? 1 : this.processesPerJob();
-      run.engine = TrainingProcess.start({ specPath: folders.spec, logPath: folders.log, pidPath: folders.pid, processes });
+      run.engine = TrainingProcess.start({ specPath: folders.spec, logPath: folders.log, pidPath: folders.pid, processes: this.options.worker.processes });
     } catch (error) {
       await this.endings.fail(run, { code: 'engine_start_failed', message: `the engine could not be started: ${(error as Error).message}` }, null);
       return;
@@ -334,15 +332,11 @@ export class JobRunner {
       }
       return;
     }
-    // Stopped by a signal from outside (a terminal's Ctrl-C, a service manager): it saved a checkpoint.
-    if (run.stoppedAtStep !== null && exit.code === 0) return endings.afterStop(run);
+    // Stopped by a signal from outside (a terminal's Ctrl-C, a service manager): it saved a checkpoint
+    // and said so. Its exit status says nothing more: under torchrun it is the launcher's, which
+    // exits 1 after passing a SIGTERM on to its processes, however they ended.
+    if (run.stoppedAtStep !== null) return endings.afterStop(run);
     await endings.fail(run, endings.engineDiskFull(run) ?? run.error, exit);
-  }
-
-  /** A worker with one slot trains each job on all its GPUs, one process each; with more slots, or none, one process. */
-  private processesPerJob(): number {
-    const gpus = this.options.worker.capabilities.gpus.length;
-    return this.options.slots === 1 && gpus > 1 ? gpus : 1;
   }
 
   /**

@@ -309,5 +309,11 @@ export function migrations(dialect: Dialect): Record<string, Migration> {
         await db.schema.createIndex('jobs_by_status').on('jobs').columns(['status', 'seq']).execute();
       },
     },
+    // Full fine-tuning sharded across a worker's GPUs (issue 21): the part of a job's memory that splits.
+    '0013_memory_sharded': {
+      async up(db: Kysely<any>) {
+        await db.schema.alterTable('jobs').addColumn('memory_sharded', 'bigint').execute();
+      },
+    },
   };
 }

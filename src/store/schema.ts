@@ -111,6 +111,8 @@ export interface JobTable {
   lease_expires_at: Generated<number | null>;
   /** Bytes of memory training the job takes, estimated when it is queued: only a worker that has them takes it. */
   memory_needed: Generated<number | null>;
+  /** Of memory_needed, the bytes that split across the GPUs training the job together (FSDP's shards); 0 when each holds all. */
+  memory_sharded: Generated<number | null>;
 }
 
 /** One row per metadata pair, so `metadata[k]=v` filters are plain indexed SQL on both databases. */
