@@ -5,6 +5,7 @@ import { homeLayout } from '../src/config.js';
 import type { DatasetReport } from '../src/datasets/doctor.js';
 import { LocalBlobStore } from '../src/files/blob-store.js';
 import { FileService } from '../src/files/files.js';
+import { LocalFolderStore } from '../src/files/folder-store.js';
 import { JobService } from '../src/jobs/jobs.js';
 import { BaseModelRegistry } from '../src/models/base-models.js';
 import { ModelService } from '../src/models/models.js';
@@ -168,7 +169,7 @@ describe.skipIf(onPostgres)('a restart during validation (SQLite: the test write
     const store = await openStore(layout.database);
     const files = new FileService(store.db, new LocalBlobStore(layout.blobs));
     const baseModels = new BaseModelRegistry(layout.models);
-    const jobs = new JobService(store.db, files, baseModels, new ModelService(store.db, baseModels));
+    const jobs = new JobService(store.db, files, baseModels, new ModelService(store.db, baseModels, { folders: new LocalFolderStore(layout.store), fetched: layout.work }));
     const job = await jobs.create(org.id, { model: BASE_MODEL, training_file: file.id });
     await expect(jobs.validationReport(org.id, job.id)).rejects.toMatchObject({ kind: 'not_found', code: 'validation_report_not_ready' });
     await store.close();

@@ -42,8 +42,11 @@ export interface NewEvent {
   data?: Record<string, unknown> | null;
 }
 
-/** A job as the API sees it: the lease columns are the runners' (src/jobs/leases.ts). */
-type JobRow = Omit<Selectable<JobTable>, 'seq' | 'lease_worker' | 'lease_token' | 'lease_expires_at' | 'memory_needed'>;
+/** A job as the API sees it: the lease and stored-folder columns are the runners' (src/jobs/leases.ts, stored-folders.ts). */
+type JobRow = Omit<
+  Selectable<JobTable>,
+  'seq' | 'lease_worker' | 'lease_token' | 'lease_expires_at' | 'memory_needed' | 'train_arrays' | 'valid_arrays' | 'resume_step' | 'resume_location'
+>;
 
 /** What a move may change besides the status. */
 export type JobChanges = Partial<
