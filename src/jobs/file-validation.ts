@@ -133,8 +133,8 @@ export class FileValidation {
     const train = await this.store.folders.stage(job.id, path.join(arraysDir, 'train'));
     const valid = report.validation ? await this.store.folders.stage(job.id, path.join(arraysDir, 'valid')) : null;
     const committed: string[] = [];
-    const commit = async (staged: typeof train) => {
-      const location = await staged.commit(`arrays-${randomToken(8)}`);
+    const commit = async (staged: typeof train, name: string) => {
+      const location = await staged.commit(`${name}-${randomToken(8)}`);
       committed.push(location);
       return location;
     };
@@ -146,7 +146,7 @@ export class FileValidation {
         { message: 'Files validated, moving job to queued state' },
         // Only a worker with this much memory takes the job.
         { memory_needed: trainingMemory(model.path, { full, loraRank: given.lora_rank ?? defaults.lora_rank }) },
-        async (trx) => this.store.stored.recordArrays(job.id, { train: await commit(train), valid: valid ? await commit(valid) : null }, trx),
+        async (trx) => this.store.stored.recordArrays(job.id, { train: await commit(train, 'train'), valid: valid ? await commit(valid, 'valid') : null }, trx),
       );
     } catch (error) {
       await Promise.all([train.discard(), valid?.discard(), ...committed.map((location) => this.store.folders.remove(location))]);
