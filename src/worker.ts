@@ -27,9 +27,9 @@ export interface WorkerOptions {
    */
   storage: string;
   /**
-   * This worker's own folder for the runs it trains (the engine's spec, log and what it is writing),
-   * which it empties when it stops: by default `<storage>/work/<worker id>`, where a checkpoint enters
-   * the store by a rename; a local disk saves the network writes of checkpoints nobody keeps.
+   * This worker's own folder for the runs it trains (the engine's spec, log and what it is writing).
+   * By default `<storage>/work/<worker id>`, where a checkpoint enters the store by a rename, removed
+   * when the worker stops; a local disk saves the network writes of checkpoints nobody keeps.
    */
   scratch?: string;
   /** Jobs trained at once, one engine process each. */
@@ -97,7 +97,8 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
       await runner.stop();
       await store.close();
       // Its jobs continue elsewhere from what is in the store; nothing here is named by any record.
-      await fsp.rm(scratch, { recursive: true, force: true });
+      // A folder the operator named is left as it is: it may hold more than this worker's runs.
+      if (!options.scratch) await fsp.rm(scratch, { recursive: true, force: true });
     },
   };
 }

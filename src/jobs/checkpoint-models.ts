@@ -40,13 +40,6 @@ export class CheckpointModels {
     await this.retire(run.job.id, previous);
   }
 
-  /** The resume point a run started from, saved at an epoch's end as the engine was stopped, becomes the model it was not yet. */
-  async register(run: Run, point: ResumePoint, metrics: Metrics | undefined): Promise<void> {
-    if (!this.becomesModel(run, point.step)) return;
-    const removed = await run.fence.write((trx) => this.recordModel(run, point.step, point.location, metrics, trx));
-    await Promise.all(removed.map((location) => this.services.folders.remove(location)));
-  }
-
   private becomesModel(run: Run, step: number): boolean {
     return step > run.lastCheckpointStep && step < run.totalSteps;
   }

@@ -9,8 +9,8 @@ const ESTIMATE_EVERY_MS = 2000;
 
 /**
  * Turns what a training engine says into the job's record: steps into metrics events, evaluations
- * into the step they were made at, checkpoints into the folder store (epoch ones into models); the rest (how it ended) is noted
- * on the run for the runner to act on once the engine exits.
+ * into the step they were made at, checkpoints into the folder store (epoch ones into models); the
+ * rest (how it ended) is noted on the run for the runner to act on once the engine exits.
  */
 export class EngineEvents {
   constructor(

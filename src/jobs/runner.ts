@@ -284,11 +284,6 @@ export class JobRunner {
     };
     try {
       if (spaceWarning) await fence.write((trx) => this.services.jobs.appendEvent(job.id, { level: 'warn', message: spaceWarning }, trx));
-      // An epoch's checkpoint saved as the engine was stopped (or as the server died) and not yet a model.
-      if (resumeFrom && resumeFrom.step % plan.stepsPerEpoch === 0) {
-        const [atCheckpoint] = await this.services.jobs.metrics(job.id, resumeFrom.step);
-        await this.checkpoints.register(run, resumeFrom, atCheckpoint?.data.step === resumeFrom.step ? atCheckpoint.data : undefined);
-      }
       // DPO's pair metrics are one process's (dpo.py): it does not run under torchrun.
       const processes = method.type === 'dpo' ? 1 : this.processesPerJob();
       run.engine = TrainingProcess.start({ specPath: folders.spec, logPath: folders.log, pidPath: folders.pid, processes });
