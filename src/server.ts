@@ -19,6 +19,7 @@ import { LlamaCppBackend } from './inference/llamacpp-backend.js';
 import { ModelServing } from './inference/serving.js';
 import { type BackendSetting, type ServingSettings, loadServingSettings } from './inference/settings.js';
 import { ResponseService } from './responses/responses.js';
+import { sweepEndedJobs } from './jobs/clean-up.js';
 import { FileValidation } from './jobs/file-validation.js';
 import { JobService } from './jobs/jobs.js';
 import { JobRunner } from './jobs/runner.js';
@@ -145,6 +146,7 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
     app.log.info(`Created organization "${organization.name}" (${organization.id}); its API key is in ${home.apiKeyFile}`);
   }
   await files.sweep();
+  await sweepEndedJobs(store.db, { folders, stored });
   if (options.builtinModels ?? true) {
     // Made once (a few seconds: a tokenizer and random weights), so the guide runs offline from the first start.
     await ensureTinyModel(home.models).catch((error) =>

@@ -37,6 +37,8 @@ export interface FolderStore {
   remove(location: string): Promise<void>;
   /** Removes what is under `prefix` that `keep` does not name: staged folders and objects whose records are gone. */
   sweep(prefix: string, keep: ReadonlySet<string>): Promise<void>;
+  /** The prefixes that hold anything. */
+  prefixes(): Promise<string[]>;
 }
 
 const STAGED = '.staged-';
@@ -94,6 +96,10 @@ export class LocalFolderStore implements FolderStore {
     const entries = await fsp.readdir(folder);
     await Promise.all(entries.map((name) => path.join(folder, name)).filter((entry) => !keep.has(entry)).map((entry) => fsp.rm(entry, { recursive: true, force: true })));
     if ((await fsp.readdir(folder)).length === 0) await fsp.rm(folder, { recursive: true, force: true });
+  }
+
+  async prefixes(): Promise<string[]> {
+    return (await fsp.readdir(this.root, { withFileTypes: true })).filter((entry) => entry.isDirectory()).map((entry) => entry.name);
   }
 
   private prefixFolder(prefix: string): string {

@@ -1,5 +1,7 @@
+import type { Db } from '../store/store.js';
 import { TRAINING_STATE, type JobFolders, clearScratch } from './job-folders.js';
 import type { RunnerServices } from './run.js';
+import { isFinished, type JobStatus } from './status.js';
 
 /**
  * A finished job keeps its models in the folder store and nothing else there: its training arrays,
@@ -13,4 +15,17 @@ export async function cleanUpJob(jobId: string, services: Pick<RunnerServices, '
   await services.folders.sweep(jobId, kept);
   await Promise.all([...kept].map((location) => services.folders.removeFiles(location, [TRAINING_STATE])));
   if (scratch) await clearScratch(scratch, true);
+}
+
+/**
+ * On a server's start: the store's prefixes of jobs that have ended are swept of what no record
+ * names, as a worker killed between staging a folder and throwing it away (its lease lost) leaves.
+ * Jobs still under way are swept by their next run, under its lease.
+ */
+export async function sweepEndedJobs(db: Db, services: Pick<RunnerServices, 'folders' | 'stored'>): Promise<void> {
+  for (const prefix of await services.folders.prefixes()) {
+    const job = await db.selectFrom('jobs').select('status').where('id', '=', prefix).executeTakeFirst();
+    if (job && !isFinished(job.status as JobStatus)) continue;
+    await services.folders.sweep(prefix, await services.stored.named(prefix));
+  }
 }
