@@ -1,8 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { LocalFolderStore } from '../src/files/folder-store.js';
-import { publishFenced } from '../src/jobs/checkpoint-models.js';
+import { LocalFolderStore, publishWith } from '../src/files/folder-store.js';
 import { BASE_MODEL, startTestServer, tempHome, validated, weatherJokes } from './support/server.js';
 import { storedNames } from './support/stored.js';
 
@@ -44,10 +43,10 @@ describe('the local folder store', () => {
   it('makes nothing visible when the transaction recording a folder is refused, before or after the commit', async () => {
     const refused = new Error('the lease on ftjob-b was lost');
     const before = await store.stage('ftjob-b', scratchFolder('step-20', { 'a.safetensors': 'x' }));
-    await expect(publishFenced(store, before, 'step-20-abcdefgh', () => Promise.reject(refused))).rejects.toBe(refused);
+    await expect(publishWith(store, [{ folder: before, name: 'step-20-abcdefgh' }], () => Promise.reject(refused))).rejects.toBe(refused);
     const after = await store.stage('ftjob-b', scratchFolder('step-30', { 'a.safetensors': 'x' }));
     await expect(
-      publishFenced(store, after, 'step-30-abcdefgh', async (commit) => {
+      publishWith(store, [{ folder: after, name: 'step-30-abcdefgh' }], async (commit) => {
         await commit();
         throw refused;
       }),

@@ -206,7 +206,11 @@ describe.skipIf(!onPostgres)('training on workers through PostgreSQL', () => {
     // The engine on the worker stopped, and left nothing behind but the checkpoint models the job made (the pause's).
     const kept = (await t.client.models.list()).data.flatMap((m) => (m.id.includes(job.id.slice(6, 14)) ? [`step-${/:ckpt-step-(\d+)$/.exec(m.id)![1]}`] : []));
     expect(kept.length).toBeGreaterThan(0);
-    await until('the worker to clean up', async () => scratchLeft(job.id).length === 0 && storedNames(t.home, job.id).join() === kept.sort().join());
+    await until('the worker to clean up', async () => scratchLeft(job.id).length === 0 && storedNames(t.home, job.id).join() === kept.sort().join()).catch(
+      (error: Error) => {
+        throw new Error(`${error.message}: the store holds ${storedNames(t.home, job.id).join()} (models: ${kept.join()}); left in scratch: ${scratchLeft(job.id).join()}`);
+      },
+    );
     expect(await metricsSteps(t.client, job.id)).toEqual(Array.from({ length: (await metricsSteps(t.client, job.id)).length }, (_, i) => i + 1));
   }, 300_000);
 

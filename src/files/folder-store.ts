@@ -41,6 +41,28 @@ export interface FolderStore {
   prefixes(): Promise<string[]>;
 }
 
+/**
+ * Makes staged folders objects and records them in one transaction, which `write` opens (proving
+ * a lease first, where one holds the job) and calls `commit` in: the objects appear with their
+ * records. A transaction that does not commit takes them away again.
+ */
+export async function publishWith<T>(
+  store: FolderStore,
+  staged: ReadonlyArray<{ folder: StagedFolder; name: string }>,
+  write: (commit: () => Promise<string[]>) => Promise<T>,
+): Promise<T> {
+  const committed: string[] = [];
+  try {
+    return await write(async () => {
+      for (const { folder, name } of staged) committed.push(await folder.commit(name));
+      return committed;
+    });
+  } catch (error) {
+    await Promise.all([...staged.map(({ folder }) => folder.discard()), ...committed.map((location) => store.remove(location))]);
+    throw error;
+  }
+}
+
 const STAGED = '.staged-';
 
 /**

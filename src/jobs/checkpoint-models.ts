@@ -1,4 +1,4 @@
-import type { FolderStore, StagedFolder } from '../files/folder-store.js';
+import { publishWith } from '../files/folder-store.js';
 import { randomToken, unixSeconds } from '../ids.js';
 import { checkpointModelName } from '../models/names.js';
 import type { Db } from '../store/store.js';
@@ -26,9 +26,9 @@ export class CheckpointModels {
   async publish(run: Run, step: number, scratchFolder: string, model: { metrics: Metrics | undefined } | null): Promise<void> {
     const { folders, stored } = this.services;
     const staged = await folders.stage(run.job.id, scratchFolder);
-    const { previous, removed } = await publishFenced(folders, staged, `step-${step}-${randomToken(8)}`, (commit) =>
+    const { previous, removed } = await publishWith(folders, [{ folder: staged, name: `step-${step}-${randomToken(8)}` }], (commit) =>
       run.fence.write(async (trx) => {
-        const location = await commit();
+        const [location] = (await commit()) as [string];
         const previous = await stored.resumePoint(run.job.id, trx);
         await stored.recordResumePoint(run.job.id, { step, location }, trx);
         const removed = model && this.becomesModel(run, step) ? await this.recordModel(run, step, location, model.metrics, trx) : [];
@@ -72,22 +72,6 @@ export class CheckpointModels {
     const named = await this.services.stored.named(jobId);
     if (named.has(point.location)) await this.services.folders.removeFiles(point.location, [TRAINING_STATE]);
     else await this.services.folders.remove(point.location);
-  }
-}
-
-/**
- * Makes a staged folder an object and records it in one transaction, which `write` opens and
- * proves the lease in before it calls `commit`: a worker that lost the lease makes nothing visible.
- * A transaction that does not commit takes the object away again.
- */
-export async function publishFenced<T>(folders: FolderStore, staged: StagedFolder, name: string, write: (commit: () => Promise<string>) => Promise<T>): Promise<T> {
-  let location: string | null = null;
-  try {
-    return await write(async () => (location = await staged.commit(name)));
-  } catch (error) {
-    if (location) await folders.remove(location);
-    else await staged.discard();
-    throw error;
   }
 }
 

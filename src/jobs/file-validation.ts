@@ -7,7 +7,7 @@ import type { ModelTokenizers } from '../datasets/model-tokenizers.js';
 import type { DatasetSettings } from '../datasets/settings.js';
 import { type DiskSpace, isDiskFull } from '../files/disk.js';
 import type { FileService } from '../files/files.js';
-import type { FolderStore } from '../files/folder-store.js';
+import { type FolderStore, publishWith } from '../files/folder-store.js';
 import { randomToken } from '../ids.js';
 import { modelContextLength } from '../models/base-models.js';
 import { trainingDefaults } from '../models/training-defaults.js';
@@ -132,26 +132,21 @@ export class FileValidation {
     const arraysDir = path.join(this.workDir, job.id);
     const train = await this.store.folders.stage(job.id, path.join(arraysDir, 'train'));
     const valid = report.validation ? await this.store.folders.stage(job.id, path.join(arraysDir, 'valid')) : null;
-    const committed: string[] = [];
-    const commit = async (staged: typeof train, name: string) => {
-      const location = await staged.commit(`${name}-${randomToken(8)}`);
-      committed.push(location);
-      return location;
-    };
-    try {
-      await this.jobs.move(
+    const staged = [{ folder: train, name: `train-${randomToken(8)}` }, ...(valid ? [{ folder: valid, name: `valid-${randomToken(8)}` }] : [])];
+    await publishWith(this.store.folders, staged, (commit) =>
+      this.jobs.move(
         job.id,
         'validating_files',
         'queued',
         { message: 'Files validated, moving job to queued state' },
         // Only a worker with this much memory takes the job.
         { memory_needed: trainingMemory(model.path, { full, loraRank: given.lora_rank ?? defaults.lora_rank }) },
-        async (trx) => this.store.stored.recordArrays(job.id, { train: await commit(train, 'train'), valid: valid ? await commit(valid, 'valid') : null }, trx),
-      );
-    } catch (error) {
-      await Promise.all([train.discard(), valid?.discard(), ...committed.map((location) => this.store.folders.remove(location))]);
-      throw error;
-    }
+        async (trx) => {
+          const [trainLocation, validLocation] = await commit();
+          await this.store.stored.recordArrays(job.id, { train: trainLocation!, valid: validLocation ?? null }, trx);
+        },
+      ),
+    );
   }
 
   private async fail(job: FineTuningJob, error: JobError): Promise<void> {

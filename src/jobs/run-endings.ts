@@ -2,7 +2,8 @@ import type { Exit } from '../engine/training-process.js';
 import { ServiceError } from '../errors.js';
 import { DISK_FULL_WORDS } from '../files/disk.js';
 import { randomToken } from '../ids.js';
-import { type CheckpointModels, checkpointMetrics, modelRow, publishFenced } from './checkpoint-models.js';
+import { publishWith } from '../files/folder-store.js';
+import { type CheckpointModels, checkpointMetrics, modelRow } from './checkpoint-models.js';
 import { cleanUpJob } from './clean-up.js';
 import { halfWrittenCheckpoints, removeFolders } from './job-folders.js';
 import { resultsCsv } from './results.js';
@@ -33,7 +34,7 @@ export class RunEndings {
     let removed: string[] = [];
     // The model enters the store as the job ends, under the run's lease, or not at all.
     const staged = await folders.stage(job.id, run.folders.output);
-    await publishFenced(folders, staged, `model-${randomToken(8)}`, (commit) =>
+    await publishWith(folders, [{ folder: staged, name: `model-${randomToken(8)}` }], (commit) =>
       jobs.move(
         job.id,
         'running',
@@ -45,7 +46,8 @@ export class RunEndings {
           // The result file commits with the job's end: a cancel that wins the race, or a crash, leaves none behind.
           const results = await files.createResult(job.organization_id, 'step_metrics.csv', Buffer.from(csv), trx);
           await trx.updateTable('jobs').set({ result_files: JSON.stringify([results.id]) }).where('id', '=', job.id).execute();
-          await models.registerFineTuned(modelRow(run, run.fineTunedModel, 'fine-tune', await commit()), trx);
+          const [location] = (await commit()) as [string];
+          await models.registerFineTuned(modelRow(run, run.fineTunedModel, 'fine-tune', location), trx);
           await jobs.addCheckpoint(job.id, { stepNumber: run.totalSteps, model: run.fineTunedModel, metrics: checkpointMetrics(final) }, trx);
           removed = await this.checkpoints.prune(job.id, trx);
         },
