@@ -21,13 +21,15 @@ export class CheckpointModels {
   /**
    * Publishes a checkpoint the engine saved in the run's scratch folder. A worker that lost its
    * lease has its transaction refused (LeaseLost): what it saved never becomes a record, and the
-   * staged copy is thrown away (or swept by the job's next holder).
+   * staged copy is thrown away (or swept by the job's next holder). A job that ended (cancelled
+   * before this worker heard of it) records no more checkpoints either.
    */
   async publish(run: Run, step: number, scratchFolder: string, model: { metrics: Metrics | undefined } | null): Promise<void> {
-    const { folders, stored } = this.services;
+    const { folders, stored, jobs } = this.services;
     const staged = await folders.stage(run.job.id, scratchFolder);
-    const { previous, removed } = await publishWith(folders, [{ folder: staged, name: `step-${step}-${randomToken(8)}` }], (commit) =>
+    const published = await publishWith(folders, [{ folder: staged, name: `step-${step}-${randomToken(8)}` }], (commit) =>
       run.fence.write(async (trx) => {
+        if (await jobs.hasEnded(run.job.id, trx)) return null;
         const [location] = (await commit()) as [string];
         const previous = await stored.resumePoint(run.job.id, trx);
         await stored.recordResumePoint(run.job.id, { step, location }, trx);
@@ -35,6 +37,8 @@ export class CheckpointModels {
         return { previous, removed };
       }),
     );
+    if (!published) return staged.discard();
+    const { previous, removed } = published;
     run.resumeStep = step;
     await Promise.all(removed.map((location) => folders.remove(location)));
     await this.retire(run.job.id, previous);

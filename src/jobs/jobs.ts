@@ -202,6 +202,12 @@ export class JobService {
     return toJob(row);
   }
 
+  /** Whether the job has ended (succeeded, failed or cancelled), as `db` (a transaction's) sees it. */
+  async hasEnded(id: string, db: Db = this.db): Promise<boolean> {
+    const row = await db.selectFrom('jobs').select('status').where('id', '=', id).executeTakeFirst();
+    return row !== undefined && isFinished(row.status as JobStatus);
+  }
+
   /** Cancel, pause or resume, as the person asked; refused with the reason when the job cannot. */
   async act(orgId: string, id: string, action: UserAction): Promise<FineTuningJob> {
     const job = await this.row(orgId, id);

@@ -298,13 +298,22 @@ export class JobRunner {
         else this.options.log(`supervising ${job.id} failed`, error);
       })
       // A run stopped by a shutdown keeps its lease: the job is still running, and this worker's next start takes it back.
-      // A lost one leaves nothing here: what its engine wrote was never recorded, and the job is another worker's.
-      .then(() => (run.stopping === 'lost' ? clearScratch(folders, true) : run.stopping === 'shutdown' ? undefined : this.options.leases.release(fence.lease)))
+      // A lost one leaves nothing here: what its engine wrote was never recorded, and the job is another worker's, or over.
+      .then(() => (run.stopping === 'lost' ? this.afterLoss(run) : run.stopping === 'shutdown' ? undefined : this.options.leases.release(fence.lease)))
       .catch((error) => this.options.log(`releasing ${job.id} failed`, error))
       .finally(() => {
         this.runs.delete(job.id);
         this.kick();
       });
+  }
+
+  /**
+   * A job whose lease this worker lost is trained by another, or has ended meanwhile (a cancel
+   * this worker heard of too late): then nobody else cleans it up, and no run can write for it again.
+   */
+  private async afterLoss(run: Run): Promise<void> {
+    await clearScratch(run.folders, true);
+    if (await this.services.jobs.hasEnded(run.job.id)) await cleanUpJob(run.job.id, this.services, run.folders);
   }
 
   private async supervise(run: Run, engine: TrainingProcess): Promise<void> {
