@@ -40,6 +40,20 @@ describe('the local folder store', () => {
     expect(fs.existsSync(location)).toBe(true);
   });
 
+  const otherDisk = '/dev/shm';
+  const onOtherDisk = fs.existsSync(otherDisk) && fs.statSync(otherDisk).dev !== fs.statSync(root).dev;
+
+  it.skipIf(!onOtherDisk)('copies a scratch folder on another filesystem (a worker\'s local disk) into the store', async () => {
+    const source = fs.mkdtempSync(path.join(otherDisk, 'tunelab-scratch-'));
+    fs.mkdirSync(path.join(source, 'nested'));
+    fs.writeFileSync(path.join(source, 'adapter_model.safetensors'), Buffer.alloc(3 * 1024 * 1024, 7));
+    fs.writeFileSync(path.join(source, 'nested', 'config.json'), '{}');
+    const location = await (await store.stage('ftjob-d', source)).commit('model-abcdefgh');
+    expect(fs.existsSync(source)).toBe(false);
+    expect(fs.readFileSync(path.join(location, 'adapter_model.safetensors')).equals(Buffer.alloc(3 * 1024 * 1024, 7))).toBe(true);
+    expect(fs.readFileSync(path.join(location, 'nested', 'config.json'), 'utf8')).toBe('{}');
+  });
+
   it('makes nothing visible when the transaction recording a folder is refused, before or after the commit', async () => {
     const refused = new Error('the lease on ftjob-b was lost');
     const before = await store.stage('ftjob-b', scratchFolder('step-20', { 'a.safetensors': 'x' }));
