@@ -13,10 +13,10 @@ export interface HomeLayout {
   secretKeyFile: string;
   /** Where the server last listened, for the CLI on the same machine. */
   baseUrlFile: string;
-  /** Per job: the training arrays, engine logs and checkpoints. */
+  /** The server's scratch folder: per job, the engine's spec, pid and log and what it is writing (src/jobs/job-folders.ts). */
   work: string;
-  /** Per job: the fine-tune, in PEFT layout (or a full model folder). */
-  adapters: string;
+  /** The folder store (src/files/folder-store.ts): per job, its training arrays, checkpoints and fine-tune. */
+  store: string;
   /** Logs of the model servers that answer chat and completions. */
   logs: string;
   /** A few megabytes kept free for recording a job's failure when the disk fills (src/files/disk.ts). */
@@ -43,7 +43,7 @@ export function homeLayout(home: string): HomeLayout {
     secretKeyFile: path.join(root, 'secret-key'),
     baseUrlFile: path.join(root, 'base-url'),
     work: path.join(root, 'work'),
-    adapters: path.join(root, 'adapters'),
+    store: path.join(root, 'store'),
     logs: path.join(root, 'logs'),
     diskReserve: path.join(root, 'disk-reserve'),
     exports: path.join(root, 'exports'),

@@ -1,5 +1,6 @@
 import fs from 'node:fs';
 import type { AddressInfo } from 'node:net';
+import path from 'node:path';
 import type { FastifyInstance, FastifyServerOptions } from 'fastify';
 import { type Services, buildApi } from './api/app.js';
 import { DEFAULT_MAX_UPLOAD_BYTES, type HomeLayout, homeLayout } from './config.js';
@@ -7,6 +8,7 @@ import { LocalBlobStore } from './files/blob-store.js';
 import { DiskSpace } from './files/disk.js';
 import { writePrivateFile } from './files/durable.js';
 import { FileService } from './files/files.js';
+import { LocalFolderStore } from './files/folder-store.js';
 import { useEnginePython } from './engine/python.js';
 import { ServePool } from './engine/serve-pool.js';
 import { locateEnginePython } from './engine/setup.js';
@@ -17,9 +19,11 @@ import { LlamaCppBackend } from './inference/llamacpp-backend.js';
 import { ModelServing } from './inference/serving.js';
 import { type BackendSetting, type ServingSettings, loadServingSettings } from './inference/settings.js';
 import { ResponseService } from './responses/responses.js';
+import { sweepEndedJobs } from './jobs/clean-up.js';
 import { FileValidation } from './jobs/file-validation.js';
 import { JobService } from './jobs/jobs.js';
 import { JobRunner } from './jobs/runner.js';
+import { StoredFolders } from './jobs/stored-folders.js';
 import { detectCapabilities, memoryForOneJob, processesPerJob } from './jobs/capabilities.js';
 import { DEFAULT_LEASE_MS, JobLeases, QUEUE_POLL_MS } from './jobs/leases.js';
 import { WorkerRegistry, serverWorkerId } from './jobs/workers.js';
@@ -98,7 +102,9 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   const orgs = new OrgService(store.db);
   const files = new FileService(store.db, new LocalBlobStore(home.blobs));
   const baseModels = new BaseModelRegistry(home.models);
-  const models = new ModelService(store.db, baseModels);
+  const folders = new LocalFolderStore(home.store);
+  const stored = new StoredFolders(store.db);
+  const models = new ModelService(store.db, baseModels, { folders, fetched: path.join(home.work, 'models') });
   const jobs = new JobService(store.db, files, baseModels, models);
   const workers = new WorkerRegistry(store.db, options.leaseMs ?? DEFAULT_LEASE_MS);
   const logError = (message: string, error: unknown) => app.log.error({ err: error }, message);
@@ -126,7 +132,7 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   const disk = new DiskSpace(home.root, home.diskReserve);
   await disk.setAside();
   const app = buildApi(services, { maxUploadBytes, disk, logger: options.logger ?? false });
-  const validation = new FileValidation(jobs, files, datasetSettings, tokenizers, home.work, disk, (message, error) =>
+  const validation = new FileValidation(jobs, files, datasetSettings, tokenizers, path.join(home.work, 'validation'), { folders, stored }, disk, (message, error) =>
     app.log.error({ err: error }, message),
   );
 
@@ -140,6 +146,7 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
     app.log.info(`Created organization "${organization.name}" (${organization.id}); its API key is in ${home.apiKeyFile}`);
   }
   await files.sweep();
+  await sweepEndedJobs(store.db, { folders, stored });
   if (options.builtinModels ?? true) {
     // Made once (a few seconds: a tokenizer and random weights), so the guide runs offline from the first start.
     await ensureTinyModel(home.models).catch((error) =>
@@ -155,8 +162,9 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   const capabilities = detectCapabilities();
   const slots = options.engineSlots ?? 1;
   const leases = new JobLeases(store.db, options.leaseMs ?? DEFAULT_LEASE_MS);
-  const runner = new JobRunner({ db: store.db, jobs, models: services.models, files, orgs, baseModels, disk }, home, {
+  const runner = new JobRunner({ db: store.db, jobs, models: services.models, files, orgs, baseModels, disk, folders, stored }, home, {
     slots,
+    scratch: home.work,
     worker: { id: serverWorkerId(home.root), capabilities, memory: memoryForOneJob(capabilities), processes: processesPerJob(capabilities, slots) },
     leases,
     workers,

@@ -1,13 +1,17 @@
+import fsp from 'node:fs/promises';
+import path from 'node:path';
 import { homeLayout } from './config.js';
 import { useEnginePython } from './engine/python.js';
 import { locateEnginePython } from './engine/setup.js';
 import { LocalBlobStore } from './files/blob-store.js';
 import { DiskSpace } from './files/disk.js';
 import { FileService } from './files/files.js';
+import { LocalFolderStore } from './files/folder-store.js';
 import { type Capabilities, detectCapabilities, memoryForOneJob, processesPerJob } from './jobs/capabilities.js';
 import { JobService } from './jobs/jobs.js';
 import { DEFAULT_LEASE_MS, JobLeases, QUEUE_POLL_MS } from './jobs/leases.js';
 import { JobRunner } from './jobs/runner.js';
+import { StoredFolders } from './jobs/stored-folders.js';
 import { WorkerRegistry, newWorkerId } from './jobs/workers.js';
 import { BaseModelRegistry } from './models/base-models.js';
 import { ModelService } from './models/models.js';
@@ -19,9 +23,15 @@ export interface WorkerOptions {
   database: string;
   /**
    * The storage every host mounts (NFS and the like) at the same path: the server's home folder, with
-   * its uploads, base models, training arrays, checkpoints and fine-tunes.
+   * its uploads, base models, and the folder store of training arrays, checkpoints and fine-tunes.
    */
   storage: string;
+  /**
+   * This worker's own folder for the runs it trains (the engine's spec, log and what it is writing).
+   * By default `<storage>/work/<worker id>`, where a checkpoint enters the store by a rename, removed
+   * when the worker stops; a local disk saves the network writes of checkpoints nobody keeps.
+   */
+  scratch?: string;
   /** Jobs trained at once, one engine process each. */
   slots?: number;
   /** The most memory one job may take here, in bytes, below what the host has (a shared host). */
@@ -51,17 +61,21 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
   const leaseMs = options.leaseMs ?? DEFAULT_LEASE_MS;
   const baseModels = new BaseModelRegistry(home.models);
   const files = new FileService(store.db, new LocalBlobStore(home.blobs));
-  const models = new ModelService(store.db, baseModels);
+  const id = newWorkerId();
+  const scratch = path.resolve(options.scratch ?? path.join(home.work, id));
+  const folders = new LocalFolderStore(home.store);
+  const stored = new StoredFolders(store.db);
+  const models = new ModelService(store.db, baseModels, { folders, fetched: path.join(scratch, 'models') });
   const jobs = new JobService(store.db, files, baseModels, models);
   const disk = new DiskSpace(home.root, home.diskReserve);
   const capabilities = detectCapabilities();
   const slots = options.slots ?? 1;
-  const id = newWorkerId();
   const runner = new JobRunner(
-    { db: store.db, jobs, models, files, orgs: new OrgService(store.db), baseModels, disk },
+    { db: store.db, jobs, models, files, orgs: new OrgService(store.db), baseModels, disk, folders, stored },
     home,
     {
       slots,
+      scratch,
       worker: {
         id,
         capabilities,
@@ -88,6 +102,9 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
     close: async () => {
       await runner.stop();
       await store.close();
+      // Its jobs continue elsewhere from what is in the store; nothing here is named by any record.
+      // A folder the operator named is left as it is: it may hold more than this worker's runs.
+      if (!options.scratch) await fsp.rm(scratch, { recursive: true, force: true });
     },
   };
 }

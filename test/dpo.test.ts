@@ -4,6 +4,7 @@ import OpenAI, { toFile } from 'openai';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { TINY_MODEL_NAME } from '../src/models/tiny-model.js';
 import { type TestServer, finished, metricsSteps, startTestServer, untilStep, weatherJokes } from './support/server.js';
+import { storedFolder } from './support/stored.js';
 
 /**
  * The usual recipe, through the SDK on the built-in tunelab-tiny: a supervised fine-tune on the
@@ -204,8 +205,8 @@ it('pauses a DPO job and resumes it from its checkpoint, its reference read back
   await expect
     .poll(async () => (await client.fineTuning.jobs.listEvents(paused.id)).data.some((e) => e.message.startsWith('Checkpoint saved at step')), { timeout: 60_000 })
     .toBe(true);
-  // The reference log-probabilities stay beside the arrays while the job can resume.
-  expect(fs.existsSync(path.join(t.home, 'work', paused.id, 'train', 'reference_logps.npy'))).toBe(true);
+  // The reference log-probabilities stay beside the arrays (in the folder store) while the job can resume.
+  expect(fs.existsSync(path.join(storedFolder(t.home, paused.id, 'train'), 'reference_logps.npy'))).toBe(true);
   expect((await client.fineTuning.jobs.resume(paused.id)).status).toBe('queued');
   const job = await finished(client, paused.id, 300_000);
   expect(job.status, JSON.stringify(job.error)).toBe('succeeded');

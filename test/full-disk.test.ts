@@ -151,7 +151,7 @@ describe.skipIf(!isRoot)('a full disk', () => {
     const created = await test.client.fineTuning.jobs.create({ model: 'trainable', training_file: file });
     const job = await finished(test.client, created.id, 10_000);
     expect(job.status).toBe('failed');
-    expect(job.error?.message).toMatch(new RegExp(`^No space left on device while writing the training arrays \\(0\\.0 MB free on the disk of ${path.join(home, 'work')}\\)$`));
+    expect(job.error?.message).toMatch(new RegExp(`^No space left on device while writing the training arrays \\(0\\.0 MB free on the disk of ${path.join(home, 'work', 'validation')}\\)$`));
     expect((await test.client.models.list()).data.length).toBeGreaterThan(0);
     await test.stop();
     fs.rmSync(filler);

@@ -8,6 +8,7 @@ import { runCli } from './support/cli.js';
 import { eventually } from './support/finish.js';
 import { writeTrainableModelFolder } from './support/model-folder.js';
 import { BASE_MODEL, type TestServer, finished, metricsSteps, startTestServer, untilStep, weatherJokes } from './support/server.js';
+import { storedFolder, storedNames, storedObjects } from './support/stored.js';
 
 const MODEL = 'trainable-qwen3';
 let t: TestServer;
@@ -87,13 +88,14 @@ describe('a job through the engine', () => {
     expect(models).not.toContain(`${job.fine_tuned_model}:ckpt-step-10`);
     expect((await client.models.retrieve(job.fine_tuned_model!)).owned_by).toBe(job.organization_id);
 
-    const adapter = path.join(t.home, 'adapters', job.id);
+    const adapter = storedFolder(t.home, job.id, 'model');
     expect(JSON.parse(fs.readFileSync(path.join(adapter, 'adapter_config.json'), 'utf8'))).toMatchObject({ peft_type: 'LORA', r: 8, base_model_name_or_path: MODEL });
-    const work = path.join(t.home, 'work', job.id);
-    // Cleaned up just after the job's end commits: the final epoch's checkpoint (now the adapter) and the arrays go.
-    const leftOver = () => [...fs.readdirSync(path.join(work, 'checkpoints')).sort(), ...(fs.existsSync(path.join(work, 'train')) ? ['train'] : [])];
-    await eventually(() => (leftOver().length === 2 ? true : undefined));
-    expect(leftOver()).toEqual(['step-20', 'step-30']);
+    // Cleaned up just after the job's end commits: the final epoch's checkpoint (the adapter is its weights) and the
+    // arrays go; the models are in the store and only there: the scratch folder keeps the engine's log.
+    await eventually(() => (storedNames(t.home, job.id).length === 3 ? true : undefined));
+    expect(storedNames(t.home, job.id)).toEqual(['model', 'step-20', 'step-30']);
+    expect(storedObjects(t.home, job.id).filter((o) => fs.existsSync(path.join(o.folder, 'training_state.pt')))).toEqual([]);
+    expect(fs.readdirSync(path.join(t.home, 'work', job.id))).toEqual(['engine.log']);
 
     expect(job.result_files).toHaveLength(1);
     const resultFile = await client.files.retrieve(job.result_files[0]!);
@@ -122,9 +124,8 @@ describe('a job through the engine', () => {
     expect(job.fine_tuned_model).toBeNull();
     await waitFor(() => !fs.existsSync(path.join(t.home, 'work', job.id, 'engine.pid')));
     expect((await client.models.list()).data.map((m) => m.id).filter((id) => id.includes(job.id.slice(6, 14)))).toEqual([]);
-    expect(fs.existsSync(path.join(t.home, 'adapters', job.id))).toBe(false);
-    // Cleaned up after the engine exits, once the cancel is recorded.
-    await waitFor(() => !fs.existsSync(path.join(t.home, 'work', job.id, 'train')));
+    // Cleaned up after the engine exits, once the cancel is recorded: nothing of it is kept.
+    await waitFor(() => storedNames(t.home, job.id).length === 0 && fs.readdirSync(path.join(t.home, 'work', job.id)).join() === 'engine.log');
   });
 
   it('pauses and resumes: the curve continues where it stopped, no step twice; only the newest checkpoint keeps optimizer state', async () => {
@@ -136,8 +137,7 @@ describe('a job through the engine', () => {
     const stoppedAt = (await metricsSteps(client, created.id)).length;
     expect((await client.fineTuning.jobs.retrieve(created.id)).status).toBe('paused');
 
-    const checkpoints = path.join(t.home, 'work', created.id, 'checkpoints');
-    const holdingState = () => fs.readdirSync(checkpoints).filter((name) => fs.existsSync(path.join(checkpoints, name, 'training_state.pt')));
+    const holdingState = () => storedObjects(t.home, created.id).filter((o) => fs.existsSync(path.join(o.folder, 'training_state.pt'))).map((o) => o.name);
     expect(holdingState()).toEqual([`step-${stoppedAt}`]);
 
     expect((await client.fineTuning.jobs.resume(created.id)).status).toBe('queued');
@@ -146,7 +146,7 @@ describe('a job through the engine', () => {
     const job = await finished(client, created.id);
     expect(job.status).toBe('succeeded');
     // A finished job resumes no more: its checkpoints are models, without optimizer state.
-    expect(fs.readdirSync(checkpoints).length).toBeGreaterThan(0);
+    expect(storedNames(t.home, created.id)).toContain('step-20');
     // Dropped just after the job's end commits.
     await waitFor(() => holdingState().length === 0);
     expect(await metricsSteps(client, created.id)).toEqual(Array.from({ length: 30 }, (_, i) => i + 1));
@@ -220,11 +220,10 @@ describe('two engine slots', () => {
         const statuses = await Promise.all(jobs.map(async (job) => (await two.client.fineTuning.jobs.retrieve(job.id)).status));
         return statuses.every((status) => status === 'running');
       });
-      for (const job of jobs) {
-        const spec = JSON.parse(fs.readFileSync(path.join(two.home, 'work', job.id, 'spec.json'), 'utf8'));
-        expect(spec.threads).toBe(Math.max(1, Math.floor(os.availableParallelism() / 2)));
-        expect((await finished(two.client, job.id)).status).toBe('succeeded');
-      }
+      // Read while both run: a job's spec goes with its scratch folder when it ends.
+      const specs = jobs.map((job) => JSON.parse(fs.readFileSync(path.join(two.home, 'work', job.id, 'spec.json'), 'utf8')));
+      for (const spec of specs) expect(spec.threads).toBe(Math.max(1, Math.floor(os.availableParallelism() / 2)));
+      for (const job of jobs) expect((await finished(two.client, job.id)).status).toBe('succeeded');
     } finally {
       await two.cleanup();
     }

@@ -39,7 +39,7 @@ afterAll(async () => {
 });
 
 /** What the job's engine processes said on stderr: each rank of a torchrun group names itself there. */
-const engineLog = (jobId: string) => fs.readFileSync(jobFolders(t.server.home, jobId).log, 'utf8');
+const engineLog = (jobId: string) => fs.readFileSync(jobFolders(t.server.home.work, jobId).log, 'utf8');
 
 async function train(hyperparameters: object) {
   const file = await t.client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
@@ -71,7 +71,7 @@ it('an engine under torchrun stopped from outside continues from its checkpoint;
   const stopped = await train({ full: false, n_epochs: 2 });
   await untilStep(t.client, stopped.id, 3, 120_000);
   // As a service manager stops it: SIGTERM to the engine's process group, torchrun and its processes alike.
-  const [pid] = fs.readFileSync(jobFolders(t.server.home, stopped.id).pid, 'utf8').split('\n');
+  const [pid] = fs.readFileSync(jobFolders(t.server.home.work, stopped.id).pid, 'utf8').split('\n');
   process.kill(-Number(pid), 'SIGTERM');
   const ended = await finished(t.client, stopped.id, 300_000);
   expect(ended.status).toBe('succeeded');

@@ -5,12 +5,14 @@ import { homeLayout } from '../src/config.js';
 import type { DatasetReport } from '../src/datasets/doctor.js';
 import { LocalBlobStore } from '../src/files/blob-store.js';
 import { FileService } from '../src/files/files.js';
+import { LocalFolderStore } from '../src/files/folder-store.js';
 import { JobService } from '../src/jobs/jobs.js';
 import { BaseModelRegistry } from '../src/models/base-models.js';
 import { ModelService } from '../src/models/models.js';
 import { openStore } from '../src/store/store.js';
 import { encodeChat } from '../src/tokenizer/chat-encoding.js';
 import { ModelTokenizer } from '../src/tokenizer/model-tokenizer.js';
+import { storedFolder, storedNames } from './support/stored.js';
 import { BASE_MODEL, DATASETS, type TestServer, onPostgres, startTestServer, tempHome, validated, weatherJokes } from './support/server.js';
 
 /** Reads a NumPy .npy file as numpy.load would: the dtype and shape from its header, then the data. */
@@ -53,10 +55,11 @@ describe('validating_files', () => {
     expect(events[0]).toBe('Files validated, moving job to queued state');
 
     // The arrays hold exactly what the chat template and tokenizer make of each example, trained tokens marked.
-    const work = path.join(t.home, 'work', job.id);
-    const ids = readNpy(path.join(work, 'train', 'input_ids.npy'));
-    const mask = readNpy(path.join(work, 'train', 'loss_mask.npy'));
-    const offsets = readNpy(path.join(work, 'train', 'offsets.npy'));
+    // They are in the folder store, with the job's move to queued.
+    const train = storedFolder(t.home, job.id, 'train');
+    const ids = readNpy(path.join(train, 'input_ids.npy'));
+    const mask = readNpy(path.join(train, 'loss_mask.npy'));
+    const offsets = readNpy(path.join(train, 'offsets.npy'));
     expect([ids.descr, mask.descr, offsets.descr]).toEqual(['<i4', '|u1', '<i8']);
     expect(offsets.shape).toEqual([11]);
     expect(ids.shape).toEqual([offsets.values[10]]);
@@ -68,7 +71,7 @@ describe('validating_files', () => {
       expect(ids.values.slice(start, end)).toEqual(expected.ids);
       expect(mask.values.slice(start, end)).toEqual(expected.mask);
     });
-    expect(readNpy(path.join(work, 'valid', 'offsets.npy')).shape).toEqual([3]);
+    expect(readNpy(path.join(storedFolder(t.home, job.id, 'valid'), 'offsets.npy')).shape).toEqual([3]);
 
     const report = await t.client.get<DatasetReport>(`/fine_tuning/jobs/${job.id}/validation_report`);
     expect(report).toMatchObject({ object: 'fine_tuning.job.validation_report', fine_tuning_job_id: job.id, can_train: true, n_epochs: 10 });
@@ -84,7 +87,8 @@ describe('validating_files', () => {
     expect(job.finished_at).not.toBeNull();
     expect(await t.client.files.retrieve(file.id)).toMatchObject({ status: 'processed', status_details: null });
     expect((await t.client.fineTuning.jobs.listEvents(job.id)).data[0]).toMatchObject({ level: 'error', message });
-    expect(fs.existsSync(path.join(t.home, 'work', job.id, 'train'))).toBe(false);
+    expect(storedNames(t.home, job.id)).toEqual([]);
+    expect(fs.existsSync(path.join(t.home, 'work', 'validation', job.id))).toBe(false);
   });
 
   it('refuses a job on a bad validation file at create, naming it and the example', async () => {
@@ -143,7 +147,8 @@ describe('validating_files', () => {
     expect((await validated(t.client, next.id, 10_000)).status).toBe('queued');
     expect(Date.now() - started).toBeLessThan(4_000);
     expect((await t.client.fineTuning.jobs.retrieve(cancelled.id)).status).toBe('cancelled');
-    expect(fs.existsSync(path.join(t.home, 'work', cancelled.id))).toBe(false);
+    expect(fs.existsSync(path.join(t.home, 'work', 'validation', cancelled.id))).toBe(false);
+    expect(storedNames(t.home, cancelled.id)).toEqual([]);
   });
 
   it('serves the report only to the owner', async () => {
@@ -168,7 +173,7 @@ describe.skipIf(onPostgres)('a restart during validation (SQLite: the test write
     const store = await openStore(layout.database);
     const files = new FileService(store.db, new LocalBlobStore(layout.blobs));
     const baseModels = new BaseModelRegistry(layout.models);
-    const jobs = new JobService(store.db, files, baseModels, new ModelService(store.db, baseModels));
+    const jobs = new JobService(store.db, files, baseModels, new ModelService(store.db, baseModels, { folders: new LocalFolderStore(layout.store), fetched: layout.work }));
     const job = await jobs.create(org.id, { model: BASE_MODEL, training_file: file.id });
     await expect(jobs.validationReport(org.id, job.id)).rejects.toMatchObject({ kind: 'not_found', code: 'validation_report_not_ready' });
     await store.close();

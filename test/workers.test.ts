@@ -8,6 +8,7 @@ import { launchBrowser, openDashboard, screenshot } from './support/browser.js';
 import { CLI, runCli } from './support/cli.js';
 import { openStore } from '../src/store/store.js';
 import { writeTrainableModelFolder } from './support/model-folder.js';
+import { storedNames, storedObjects } from './support/stored.js';
 import {
   BASE_MODEL,
   type TestServer,
@@ -74,6 +75,26 @@ describe.skipIf(!onPostgres)('training on workers through PostgreSQL', () => {
     await until(`${n} active workers`, async () => (await listWorkers()).filter((w) => w.status === 'active').length >= n);
   }
 
+  /** A worker's scratch folder for a job: `<storage>/work/<worker id>/<job>` (src/worker.ts). */
+  const scratchOf = (workerId: string, jobId: string) => path.join(t.home, 'work', workerId, jobId);
+
+  /** What is left of a job's runs in the workers' scratch folders, but for the engines' logs. */
+  const scratchLeft = (jobId: string) =>
+    fs
+      .readdirSync(path.join(t.home, 'work'))
+      .map((entry) => path.join(t.home, 'work', entry, jobId))
+      .filter((folder) => fs.existsSync(folder))
+      .flatMap((folder) => fs.readdirSync(folder).filter((name) => name !== 'engine.log').map((name) => path.join(folder, name)));
+
+  /** Every file under `folder`, recursively. */
+  const filesUnder = (folder: string): string[] =>
+    fs.existsSync(folder) ? fs.readdirSync(folder, { recursive: true, encoding: 'utf8' }).map((name) => path.join(folder, name)).filter((file) => fs.statSync(file, { throwIfNoEntry: false })?.isFile()) : [];
+  /** A file as it was written: its inode and modification time survive a rename into the store; a reused inode has a new time. */
+  const identity = (file: string) => {
+    const stats = fs.statSync(file, { bigint: true, throwIfNoEntry: false });
+    return stats ? `${stats.dev}:${stats.ino}:${stats.mtimeNs}` : file;
+  };
+
   async function queue(nEpochs: number) {
     const file = await t.client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
     return t.client.fineTuning.jobs.create({ model: MODEL, training_file: file.id, hyperparameters: { n_epochs: nEpochs } });
@@ -126,6 +147,8 @@ describe.skipIf(!onPostgres)('training on workers through PostgreSQL', () => {
       expect(starts).toHaveLength(1);
       starters.add((starts[0]!.data as { worker: string }).worker);
       expect(seenOn.get(job.id)?.size ?? 1).toBe(1);
+      // Its files are in the store, and only there: the model (the one epoch's checkpoint was its last); the arrays went.
+      await until(`${job.id} to be cleaned up`, async () => storedNames(t.home, job.id).join() === 'model' && scratchLeft(job.id).length === 0);
     }
     // Both workers trained; the small one, never.
     const listed = await listWorkers();
@@ -146,6 +169,18 @@ describe.skipIf(!onPostgres)('training on workers through PostgreSQL', () => {
     const victim = workers.find((w) => w.process.pid === pid)!;
     victim.process.kill('SIGKILL');
 
+    // The survivor has a scratch folder of its own: it continues from the checkpoint it fetched from the store.
+    const resumed = await until('the run resumed on the survivor', async () =>
+      (await allEvents(t.client, created.id)).find((e) => e.message.startsWith('Fine-tuning job resumed from its checkpoint at step')),
+    );
+    const step = /step (\d+)$/.exec(resumed.message)![1];
+    const survivor = (resumed.data as { worker: string }).worker;
+    const spec = await until('the survivor\'s spec', async () => {
+      const file = path.join(scratchOf(survivor, created.id), 'spec.json');
+      return fs.existsSync(file) && (JSON.parse(fs.readFileSync(file, 'utf8')) as { resume_from: string | null });
+    });
+    expect(spec.resume_from).toMatch(new RegExp(`^${path.join(t.home, 'store', created.id)}/step-${step}-\\w{8}$`));
+
     const job = await finished(t.client, created.id, 240_000);
     expect(job.status).toBe('succeeded');
     expect(await metricsSteps(t.client, job.id)).toEqual(Array.from({ length: 50 }, (_, i) => i + 1));
@@ -156,6 +191,7 @@ describe.skipIf(!onPostgres)('training on workers through PostgreSQL', () => {
     expect(messages.filter((m) => m.startsWith('New fine-tuned model created'))).toHaveLength(1);
     const models = (await t.client.models.list()).data.map((m) => m.id).filter((id) => id.startsWith(job.fine_tuned_model!));
     expect(models.sort()).toEqual([job.fine_tuned_model, `${job.fine_tuned_model}:ckpt-step-30`, `${job.fine_tuned_model}:ckpt-step-40`].sort());
+    await until('the clean-up', async () => storedNames(t.home, job.id).join() === 'model,step-30,step-40');
   }, 300_000);
 
   it('pause and cancel made through the API reach the job on the worker training it', async () => {
@@ -172,37 +208,54 @@ describe.skipIf(!onPostgres)('training on workers through PostgreSQL', () => {
     await t.client.fineTuning.jobs.cancel(created.id);
     const job = await finished(t.client, created.id);
     expect(job.status).toBe('cancelled');
-    // The engine on the worker stopped, and left nothing behind.
-    await until('the engine to exit', async () => !fs.existsSync(path.join(t.home, 'work', job.id, 'engine.pid')));
-    await until('the worker to clean up', async () => !fs.existsSync(path.join(t.home, 'work', job.id, 'train')));
+    // The engine on the worker stopped, and left nothing behind but the checkpoint models the job made (the pause's).
+    const kept = (await t.client.models.list()).data.flatMap((m) => (m.id.includes(job.id.slice(6, 14)) ? [`step-${/:ckpt-step-(\d+)$/.exec(m.id)![1]}`] : []));
+    expect(kept.length).toBeGreaterThan(0);
+    await until('the worker to clean up', async () => scratchLeft(job.id).length === 0 && storedNames(t.home, job.id).join() === kept.sort().join()).catch(
+      (error: Error) => {
+        throw new Error(`${error.message}: the store holds ${storedNames(t.home, job.id).join()} (models: ${kept.join()}); left in scratch: ${scratchLeft(job.id).join()}`);
+      },
+    );
     expect(await metricsSteps(t.client, job.id)).toEqual(Array.from({ length: (await metricsSteps(t.client, job.id)).length }, (_, i) => i + 1));
-    expect(fs.existsSync(path.join(t.home, 'adapters', job.id))).toBe(false);
   }, 300_000);
 
-  it('a worker stalled past its lease (SIGSTOP) and woken (SIGCONT) writes nothing more for the job it lost', async () => {
+  it('a worker stalled past its lease (SIGSTOP) and woken (SIGCONT) writes nothing more for the job it lost, in the database or in storage', async () => {
     await atLeastWorkers(2);
-    const created = await queue(5);
+    // Long enough that the stalled worker's engine, which is not stopped, is still training when the other worker takes over.
+    const created = await queue(10);
     await untilStep(t.client, created.id, 12, 120_000);
     const pid = await holder(created.id);
     const stalled = workers.find((w) => w.process.pid === pid)!;
+    const stalledId = workerOf(await listWorkers(), pid)!.id;
     stalled.process.kill('SIGSTOP');
+    // Its engine trains on, saving checkpoints where its worker told it to: what it writes is noted, file by file.
+    const stalledScratch = scratchOf(stalledId, created.id);
+    const writtenByStalled = new Set<string>();
+    const note = () =>
+      ['checkpoints', 'output'].flatMap((kind) => filesUnder(path.join(stalledScratch, kind))).forEach((file) => writtenByStalled.add(identity(file)));
+    await until('the stalled engine to save a checkpoint', async () => fs.existsSync(path.join(stalledScratch, 'checkpoints', 'step-20')));
+    note();
     // The other worker takes the job over; the stalled one wakes while the job trains there.
     await until('the take-over', async () =>
       (await allEvents(t.client, created.id)).some((e) => e.message.startsWith('The worker training the job stopped renewing its lease')),
     );
+    note();
     stalled.process.kill('SIGCONT');
     await until('the woken worker to find its lease lost', async () => /lease on \S+ (was lost|expired)/.test(stalled.stderr()));
 
     const job = await finished(t.client, created.id, 240_000);
     expect(job.status).toBe('succeeded');
-    expect(await metricsSteps(t.client, job.id)).toEqual(Array.from({ length: 50 }, (_, i) => i + 1));
+    expect(await metricsSteps(t.client, job.id)).toEqual(Array.from({ length: 100 }, (_, i) => i + 1));
     const events = await allEvents(t.client, job.id);
     expect(events.filter((e) => e.message.startsWith('New fine-tuned model created'))).toHaveLength(1);
     expect(events.filter((e) => e.level === 'error')).toEqual([]);
     // Every start after the take-over is the other worker's.
     const starts = events.filter((e) => e.message.startsWith('Fine-tuning job'));
-    const stalledId = workerOf(await listWorkers(), pid)?.id;
     expect(starts.at(-1)!.data).not.toMatchObject({ worker: stalledId });
+    // Storage holds the job's models, and none of the stalled engine's checkpoints or model: not in the store, not in any scratch folder.
+    await until('the clean-up', async () => storedNames(t.home, job.id).join() === 'model,step-80,step-90' && scratchLeft(job.id).length === 0);
+    expect(writtenByStalled.size).toBeGreaterThan(0);
+    expect(filesUnder(t.home).filter((file) => writtenByStalled.has(identity(file)))).toEqual([]);
   }, 300_000);
 
   it("the dashboard's Workers page shows each worker, what it holds, and the job it trains", async () => {

@@ -10,15 +10,17 @@ export function workerCommand(program: Command): void {
     .description("train jobs from a server's queue on this host (its database and storage shared)")
     .requiredOption('--database <url>', "the server's postgres:// URL", process.env.TUNELAB_DATABASE_URL)
     .requiredOption('--storage <dir>', "the server's home folder, mounted here at the same path (NFS and the like)", process.env.TUNELAB_HOME)
+    .option('--scratch <dir>', "this worker's folder for the runs it trains (default: <storage>/work/<worker id>; a local disk works too)")
     .option('--slots <n>', 'jobs trained at once, one engine process each', (v) => Number.parseInt(v, 10), 1)
     .option('--memory <size>', 'the most memory each process of a job (one per GPU) may take here, e.g. 24GB (default: one GPU, or the RAM without one)', parseByteSize)
     .option('--lease <seconds>', 'how long a job is held without a heartbeat before another worker takes it', (v) => Number(v) * 1000)
-    .action(async (options: { database: string; storage: string; slots: number; memory?: number; lease?: number }) => {
+    .action(async (options: { database: string; storage: string; scratch?: string; slots: number; memory?: number; lease?: number }) => {
       // Loaded here: the other commands need none of the runner's modules.
       const { startWorker } = await import('../worker.js');
       const worker = await startWorker({
         database: options.database,
         storage: options.storage,
+        scratch: options.scratch,
         slots: options.slots,
         memory: options.memory,
         leaseMs: options.lease,

@@ -1,10 +1,9 @@
-import type { HomeLayout } from '../config.js';
 import { stopOrphan } from '../engine/training-process.js';
-import type { CheckpointModels } from './checkpoint-models.js';
 import { jobFolders } from './job-folders.js';
 import type { FineTuningJob, JobChanges, JobService, NewEvent } from './jobs.js';
 import type { Capabilities } from './capabilities.js';
 import type { Fence, JobLeases } from './leases.js';
+import type { StoredFolders } from './stored-folders.js';
 
 /** A process that trains jobs, as the queue sees it: who it is and how much memory a job may take on it. */
 export interface WorkerIdentity {
@@ -24,9 +23,10 @@ export interface WorkerIdentity {
 export class JobClaims {
   constructor(
     private readonly jobs: JobService,
-    private readonly checkpoints: CheckpointModels,
+    private readonly stored: StoredFolders,
     private readonly leases: JobLeases,
-    private readonly home: HomeLayout,
+    /** This worker's scratch folder, where an engine it started before a restart has its pid. */
+    private readonly scratch: string,
     private readonly worker: WorkerIdentity,
   ) {}
 
@@ -72,9 +72,8 @@ export class JobClaims {
 
   private async requeue(fence: Fence, message: (step: number | null) => string): Promise<void> {
     const jobId = fence.lease.jobId;
-    const folders = jobFolders(this.home, jobId);
-    await stopOrphan(folders.pid);
-    const checkpoint = await this.checkpoints.resumePoint(jobId, folders, (await this.jobs.lastStep(jobId))?.data.step ?? 0);
+    await stopOrphan(jobFolders(this.scratch, jobId).pid);
+    const checkpoint = await this.stored.resumePoint(jobId);
     await this.jobs.move(jobId, 'running', 'queued', { message: message(checkpoint?.step ?? null) }, {}, fence.check);
   }
 }

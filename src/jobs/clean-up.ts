@@ -1,22 +1,31 @@
-import fs from 'node:fs';
-import path from 'node:path';
-import type { HomeLayout } from '../config.js';
-import type { ModelService } from '../models/models.js';
-import { checkpointFolders, dropTrainingState, jobFolders, removeFolders } from './job-folders.js';
-import type { FineTuningJob } from './jobs.js';
+import type { Db } from '../store/store.js';
+import { TRAINING_STATE, type JobFolders, clearScratch } from './job-folders.js';
+import type { RunnerServices } from './run.js';
+import { isFinished, type JobStatus } from './status.js';
 
 /**
- * A finished job keeps its models' folders and its engine log; its training arrays, the
- * checkpoints no model names, and (unless it succeeded) its partial output go.
+ * A finished job keeps its models in the folder store and nothing else there: its training arrays,
+ * its resume point and whatever no model names go, and its models lose the optimizer state (a
+ * finished job is never resumed; that state is most of a checkpoint's size). Its scratch folder on
+ * the worker that ran it keeps only the engine's log.
  */
-export async function cleanUpJob(job: FineTuningJob, models: ModelService, home: HomeLayout): Promise<void> {
-  const folders = jobFolders(home, job.id);
-  const kept = new Set(await models.folders(job.id));
-  const stale = fs.existsSync(folders.checkpoints)
-    ? fs.readdirSync(folders.checkpoints).map((name) => path.join(folders.checkpoints, name)).filter((folder) => !kept.has(folder))
-    : [];
-  await removeFolders([folders.train, folders.valid, ...stale]);
-  // A finished job is never resumed: its checkpoints are models now, and optimizer state is most of their size.
-  await dropTrainingState(checkpointFolders(folders));
-  if (job.status !== 'succeeded') await removeFolders([folders.output]);
+export async function cleanUpJob(jobId: string, services: Pick<RunnerServices, 'folders' | 'stored'>, scratch: JobFolders | null): Promise<void> {
+  await services.stored.forgetTraining(jobId);
+  const kept = await services.stored.named(jobId);
+  await services.folders.sweep(jobId, kept);
+  await Promise.all([...kept].map((location) => services.folders.removeFiles(location, [TRAINING_STATE])));
+  if (scratch) await clearScratch(scratch, true);
+}
+
+/**
+ * On a server's start: the store's prefixes of jobs that have ended are swept of what no record
+ * names, as a worker killed between staging a folder and throwing it away (its lease lost) leaves.
+ * Jobs still under way are swept by their next run, under its lease.
+ */
+export async function sweepEndedJobs(db: Db, services: Pick<RunnerServices, 'folders' | 'stored'>): Promise<void> {
+  for (const prefix of await services.folders.prefixes()) {
+    const job = await db.selectFrom('jobs').select('status').where('id', '=', prefix).executeTakeFirst();
+    if (job && !isFinished(job.status as JobStatus)) continue;
+    await services.folders.sweep(prefix, await services.stored.named(prefix));
+  }
 }

@@ -9,8 +9,8 @@ const ESTIMATE_EVERY_MS = 2000;
 
 /**
  * Turns what a training engine says into the job's record: steps into metrics events, evaluations
- * into the step they were made at, epoch checkpoints into models; the rest (how it ended) is noted
- * on the run for the runner to act on once the engine exits.
+ * into the step they were made at, checkpoints into the folder store (epoch ones into models); the
+ * rest (how it ended) is noted on the run for the runner to act on once the engine exits.
  */
 export class EngineEvents {
   constructor(
@@ -28,14 +28,18 @@ export class EngineEvents {
       case 'eval':
         return this.evaluation(run, event);
       case 'checkpoint': {
+        // A cancelled job keeps no checkpoint; the last epoch's becomes the fine-tuned model when the engine is done.
         const step = Number(event.step);
-        // The last epoch's checkpoint becomes the fine-tuned model when the engine is done; a cancelled job makes none.
-        if (run.stopping === 'cancel' || step <= run.lastCheckpointStep || step >= run.totalSteps) return;
-        return this.checkpoints.register(run, step, String(event.path), run.lastMetrics?.data.step === step ? run.lastMetrics.data : undefined);
+        if (run.stopping === 'cancel' || run.stopping === 'lost' || step <= run.resumeStep) return;
+        return this.checkpoints.publish(run, step, String(event.path), { metrics: run.lastMetrics?.data.step === step ? run.lastMetrics.data : undefined });
       }
-      case 'cancelled':
-        run.stoppedAtStep = Number(event.step);
-        return;
+      case 'cancelled': {
+        // The checkpoint it saved as it stopped is where a pause, a shutdown or a stop from outside continues.
+        const step = Number(event.step);
+        run.stoppedAtStep = step;
+        if (run.stopping === 'cancel' || run.stopping === 'lost' || step <= run.resumeStep) return;
+        return this.checkpoints.publish(run, step, String(event.path), null);
+      }
       case 'done':
         run.done = event;
         return;

@@ -7,9 +7,12 @@ import type { ModelTokenizers } from '../datasets/model-tokenizers.js';
 import type { DatasetSettings } from '../datasets/settings.js';
 import { type DiskSpace, isDiskFull } from '../files/disk.js';
 import type { FileService } from '../files/files.js';
+import { type FolderStore, publishWith } from '../files/folder-store.js';
+import { randomToken } from '../ids.js';
 import { modelContextLength } from '../models/base-models.js';
 import { trainingDefaults } from '../models/training-defaults.js';
 import type { FineTuningJob, JobService, Method } from './jobs.js';
+import type { StoredFolders } from './stored-folders.js';
 import type { SupervisedHyperparameters } from './job-request.js';
 import { trainingMemory } from './memory-need.js';
 import { WorkLoop } from './work-loop.js';
@@ -22,8 +25,9 @@ export interface JobError {
 
 /**
  * The `validating_files` step: the dataset doctor runs on the job's files, writes the training
- * arrays into the job's work folder, keeps its report (the files' own status is their upload check's),
- * and moves the job to `queued` or fails it with OpenAI's error codes. Jobs are taken one at a
+ * arrays into a scratch folder, keeps its report (the files' own status is their upload check's),
+ * and moves the job to `queued` (its arrays entering the folder store in the same commit) or fails
+ * it with OpenAI's error codes. Jobs are taken one at a
  * time, oldest first; those a restart interrupted are taken again on start.
  */
 export class FileValidation {
@@ -39,7 +43,9 @@ export class FileValidation {
     private readonly files: FileService,
     private readonly settings: DatasetSettings,
     private readonly tokenizers: ModelTokenizers,
+    /** This server's scratch folder: the arrays are written there before they enter the store. */
     private readonly workDir: string,
+    private readonly store: { folders: FolderStore; stored: StoredFolders },
     private readonly disk: DiskSpace,
     private readonly log: (message: string, error?: unknown) => void,
   ) {}
@@ -65,11 +71,10 @@ export class FileValidation {
   private async drain(): Promise<void> {
     for (const job of await this.jobs.withStatus('validating_files')) {
       if (this.loop.stopped) return;
-      let queued = false;
       const abort = new AbortController();
       this.current = { jobId: job.id, abort };
       try {
-        queued = await this.validate(job, abort.signal);
+        await this.validate(job, abort.signal);
       } catch (error) {
         // A job cancelled while its files were read, or a server stopping: nothing to record.
         const abandoned = abort.signal.aborted || (error instanceof ServiceError && error.kind === 'conflict');
@@ -87,13 +92,12 @@ export class FileValidation {
         }
       }
       this.current = null;
-      // Arrays are kept only for a job that will train.
-      if (!queued) await fs.rm(path.join(this.workDir, job.id), { recursive: true, force: true });
+      // The arrays of a job that will train are in the store by now; the others are not kept.
+      await fs.rm(path.join(this.workDir, job.id), { recursive: true, force: true });
     }
   }
 
-  /** True when the job was queued. */
-  private async validate(job: FineTuningJob, signal: AbortSignal): Promise<boolean> {
+  private async validate(job: FineTuningJob, signal: AbortSignal): Promise<void> {
     // A job continuing a fine-tune reads its files with the tokenizer and template of the lineage's base model.
     const model = (await this.jobs.startingPoint(job.organization_id, job.model)).root;
     const tokenizer = this.tokenizers.get(model.path);
@@ -119,22 +123,31 @@ export class FileValidation {
     const error = trainingError ?? validationError;
     if (error) {
       await this.fail(job, error);
-      return false;
+      return;
     }
     const defaults = trainingDefaults(model.path);
     // DPO's hyperparameters extend supervised ones: both say how the model is trained.
     const given = job.hyperparameters as SupervisedHyperparameters;
     const full = given.full ?? defaults.method === 'full';
     const need = trainingMemory(model.path, { full, loraRank: given.lora_rank ?? defaults.lora_rank });
-    await this.jobs.move(
-      job.id,
-      'validating_files',
-      'queued',
-      { message: 'Files validated, moving job to queued state' },
-      // Only a worker with this much memory takes the job (src/jobs/leases.ts).
-      { memory_needed: need.bytes, memory_sharded: need.sharded },
+    const arraysDir = path.join(this.workDir, job.id);
+    const train = await this.store.folders.stage(job.id, path.join(arraysDir, 'train'));
+    const valid = report.validation ? await this.store.folders.stage(job.id, path.join(arraysDir, 'valid')) : null;
+    const staged = [{ folder: train, name: `train-${randomToken(8)}` }, ...(valid ? [{ folder: valid, name: `valid-${randomToken(8)}` }] : [])];
+    await publishWith(this.store.folders, staged, (commit) =>
+      this.jobs.move(
+        job.id,
+        'validating_files',
+        'queued',
+        { message: 'Files validated, moving job to queued state' },
+        // Only a worker with this much memory takes the job (src/jobs/leases.ts).
+        { memory_needed: need.bytes, memory_sharded: need.sharded },
+        async (trx) => {
+          const [trainLocation, validLocation] = await commit();
+          await this.store.stored.recordArrays(job.id, { train: trainLocation!, valid: validLocation ?? null }, trx);
+        },
+      ),
     );
-    return true;
   }
 
   private async fail(job: FineTuningJob, error: JobError): Promise<void> {

@@ -42,8 +42,20 @@ export interface NewEvent {
   data?: Record<string, unknown> | null;
 }
 
-/** A job as the API sees it: the lease columns are the runners' (src/jobs/leases.ts). */
-type JobRow = Omit<Selectable<JobTable>, 'seq' | 'lease_worker' | 'lease_token' | 'lease_expires_at' | 'memory_needed' | 'memory_sharded'>;
+/** A job as the API sees it: the lease and stored-folder columns are the runners' (src/jobs/leases.ts, stored-folders.ts). */
+type JobRow = Omit<
+  Selectable<JobTable>,
+  | 'seq'
+  | 'lease_worker'
+  | 'lease_token'
+  | 'lease_expires_at'
+  | 'memory_needed'
+  | 'memory_sharded'
+  | 'train_arrays'
+  | 'valid_arrays'
+  | 'resume_step'
+  | 'resume_location'
+>;
 
 /** What a move may change besides the status. */
 export type JobChanges = Partial<
@@ -197,6 +209,12 @@ export class JobService {
     const row = await this.db.selectFrom('jobs').selectAll().where('id', '=', id).executeTakeFirst();
     if (!row) throw noSuch('FineTuningJob', id, 'fine_tuning_job_id');
     return toJob(row);
+  }
+
+  /** Whether the job has ended (succeeded, failed or cancelled), as `db` (a transaction's) sees it. */
+  async hasEnded(id: string, db: Db = this.db): Promise<boolean> {
+    const row = await db.selectFrom('jobs').select('status').where('id', '=', id).executeTakeFirst();
+    return row !== undefined && isFinished(row.status as JobStatus);
   }
 
   /** Cancel, pause or resume, as the person asked; refused with the reason when the job cannot. */

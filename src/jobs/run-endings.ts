@@ -1,7 +1,8 @@
-import type { HomeLayout } from '../config.js';
 import type { Exit } from '../engine/training-process.js';
 import { ServiceError } from '../errors.js';
 import { DISK_FULL_WORDS } from '../files/disk.js';
+import { randomToken } from '../ids.js';
+import { publishWith } from '../files/folder-store.js';
 import { type CheckpointModels, checkpointMetrics, modelRow } from './checkpoint-models.js';
 import { cleanUpJob } from './clean-up.js';
 import { halfWrittenCheckpoints, removeFolders } from './job-folders.js';
@@ -17,37 +18,43 @@ import { isFinished } from './status.js';
 export class RunEndings {
   constructor(
     private readonly services: RunnerServices,
-    private readonly home: HomeLayout,
+    /** The scratch folder runs write in: a full disk there is named in the job's error. */
+    private readonly scratch: string,
     private readonly checkpoints: CheckpointModels,
     /** True once the runner is stopping: a failure is then not retried forever on a full disk. */
     private readonly stopped: () => boolean,
   ) {}
 
   async succeed(run: Run): Promise<void> {
-    const { jobs, models, files } = this.services;
+    const { jobs, models, files, folders } = this.services;
     const job = run.job;
     run.finishing = true;
     const csv = resultsCsv((await jobs.metrics(job.id)).map((m) => m.data));
     const final = run.lastMetrics?.data.step === run.totalSteps ? run.lastMetrics.data : { step: run.totalSteps };
     let removed: string[] = [];
-    await jobs.move(
-      job.id,
-      'running',
-      'succeeded',
-      [{ message: `New fine-tuned model created: ${run.fineTunedModel}` }, { message: 'The job has successfully completed' }],
-      { fine_tuned_model: run.fineTunedModel, trained_tokens: Number(run.done!.trained_tokens) },
-      async (trx) => {
-        await run.fence.check(trx);
-        // The result file commits with the job's end: a cancel that wins the race, or a crash, leaves none behind.
-        const results = await files.createResult(job.organization_id, 'step_metrics.csv', Buffer.from(csv), trx);
-        await trx.updateTable('jobs').set({ result_files: JSON.stringify([results.id]) }).where('id', '=', job.id).execute();
-        await models.registerFineTuned(modelRow(run, run.fineTunedModel, 'fine-tune', run.folders.output), trx);
-        await jobs.addCheckpoint(job.id, { stepNumber: run.totalSteps, model: run.fineTunedModel, metrics: checkpointMetrics(final) }, trx);
-        removed = await this.checkpoints.prune(job.id, trx);
-      },
+    // The model enters the store as the job ends, under the run's lease, or not at all.
+    const staged = await folders.stage(job.id, run.folders.output);
+    await publishWith(folders, [{ folder: staged, name: `model-${randomToken(8)}` }], (commit) =>
+      jobs.move(
+        job.id,
+        'running',
+        'succeeded',
+        [{ message: `New fine-tuned model created: ${run.fineTunedModel}` }, { message: 'The job has successfully completed' }],
+        { fine_tuned_model: run.fineTunedModel, trained_tokens: Number(run.done!.trained_tokens) },
+        async (trx) => {
+          await run.fence.check(trx);
+          // The result file commits with the job's end: a cancel that wins the race, or a crash, leaves none behind.
+          const results = await files.createResult(job.organization_id, 'step_metrics.csv', Buffer.from(csv), trx);
+          await trx.updateTable('jobs').set({ result_files: JSON.stringify([results.id]) }).where('id', '=', job.id).execute();
+          const [location] = (await commit()) as [string];
+          await models.registerFineTuned(modelRow(run, run.fineTunedModel, 'fine-tune', location), trx);
+          await jobs.addCheckpoint(job.id, { stepNumber: run.totalSteps, model: run.fineTunedModel, metrics: checkpointMetrics(final) }, trx);
+          removed = await this.checkpoints.prune(job.id, trx);
+        },
+      ),
     );
-    await removeFolders(removed);
-    await cleanUpJob({ ...job, status: 'succeeded' }, models, this.home);
+    await Promise.all(removed.map((location) => folders.remove(location)));
+    await cleanUpJob(job.id, this.services, run.folders);
   }
 
   async fail(run: Run, error: JobError | null, exit: Exit | null): Promise<void> {
@@ -81,7 +88,7 @@ export class RunEndings {
       if (failure instanceof ServiceError && failure.kind === 'conflict') return this.afterStop(run);
       throw failure;
     }
-    await cleanUpJob({ ...run.job, status: 'failed' }, this.services.models, this.home);
+    await cleanUpJob(run.job.id, this.services, run.folders);
   }
 
   /** After the engine stopped for a cancel, a pause, or a signal from outside. */
@@ -101,7 +108,7 @@ export class RunEndings {
       const message = `The engine was stopped from outside the server at step ${run.stoppedAtStep}; the job continues from there`;
       await jobs.move(job.id, 'running', 'queued', { level: 'warn', message }, {}, run.fence.check);
     }
-    if (isFinished(job.status)) await cleanUpJob(job, this.services.models, this.home);
+    if (isFinished(job.status)) await cleanUpJob(job.id, this.services, run.folders);
   }
 
   /** The engine failed for a full disk: while writing a checkpoint (its half-written folder tells the step) or the model. */
@@ -113,7 +120,7 @@ export class RunEndings {
     return this.diskFull(`saving the fine-tuned model at step ${run.lastMetrics?.data.step ?? run.totalSteps}`, run.space.weights);
   }
 
-  diskFull(doing: string, needed?: number, folder = this.home.work): JobError {
+  diskFull(doing: string, needed?: number, folder = this.scratch): JobError {
     return { code: 'disk_full', message: this.services.disk.fullMessage(doing, needed, folder), plain: true };
   }
 }

@@ -2,6 +2,7 @@ import type { DoneEvent, StepMetrics } from '../engine/protocol.js';
 import type { TrainingProcess } from '../engine/training-process.js';
 import type { DiskSpace } from '../files/disk.js';
 import type { FileService } from '../files/files.js';
+import type { FolderStore } from '../files/folder-store.js';
 import type { BaseModelRegistry } from '../models/base-models.js';
 import type { ModelService } from '../models/models.js';
 import type { OrgService } from '../orgs/orgs.js';
@@ -10,6 +11,7 @@ import type { CheckpointSpace } from './checkpoint-space.js';
 import type { JobFolders } from './job-folders.js';
 import type { FineTuningJob, JobService } from './jobs.js';
 import type { Fence } from './leases.js';
+import type { StoredFolders } from './stored-folders.js';
 
 /** The services a run records through: the same ones the API serves from. */
 export interface RunnerServices {
@@ -20,6 +22,9 @@ export interface RunnerServices {
   orgs: OrgService;
   baseModels: BaseModelRegistry;
   disk: DiskSpace;
+  /** Where training arrays, checkpoints and fine-tunes are kept for every host, and the records naming them. */
+  folders: FolderStore;
+  stored: StoredFolders;
 }
 
 export type Metrics = Partial<StepMetrics> & { step: number };
@@ -34,6 +39,7 @@ export interface JobError {
 /** One engine process training one job, and what the runner learned from its events so far. */
 export interface Run {
   job: FineTuningJob;
+  /** Its scratch folder on this worker. */
   folders: JobFolders;
   /** Every write for the job goes through the lease that holds it. */
   fence: Fence;
@@ -55,6 +61,8 @@ export interface Run {
   /** The newest metrics event, so an evaluation of its step can join it. */
   lastMetrics: { id: string; data: Metrics } | null;
   lastCheckpointStep: number;
+  /** The step of the job's resume point in the store (the checkpoint it started from, or a newer one it published). */
+  resumeStep: number;
   lastEstimateAt: number;
   error: JobError | null;
   done: DoneEvent | null;

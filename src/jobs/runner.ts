@@ -1,4 +1,6 @@
+import fsp from 'node:fs/promises';
 import os from 'node:os';
+import path from 'node:path';
 import type { HomeLayout } from '../config.js';
 import { enginePython } from '../engine/python.js';
 import { TrainingProcess, stopOrphan } from '../engine/training-process.js';
@@ -10,7 +12,7 @@ import { CheckpointModels, KEPT_CHECKPOINTS } from './checkpoint-models.js';
 import { type CheckpointSpace, checkpointSpace } from './checkpoint-space.js';
 import { cleanUpJob } from './clean-up.js';
 import { EngineEvents } from './engine-events.js';
-import { jobFolders } from './job-folders.js';
+import { clearScratch, jobFolders } from './job-folders.js';
 import type { FineTuningJob, Method } from './jobs.js';
 import { type Fence, type JobLeases, LeaseLost } from './leases.js';
 import type { JobStatus } from './status.js';
@@ -26,6 +28,11 @@ export type { RunnerServices } from './run.js';
 export interface RunnerOptions {
   /** Engine processes at once; each trains one job. */
   slots: number;
+  /**
+   * This process's own folder for the runs it trains (engine spec, pid and log, the checkpoints and
+   * model being written). On the folder store's filesystem, publishing a checkpoint is a rename.
+   */
+  scratch: string;
   /** Who this runner is in the queue, and the memory a job may take here. */
   worker: WorkerIdentity;
   leases: JobLeases;
@@ -74,9 +81,9 @@ export class JobRunner {
     private readonly options: RunnerOptions,
   ) {
     this.checkpoints = new CheckpointModels(services);
-    this.claims = new JobClaims(services.jobs, this.checkpoints, options.leases, home, options.worker);
+    this.claims = new JobClaims(services.jobs, services.stored, options.leases, options.scratch, options.worker);
     this.events = new EngineEvents(services.jobs, this.checkpoints);
-    this.endings = new RunEndings(services, home, this.checkpoints, () => this.loop.stopped);
+    this.endings = new RunEndings(services, options.scratch, this.checkpoints, () => this.loop.stopped);
   }
 
   /**
@@ -123,7 +130,7 @@ export class JobRunner {
   /** A job cancelled while no runner holds it (queued, paused) is cleaned up here; a held one by its runner. */
   private async cleanUpUnheld(job: FineTuningJob): Promise<void> {
     if (await this.options.leases.isHeld(job.id)) return;
-    await cleanUpJob(job, this.services.models, this.home);
+    await cleanUpJob(job.id, this.services, jobFolders(this.options.scratch, job.id));
   }
 
   private statusSeen(run: Run, status: JobStatus): void {
@@ -200,16 +207,24 @@ export class JobRunner {
 
   /** Resolves the hyperparameters, writes the engine's spec, moves the job to running and starts the engine. */
   private async begin(job: FineTuningJob, fence: Fence): Promise<void> {
-    const folders = jobFolders(this.home, job.id);
+    const { folders: store, stored } = this.services;
+    const folders = jobFolders(this.options.scratch, job.id);
     // An engine a crashed server left behind while it was pausing or cancelling this job.
     await stopOrphan(folders.pid);
+    // What an engine wrote here that was never recorded goes, and so does what a worker that lost
+    // the job staged in the store: under this lease nobody else writes for the job.
+    await clearScratch(folders);
+    await fsp.mkdir(folders.work, { recursive: true });
+    await store.sweep(job.id, await stored.named(job.id));
+    const arrays = await stored.arrays(job.id);
+    if (!arrays) throw new Error(`job ${job.id} has no training arrays in the store: its files were never validated`);
     const start = await this.services.jobs.startingPoint(job.organization_id, job.model);
     const model = start.root;
     const method = job.method as Method;
     const report = await this.services.jobs.trainingReport(job.id);
     const plan = planTraining(method, start, report);
     const last = await this.services.jobs.lastStep(job.id);
-    const resumeFrom = await this.checkpoints.resumePoint(job.id, folders, last?.data.step ?? 0);
+    const resumeFrom = await stored.resumePoint(job.id);
     const space = checkpointSpace(model.path, {
       full: plan.resolved.full,
       loraRank: plan.resolved.lora_rank ?? 0,
@@ -224,7 +239,12 @@ export class JobRunner {
       report,
       plan,
       folders,
-      resumeFrom: resumeFrom?.path ?? null,
+      // Read in place from a local store; fetched into the scratch folder from any other.
+      inputs: {
+        train: await store.open(arrays.train, path.join(folders.inputs, 'train')),
+        valid: arrays.valid ? await store.open(arrays.valid, path.join(folders.inputs, 'valid')) : null,
+        resumeFrom: resumeFrom ? await store.open(resumeFrom.location, path.join(folders.inputs, 'resume')) : null,
+      },
       // Engines side by side share the cores rather than each taking all of them.
       threads: this.options.slots > 1 ? Math.max(1, Math.floor(os.availableParallelism() / this.options.slots)) : null,
     });
@@ -256,6 +276,7 @@ export class JobRunner {
       startStep: resumeFrom?.step ?? 0,
       lastMetrics: last,
       lastCheckpointStep: Math.max(0, ...checkpoints.map((c) => c.step_number)),
+      resumeStep: resumeFrom?.step ?? 0,
       lastEstimateAt: 0,
       error: null,
       done: null,
@@ -263,11 +284,6 @@ export class JobRunner {
     };
     try {
       if (spaceWarning) await fence.write((trx) => this.services.jobs.appendEvent(job.id, { level: 'warn', message: spaceWarning }, trx));
-      // An epoch's checkpoint saved as the engine was stopped (or as the server died) and not yet a model.
-      if (resumeFrom && resumeFrom.step % plan.stepsPerEpoch === 0) {
-        const [atCheckpoint] = await this.services.jobs.metrics(job.id, resumeFrom.step);
-        await this.checkpoints.register(run, resumeFrom.step, resumeFrom.path, atCheckpoint?.data.step === resumeFrom.step ? atCheckpoint.data : undefined);
-      }
       run.engine = TrainingProcess.start({ specPath: folders.spec, logPath: folders.log, pidPath: folders.pid, processes: this.options.worker.processes });
     } catch (error) {
       await this.endings.fail(run, { code: 'engine_start_failed', message: `the engine could not be started: ${(error as Error).message}` }, null);
@@ -280,12 +296,22 @@ export class JobRunner {
         else this.options.log(`supervising ${job.id} failed`, error);
       })
       // A run stopped by a shutdown keeps its lease: the job is still running, and this worker's next start takes it back.
-      .then(() => (run.stopping === 'shutdown' || run.stopping === 'lost' ? undefined : this.options.leases.release(fence.lease)))
+      // A lost one leaves nothing here: what its engine wrote was never recorded, and the job is another worker's, or over.
+      .then(() => (run.stopping === 'lost' ? this.afterLoss(run) : run.stopping === 'shutdown' ? undefined : this.options.leases.release(fence.lease)))
       .catch((error) => this.options.log(`releasing ${job.id} failed`, error))
       .finally(() => {
         this.runs.delete(job.id);
         this.kick();
       });
+  }
+
+  /**
+   * A job whose lease this worker lost is trained by another, or has ended meanwhile (a cancel
+   * this worker heard of too late): then nobody else cleans it up, and no run can write for it again.
+   */
+  private async afterLoss(run: Run): Promise<void> {
+    await clearScratch(run.folders, true);
+    if (await this.services.jobs.hasEnded(run.job.id)) await cleanUpJob(run.job.id, this.services, run.folders);
   }
 
   private async supervise(run: Run, engine: TrainingProcess): Promise<void> {
@@ -346,7 +372,7 @@ export class JobRunner {
   private async checkSpace(space: CheckpointSpace, resuming: boolean): Promise<string | null> {
     await this.services.disk.setAside();
     if (resuming) return null;
-    const free = this.services.disk.freeBytes(this.home.work);
+    const free = this.services.disk.freeBytes(this.options.scratch);
     const need = `its checkpoints and fine-tuned model need about ${megabytes(space.job)}, ${megabytes(free)} free on the disk of ${this.home.root}`;
     if (free < space.job) throw new StartRefused('insufficient_disk_space', `not enough disk space: ${need}`);
     return free < space.job * SPACE_WARNING_RATIO ? `The disk is nearly full: ${need}` : null;

@@ -24,8 +24,8 @@ export function planTraining(method: Method, start: StartingPoint, report: Datas
 }
 
 /**
- * Writes the engine's spec into the job's work folder. A resumed run keeps the spec it started
- * with (same schedule, same curve) and only names the checkpoint it continues from.
+ * Writes the engine's spec into the run's scratch folder. A run resumed on the worker that started
+ * it keeps the spec it started with (same schedule, same curve); where its inputs are is this run's.
  */
 export async function writeTrainingSpec(options: {
   job: FineTuningJob;
@@ -34,15 +34,17 @@ export async function writeTrainingSpec(options: {
   report: DatasetReport;
   plan: TrainingPlan;
   folders: JobFolders;
-  resumeFrom: string | null;
+  /** Folders on this host holding the training arrays and the checkpoint continued from (folder-store.ts `open`). */
+  inputs: { train: string; valid: string | null; resumeFrom: string | null };
   /** Cores for this engine when several share the host; all of them when null. */
   threads: number | null;
 }): Promise<TrainingSpec> {
-  const { job, method, start, report, plan, folders, resumeFrom, threads } = options;
+  const { job, method, start, report, plan, folders, inputs, threads } = options;
   const { resolved, defaults, totalSteps } = plan;
-  const written = resumeFrom && fs.existsSync(folders.spec) ? (JSON.parse(fs.readFileSync(folders.spec, 'utf8')) as TrainingSpec) : null;
-  const valid = fs.existsSync(folders.valid) ? folders.valid : null;
-  const spec: TrainingSpec = written ?? {
+  const written = inputs.resumeFrom && fs.existsSync(folders.spec) ? (JSON.parse(fs.readFileSync(folders.spec, 'utf8')) as TrainingSpec) : null;
+  const valid = inputs.valid;
+  const where = { train_data: inputs.train, valid_data: valid, output_dir: folders.output, work_dir: folders.work, resume_from: inputs.resumeFrom };
+  const spec: TrainingSpec = written ? { ...written, ...where } : {
     // The model's own engine settings first: the fields below are the runner's to set.
     ...defaults.engine,
     model: start.weights,
@@ -50,10 +52,6 @@ export async function writeTrainingSpec(options: {
     init_adapter: start.adapter?.path ?? null,
     method: method.type,
     ...(resolved.beta === undefined ? {} : { dpo: { beta: resolved.beta } }),
-    train_data: folders.train,
-    valid_data: valid,
-    output_dir: folders.output,
-    work_dir: folders.work,
     training: resolved.full ? 'full' : 'lora',
     ...(resolved.full ? {} : { lora: { rank: resolved.lora_rank, alpha: resolved.lora_alpha } }),
     n_epochs: resolved.n_epochs,
@@ -66,8 +64,8 @@ export async function writeTrainingSpec(options: {
     // About ten validation points along the curve, and one at each epoch's end.
     eval_every: valid ? Math.max(1, Math.floor(totalSteps / 10)) : 0,
     ...(threads !== null ? { threads } : {}),
+    ...where,
   };
-  spec.resume_from = resumeFrom;
   await fsp.writeFile(folders.spec, `${JSON.stringify(spec, null, 2)}\n`);
   return spec;
 }

@@ -1,8 +1,8 @@
 import fs from 'node:fs';
-import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Model, ModelDeleted } from 'openai/resources/models';
 import { ServiceError } from '../errors.js';
+import type { FolderStore } from '../files/folder-store.js';
 import type { FineTunedModelTable } from '../store/schema.js';
 import type { Db } from '../store/store.js';
 import { readArrivalReport } from './arrival-check.js';
@@ -33,6 +33,8 @@ export class ModelService {
   constructor(
     private readonly db: Db,
     private readonly baseModels: BaseModelRegistry,
+    /** Where fine-tunes and checkpoints are kept (their rows name locations in it), and where this host fetches them to when it is not a local folder. */
+    private readonly store: { folders: FolderStore; fetched: string },
   ) {}
 
   async list(orgId: string): Promise<Model[]> {
@@ -64,8 +66,9 @@ export class ModelService {
     if (base) return { id, weights: base.path, adapter: null, weightsModel: id, root: id };
     const row = await this.owned(orgId).where('id', '=', id).executeTakeFirst();
     if (!row) throw modelNotFound(id);
+    const folder = await this.store.folders.open(row.path, path.join(this.store.fetched, row.id.replace(/[^A-Za-z0-9_.-]/g, '_')));
     // Full fine-tunes are whole model folders (their base_model: the root of their lineage).
-    if (!fs.existsSync(path.join(row.path, 'adapter_config.json'))) return { id, weights: row.path, adapter: null, weightsModel: id, root: row.base_model };
+    if (!fs.existsSync(path.join(folder, 'adapter_config.json'))) return { id, weights: folder, adapter: null, weightsModel: id, root: row.base_model };
     // LoRA ones are adapters over their base's weights: a base model's, or a full fine-tune's that training continued.
     const parent = await this.servable(orgId, row.base_model).catch((error: unknown) => {
       if (!(error instanceof ServiceError && error.kind === 'not_found')) throw error;
@@ -75,31 +78,26 @@ export class ModelService {
         { param: 'model', code: 'model_not_found' },
       );
     });
-    return { id, weights: parent.weights, adapter: row.path, weightsModel: parent.weightsModel, root: parent.root };
+    return { id, weights: parent.weights, adapter: folder, weightsModel: parent.weightsModel, root: parent.root };
   }
 
-  /** Records a model a job produced; the folder it names becomes the model's to delete. */
+  /** Records a model a job produced; the folder-store location it names becomes the model's to delete. */
   async registerFineTuned(model: FineTunedModelTable, db: Db = this.db): Promise<Model> {
     await db.insertInto('fine_tuned_models').values(model).execute();
     return toModel(model, undefined);
   }
 
-  /** The folders a job's models live in. */
-  async folders(jobId: string): Promise<string[]> {
-    const rows = await this.db.selectFrom('fine_tuned_models').select('path').where('job_id', '=', jobId).execute();
-    return rows.map((row) => row.path);
-  }
-
   /**
-   * Forgets a model; returns its folder when no other model names it, for the caller to remove
-   * once the transaction `db` belongs to has committed.
+   * Forgets a model; returns its location when no other model names it and no job resumes from it,
+   * for the caller to remove once the transaction `db` belongs to has committed.
    */
   async unregister(id: string, db: Db = this.db): Promise<string | null> {
     const row = await db.deleteFrom('fine_tuned_models').where('id', '=', id).returning('path').executeTakeFirst();
     if (!row) return null;
-    // Kept while another model names the same folder.
+    // Kept while another model names the same folder, or a running job continues from it.
     const sharing = await db.selectFrom('fine_tuned_models').select('id').where('path', '=', row.path).executeTakeFirst();
-    return sharing ? null : row.path;
+    const resuming = await db.selectFrom('jobs').select('id').where('resume_location', '=', row.path).executeTakeFirst();
+    return sharing || resuming ? null : row.path;
   }
 
   async delete(orgId: string, id: string): Promise<ModelDeleted> {
@@ -112,8 +110,8 @@ export class ModelService {
     }
     const row = await this.owned(orgId).where('id', '=', id).executeTakeFirst();
     if (!row) throw modelNotFound(id);
-    const folder = await this.unregister(id);
-    if (folder) await fsp.rm(folder, { recursive: true, force: true });
+    const location = await this.unregister(id);
+    if (location) await this.store.folders.remove(location);
     return { id, object: 'model', deleted: true };
   }
 

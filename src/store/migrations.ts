@@ -309,6 +309,15 @@ export function migrations(dialect: Dialect): Record<string, Migration> {
         await db.schema.createIndex('jobs_by_status').on('jobs').columns(['status', 'seq']).execute();
       },
     },
+    '0011_training_store': {
+      async up(db: Kysely<any>) {
+        // Where a job's training arrays and the checkpoint it resumes from are in the folder store.
+        await db.schema.alterTable('jobs').addColumn('train_arrays', 'text').execute();
+        await db.schema.alterTable('jobs').addColumn('valid_arrays', 'text').execute();
+        await db.schema.alterTable('jobs').addColumn('resume_step', 'integer').execute();
+        await db.schema.alterTable('jobs').addColumn('resume_location', 'text').execute();
+      },
+    },
     // Full fine-tuning sharded across a worker's GPUs (issue 21): the part of a job's memory that splits.
     '0013_memory_sharded': {
       async up(db: Kysely<any>) {

@@ -111,6 +111,12 @@ export interface JobTable {
   lease_expires_at: Generated<number | null>;
   /** Bytes of memory training the job takes, estimated when it is queued: only a worker that has them takes it. */
   memory_needed: Generated<number | null>;
+  /** Locations in the folder store (src/files/folder-store.ts) of the training arrays, once the files are validated. */
+  train_arrays: Generated<string | null>;
+  valid_arrays: Generated<string | null>;
+  /** The newest checkpoint recorded under the job's lease: its step and location in the folder store. */
+  resume_step: Generated<number | null>;
+  resume_location: Generated<string | null>;
   /** Of memory_needed, the bytes that split across the GPUs training the job together (FSDP's shards); 0 when each holds all. */
   memory_sharded: Generated<number | null>;
 }
