@@ -96,6 +96,8 @@ export class ExportService {
   private queue: Promise<void> = Promise.resolve();
   private stopping = false;
   private readonly unpacking = new Map<string, Promise<void>>();
+  /** `servingGguf`'s answers, by organization, model and quantization. */
+  private readonly servingGgufs = new Map<string, Promise<{ path: string; quantization: string } | null>>();
 
   constructor(private readonly deps: Dependencies) {
     fs.mkdirSync(deps.home.exports, { recursive: true });
@@ -168,6 +170,7 @@ export class ExportService {
       throw new ServiceError('conflict', `Export ${id} is ${row.status}; delete it once it has finished.`, { param: 'export_id' });
     }
     await this.deps.db.deleteFrom('model_exports').where('id', '=', id).execute();
+    this.forgetServingGgufs(orgId, row.model);
     await fsp.rm(this.archivePath(id), { force: true });
     await fsp.rm(this.ggufPath(id), { force: true });
     return { id, object: 'model.export.deleted', deleted: true };
@@ -175,9 +178,22 @@ export class ExportService {
 
   /**
    * The model's newest succeeded GGUF export (of `quantization`, or any), as a file llama.cpp
-   * serves: unpacked from its archive beside it on first use.
+   * serves: unpacked from its archive beside it on first use. Asked on every chat request under
+   * `auto`, so the answer is kept until an export of the model succeeds or is deleted (a deleted
+   * model is refused before its GGUF is looked up).
    */
-  async servingGguf(orgId: string, model: string, quantization: string | null): Promise<{ path: string; quantization: string } | null> {
+  servingGguf(orgId: string, model: string, quantization: string | null): Promise<{ path: string; quantization: string } | null> {
+    const key = JSON.stringify([orgId, model, quantization]);
+    let found = this.servingGgufs.get(key);
+    if (!found) {
+      found = this.findServingGguf(orgId, model, quantization);
+      this.servingGgufs.set(key, found);
+      found.catch(() => this.servingGgufs.get(key) === found && this.servingGgufs.delete(key));
+    }
+    return found;
+  }
+
+  private async findServingGguf(orgId: string, model: string, quantization: string | null): Promise<{ path: string; quantization: string } | null> {
     let query = this.deps.db
       .selectFrom('model_exports')
       .select(['id', 'quantization'])
@@ -198,6 +214,14 @@ export class ExportService {
       await unpacking;
     }
     return { path: file, quantization: row.quantization ?? 'f16' };
+  }
+
+  /** Drops the kept GGUF lookups of a model whose exports changed. */
+  private forgetServingGgufs(orgId: string, model: string): void {
+    for (const key of this.servingGgufs.keys()) {
+      const [org, name] = JSON.parse(key) as [string, string];
+      if (org === orgId && name === model) this.servingGgufs.delete(key);
+    }
   }
 
   /** After a restart: exports it cut short failed; queued ones run. */
@@ -242,12 +266,13 @@ export class ExportService {
       } else checks = await this.gguf(row, source, out, scratch, row.format === 'gguf_lora');
       await this.progress(id, 0.97, 'archiving');
       const archive = this.archivePath(id);
-      // Weights barely compress (a q8_0 GGUF by a few percent): gzip's fastest level spends a
-      // fraction of the default's time for nearly the same archive.
-      await tar.c({ gzip: { level: 1 }, file: `${archive}.partial`, cwd: scratch, portable: true }, [path.basename(out)]);
+      // Weights barely compress (a q8_0 GGUF by a few percent), and even gzip's fastest level spends
+      // many times a copy's time on them: level 0 stores them, and the download stays a .tar.gz.
+      await tar.c({ gzip: { level: 0 }, file: `${archive}.partial`, cwd: scratch, portable: true }, [path.basename(out)]);
       await fsp.rename(`${archive}.partial`, archive);
       const bytes = (await fsp.stat(archive)).size;
       await this.move(id, 'succeeded', { progress: 1, stage: null, bytes, checks: checks && JSON.stringify(checks), finished_at: unixSeconds() });
+      this.forgetServingGgufs(row.org_id, row.model);
     } finally {
       await fsp.rm(scratch, { recursive: true, force: true });
     }
@@ -328,8 +353,8 @@ export class ExportService {
 
   /** tunelab's own serving of the fine-tune: the engine process chat completions use, greedy. */
   private served(source: ExportSource, tokenizer: ModelTokenizer): ServedGreedy {
-    return async (inputIds, maxTokens) => {
-      const lease = await this.deps.servePool.acquire(source.weights);
+    return async (inputIds, { maxTokens, enough, signal }) => {
+      const lease = await this.deps.servePool.acquire(source.weights, signal);
       try {
         const ids: number[] = [];
         const request = {
@@ -345,7 +370,12 @@ export class ExportService {
           grammar: null,
           logprobs: null,
         };
-        for await (const update of lease.process.generate(request)) if (update.type === 'tokens') ids.push(...update.ids);
+        // Leaving the loop early cancels the rest of the generation in the engine.
+        for await (const update of lease.process.generate(request, signal)) {
+          if (update.type !== 'tokens') continue;
+          ids.push(...update.ids);
+          if (enough(ids)) break;
+        }
         return ids;
       } finally {
         lease.release();
