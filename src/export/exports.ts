@@ -18,7 +18,7 @@ import { ModelTokenizer } from '../tokenizer/model-tokenizer.js';
 import { installedConverter } from './converter.js';
 import { installedQuantizer, quantize } from './quantizer.js';
 import { type ExportSource, writeBaseFolder, writeMergedFolder, writePeftFolder } from './hf-folder.js';
-import { type ExportChecks, type ServedGreedy, checkGguf } from './llama-check.js';
+import { type ExportChecks, type ServedGreedy, askTunelab, checkGguf } from './llama-check.js';
 import { modelfile, readme } from './ollama.js';
 import { type TrainingPrompts, trainingPrompts } from './training-prompts.js';
 
@@ -284,8 +284,47 @@ export class ExportService {
    */
   private async gguf(row: ExportRow, source: ExportSource, out: string, scratch: string, lora: boolean): Promise<ExportChecks> {
     const quantization = row.quantization ?? 'f16';
-    const converter = installedConverter(this.deps.home.tools);
     const prompts = await this.prompts(row.org_id, row.model);
+    // The tokenizer and chat template the fine-tune is served with, which the GGUF must match.
+    const tokenizer = ModelTokenizer.load(source.weights);
+    // tunelab's side of the check needs no GGUF: the engine answers while llama.cpp's converter works.
+    const tunelab = askTunelab({
+      tokenizer,
+      prompts: prompts.conversations,
+      required: EXACT_QUANTIZATIONS.includes(quantization) ? 'tokens' : 'first_sentence',
+      served: this.served(source, tokenizer),
+    });
+    try {
+      const { ggufFile, adapterFile } = await this.writeGguf(row, source, out, scratch, lora);
+      const total = prompts.conversations.length;
+      await this.progress(row.id, 0.6, `checking with llama.cpp: 0 of ${total} prompts`);
+      const checks = await checkGguf({
+        ggufFile: path.join(out, ggufFile),
+        adapterFile: adapterFile && path.join(out, adapterFile),
+        tokenizer,
+        tunelab,
+        onProgress: (done) => void this.progress(row.id, 0.6 + (0.35 * done) / total, `checking with llama.cpp: ${done} of ${total} prompts`),
+      });
+      const run = { name: exportName(row.model).toLowerCase(), ggufFile, adapterFile, tokenizer, chatTemplate: tokenizer.chatTemplate ?? '', system: prompts.system };
+      const equal = `${(checks.equal_token_share * 100).toFixed(1)}%`;
+      const what = lora ? `its base as GGUF (${quantization}) and its adapter as a GGUF LoRA adapter` : `GGUF (${quantization})`;
+      const summary =
+        `Exported by tunelab from \`${row.model}\` as ${what} with llama.cpp's converter. Checked before ` +
+        `handing over: llama.cpp answered ${checks.prompts.length} prompts of the training file greedily, ${equal} of tunelab's ` +
+        `own greedy tokens equal${checks.required === 'first_sentence' ? ', every first sentence the same' : ''}.`;
+      await fsp.writeFile(path.join(out, 'Modelfile'), modelfile(run));
+      await fsp.writeFile(path.join(out, 'README.md'), readme(run, summary));
+      await fsp.writeFile(path.join(out, 'checks.json'), `${JSON.stringify(checks, null, 2)}\n`);
+      return checks;
+    } finally {
+      tunelab.cancel();
+    }
+  }
+
+  /** The GGUF file (and with `lora` the adapter's) in `out`, by llama.cpp's converter and quantizer; their names. */
+  private async writeGguf(row: ExportRow, source: ExportSource, out: string, scratch: string, lora: boolean): Promise<{ ggufFile: string; adapterFile: string | null }> {
+    const quantization = row.quantization ?? 'f16';
+    const converter = installedConverter(this.deps.home.tools);
     const name = exportName(row.model);
     await fsp.mkdir(out, { recursive: true });
     let model: string;
@@ -314,30 +353,7 @@ export class ExportService {
       await this.progress(row.id, 0.5, `quantizing to ${quantization} with llama.cpp's llama-quantize`);
       await quantize(installedQuantizer(this.deps.home.tools), converterOut, path.join(out, ggufFile), later);
     }
-
-    const tokenizer = ModelTokenizer.load(model);
-    const total = prompts.conversations.length;
-    await this.progress(row.id, 0.6, `checking with llama.cpp: 0 of ${total} prompts`);
-    const checks = await checkGguf({
-      ggufFile: path.join(out, ggufFile),
-      adapterFile: adapterFile && path.join(out, adapterFile),
-      tokenizer,
-      prompts: prompts.conversations,
-      required: EXACT_QUANTIZATIONS.includes(quantization) ? 'tokens' : 'first_sentence',
-      served: this.served(source, tokenizer),
-      onProgress: (done) => void this.progress(row.id, 0.6 + (0.35 * done) / total, `checking with llama.cpp: ${done} of ${total} prompts`),
-    });
-    const run = { name: name.toLowerCase(), ggufFile, adapterFile, tokenizer, chatTemplate: tokenizer.chatTemplate ?? '', system: prompts.system };
-    const equal = `${(checks.equal_token_share * 100).toFixed(1)}%`;
-    const what = lora ? `its base as GGUF (${quantization}) and its adapter as a GGUF LoRA adapter` : `GGUF (${quantization})`;
-    const summary =
-      `Exported by tunelab from \`${row.model}\` as ${what} with llama.cpp's converter. Checked before ` +
-      `handing over: llama.cpp answered ${checks.prompts.length} prompts of the training file greedily, ${equal} of tunelab's ` +
-      `own greedy tokens equal${checks.required === 'first_sentence' ? ', every first sentence the same' : ''}.`;
-    await fsp.writeFile(path.join(out, 'Modelfile'), modelfile(run));
-    await fsp.writeFile(path.join(out, 'README.md'), readme(run, summary));
-    await fsp.writeFile(path.join(out, 'checks.json'), `${JSON.stringify(checks, null, 2)}\n`);
-    return checks;
+    return { ggufFile, adapterFile };
   }
 
   /** An engine command of the export (a converter run); its error names the converter's failure. */

@@ -72,58 +72,64 @@ const withoutEnds = (ids: number[], ends: ReadonlySet<number>) => {
   return ids;
 };
 
+/** tunelab's side of the check: its prompt ids and greedy answers, asked before the GGUF exists. */
+export interface TunelabAnswers {
+  prompts: TemplateMessage[][];
+  required: ExportChecks['required'];
+  /** tunelab's prompt ids, one per prompt. */
+  ids: number[][];
+  /** Its answers, without end-of-turn tokens; for `first_sentence` up to where the first sentence is settled. */
+  answers: Promise<number[]>[];
+  /** Stops the answers still being generated (the export failed or is done). */
+  cancel(): void;
+}
+
 /**
- * Loads a GGUF (and a LoRA adapter over it) with llama.cpp and answers each prompt greedily, beside tunelab's own serving of
- * the same fine-tune. The prompt is rendered by the chat template embedded in the GGUF and
- * tokenized by llama.cpp, and must give exactly tunelab's prompt ids; the answers must be the
- * same tokens (`tokens`) or begin with the same sentence (`first_sentence`). A failure names the
- * prompt, the first differing token and both texts.
- *
- * tunelab answers every prompt at once while llama.cpp loads and answers them one by one; for
- * `first_sentence` each side stops where its first sentence is settled, which decides the
- * comparison as the whole answers would.
+ * Asks tunelab's own serving for its greedy answers to every prompt at once (the engine batches
+ * them), so that they are generated while the GGUF is being made.
+ */
+export function askTunelab(options: {
+  tokenizer: ModelTokenizer;
+  prompts: TemplateMessage[][];
+  required: ExportChecks['required'];
+  served: ServedGreedy;
+}): TunelabAnswers {
+  const { tokenizer, required } = options;
+  const ends = new Set(tokenizer.endOfTurnIds);
+  const stop = new AbortController();
+  const ids = options.prompts.map((messages) => encodeChat(tokenizer, messages, { addGenerationPrompt: true }).ids);
+  const answers = ids.map((prompt) =>
+    options
+      .served(prompt, {
+        maxTokens: MAX_TOKENS,
+        enough: (answer) => required === 'first_sentence' && firstSentenceSettled(tokenizer.decode(answer, { skipSpecialTokens: true })),
+        signal: stop.signal,
+      })
+      .then((answer) => withoutEnds(answer, ends)),
+  );
+  // A failed export leaves them unawaited: their cancellation is expected, not unhandled.
+  for (const answer of answers) answer.catch(() => {});
+  return { prompts: options.prompts, required, ids, answers, cancel: () => stop.abort() };
+}
+
+/**
+ * Loads a GGUF (and a LoRA adapter over it) with llama.cpp and answers each prompt greedily, to
+ * compare with tunelab's answers. The prompt is rendered by the chat template embedded in the
+ * GGUF and tokenized by llama.cpp, and must give exactly tunelab's prompt ids; the answers must be
+ * the same tokens (`tokens`) or begin with the same sentence (`first_sentence`: llama.cpp stops
+ * where its first sentence is settled, which decides the comparison as the whole answer would). A
+ * failure names the prompt, the first differing token and both texts.
  */
 export async function checkGguf(options: {
   ggufFile: string;
   /** A GGUF LoRA adapter llama.cpp applies over `ggufFile`, or null. */
   adapterFile?: string | null;
   tokenizer: ModelTokenizer;
-  prompts: TemplateMessage[][];
-  required: ExportChecks['required'];
-  served: ServedGreedy;
+  tunelab: TunelabAnswers;
   onProgress?: (done: number) => void;
 }): Promise<ExportChecks> {
-  const { tokenizer } = options;
-  const ends = new Set(tokenizer.endOfTurnIds);
-  const enough = (text: () => string) => options.required === 'first_sentence' && firstSentenceSettled(text());
-  const ours = options.prompts.map((messages) => encodeChat(tokenizer, messages, { addGenerationPrompt: true }).ids);
-  const stopServing = new AbortController();
-  const served = ours.map((ids) =>
-    options
-      .served(ids, {
-        maxTokens: MAX_TOKENS,
-        enough: (answer) => enough(() => tokenizer.decode(answer, { skipSpecialTokens: true })),
-        signal: stopServing.signal,
-      })
-      .then((answer) => withoutEnds(answer, ends)),
-  );
-  // A failed check leaves the rest unawaited: their cancellation is expected, not unhandled.
-  for (const answer of served) answer.catch(() => {});
-  try {
-    return await answerWithLlamaCpp(options, ours, served, enough);
-  } finally {
-    stopServing.abort();
-  }
-}
-
-/** llama.cpp's side of `checkGguf`: its prompts must be `ours`, its answers `served`'s. */
-async function answerWithLlamaCpp(
-  options: Parameters<typeof checkGguf>[0],
-  ours: number[][],
-  served: Promise<number[]>[],
-  enough: (text: () => string) => boolean,
-): Promise<ExportChecks> {
-  const { tokenizer } = options;
+  const { tokenizer, tunelab } = options;
+  const { required } = tunelab;
   const ends = new Set(tokenizer.endOfTurnIds);
   const runtime = await llamaRuntime();
   const model = await runtime.loadModel({ modelPath: options.ggufFile });
@@ -139,7 +145,7 @@ async function answerWithLlamaCpp(
     if (typeof embedded !== 'string') throw mismatch('The GGUF carries no chat template (tokenizer.chat_template).');
     const template = new Template(embedded);
     const checks: PromptCheck[] = [];
-    for (const [index, messages] of options.prompts.entries()) {
+    for (const [index, messages] of tunelab.prompts.entries()) {
       const label = messages.at(-1)?.content ?? '';
       const rendered = template.render({
         messages,
@@ -149,7 +155,7 @@ async function answerWithLlamaCpp(
         eos_token: model.tokens.eosString ?? '',
       });
       const theirs = model.tokenize(rendered, true).map(Number);
-      const prompt = ours[index]!;
+      const prompt = tunelab.ids[index]!;
       const at = firstDifference(prompt, theirs);
       if (at < Math.max(prompt.length, theirs.length)) {
         throw mismatch(
@@ -162,9 +168,10 @@ async function answerWithLlamaCpp(
       for await (const token of sequence.evaluate(theirs as Token[], { temperature: 0 })) {
         if (model.isEogToken(token) || ends.has(token)) break;
         generated.push(token);
-        if (generated.length >= MAX_TOKENS || enough(() => model.detokenize(generated as Token[]))) break;
+        if (generated.length >= MAX_TOKENS) break;
+        if (required === 'first_sentence' && firstSentenceSettled(model.detokenize(generated as Token[]))) break;
       }
-      const answer = await served[index]!;
+      const answer = await tunelab.answers[index]!;
       const tunelabText = tokenizer.decode(answer, { skipSpecialTokens: true });
       const llamaText = model.detokenize(generated as Token[]);
       const equal = firstDifference(answer, generated);
@@ -177,7 +184,7 @@ async function answerWithLlamaCpp(
         equal_tokens: equal,
         first_sentence_equal: llamaText.startsWith(firstSentence(tunelabText)),
       };
-      const failed = options.required === 'tokens' ? equal < Math.max(answer.length, generated.length) : !check.first_sentence_equal;
+      const failed = required === 'tokens' ? equal < Math.max(answer.length, generated.length) : !check.first_sentence_equal;
       if (failed) {
         throw mismatch(
           `llama.cpp's greedy answer to ${JSON.stringify(label)} differs from tunelab's at token ${equal}: ` +
@@ -193,7 +200,7 @@ async function answerWithLlamaCpp(
     await context.dispose();
     return {
       runtime: `llama.cpp through node-llama-cpp, ${THREADS} thread`,
-      required: options.required,
+      required,
       prompts: checks,
       equal_token_share: total ? equal / total : 1,
     };
