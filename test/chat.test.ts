@@ -11,7 +11,8 @@ import { ModelTokenizer } from '../src/tokenizer/model-tokenizer.js';
 import { runCli } from './support/cli.js';
 import { eventually } from './support/finish.js';
 import { writeTrainableModelFolder } from './support/model-folder.js';
-import { DATASETS, type TestServer, finished, startTestServer, weatherJokes } from './support/server.js';
+import { TINY_LORA, weatherFineTune } from './support/fine-tune.js';
+import { DATASETS, type TestServer, startTestServer } from './support/server.js';
 
 interface Example {
   prompt: ChatCompletionMessageParam[];
@@ -54,27 +55,12 @@ beforeAll(async () => {
   client = t.client;
   new BaseModelRegistry(t.server.home.models).add(await writeTrainableModelFolder(path.join(t.home, 'random-qwen3')), RANDOM_MODEL);
   tokenizer = ModelTokenizer.load(path.join(t.server.home.models, TINY_MODEL_NAME));
-  const file = await client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
-  // A fixed seed: without one each job draws its own, and a fine-tune may then mix up two answers.
-  const job = await client.fineTuning.jobs.create({ model: TINY_MODEL_NAME, training_file: file.id, suffix: 'chat', seed: 1 });
-  // tunelab-tiny trains fully by default; real models train LoRA adapters, served over their base.
-  const lora = await client.fineTuning.jobs.create({
-    model: TINY_MODEL_NAME,
-    training_file: file.id,
-    suffix: 'lora',
-    seed: 1,
-    method: {
-      type: 'supervised',
-      // Ours beside OpenAI's fields (see the README), so outside the SDK's type.
-      supervised: { hyperparameters: { full: false, lora_rank: 32, lora_alpha: 64, learning_rate_multiplier: 10 } as object },
-    },
-  });
-  const done = await finished(client, job.id, 300_000);
-  expect(done.status).toBe('succeeded');
-  fineTune = done.fine_tuned_model!;
-  const loraDone = await finished(client, lora.id, 300_000);
-  expect(loraDone.status).toBe('succeeded');
-  loraTune = loraDone.fine_tuned_model!;
+  const [full, lora] = await Promise.all([
+    weatherFineTune(client, { suffix: 'chat' }),
+    weatherFineTune(client, { suffix: 'lora', hyperparameters: TINY_LORA }),
+  ]);
+  fineTune = full.fine_tuned_model!;
+  loraTune = lora.fine_tuned_model!;
 }, 600_000);
 afterAll(() => t?.cleanup());
 

@@ -3,7 +3,8 @@ import path from 'node:path';
 import OpenAI, { toFile } from 'openai';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { TINY_MODEL_NAME } from '../src/models/tiny-model.js';
-import { type TestServer, finished, metricsSteps, startTestServer, untilStep, weatherJokes } from './support/server.js';
+import { weatherFineTune } from './support/fine-tune.js';
+import { type TestServer, finished, metricsSteps, startTestServer, untilStep } from './support/server.js';
 import { storedFolder } from './support/stored.js';
 
 /**
@@ -50,9 +51,7 @@ async function greedy(model: string): Promise<string[]> {
 }
 
 it('trains DPO on top of a supervised fine-tune: reward accuracy 1.0, a margin growing every epoch, held-out pairs preferred', async () => {
-  const sftFile = await client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
-  const sft = await finished(client, (await client.fineTuning.jobs.create({ model: TINY_MODEL_NAME, training_file: sftFile.id, suffix: 'weather', seed: 1 })).id, 300_000);
-  expect(sft.status).toBe('succeeded');
+  const sft = await weatherFineTune(client, { suffix: 'weather' });
 
   const pairs = await client.files.create({ file: fs.createReadStream(PREFERENCES), purpose: 'fine-tune' });
   // A file of the other kind for each method is refused at once, naming the file.
@@ -60,9 +59,9 @@ it('trains DPO on top of a supervised fine-tune: reward accuracy 1.0, a margin g
   expect(supervisedOnPairs).toBeInstanceOf(OpenAI.BadRequestError);
   expect(supervisedOnPairs).toMatchObject({ param: 'training_file', message: expect.stringContaining(`${pairs.id} holds preference pairs`) });
   const dpoOnChat = await client.fineTuning.jobs
-    .create({ model: sft.fine_tuned_model!, training_file: sftFile.id, method: { type: 'dpo' } })
+    .create({ model: sft.fine_tuned_model!, training_file: sft.training_file, method: { type: 'dpo' } })
     .catch((e: unknown) => e);
-  expect(dpoOnChat).toMatchObject({ status: 400, param: 'training_file', message: expect.stringContaining(`${sftFile.id} holds chat examples`) });
+  expect(dpoOnChat).toMatchObject({ status: 400, param: 'training_file', message: expect.stringContaining(`${sft.training_file} holds chat examples`) });
 
   const heldOut = await client.files.create({ file: fs.createReadStream(HELD_OUT_PAIRS), purpose: 'fine-tune' });
   const hyperparameters = { beta: 0.1, n_epochs: 6, batch_size: 4, learning_rate_multiplier: 0.2 };
@@ -147,22 +146,7 @@ it('moves the held-out answers of a supervised model trained on the dry forecast
 }, 900_000);
 
 it("continues a LoRA fine-tune's checkpoint with DPO: its adapter, rank and alpha, measured against it", async () => {
-  const sftFile = await client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
-  const sft = await finished(
-    client,
-    (
-      await client.fineTuning.jobs.create({
-        model: TINY_MODEL_NAME,
-        training_file: sftFile.id,
-        suffix: 'lora',
-        seed: 1,
-        // Ours beside OpenAI's fields (see the README), so outside the SDK's type.
-        method: { type: 'supervised', supervised: { hyperparameters: { full: false, lora_rank: 4, lora_alpha: 8, n_epochs: 2 } as object } },
-      })
-    ).id,
-    300_000,
-  );
-  expect(sft.status, JSON.stringify(sft.error)).toBe('succeeded');
+  const sft = await weatherFineTune(client, { suffix: 'lora', hyperparameters: { full: false, lora_rank: 4, lora_alpha: 8, n_epochs: 2 } });
   const [checkpoint] = (await client.fineTuning.jobs.checkpoints.list(sft.id)).data.filter((c) => c.step_number === 10);
   const start = checkpoint!.fine_tuned_model_checkpoint;
   const pairs = await client.files.create({ file: fs.createReadStream(PREFERENCES), purpose: 'fine-tune' });

@@ -12,7 +12,8 @@ import { TINY_MODEL_NAME } from '../src/models/tiny-model.js';
 import { runCli } from './support/cli.js';
 import { runEngine } from './support/engine-run.js';
 import { writeTrainableModelFolder } from './support/model-folder.js';
-import { type TestServer, DATASETS, finished, startTestServer, weatherJokes } from './support/server.js';
+import { TINY_LORA, weatherFineTune } from './support/fine-tune.js';
+import { type TestServer, DATASETS, startTestServer } from './support/server.js';
 
 const PYTHON = process.env.TUNELAB_PYTHON ?? 'python3';
 const REFEREE = path.resolve(import.meta.dirname, 'support/transformers_greedy.py');
@@ -63,10 +64,7 @@ beforeAll(async () => {
   // llama.cpp's converter, as `tunelab setup --export` installs it from PyPI.
   const setup = await runCli(['setup', '--export', '--home', t.home], { env: cliEnv() });
   expect(setup.stdout).toContain("llama.cpp's converter is in");
-  const file = await client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
-  const job = await finished(client, (await client.fineTuning.jobs.create({ model: TINY_MODEL_NAME, training_file: file.id, suffix: 'weather' })).id, 300_000);
-  expect(job.status).toBe('succeeded');
-  model = job.fine_tuned_model!;
+  model = (await weatherFineTune(client, { suffix: 'weather' })).fine_tuned_model!;
 }, 600_000);
 afterAll(() => t?.cleanup());
 
@@ -169,14 +167,7 @@ describe('a LoRA fine-tune of a random Qwen3-shape model with the real Qwen3 tok
     // one), so the adapter is trained hard enough to make its answers peaked, if repetitive.
     base = await writeTrainableModelFolder(path.join(t.home, 'model-sources', 'qwen3-export'));
     new BaseModelRegistry(t.server.home.models).add(base, 'qwen3-export');
-    const file = await client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
-    const job = await finished(
-      client,
-      (await client.fineTuning.jobs.create({ model: 'qwen3-export', training_file: file.id, seed: 1, hyperparameters: { n_epochs: 10, learning_rate_multiplier: 10 } })).id,
-      300_000,
-    );
-    expect(job.status).toBe('succeeded');
-    lora = job.fine_tuned_model!;
+    lora = (await weatherFineTune(client, { model: 'qwen3-export', hyperparameters: { n_epochs: 10, learning_rate_multiplier: 10 } })).fine_tuned_model!;
   }, 400_000);
 
   const referee = async (args: string[], conversations: typeof questions) => {
@@ -219,25 +210,7 @@ describe('a LoRA fine-tune of tunelab-tiny', () => {
   let tinyLora: string;
 
   beforeAll(async () => {
-    const file = await client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
-    const job = await finished(
-      client,
-      (
-        await client.fineTuning.jobs.create({
-          model: TINY_MODEL_NAME,
-          training_file: file.id,
-          suffix: 'lora',
-          seed: 1,
-          method: {
-            type: 'supervised',
-            supervised: { hyperparameters: { full: false, lora_rank: 32, lora_alpha: 64, learning_rate_multiplier: 10 } as object },
-          },
-        })
-      ).id,
-      300_000,
-    );
-    expect(job.status).toBe('succeeded');
-    tinyLora = job.fine_tuned_model!;
+    tinyLora = (await weatherFineTune(client, { suffix: 'lora', hyperparameters: TINY_LORA })).fine_tuned_model!;
   }, 400_000);
 
   it('exports the base as a GGUF and the adapter as a GGUF LoRA adapter that llama.cpp applies over it, answering as we do', async () => {

@@ -1,30 +1,44 @@
-import type { Browser } from 'playwright-core';
+import type { Browser, Page } from 'playwright-core';
 import * as tar from 'tar';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { TINY_MODEL_NAME } from '../src/models/tiny-model.js';
 import { launchBrowser, openDashboard } from './support/browser.js';
-import { type TestServer, finished, startTestServer, weatherJokes } from './support/server.js';
+import { runCli } from './support/cli.js';
+import { weatherFineTune } from './support/fine-tune.js';
+import { type TestServer, startTestServer } from './support/server.js';
 
 let t: TestServer;
 let browser: Browser;
+let job: Awaited<ReturnType<typeof weatherFineTune>>;
 
 beforeAll(async () => {
-  t = await startTestServer({ engineSlots: 1, builtinModels: true });
+  // `auto`, as `tunelab serve` on a host without a GPU: a model with a GGUF export is answered by
+  // llama.cpp (one thread: its threads spin while they wait, slow on a machine running tests).
+  t = await startTestServer({
+    engineSlots: 1,
+    builtinModels: true,
+    serving: { backends: { backend: 'auto', quantization: null, models: {}, threads: 1 } },
+  });
   browser = await launchBrowser();
-}, 60_000);
+  job = await weatherFineTune(t.client);
+}, 400_000);
 afterAll(async () => {
   await browser?.close();
   await t?.cleanup();
 });
 
-it("exports a job's fine-tune from its page and downloads the archive; a refused export says why", async () => {
-  const file = await t.client.files.create({ file: weatherJokes(), purpose: 'fine-tune' });
-  const job = await finished(t.client, (await t.client.fineTuning.jobs.create({ model: TINY_MODEL_NAME, training_file: file.id })).id, 300_000);
-  const page = await openDashboard(browser, t, `#/jobs/${job.id}`);
-  await page.getByLabel('Export format').selectOption({ label: 'Merged weights (Hugging Face)' });
+/** Exports the job's fine-tune from its page in `format` (the menu's label) and waits for the download button. */
+async function exportFromJobPage(page: Page, format: string, archive: RegExp) {
+  await page.getByLabel('Export format').selectOption({ label: format });
   await page.getByRole('button', { name: 'Export', exact: true }).click();
-  const button = page.getByRole('button', { name: /^Download .*-merged\.tar\.gz$/ });
-  await button.waitFor({ timeout: 120_000 });
+  const button = page.getByRole('button', { name: archive });
+  await button.waitFor({ timeout: 240_000 });
+  return button;
+}
+
+it("exports a job's fine-tune from its page and downloads the archive; a refused export says why", async () => {
+  const page = await openDashboard(browser, t, `#/jobs/${job.id}`);
+  const button = await exportFromJobPage(page, 'Merged weights (Hugging Face)', /^Download .*-merged\.tar\.gz$/);
   const [download] = await Promise.all([page.waitForEvent('download'), button.click()]);
   expect(download.suggestedFilename()).toMatch(/-merged\.tar\.gz$/);
   const entries: string[] = [];
@@ -36,3 +50,28 @@ it("exports a job's fine-tune from its page and downloads the archive; a refused
   await page.getByRole('button', { name: 'Export', exact: true }).click();
   await expect.poll(() => page.getByRole('alert').textContent()).toContain('full fine-tune');
 }, 400_000);
+
+it('says in the playground which backend answered: the engine, then llama.cpp once a GGUF export has succeeded', async () => {
+  const fineTune = job.fine_tuned_model!;
+  const answeredBy = async () => {
+    const page = await openDashboard(browser, t, `#/playground?left=${TINY_MODEL_NAME}&right=${encodeURIComponent(fineTune)}`);
+    await expect.poll(() => page.getByLabel('Right model').inputValue()).toBe(fineTune);
+    await page.getByLabel('Max tokens').fill('8');
+    await page.getByLabel('Message').fill('今天北京天气怎么样?');
+    await page.getByLabel('Message').press('Enter');
+    const right = page.getByRole('region', { name: /^Right: / });
+    await right.locator('.assistant[data-done="true"]').waitFor({ timeout: 60_000 });
+    const said = (await right.getByText(/answered by/).textContent()) ?? '';
+    await page.close();
+    return said;
+  };
+  expect(await answeredBy()).toContain('answered by tunelab engine');
+
+  const env = { ...process.env, TUNELAB_HOME: t.home, TUNELAB_BASE_URL: t.server.baseURL, TUNELAB_API_KEY: t.apiKey };
+  expect((await runCli(['setup', '--export', '--home', t.home], { env })).code).toBe(0);
+  const page = await openDashboard(browser, t, `#/jobs/${job.id}`);
+  await exportFromJobPage(page, 'GGUF f16 (llama.cpp, Ollama)', /^Download .*-gguf-f16\.tar\.gz$/);
+  await page.close();
+  // The same server, not restarted: the export's success is seen by the next request.
+  expect(await answeredBy()).toContain('answered by llama.cpp (f16)');
+}, 600_000);

@@ -33,8 +33,9 @@ def cmd_train(args):
 def cmd_merge(args):
     base_config = config.load(args.base)
     stored = DTYPES.get(base_config.torch_dtype, torch.float32)
-    # Merged in fp32 and stored in the base's dtype, so bf16 rounding happens once.
-    model = build(base_config, safetensors.load_model(args.base), torch.float32)
+    # Held in the base's dtype: each LoRA product is added to its weight in fp32 and rounded once
+    # (lora.merged_weight), as merging in an fp32 copy of the whole model would, at a fraction of its time.
+    model = build(base_config, safetensors.load_model(args.base), stored)
     lora.load_adapter(model, args.adapter)
     lora.merge(model)
     checkpoint.save_full_model(model, args.out, stored)

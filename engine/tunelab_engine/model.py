@@ -101,7 +101,9 @@ class DecoderLayer(nn.Module):
 class Backbone(nn.Module):
     def __init__(self, c, device=None):
         super().__init__()
-        self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size, device=device)
+        # Left uninitialized: build() and init_weights fill every weight, and nn.Embedding's own
+        # normal init on the meta device imports torch._dynamo, seconds of every engine start.
+        self.embed_tokens = nn.Embedding(c.vocab_size, c.hidden_size, _weight=torch.empty(c.vocab_size, c.hidden_size, device=device))
         self.layers = nn.ModuleList(DecoderLayer(c, i, device) for i in range(c.num_hidden_layers))
         self.norm = RMSNorm(c.hidden_size, c.rms_norm_eps, device)
 

@@ -18,7 +18,7 @@ import { ModelTokenizer } from '../tokenizer/model-tokenizer.js';
 import { installedConverter } from './converter.js';
 import { installedQuantizer, quantize } from './quantizer.js';
 import { type ExportSource, writeBaseFolder, writeMergedFolder, writePeftFolder } from './hf-folder.js';
-import { type ExportChecks, type ServedGreedy, checkGguf } from './llama-check.js';
+import { type ExportChecks, type ServedGreedy, askTunelab, checkGguf } from './llama-check.js';
 import { modelfile, readme } from './ollama.js';
 import { type TrainingPrompts, trainingPrompts } from './training-prompts.js';
 
@@ -96,6 +96,8 @@ export class ExportService {
   private queue: Promise<void> = Promise.resolve();
   private stopping = false;
   private readonly unpacking = new Map<string, Promise<void>>();
+  /** `servingGguf`'s answers, by organization, model and quantization. */
+  private readonly servingGgufs = new Map<string, Promise<{ path: string; quantization: string } | null>>();
 
   constructor(private readonly deps: Dependencies) {
     fs.mkdirSync(deps.home.exports, { recursive: true });
@@ -168,6 +170,7 @@ export class ExportService {
       throw new ServiceError('conflict', `Export ${id} is ${row.status}; delete it once it has finished.`, { param: 'export_id' });
     }
     await this.deps.db.deleteFrom('model_exports').where('id', '=', id).execute();
+    this.forgetServingGgufs(orgId, row.model);
     await fsp.rm(this.archivePath(id), { force: true });
     await fsp.rm(this.ggufPath(id), { force: true });
     return { id, object: 'model.export.deleted', deleted: true };
@@ -175,9 +178,22 @@ export class ExportService {
 
   /**
    * The model's newest succeeded GGUF export (of `quantization`, or any), as a file llama.cpp
-   * serves: unpacked from its archive beside it on first use.
+   * serves: unpacked from its archive beside it on first use. Asked on every chat request under
+   * `auto`, so the answer is kept until an export of the model succeeds or is deleted (a deleted
+   * model is refused before its GGUF is looked up).
    */
-  async servingGguf(orgId: string, model: string, quantization: string | null): Promise<{ path: string; quantization: string } | null> {
+  servingGguf(orgId: string, model: string, quantization: string | null): Promise<{ path: string; quantization: string } | null> {
+    const key = JSON.stringify([orgId, model, quantization]);
+    let found = this.servingGgufs.get(key);
+    if (!found) {
+      found = this.findServingGguf(orgId, model, quantization);
+      this.servingGgufs.set(key, found);
+      found.catch(() => this.servingGgufs.get(key) === found && this.servingGgufs.delete(key));
+    }
+    return found;
+  }
+
+  private async findServingGguf(orgId: string, model: string, quantization: string | null): Promise<{ path: string; quantization: string } | null> {
     let query = this.deps.db
       .selectFrom('model_exports')
       .select(['id', 'quantization'])
@@ -198,6 +214,14 @@ export class ExportService {
       await unpacking;
     }
     return { path: file, quantization: row.quantization ?? 'f16' };
+  }
+
+  /** Drops the kept GGUF lookups of a model whose exports changed. */
+  private forgetServingGgufs(orgId: string, model: string): void {
+    for (const key of this.servingGgufs.keys()) {
+      const [org, name] = JSON.parse(key) as [string, string];
+      if (org === orgId && name === model) this.servingGgufs.delete(key);
+    }
   }
 
   /** After a restart: exports it cut short failed; queued ones run. */
@@ -242,12 +266,13 @@ export class ExportService {
       } else checks = await this.gguf(row, source, out, scratch, row.format === 'gguf_lora');
       await this.progress(id, 0.97, 'archiving');
       const archive = this.archivePath(id);
-      // Weights barely compress (a q8_0 GGUF by a few percent): gzip's fastest level spends a
-      // fraction of the default's time for nearly the same archive.
-      await tar.c({ gzip: { level: 1 }, file: `${archive}.partial`, cwd: scratch, portable: true }, [path.basename(out)]);
+      // Weights barely compress (a q8_0 GGUF by a few percent), and even gzip's fastest level spends
+      // many times a copy's time on them: level 0 stores them, and the download stays a .tar.gz.
+      await tar.c({ gzip: { level: 0 }, file: `${archive}.partial`, cwd: scratch, portable: true }, [path.basename(out)]);
       await fsp.rename(`${archive}.partial`, archive);
       const bytes = (await fsp.stat(archive)).size;
       await this.move(id, 'succeeded', { progress: 1, stage: null, bytes, checks: checks && JSON.stringify(checks), finished_at: unixSeconds() });
+      this.forgetServingGgufs(row.org_id, row.model);
     } finally {
       await fsp.rm(scratch, { recursive: true, force: true });
     }
@@ -259,8 +284,47 @@ export class ExportService {
    */
   private async gguf(row: ExportRow, source: ExportSource, out: string, scratch: string, lora: boolean): Promise<ExportChecks> {
     const quantization = row.quantization ?? 'f16';
-    const converter = installedConverter(this.deps.home.tools);
     const prompts = await this.prompts(row.org_id, row.model);
+    // The tokenizer and chat template the fine-tune is served with, which the GGUF must match.
+    const tokenizer = ModelTokenizer.load(source.weights);
+    // tunelab's side of the check needs no GGUF: the engine answers while llama.cpp's converter works.
+    const tunelab = askTunelab({
+      tokenizer,
+      prompts: prompts.conversations,
+      required: EXACT_QUANTIZATIONS.includes(quantization) ? 'tokens' : 'first_sentence',
+      served: this.served(source, tokenizer),
+    });
+    try {
+      const { ggufFile, adapterFile } = await this.writeGguf(row, source, out, scratch, lora);
+      const total = prompts.conversations.length;
+      await this.progress(row.id, 0.6, `checking with llama.cpp: 0 of ${total} prompts`);
+      const checks = await checkGguf({
+        ggufFile: path.join(out, ggufFile),
+        adapterFile: adapterFile && path.join(out, adapterFile),
+        tokenizer,
+        tunelab,
+        onProgress: (done) => void this.progress(row.id, 0.6 + (0.35 * done) / total, `checking with llama.cpp: ${done} of ${total} prompts`),
+      });
+      const run = { name: exportName(row.model).toLowerCase(), ggufFile, adapterFile, tokenizer, chatTemplate: tokenizer.chatTemplate ?? '', system: prompts.system };
+      const equal = `${(checks.equal_token_share * 100).toFixed(1)}%`;
+      const what = lora ? `its base as GGUF (${quantization}) and its adapter as a GGUF LoRA adapter` : `GGUF (${quantization})`;
+      const summary =
+        `Exported by tunelab from \`${row.model}\` as ${what} with llama.cpp's converter. Checked before ` +
+        `handing over: llama.cpp answered ${checks.prompts.length} prompts of the training file greedily, ${equal} of tunelab's ` +
+        `own greedy tokens equal${checks.required === 'first_sentence' ? ', every first sentence the same' : ''}.`;
+      await fsp.writeFile(path.join(out, 'Modelfile'), modelfile(run));
+      await fsp.writeFile(path.join(out, 'README.md'), readme(run, summary));
+      await fsp.writeFile(path.join(out, 'checks.json'), `${JSON.stringify(checks, null, 2)}\n`);
+      return checks;
+    } finally {
+      tunelab.cancel();
+    }
+  }
+
+  /** The GGUF file (and with `lora` the adapter's) in `out`, by llama.cpp's converter and quantizer; their names. */
+  private async writeGguf(row: ExportRow, source: ExportSource, out: string, scratch: string, lora: boolean): Promise<{ ggufFile: string; adapterFile: string | null }> {
+    const quantization = row.quantization ?? 'f16';
+    const converter = installedConverter(this.deps.home.tools);
     const name = exportName(row.model);
     await fsp.mkdir(out, { recursive: true });
     let model: string;
@@ -289,30 +353,7 @@ export class ExportService {
       await this.progress(row.id, 0.5, `quantizing to ${quantization} with llama.cpp's llama-quantize`);
       await quantize(installedQuantizer(this.deps.home.tools), converterOut, path.join(out, ggufFile), later);
     }
-
-    const tokenizer = ModelTokenizer.load(model);
-    const total = prompts.conversations.length;
-    await this.progress(row.id, 0.6, `checking with llama.cpp: 0 of ${total} prompts`);
-    const checks = await checkGguf({
-      ggufFile: path.join(out, ggufFile),
-      adapterFile: adapterFile && path.join(out, adapterFile),
-      tokenizer,
-      prompts: prompts.conversations,
-      required: EXACT_QUANTIZATIONS.includes(quantization) ? 'tokens' : 'first_sentence',
-      served: this.served(source, tokenizer),
-      onProgress: (done) => void this.progress(row.id, 0.6 + (0.35 * done) / total, `checking with llama.cpp: ${done} of ${total} prompts`),
-    });
-    const run = { name: name.toLowerCase(), ggufFile, adapterFile, tokenizer, chatTemplate: tokenizer.chatTemplate ?? '', system: prompts.system };
-    const equal = `${(checks.equal_token_share * 100).toFixed(1)}%`;
-    const what = lora ? `its base as GGUF (${quantization}) and its adapter as a GGUF LoRA adapter` : `GGUF (${quantization})`;
-    const summary =
-      `Exported by tunelab from \`${row.model}\` as ${what} with llama.cpp's converter. Checked before ` +
-      `handing over: llama.cpp answered ${checks.prompts.length} prompts of the training file greedily, ${equal} of tunelab's ` +
-      `own greedy tokens equal${checks.required === 'first_sentence' ? ', every first sentence the same' : ''}.`;
-    await fsp.writeFile(path.join(out, 'Modelfile'), modelfile(run));
-    await fsp.writeFile(path.join(out, 'README.md'), readme(run, summary));
-    await fsp.writeFile(path.join(out, 'checks.json'), `${JSON.stringify(checks, null, 2)}\n`);
-    return checks;
+    return { ggufFile, adapterFile };
   }
 
   /** An engine command of the export (a converter run); its error names the converter's failure. */
@@ -328,8 +369,8 @@ export class ExportService {
 
   /** tunelab's own serving of the fine-tune: the engine process chat completions use, greedy. */
   private served(source: ExportSource, tokenizer: ModelTokenizer): ServedGreedy {
-    return async (inputIds, maxTokens) => {
-      const lease = await this.deps.servePool.acquire(source.weights);
+    return async (inputIds, { maxTokens, enough, signal }) => {
+      const lease = await this.deps.servePool.acquire(source.weights, signal);
       try {
         const ids: number[] = [];
         const request = {
@@ -345,7 +386,12 @@ export class ExportService {
           grammar: null,
           logprobs: null,
         };
-        for await (const update of lease.process.generate(request)) if (update.type === 'tokens') ids.push(...update.ids);
+        // Leaving the loop early cancels the rest of the generation in the engine.
+        for await (const update of lease.process.generate(request, signal)) {
+          if (update.type !== 'tokens') continue;
+          ids.push(...update.ids);
+          if (enough(ids)) break;
+        }
         return ids;
       } finally {
         lease.release();

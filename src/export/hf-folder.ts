@@ -33,10 +33,13 @@ const MODEL_FILES = [
 const TOKENIZER_FILES = MODEL_FILES.filter((name) => name !== 'config.json' && !name.startsWith('model.') && name !== 'generation_config.json');
 const ADAPTER_FILES = ['adapter_config.json', 'adapter_model.safetensors'];
 
-async function copyFiles(from: string, to: string, keep: (name: string) => boolean): Promise<void> {
+/** Copies the files `keep` names; `move` renames them instead (from a scratch folder on the same disk). */
+async function copyFiles(from: string, to: string, keep: (name: string) => boolean, move = false): Promise<void> {
   await fsp.mkdir(to, { recursive: true });
   for (const name of await fsp.readdir(from)) {
-    if (keep(name)) await fsp.copyFile(path.join(from, name), path.join(to, name));
+    if (!keep(name)) continue;
+    if (move) await fsp.rename(path.join(from, name), path.join(to, name));
+    else await fsp.copyFile(path.join(from, name), path.join(to, name));
   }
 }
 
@@ -87,7 +90,8 @@ export async function writeMergedFolder(source: ExportSource, out: string, scrat
       throw new Error(`merging the adapter failed: ${String(error?.message ?? result.stderr.trim().split('\n').at(-1))}`);
     }
   }
-  await copyFiles(from, out, (name) => MODEL_FILES.includes(name) || /^model(-\d+-of-\d+)?\.safetensors$/.test(name));
+  // The merge wrote its weights into scratch: they move rather than being written a second time.
+  await copyFiles(from, out, (name) => MODEL_FILES.includes(name) || /^model(-\d+-of-\d+)?\.safetensors$/.test(name), source.adapter !== null);
   await nameArchitecture(out);
   await writeGenerationConfig(out);
 }
