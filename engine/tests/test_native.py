@@ -32,19 +32,21 @@ class NativeTest(unittest.TestCase):
         self.assertLessEqual((got.double() - want.double()).abs().max().item(), 1e-2 * scale)
 
     @unittest.skipUnless(RUNS_HERE, "this CPU lacks AVX512-BF16: the kernel cannot run (the fallback test covers it)")
+    @mock.patch.object(kernels, "ROWS", 16)
     def test_rows_linear_against_f_linear(self):
         native.build()
         self.assertIsNotNone(native.library())
         g = torch.Generator().manual_seed(3)
-        # Sizes off every multiple of 32 (masked tails), and one with whole chunks; rows 1..9
-        # (9 goes to oneDNN), a strided x (a slice of a wider tensor), a [B, 1, in] decode input.
+        # Sizes off every multiple of 32 (masked tails), and one with whole chunks; every row
+        # count the kernel has a path for (the engine sends it up to kernels.ROWS; 11 is 8 + 3), a
+        # strided x (a slice of a wider tensor), a [B, 1, in] decode input.
         for out_features, in_features in ((37, 45), (130, 200), (1000, 64), (96, 7)):
             for bias in (False, True):
                 weight = torch.randn(out_features, in_features, generator=g).to(torch.bfloat16)
                 b = torch.randn(out_features, generator=g).to(torch.bfloat16) if bias else None
                 product = kernels.frozen_linear(weight, b)
                 self.assertEqual(product.__name__, "rows_linear")
-                for rows in (1, 3, 8, 9):
+                for rows in (1, 2, 3, 4, 5, 6, 7, 8, 11):
                     wide = torch.randn(rows, in_features + 11, generator=g).to(torch.bfloat16)
                     for x in (wide[:, :in_features].contiguous(), wide[:, 5:5 + in_features],
                               wide[:, :in_features].contiguous()[:, None]):

@@ -268,7 +268,7 @@ def frozen_linear(weight, bias, native_library=None):
     return lambda x: F.linear(x, weight, bias)
 
 
-ROWS = 8  # up to here a product is bound by reading the weight; beyond, oneDNN's blocked GEMM computes faster
+ROWS = 4  # up to here the kernel wins (it streams the weight); from about 8 rows oneDNN computes faster
 
 
 def _rows_linear(lib, weight, bias, many):
