@@ -249,19 +249,18 @@ class Examples(attention_mod.Examples):
         return _PerExampleAttention.apply(q, k, v, examples).unflatten(-1, (-1, q.shape[-1]))
 
 
-def frozen_linear(weight, bias, native_library=None):
+def frozen_linear(weight, bias):
     """x -> F.linear(x, weight, bias) for a weight that never changes (serving's). On a CPU with
     native bf16 a bf16 weight is reordered once into oneDNN's blocked layout and products of many
     rows (a prefill) run from it: F.linear goes through a path that reads the plain layout at
     about half the speed. Products of up to ROWS rows (a decode step) go to the C kernel where it
-    is built and runs (`native`; `native_library` stands in for the built one in tests): reading
-    each weight row front to back, it streams the weights at about twice oneDNN's speed for one
-    row. The packed copy sits beside the weight."""
+    is built and runs (`native`): reading each weight row front to back, it streams the weights
+    faster than oneDNN's product does for so few rows. The packed copy sits beside the weight."""
     if weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available() \
             and torch.ops.mkldnn._is_mkldnn_bf16_supported():
         packed = torch.ops.mkldnn._reorder_linear_weight(weight)
         many = lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")  # noqa: E731
-        lib = native_library or native.library()
+        lib = native.library()
         if lib is None or not weight.is_contiguous() or (bias is not None and not bias.is_contiguous()):
             return many
         return _rows_linear(lib, weight, bias, many)

@@ -20,7 +20,7 @@ SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bf16_rows.c")
 # `library()` checks the CPU it runs on.
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fPIC", "-shared", "-pthread"]
 CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_bf16")
-# Idle pool threads spin this many pauses (~50 ns each) before they sleep, with TUNELAB_THREAD_WAIT=spin.
+# Idle pool threads spin this many pauses (a few milliseconds) before they sleep, with TUNELAB_THREAD_WAIT=spin.
 SPIN = 200_000
 
 
