@@ -1,18 +1,22 @@
 """Serving's speed pieces against the plain code they stand in for, on CPU with the engine's OpenMP
 wait policy (runtime.py), bf16, SmolLM2-135M's shapes unless named:
 
-- `kernels.frozen_linear` (oneDNN, weight packed once) against `F.linear`: the products of one
-  layer (qkv, o, gate_up, down) and the lm_head, for 1 and 8 rows (decode) and 128 (a prefill);
+- `kernels.frozen_linear` against `F.linear`: the products of one layer (qkv, o, gate_up, down)
+  and the lm_head, for 1, 4 and 8 rows (decode) and 128 (a prefill);
+- the C kernel (`native/`, products of up to `kernels.ROWS` rows) against oneDNN's packed product
+  it replaces there, over a whole model's weights (30 layers and the lm_head, 269 MB: not in any
+  cache, as in a decode step), 1, 2, 4 and 8 rows;
 - the grammar mask (`grammar.Constraint.mask`, numpy) against torch's `masked_fill_` of the
   bytes llguidance gives, over Qwen's 151,936-token vocabulary, 97%, 50% and 1% of it allowed;
-- a whole decode step (`decode.Decoder.step`, 128 cached positions), 1 and 8 rows, with the packed
-  products against F.linear ones.
+- a whole decode step (`decode.Decoder.step`, 128 cached positions), 1 and 8 rows, with the
+  engine's products against F.linear ones; and 1 and 4 rows with the C kernel against oneDNN's
+  packed products alone (the engine before the kernel).
 
-    PYTHONPATH=engine python bench/engine/decode_kernels_bench.py [--threads N]
+    PYTHONPATH=engine python bench/engine/decode_kernels_bench.py [--threads N] [--out FILE]
 
 Each pair alternates; each figure is the fastest of its rounds (the least disturbed by other
-processes on a shared machine). Writes results/decode_kernels.json with the machine and the load
-averages.
+processes on a shared machine), in wall time and in the process's CPU time (what a busy machine
+moves least). Writes results/decode_kernels.json (or --out) with the machine and the load averages.
 """
 
 import argparse
@@ -34,23 +38,34 @@ sys.path.insert(0, HERE)
 
 from shapes import SHAPES  # noqa: E402
 from train_cpu import machine  # noqa: E402
-from tunelab_engine import config as config_mod, decode, grammar, kernels, model  # noqa: E402
+from tunelab_engine import config as config_mod, decode, grammar, kernels, model, native  # noqa: E402
 
 SMOL = SHAPES["smollm2-135m"]
 
 
 def per_call(fn, calls):
-    start = time.perf_counter()
+    """(wall, process CPU) seconds a call."""
+    wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(calls):
         fn()
-    return (time.perf_counter() - start) / calls
+    return (time.perf_counter() - wall) / calls, (time.process_time() - cpu) / calls
+
+
+def onednn_only(weight, bias):
+    """frozen_linear as it was before the C kernel: oneDNN's packed product for every row count."""
+    real = native.library
+    native.library = lambda path=None: None
+    try:
+        return kernels.frozen_linear(weight, bias)
+    finally:
+        native.library = real
 
 
 def products():
     h, mlp, heads, kv = SMOL["hidden_size"], SMOL["intermediate_size"], SMOL["num_attention_heads"], SMOL["num_key_value_heads"]
     shapes = {"qkv": ((heads + 2 * kv) * 64, h), "o": (h, heads * 64), "gate_up": (2 * mlp, h), "down": (h, mlp),
               "lm_head": (SMOL["vocab_size"], h)}
-    for rows in (1, 8, 128):
+    for rows in (1, 4, 8, 128):
         plain, fast = [], []
         for out_features, in_features in shapes.values():
             weight = torch.randn(out_features, in_features).to(torch.bfloat16)
@@ -59,6 +74,25 @@ def products():
             plain.append(lambda x=x, weight=weight: F.linear(x, weight))
             fast.append(lambda x=x, packed=packed: packed(x))
         yield f"frozen products, a layer + lm_head, {rows} rows", lambda: [f() for f in plain], lambda: [f() for f in fast], 10
+
+
+def native_products():
+    if native.library() is None:
+        print("no C kernel here (not built, or no AVX512-BF16): skipping its comparison", flush=True)
+        return
+    h, mlp, heads, kv = SMOL["hidden_size"], SMOL["intermediate_size"], SMOL["num_attention_heads"], SMOL["num_key_value_heads"]
+    shapes = [((heads + 2 * kv) * 64, h), (h, heads * 64), (2 * mlp, h), (h, mlp)] * SMOL["num_hidden_layers"]
+    weights = [torch.randn(shape).to(torch.bfloat16) for shape in shapes + [(SMOL["vocab_size"], h)]]
+    onednn = [onednn_only(w, None) for w in weights]
+    lib = native.library()
+    ours = [kernels._rows_linear(lib, w, None, None) for w in weights]
+    ceiling = kernels.ROWS
+    kernels.ROWS = 8  # so that 8 rows reach the kernel too (the engine sends it up to ROWS)
+    for rows in (1, 2, 4, 8):
+        xs = [torch.randn(rows, w.shape[1]).to(torch.bfloat16) for w in weights]
+        yield (f"C kernel against oneDNN's packed product, a whole model's weights (269 MB), {rows} rows",
+               lambda xs=xs: [f(x) for f, x in zip(onednn, xs)], lambda xs=xs: [f(x) for f, x in zip(ours, xs)], 3)
+    kernels.ROWS = ceiling
 
 
 def mask():
@@ -92,14 +126,18 @@ def decode_step():
     m = m.to(torch.bfloat16).eval()
     decoder = decode.Decoder(m, 8)
     linears = [mod for mod in m.modules() if isinstance(mod, decode.RowLinear)]
-    packed = [mod.product for mod in linears]
+    engine = [mod.product for mod in linears]
     plain = [(lambda w, b: (lambda x: F.linear(x, w, b)))(mod.weight, mod.bias) for mod in linears]
+    packed = [onednn_only(mod.weight, mod.bias) for mod in linears]
 
     def use(chosen):
         for mod, product in zip(linears, chosen):
             mod.product = product
 
-    for rows in (1, 8):
+    cases = [(1, "F.linear / the engine's products", plain), (8, "F.linear / the engine's products", plain)]
+    if native.library() is not None:
+        cases += [(1, "oneDNN packed / with the C kernel", packed), (4, "oneDNN packed / with the C kernel", packed)]
+    for rows, what, baseline in cases:
         with torch.inference_mode():
             decoder.cache.reserve(rows, 200)
             for row in range(rows):
@@ -110,30 +148,34 @@ def decode_step():
             with torch.inference_mode():
                 decoder.step([5] * rows, [128] * rows, None)  # the same position again: the cache does not grow
 
-        yield f"decode step, {rows} rows (F.linear / packed products)", lambda: step(plain), lambda: step(packed), 5
-    use(packed)
+        yield f"decode step, {rows} rows ({what})", lambda b=baseline: step(b), lambda: step(engine), 5
+    use(engine)
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--out", default=os.path.join(HERE, "results", "decode_kernels.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     results = []
-    for group in (products, mask, decode_step):
+    for group in (products, native_products, mask, decode_step):
         for name, plain, fast, calls in group():
             plain(), fast()
-            a = b = float("inf")
+            a = b = (float("inf"), float("inf"))
             for _ in range(args.rounds):
-                a, b = min(a, per_call(plain, calls)), min(b, per_call(fast, calls))
-            results.append({"case": name, "plain_ms": round(a * 1e3, 3), "kernel_ms": round(b * 1e3, 3), "gain": round(a / b, 2)})
+                a = tuple(map(min, a, per_call(plain, calls)))
+                b = tuple(map(min, b, per_call(fast, calls)))
+            results.append({"case": name, "plain_ms": round(a[0] * 1e3, 3), "kernel_ms": round(b[0] * 1e3, 3),
+                            "gain": round(a[0] / b[0], 2), "plain_cpu_ms": round(a[1] * 1e3, 3),
+                            "kernel_cpu_ms": round(b[1] * 1e3, 3), "cpu_gain": round(a[1] / b[1], 2)})
             print(results[-1], flush=True)
     result = {"command": "PYTHONPATH=engine " + " ".join([sys.executable] + sys.argv), "machine": machine(),
               "threads": torch.get_num_threads(), "results": results,
               "load_average": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]}}
-    with open(os.path.join(HERE, "results", "decode_kernels.json"), "w") as f:
+    with open(args.out, "w") as f:
         json.dump(result, f, indent=2)
         f.write("\n")
 

@@ -1,7 +1,8 @@
-"""python3 -m tunelab_engine {init,train,merge,gguf,gguf-lora,generate,serve} ...; see engine/README.md."""
+"""python3 -m tunelab_engine {init,train,merge,gguf,gguf-lora,generate,serve,build-native} ...; see engine/README.md."""
 
 import argparse
 import os
+import subprocess
 import sys
 import traceback
 
@@ -75,6 +76,18 @@ def cmd_serve(args):
     return serve.serve(args.model, args.max_batch, args.max_adapters, args.device, args.dtype)
 
 
+def cmd_build_native(args):
+    from . import native
+    try:
+        path = native.build()
+    except (OSError, subprocess.CalledProcessError) as e:
+        # Not an error: the engine runs without it, on torch's own products.
+        lines = (getattr(e, "stderr", None) or str(e)).strip().splitlines()
+        events.emit("native", built=False, runs_here=False, path=None, reason=lines[-1] if lines else type(e).__name__)
+        return
+    events.emit("native", built=True, runs_here=native.library(path) is not None, path=path, reason=None)
+
+
 def parser():
     p = argparse.ArgumentParser(prog="python3 -m tunelab_engine")
     sub = p.add_subparsers(dest="command", required=True)
@@ -124,6 +137,8 @@ def parser():
     srv.add_argument("--dtype", choices=["auto"] + sorted(DTYPES), default="auto",
                      help="auto: the config's torch_dtype on CUDA; on CPU bf16 for bf16 weights when the CPU has native bf16, else float32")
     srv.set_defaults(run=cmd_serve)
+    nat = sub.add_parser("build-native", help="compile the engine's C kernels for this machine into the cache (tunelab setup runs it)")
+    nat.set_defaults(run=cmd_build_native)
     return p
 
 

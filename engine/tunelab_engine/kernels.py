@@ -13,7 +13,7 @@ import concurrent.futures
 import torch
 import torch.nn.functional as F
 
-from . import attention as attention_mod, lora, model as model_mod
+from . import attention as attention_mod, lora, model as model_mod, native
 
 PAD_MULTIPLE = 32  # examples are padded to a multiple of this, so bmm shapes repeat across examples and steps
 
@@ -251,14 +251,44 @@ class Examples(attention_mod.Examples):
 
 def frozen_linear(weight, bias):
     """x -> F.linear(x, weight, bias) for a weight that never changes (serving's). On a CPU with
-    native bf16 a bf16 weight is reordered once into oneDNN's blocked layout and every product
-    runs from it: F.linear goes through a path that reads the plain layout at about half the
-    speed, and a decode step is mostly these products. The packed copy sits beside the weight."""
+    native bf16 a bf16 weight is reordered once into oneDNN's blocked layout and products of many
+    rows (a prefill) run from it: F.linear goes through a path that reads the plain layout at
+    about half the speed. Products of up to ROWS rows (a decode step) go to the C kernel where it
+    is built and runs (`native`): reading each weight row front to back, it streams the weights
+    faster than oneDNN's product does for so few rows. The packed copy sits beside the weight."""
     if weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and torch.backends.mkldnn.is_available() \
             and torch.ops.mkldnn._is_mkldnn_bf16_supported():
         packed = torch.ops.mkldnn._reorder_linear_weight(weight)
-        return lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+        many = lambda x: torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")  # noqa: E731
+        lib = native.library()
+        if lib is None or not weight.is_contiguous() or (bias is not None and not bias.is_contiguous()):
+            return many
+        return _rows_linear(lib, weight, bias, many)
     return lambda x: F.linear(x, weight, bias)
+
+
+ROWS = 4  # up to here the kernel wins (it streams the weight); from about 8 rows oneDNN computes faster
+
+
+def _rows_linear(lib, weight, bias, many):
+    out_features, in_features = weight.shape
+    product = lib.tl_bf16_rows_linear
+    w, b = weight.data_ptr(), None if bias is None else bias.data_ptr()
+    keep = (weight, bias)  # the pointers' owners live as long as the product
+
+    def rows_linear(x, keep=keep):
+        flat = x.reshape(-1, in_features)
+        rows = flat.shape[0]
+        if rows > ROWS or x.dtype != torch.bfloat16:
+            return many(x)
+        if flat.stride(-1) != 1:
+            flat = flat.contiguous()
+        y = torch.empty(rows, out_features, dtype=torch.bfloat16)
+        product(flat.data_ptr(), rows, flat.stride(0), w, in_features, out_features, b, y.data_ptr(),
+                torch.get_num_threads())
+        return y.view(*x.shape[:-1], out_features)
+
+    return rows_linear
 
 
 def decode_attention(q, keys, values, bias):

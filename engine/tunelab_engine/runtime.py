@@ -47,14 +47,26 @@ def use_threads(threads=None):
     torch.set_num_threads(threads or cpu_count())
 
 
-def cpu_has_bf16():
-    """bf16 matmuls only pay on CPUs with native bf16 (AVX512-BF16 or AMX); elsewhere they are emulated."""
+def threads_spin():
+    """Whether idle threads should spin (the wait policy `prepare_threads` chose, or the operator's)."""
+    return os.environ.get("OMP_WAIT_POLICY", "").upper() == "ACTIVE"
+
+
+def cpu_flags():
+    """The CPU's feature flags as /proc/cpuinfo lists them (empty where there is none)."""
     try:
         with open("/proc/cpuinfo") as f:
-            flags = f.read()
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        pass
+    return set()
+
+
+def cpu_has_bf16():
+    """bf16 matmuls only pay on CPUs with native bf16 (AVX512-BF16 or AMX); elsewhere they are emulated."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def device(name, error_code, what):

@@ -2,7 +2,7 @@ import fs from 'node:fs';
 import type { Command } from 'commander';
 import { homeLayout, resolveHome } from '../config.js';
 import { useEnginePython } from '../engine/python.js';
-import { SetupError, describeEnvironment, locateEnginePython, setupEngine } from '../engine/setup.js';
+import { SetupError, buildNativeKernels, describeEnvironment, locateEnginePython, setupEngine } from '../engine/setup.js';
 
 export function setupCommand(program: Command): void {
   program
@@ -55,6 +55,7 @@ export async function ensureEngineEnvironment(
     // What setup --export installs goes into this environment.
     useEnginePython(env.python);
     for (const line of describeEnvironment(env)) console.log(line);
+    console.log(await buildNativeKernels());
     console.log(`Engine environment ready (${((Date.now() - started) / 1000).toFixed(1)} s).`);
   } catch (error) {
     if (!(error instanceof SetupError)) throw error;

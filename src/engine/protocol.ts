@@ -136,7 +136,17 @@ const generated = z.object({
 /** A command's failure (its last line), or one serve request's when `id` is set. */
 const failure = z.object({ ...stamped, type: z.literal('error'), code: z.string(), message: z.string(), id: z.string().optional() });
 
-const engineEvent = z.discriminatedUnion('type', [started, step, evaluation, checkpoint, cancelled, done, generated, failure]);
+/** `build-native`'s one line: whether the C kernels were built, and whether this CPU runs them. */
+const native = z.object({
+  ...stamped,
+  type: z.literal('native'),
+  built: z.boolean(),
+  runs_here: z.boolean(),
+  path: z.string().nullable(),
+  reason: z.string().nullable(),
+});
+
+const engineEvent = z.discriminatedUnion('type', [started, step, evaluation, checkpoint, cancelled, done, generated, failure, native]);
 
 export type StartedEvent = z.infer<typeof started>;
 export type StepEvent = z.infer<typeof step>;

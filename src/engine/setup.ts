@@ -3,6 +3,8 @@ import { execFile, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { runEngineCommand } from './engine-command.js';
+import { ofType } from './protocol.js';
 import { ENGINE_DIR } from './python.js';
 
 /**
@@ -101,6 +103,20 @@ export function describeEnvironment(env: EngineEnvironment): string[] {
     `torch ${env.torch}, numpy ${env.numpy}, safetensors ${env.safetensors}`,
     `device: ${device}; bf16 ${env.bf16 ? 'supported' : 'not supported (training and serving in float32)'}`,
   ];
+}
+
+/**
+ * Compiles the engine's C kernels for this machine (`build-native`, into the user's cache); one
+ * line saying what came of it. Never fails setup: without them the engine decodes on torch's own
+ * products, only slower.
+ */
+export async function buildNativeKernels(): Promise<string> {
+  const result = await runEngineCommand(['build-native']);
+  const [event] = ofType(result.events, 'native');
+  if (!event) return `C kernels: not built (the engine said: ${result.stderr.trim().split('\n').at(-1) ?? `exit ${result.code}`}); decoding uses torch's products`;
+  if (!event.built) return `C kernels: not built (${event.reason}); decoding uses torch's products`;
+  if (!event.runs_here) return `C kernels: built (${event.path}), but this CPU lacks AVX512-BF16; decoding uses torch's products`;
+  return `C kernels: built for this CPU (${event.path})`;
 }
 
 async function checkGivenPython(python: string): Promise<EngineEnvironment> {
