@@ -8,11 +8,9 @@
  *
  *   npm run bench:export
  */
-import os from 'node:os';
-import path from 'node:path';
 import OpenAI from 'openai';
 import type { ModelExport } from '../src/export/exports.js';
-import { machine, peakedQwenHome, startBenchServer, writeResult } from './support.js';
+import { peakedQwenHome, startBenchServer, writeResult } from './support.js';
 
 const QUANTIZATION = 'q8_0';
 
@@ -21,7 +19,6 @@ const server = await startBenchServer(['--slots', '0'], { home });
 try {
   const client = new OpenAI({ baseURL: server.baseURL, apiKey: server.apiKey, maxRetries: 0 });
 
-  const loadBefore = os.loadavg()[0];
   const started = performance.now();
   let exported = await client.post<ModelExport>('/exports', { body: { model, format: 'gguf', quantization: QUANTIZATION } });
   const stages: Record<string, number> = {};
@@ -41,9 +38,6 @@ try {
   stages[stage] = (stages[stage] ?? 0) + (performance.now() - stageAt) / 1000;
   writeResult('export', {
     command: 'npm run bench:export',
-    machine: machine(),
-    load_avg_1m_before: loadBefore,
-    load_avg_1m_after: os.loadavg()[0],
     model: 'LoRA fine-tune (10 epochs at 10x learning rate, weather) of random Qwen2.5-0.5B-shape bf16 weights',
     quantization: QUANTIZATION,
     status: exported.status,

@@ -17,7 +17,7 @@ import { Generation } from '../src/inference/generation.js';
 import { llamaRuntime } from '../src/inference/llama-runtime.js';
 import { LlamaCppBackend } from '../src/inference/llamacpp-backend.js';
 import { ModelTokenizer } from '../src/tokenizer/model-tokenizer.js';
-import { machine, writeResult } from './support.js';
+import { writeResult } from './support.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const HOME = path.join(ROOT, 'bench/results/tmp/peaked-qwen-home');
@@ -88,7 +88,6 @@ const sides = {
 };
 type Side = keyof typeof sides;
 
-const loadBefore = os.loadavg()[0];
 await sides.backend(); // loads the backend's context once, outside the rounds
 const runs: Array<Record<Side, number> & { round: number; load_avg_1m: number }> = [];
 for (let round = 1; round <= ROUNDS; round++) {
@@ -106,9 +105,6 @@ await model.dispose();
 const median = (side: Side) => [...runs.map((r) => r[side])].sort((a, b) => a - b)[Math.floor(runs.length / 2)]!;
 writeResult('llamacpp-overhead', {
   command: 'npm run build && OMP_WAIT_POLICY=PASSIVE npx tsx bench/llamacpp-overhead.ts',
-  machine: machine(),
-  load_avg_1m_before: loadBefore,
-  load_avg_1m_after: os.loadavg()[0],
   gguf: 'q8_0 export of the peaked Qwen2.5-0.5B-shape LoRA fine-tune',
   threads: THREADS,
   tokens: TOKENS,

@@ -16,7 +16,7 @@ import os from 'node:os';
 import path from 'node:path';
 import OpenAI from 'openai';
 import type { ModelExport } from '../src/export/exports.js';
-import { machine, peakedQwenHome, startBenchServer, writeResult } from './support.js';
+import { peakedQwenHome, startBenchServer, writeResult } from './support.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const ROUNDS = Number(process.env.ROUNDS ?? 3);
@@ -121,7 +121,6 @@ const round2 = (x: number) => Math.round(x * 100) / 100;
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 {
-  const loadBefore = os.loadavg()[0];
   await prepare();
   const runs: Measure[] = [];
   for (let round = 1; round <= ROUNDS; round++) {
@@ -135,9 +134,6 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
   const of = (backend: Backend, key: 'decode_tokens_per_s' | 'request_tokens_per_s') => median(runs.filter((r) => r.backend === backend).map((r) => r[key]));
   writeResult(THREADS === 1 ? 'serve-backends' : `serve-backends-threads${THREADS}`, {
     command: 'npm run bench:serve-backends',
-    machine: machine(),
-    load_avg_1m_before: loadBefore,
-    load_avg_1m_after: os.loadavg()[0],
     model: 'LoRA fine-tune (10 epochs at 10x learning rate, weather) of random Qwen2.5-0.5B-shape bf16 weights',
     llamacpp: `q8_0 GGUF export, node-llama-cpp in the server process, ${THREADS} thread(s)`,
     engine: "this branch's engine serving the LoRA fine-tune over its bf16 base",

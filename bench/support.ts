@@ -62,7 +62,7 @@ const loadAverage = () => os.loadavg().map((value) => Math.round(value * 100) / 
 const LOAD_AT_START = loadAverage();
 
 /** The machine a result was measured on, and how busy it was: the machine is shared, so a figure means little without its load. */
-export function machine() {
+function machine() {
   return {
     cpus: `${os.cpus().length} x ${os.cpus()[0]?.model ?? 'unknown'}`,
     nproc: os.availableParallelism(),

@@ -20,7 +20,6 @@ moves least). Writes results/decode_kernels.json (or --out) with the machine and
 """
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -37,7 +36,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from shapes import SHAPES  # noqa: E402
-from train_cpu import machine  # noqa: E402
+from result_file import write_result  # noqa: E402
 from tunelab_engine import config as config_mod, decode, grammar, kernels, model, native  # noqa: E402
 
 SMOL = SHAPES["smollm2-135m"]
@@ -159,7 +158,6 @@ def main():
     ap.add_argument("--out", default=os.path.join(HERE, "results", "decode_kernels.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()
     results = []
     for group in (products, native_products, mask, decode_step):
         for name, plain, fast, calls in group():
@@ -172,12 +170,7 @@ def main():
                             "gain": round(a[0] / b[0], 2), "plain_cpu_ms": round(a[1] * 1e3, 3),
                             "kernel_cpu_ms": round(b[1] * 1e3, 3), "cpu_gain": round(a[1] / b[1], 2)})
             print(results[-1], flush=True)
-    result = {"command": "PYTHONPATH=engine " + " ".join([sys.executable] + sys.argv), "machine": machine(),
-              "threads": torch.get_num_threads(), "results": results,
-              "load_average": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]}}
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
+    write_result(args.out, {"threads": torch.get_num_threads(), "results": results})
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ENGINE = os.path.join(HERE, "..", "..", "engine")
 sys.path.insert(0, HERE)
 
-from train_cpu import machine, prepare, tokens_per_second  # noqa: E402
+from result_file import write_result  # noqa: E402
+from train_cpu import prepare, tokens_per_second  # noqa: E402
 
 
 def run(engine, tmp, model_dir, train_dir, args, name):
@@ -55,8 +56,7 @@ def main():
     ap.add_argument("--warmup-steps", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
-    figures = {"this": [], "baseline": []}
-    load_before = os.getloadavg()
+    tokens = {"this": [], "baseline": []}
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
         model_dir, train_dir = prepare(tmp, args.shape, args.batch_size * args.steps, args.seq_len)
@@ -64,22 +64,16 @@ def main():
             # Alternated, the order flipped each round, so drifting load hits both alike.
             order = [("this", ENGINE), ("baseline", args.baseline)]
             for name, engine in order if r % 2 == 0 else order[::-1]:
-                figures[name].append(run(engine, tmp, model_dir, train_dir, args, f"{name}-{r}"))
-    result = {
-        "command": " ".join(["PYTHONPATH=engine", sys.executable] + sys.argv),
-        "machine": machine(),
-        "load_average": {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]},
+                tokens[name].append(run(engine, tmp, model_dir, train_dir, args, f"{name}-{r}"))
+    figures = {
         "shape": args.shape, "method": args.method, "processes": args.processes, "seq_len": args.seq_len,
         "batch_size": args.batch_size, "timed_steps": args.steps - args.warmup_steps,
-        "tokens_per_second": figures,
-        "ratio_of_medians": round(statistics.median(figures["this"]) / statistics.median(figures["baseline"]), 3),
+        "tokens_per_second": tokens,
+        "ratio_of_medians": round(statistics.median(tokens["this"]) / statistics.median(tokens["baseline"]), 3),
         "wall_s": round(time.time() - started, 1),
     }
     out = os.path.join(HERE, "results", f"distributed-{args.shape}-{args.method}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(json.dumps(result, indent=2))
+    print(json.dumps(write_result(out, figures), indent=2))
 
 
 if __name__ == "__main__":

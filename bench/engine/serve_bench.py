@@ -31,7 +31,6 @@ times the engine alone; `--baseline-engine DIR` adds another engine folder (say 
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -48,7 +47,7 @@ ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 sys.path.insert(0, HERE)
 
 from shapes import SHAPES  # noqa: E402
-from train_cpu import cpu_model  # noqa: E402
+from result_file import load_average, write_result  # noqa: E402
 
 
 class Serve:
@@ -104,10 +103,6 @@ class Serve:
     def close(self):
         self.proc.stdin.close()
         self.proc.wait(timeout=30)
-
-
-def load():
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 class LlamaCpp:
@@ -282,11 +277,11 @@ def bench_shape(shape, args, env, tmp):
     for engine in engines.values():  # warm-up
         engine.run(prompts(1), 8)
     rounds = {name: [] for name in engines}
-    loads = [load()]
+    loads = [load_average()]
     for _ in range(args.repeats):
         for name, engine in engines.items():
             rounds[name].append(measure(engine, prompts, args))
-            loads.append(load())
+            loads.append(load_average())
     for engine in engines.values():
         engine.close()
     result = {"shape": shape, "dtype": engines["tunelab"].ready["dtype"], "device": engines["tunelab"].ready["device"],
@@ -325,26 +320,15 @@ def main():
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--", "engine/tunelab_engine", "bench/engine/serve_bench.py"], cwd=os.path.join(HERE, "..", ".."),
                            capture_output=True, text=True).stdout.strip()
-    load_at_start = load()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for shape in args.shapes.split(","):
             r = bench_shape(shape, args, env, tmp)
             print(json.dumps(r), flush=True)
             results.append(r)
-    record = {
-        "command": " ".join(["PYTHONPATH=engine", sys.executable] + sys.argv),
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "git_commit": commit + (" (engine or bench files modified)" if dirty else ""),
-        "machine": {"cpu": cpu_model(), "nproc": os.cpu_count(), "torch": __import__("torch").__version__,
-                    "python": platform.python_version(), "omp_wait_policy": env.get("OMP_WAIT_POLICY", "PASSIVE (engine default)"),
-                    "load_average_at_start": load_at_start},
-        "results": results,
-    }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(record, f, indent=2)
-        f.write("\n")
+    write_result(args.out, {"results": results},
+                 commit=commit + (" (engine or bench files modified)" if dirty else ""),
+                 omp_wait_policy=env.get("OMP_WAIT_POLICY", "PASSIVE (engine default)"))
 
 
 if __name__ == "__main__":

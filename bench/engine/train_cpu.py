@@ -22,7 +22,7 @@ ENGINE = os.path.join(HERE, "..", "..", "engine")
 sys.path.insert(0, HERE)
 sys.path.insert(0, ENGINE)
 
-from result_file import cpu_model, machine, write_result  # noqa: E402,F401 (cpu_model, machine: serve_bench and decode_kernels_bench import them from here)
+from result_file import write_result  # noqa: E402
 from shapes import SHAPES  # noqa: E402
 
 
