@@ -206,5 +206,5 @@ def start(device, threads, training):
     group = Sharded(device) if training == "full" else Replicated(device)
     if device.type == "cpu" and not threads:
         # The host's cores are shared by its ranks rather than each taking all of them.
-        runtime.use_threads(max(1, runtime.cpu_count() // int(os.environ.get("LOCAL_WORLD_SIZE", group.size))))
+        runtime.use_threads(share=int(os.environ.get("LOCAL_WORLD_SIZE", group.size)))
     return group

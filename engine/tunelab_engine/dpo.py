@@ -206,11 +206,10 @@ class PreferenceTrainer(Trainer):
         started = time.perf_counter()
         self.model.eval()
         out = np.zeros((n, 2), dtype=np.float32)
-        accumulation = self.spec.gradient_accumulation_steps
         for start in range(0, n, self.spec.batch_size):
             rows = self.pair_rows(arrays, list(range(start, min(n, start + self.spec.batch_size))))
             # Split across the group's processes as a training step is; each pair is scored by one.
-            parts, counted = self.group.share(data.split(rows, accumulation * self.group.size), accumulation)
+            parts, counted = self.my_parts(rows)
             for i, (pairs, batch) in enumerate(self._parts(arrays, parts)):
                 chosen, rejected, _, _ = pair_logps(self.model, batch, pairs, self.autocast)
                 if i < counted:

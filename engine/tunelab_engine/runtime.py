@@ -33,18 +33,22 @@ def cpu_count():
         return os.cpu_count() or 1
 
 
-def use_threads(threads=None):
+def use_threads(threads=None, share=1):
     """Torch's CPU threads: `threads`, else `TUNELAB_THREADS` from the environment (the operator's
-    cap on a shared machine), else every core this process may use."""
+    cap on a shared machine), else every core this process may use. Those two are divided among
+    `share` processes training together on this host (torchrun's), so together they keep to them."""
     import torch
-    if not threads and os.environ.get("TUNELAB_THREADS"):
+    if threads:
+        torch.set_num_threads(threads)
+        return
+    if os.environ.get("TUNELAB_THREADS"):
         try:
             threads = int(os.environ["TUNELAB_THREADS"])
         except ValueError:
             threads = 0
         if threads < 1:
             raise SystemExit(f"TUNELAB_THREADS={os.environ['TUNELAB_THREADS']!r}: expected a whole number >= 1")
-    torch.set_num_threads(threads or cpu_count())
+    torch.set_num_threads(max(1, (threads or cpu_count()) // share))
 
 
 def threads_spin():

@@ -166,10 +166,14 @@ class Trainer:
         nan = float("nan")
         return dict(loss=loss_total / count if count else nan, mean_token_accuracy=correct_total / count if count else nan), count > 0
 
+    def my_parts(self, rows):
+        """This process's micro-batches of a step's rows, and how many of them count (the rest are stand-ins)."""
+        accumulation = self.spec.gradient_accumulation_steps
+        return self.group.share(data.split(rows, accumulation * self.group.size), accumulation)
+
     def train_step(self, rows):
         self.model.train()
-        accumulation = self.spec.gradient_accumulation_steps
-        parts, counted = self.group.share(data.split(rows, accumulation * self.group.size), accumulation)
+        parts, counted = self.my_parts(rows)
         batches = self.batches(self.train_data, parts)
         metrics, trained = self.backward(parts, batches, counted)
         if self.spec.max_grad_norm:

@@ -8,6 +8,7 @@ setup), or a CPU without AVX512-BF16.
 """
 
 import ctypes
+import functools
 import hashlib
 import os
 import subprocess
@@ -29,12 +30,18 @@ def cache_dir():
     return os.path.join(base, "tunelab", "native")
 
 
-def library_path(folder=None):
+# Cached: a model's load asks `library()` once per weight, and the source does not change under a running engine.
+@functools.cache
+def _source_digest():
     digest = hashlib.sha256()
     with open(SOURCE, "rb") as f:
         digest.update(f.read())
     digest.update(" ".join(FLAGS).encode())
-    return os.path.join(folder or cache_dir(), f"bf16_rows-{digest.hexdigest()[:16]}.so")
+    return digest.hexdigest()[:16]
+
+
+def library_path(folder=None):
+    return os.path.join(folder or cache_dir(), f"bf16_rows-{_source_digest()}.so")
 
 
 def build(folder=None, compiler=None):
