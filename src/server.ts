@@ -39,7 +39,7 @@ import { TINY_MODEL_NAME, ensureTinyModel } from './models/tiny-model.js';
 import { type DeliveryOptions, NotificationService } from './notifications/notifications.js';
 import { loadSmtpSettings } from './notifications/settings.js';
 import { smtpMailer } from './notifications/smtp.js';
-import { OrgService } from './orgs/orgs.js';
+import { Administrators, OrgService } from './orgs/orgs.js';
 import { SecretBox } from './store/secret-box.js';
 import { type Store, openStore } from './store/store.js';
 import { UsageService } from './usage/usage.js';
@@ -123,7 +123,7 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
     exports.servingGguf(org, model, quantization),
   );
   const inference = new InferenceService(modelServing, usage, logError);
-  const administrators = loadPullOrganizations(home.root);
+  const administrators = new Administrators(loadPullOrganizations(home.root));
   const pulls = new ModelPullService(baseModels, administrators);
   const responses = new ResponseService(store.db, inference);
   const exports = new ExportService({ db: store.db, models, baseModels, jobs, files, servePool, home, log: logError });
@@ -162,7 +162,7 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   const capabilities = detectCapabilities();
   const slots = options.engineSlots ?? 1;
   const leases = new JobLeases(store.db, options.leaseMs ?? DEFAULT_LEASE_MS);
-  const runner = new JobRunner({ db: store.db, jobs, models: services.models, files, orgs, baseModels, disk, folders, stored }, home, {
+  const runner = new JobRunner({ jobs, models: services.models, files, orgs, disk, folders, stored }, home, {
     slots,
     scratch: home.work,
     worker: { id: serverWorkerId(home.root), capabilities, memory: memoryForOneJob(capabilities), processes: processesPerJob(capabilities, slots) },

@@ -71,7 +71,7 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
   const capabilities = detectCapabilities();
   const slots = options.slots ?? 1;
   const runner = new JobRunner(
-    { db: store.db, jobs, models, files, orgs: new OrgService(store.db), baseModels, disk, folders, stored },
+    { jobs, models, files, orgs: new OrgService(store.db), disk, folders, stored },
     home,
     {
       slots,

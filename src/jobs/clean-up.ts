@@ -1,7 +1,7 @@
 import type { Db } from '../store/store.js';
 import { TRAINING_STATE, type JobFolders, clearScratch } from './job-folders.js';
 import type { RunnerServices } from './run.js';
-import { isFinished, type JobStatus } from './status.js';
+import { UNFINISHED } from './status.js';
 
 /**
  * A finished job keeps its models in the folder store and nothing else there: its training arrays,
@@ -23,9 +23,11 @@ export async function cleanUpJob(jobId: string, services: Pick<RunnerServices, '
  * Jobs still under way are swept by their next run, under its lease.
  */
 export async function sweepEndedJobs(db: Db, services: Pick<RunnerServices, 'folders' | 'stored'>): Promise<void> {
-  for (const prefix of await services.folders.prefixes()) {
-    const job = await db.selectFrom('jobs').select('status').where('id', '=', prefix).executeTakeFirst();
-    if (job && !isFinished(job.status as JobStatus)) continue;
-    await services.folders.sweep(prefix, await services.stored.named(prefix));
+  const prefixes = await services.folders.prefixes();
+  if (prefixes.length === 0) return;
+  // One read of the jobs still under way (few), not one per prefix (one for every job whose models remain).
+  const unfinished = new Set((await db.selectFrom('jobs').select('id').where('status', 'in', UNFINISHED).execute()).map((job) => job.id));
+  for (const prefix of prefixes) {
+    if (!unfinished.has(prefix)) await services.folders.sweep(prefix, await services.stored.named(prefix));
   }
 }

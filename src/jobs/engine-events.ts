@@ -55,17 +55,22 @@ export class EngineEvents {
     if (run.lastMetrics && step <= run.lastMetrics.data.step) return;
     const data: Metrics = { step, total_steps: Number(event.total_steps) };
     for (const key of STEP_FIELDS) if (key in event) data[key] = event[key];
-    const id = await run.fence.write((trx) => this.jobs.recordStep(run.job.id, { message: stepMessage(data), data }, trx));
-    run.lastMetrics = { id, data };
     // From the engine's own clock, so a backlog of events here does not skew it.
     const now = typeof event.time === 'number' ? event.time * 1000 : Date.now();
     const elapsed = Number(event.elapsed_s);
+    let finishAt: number | null = null;
     if (run.stopping === null && now - run.lastEstimateAt >= ESTIMATE_EVERY_MS && elapsed > 0) {
       run.lastEstimateAt = now;
       const perStep = (elapsed * 1000) / (step - run.startStep);
-      const at = unixSeconds(now + perStep * (run.totalSteps - step));
-      await run.fence.write((trx) => this.jobs.setEstimatedFinish(run.job.id, at, trx));
+      finishAt = unixSeconds(now + perStep * (run.totalSteps - step));
     }
+    // One fenced transaction for the step and, now and then, the finish it points to.
+    const id = await run.fence.write(async (trx) => {
+      const recorded = await this.jobs.recordStep(run.job.id, { message: stepMessage(data), data }, trx);
+      if (finishAt !== null) await this.jobs.setEstimatedFinish(run.job.id, finishAt, trx);
+      return recorded;
+    });
+    run.lastMetrics = { id, data };
   }
 
   /** An evaluation follows the step it was made at: it joins that step's metrics event. */

@@ -10,11 +10,10 @@ import type { FileService } from '../files/files.js';
 import { type FolderStore, publishWith } from '../files/folder-store.js';
 import { randomToken } from '../ids.js';
 import { modelContextLength } from '../models/base-models.js';
-import { trainingDefaults } from '../models/training-defaults.js';
 import type { FineTuningJob, JobService, Method } from './jobs.js';
 import type { StoredFolders } from './stored-folders.js';
-import type { SupervisedHyperparameters } from './job-request.js';
 import { trainingMemory } from './memory-need.js';
+import { planTraining } from './training-spec.js';
 import { WorkLoop } from './work-loop.js';
 
 export interface JobError {
@@ -99,7 +98,8 @@ export class FileValidation {
 
   private async validate(job: FineTuningJob, signal: AbortSignal): Promise<void> {
     // A job continuing a fine-tune reads its files with the tokenizer and template of the lineage's base model.
-    const model = (await this.jobs.startingPoint(job.organization_id, job.model)).root;
+    const start = await this.jobs.startingPoint(job.organization_id, job.model);
+    const model = start.root;
     const tokenizer = this.tokenizers.get(model.path);
     const nEpochs = job.hyperparameters.n_epochs;
     const open = (fileId: string) => () => this.files.bytes(job.organization_id, fileId);
@@ -125,11 +125,9 @@ export class FileValidation {
       await this.fail(job, error);
       return;
     }
-    const defaults = trainingDefaults(model.path);
-    // DPO's hyperparameters extend supervised ones: both say how the model is trained.
-    const given = job.hyperparameters as SupervisedHyperparameters;
-    const full = given.full ?? defaults.method === 'full';
-    const need = trainingMemory(model.path, { full, loraRank: given.lora_rank ?? defaults.lora_rank });
+    // What the run will train (a continued adapter keeps its own rank), so the estimate is the run's.
+    const { resolved } = planTraining(job.method as Method, start, report);
+    const need = trainingMemory(model.path, { full: resolved.full, loraRank: resolved.lora_rank ?? 0 });
     const arraysDir = path.join(this.workDir, job.id);
     const train = await this.store.folders.stage(job.id, path.join(arraysDir, 'train'));
     const valid = report.validation ? await this.store.folders.stage(job.id, path.join(arraysDir, 'valid')) : null;

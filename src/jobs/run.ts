@@ -3,10 +3,8 @@ import type { TrainingProcess } from '../engine/training-process.js';
 import type { DiskSpace } from '../files/disk.js';
 import type { FileService } from '../files/files.js';
 import type { FolderStore } from '../files/folder-store.js';
-import type { BaseModelRegistry } from '../models/base-models.js';
 import type { ModelService } from '../models/models.js';
 import type { OrgService } from '../orgs/orgs.js';
-import type { Db } from '../store/store.js';
 import type { CheckpointSpace } from './checkpoint-space.js';
 import type { JobFolders } from './job-folders.js';
 import type { FineTuningJob, JobService } from './jobs.js';
@@ -15,12 +13,10 @@ import type { StoredFolders } from './stored-folders.js';
 
 /** The services a run records through: the same ones the API serves from. */
 export interface RunnerServices {
-  db: Db;
   jobs: JobService;
   models: ModelService;
   files: FileService;
   orgs: OrgService;
-  baseModels: BaseModelRegistry;
   disk: DiskSpace;
   /** Where training arrays, checkpoints and fine-tunes are kept for every host, and the records naming them. */
   folders: FolderStore;

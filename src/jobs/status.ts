@@ -16,6 +16,9 @@ export const canMove = (from: JobStatus, to: JobStatus) => NEXT[from].includes(t
 
 export const isFinished = (status: JobStatus) => NEXT[status].length === 0;
 
+/** The statuses a job can still leave. */
+export const UNFINISHED = (Object.keys(NEXT) as JobStatus[]).filter((status) => !isFinished(status));
+
 /**
  * What a person may ask of a job, from where. Narrower than the machine: a restart may move a
  * running job back to queued, but resume is only for a paused one.
