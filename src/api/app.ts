@@ -9,7 +9,7 @@ import type { JobService } from '../jobs/jobs.js';
 import type { ModelPullService } from '../models/model-pulls.js';
 import type { ModelService } from '../models/models.js';
 import type { NotificationService } from '../notifications/notifications.js';
-import type { Caller, OrgService } from '../orgs/orgs.js';
+import type { Administrators, Caller, OrgService } from '../orgs/orgs.js';
 import type { ResponseService } from '../responses/responses.js';
 import type { UsageService } from '../usage/usage.js';
 import type { DiskSpace } from '../files/disk.js';
@@ -52,7 +52,7 @@ export interface Services {
   exports: ExportService;
   workers: WorkerRegistry;
   /** Organizations that administer the server (config.json's models.pull_organizations). */
-  administrators: readonly string[];
+  administrators: Administrators;
 }
 
 export interface ApiOptions {

@@ -1,6 +1,6 @@
 import type { FastifyInstance } from 'fastify';
-import { ServiceError } from '../errors.js';
 import type { WorkerRegistry } from '../jobs/workers.js';
+import type { Administrators } from '../orgs/orgs.js';
 
 /**
  * Ours: the processes that train jobs (the server's runner and `tunelab worker` on other hosts),
@@ -8,14 +8,9 @@ import type { WorkerRegistry } from '../jobs/workers.js';
  * administrator's key sees them: the organizations that may add base models (config.json's
  * models.pull_organizations, "personal" by default).
  */
-export const workersRoutes = (workers: WorkerRegistry, administrators: readonly string[]) => async (app: FastifyInstance) => {
+export const workersRoutes = (workers: WorkerRegistry, administrators: Administrators) => async (app: FastifyInstance) => {
   app.get('/workers', async (request) => {
-    if (!administrators.includes(request.org.name)) {
-      throw new ServiceError(
-        'permission',
-        `Organization "${request.org.name}" may not list workers: they train every organization's jobs. The administrator lists those that may in config.json (models.pull_organizations).`,
-      );
-    }
+    administrators.require(request.org, "list workers: they train every organization's jobs");
     return { object: 'list', data: await workers.list() };
   });
 };

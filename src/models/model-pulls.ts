@@ -1,7 +1,7 @@
 import { readHomeConfig } from '../config.js';
 import { ServiceError, noSuch } from '../errors.js';
 import { newId } from '../ids.js';
-import type { Organization } from '../orgs/orgs.js';
+import type { Administrators, Organization } from '../orgs/orgs.js';
 import type { ArrivalReport } from './arrival-check.js';
 import type { BaseModelRegistry } from './base-models.js';
 import { parseRepoReference } from './hub-pull.js';
@@ -49,17 +49,12 @@ export class ModelPullService {
 
   constructor(
     private readonly registry: BaseModelRegistry,
-    private readonly allowed: readonly string[],
+    private readonly administrators: Administrators,
   ) {}
 
   /** Throws unless the organization may add base models. */
   authorize(org: Organization): void {
-    if (!this.allowed.includes(org.name)) {
-      throw new ServiceError(
-        'permission',
-        `Organization "${org.name}" may not add base models: they are shared by every organization. The administrator lists those that may in config.json (models.pull_organizations).`,
-      );
-    }
+    this.administrators.require(org, 'add base models: they are shared by every organization');
   }
 
   list(org: Organization): ModelPull[] {

@@ -18,6 +18,25 @@ export interface Caller extends Organization {
   keyRole: KeyRole;
 }
 
+/**
+ * The organizations that administer the server (config.json's models.pull_organizations): they add
+ * the base models every organization shares and see the workers that train every organization's jobs.
+ */
+export class Administrators {
+  constructor(private readonly names: readonly string[]) {}
+
+  includes(org: Organization): boolean {
+    return this.names.includes(org.name);
+  }
+
+  /** Throws `permission` unless `org` administers the server; `refused` says what it may not do, and why. */
+  require(org: Organization, refused: string): void {
+    if (!this.includes(org)) {
+      throw new ServiceError('permission', `Organization "${org.name}" may not ${refused}. The administrator lists those that may in config.json (models.pull_organizations).`);
+    }
+  }
+}
+
 /** Ours (`GET /v1/organization`): whom a key speaks for and what it may do, so a client shows only what it may use. */
 export interface OrganizationInfo {
   object: 'organization';
