@@ -8,6 +8,7 @@ import { encodeChat } from '../src/tokenizer/chat-encoding.js';
 import { ModelTokenizer } from '../src/tokenizer/model-tokenizer.js';
 import { runCli } from './support/cli.js';
 import { writeModelFolder } from './support/model-folder.js';
+import { readNpy } from './support/npy.js';
 import { DATASETS, tempHome } from './support/server.js';
 
 const home = tempHome();
@@ -240,9 +241,9 @@ describe('preference files', () => {
     expect(report.can_train).toBe(true);
 
     // The trainer's arrays: each pair as its preferred and its non-preferred sequence, in that order.
-    const ids = readNpy(path.join(arraysDir, 'train', 'input_ids.npy'));
-    const mask = readNpy(path.join(arraysDir, 'train', 'loss_mask.npy'));
-    const offsets = readNpy(path.join(arraysDir, 'train', 'offsets.npy'));
+    const ids = readNpy(path.join(arraysDir, 'train', 'input_ids.npy')).values;
+    const mask = readNpy(path.join(arraysDir, 'train', 'loss_mask.npy')).values;
+    const offsets = readNpy(path.join(arraysDir, 'train', 'offsets.npy')).values;
     expect(offsets).toHaveLength(21);
     const sequence = (k: number) => ({ ids: ids.slice(offsets[k]!, offsets[k + 1]!), mask: mask.slice(offsets[k]!, offsets[k + 1]!) });
     const messages = pair(0).input.messages;
@@ -267,14 +268,3 @@ describe('preference files', () => {
     expect(report.shown_examples[0]!.rejected_segments!.filter((s) => s.trained).map((s) => s.text).join('')).toContain('Dry 0.');
   });
 });
-
-/** The values of a 1-D .npy file the arrays writer wrote. */
-function readNpy(file: string): number[] {
-  const bytes = fs.readFileSync(file);
-  const header = 10 + bytes.readUInt16LE(8);
-  const descr = /'descr': '([^']+)'/.exec(bytes.toString('latin1', 10, header))![1]!;
-  const body = bytes.subarray(header);
-  if (descr === '<i4') return Array.from(new Int32Array(body.buffer.slice(body.byteOffset, body.byteOffset + body.length)));
-  if (descr === '|u1') return Array.from(body);
-  return Array.from(new BigInt64Array(body.buffer.slice(body.byteOffset, body.byteOffset + body.length)), Number);
-}

@@ -10,7 +10,6 @@ import type { ModelExport } from '../src/export/exports.js';
 import { BaseModelRegistry } from '../src/models/base-models.js';
 import { TINY_MODEL_NAME } from '../src/models/tiny-model.js';
 import { runCli } from './support/cli.js';
-import { runEngine } from './support/engine-run.js';
 import { writeTrainableModelFolder } from './support/model-folder.js';
 import { TINY_LORA, weatherFineTune } from './support/fine-tune.js';
 import { type TestServer, DATASETS, startTestServer } from './support/server.js';

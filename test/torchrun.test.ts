@@ -63,6 +63,7 @@ it('a DPO job trains across both GPUs', async () => {
   const job = await finished(t.client, created.id, 300_000);
   expect(job.status).toBe('succeeded');
   const steps = await metricsSteps(t.client, job.id);
+  expect(steps.length).toBeGreaterThan(0);
   expect(steps).toEqual(Array.from({ length: steps.length }, (_, i) => i + 1));
   expect(engineLog(job.id)).toContain('rank 1 of 2 (gloo, replicated)');
 }, 320_000);

@@ -12,22 +12,9 @@ import { ModelService } from '../src/models/models.js';
 import { openStore } from '../src/store/store.js';
 import { encodeChat } from '../src/tokenizer/chat-encoding.js';
 import { ModelTokenizer } from '../src/tokenizer/model-tokenizer.js';
+import { readNpy } from './support/npy.js';
 import { storedFolder, storedNames } from './support/stored.js';
 import { BASE_MODEL, DATASETS, type TestServer, onPostgres, startTestServer, tempHome, validated, weatherJokes } from './support/server.js';
-
-/** Reads a NumPy .npy file as numpy.load would: the dtype and shape from its header, then the data. */
-function readNpy(file: string): { descr: string; shape: number[]; values: number[] } {
-  const bytes = fs.readFileSync(file);
-  expect(bytes.subarray(0, 6).toString('latin1')).toBe('\x93NUMPY');
-  const headerLength = bytes.readUInt16LE(8);
-  const header = bytes.subarray(10, 10 + headerLength).toString('latin1');
-  const descr = /'descr': '([^']+)'/.exec(header)![1]!;
-  const shape = /'shape': \(([^)]*)\)/.exec(header)![1]!.split(',').filter(Boolean).map(Number);
-  const data = bytes.subarray(10 + headerLength);
-  const array = { '<i4': Int32Array, '|u1': Uint8Array, '<i8': BigInt64Array }[descr]!;
-  const typed = new array(data.buffer.slice(data.byteOffset, data.byteOffset + data.byteLength));
-  return { descr, shape, values: Array.from(typed as ArrayLike<number | bigint>, Number) };
-}
 
 const chat = (i: number, answer = `Answer ${i}.`) =>
   JSON.stringify({ messages: [{ role: 'system', content: 'Brief.' }, { role: 'user', content: `Question ${i}?` }, { role: 'assistant', content: answer }] });

@@ -8,7 +8,7 @@ import { launchBrowser, openDashboard, screenshot } from './support/browser.js';
 import { CLI, runCli } from './support/cli.js';
 import { openStore } from '../src/store/store.js';
 import { writeTrainableModelFolder } from './support/model-folder.js';
-import { storedNames, storedObjects } from './support/stored.js';
+import { storedNames } from './support/stored.js';
 import {
   BASE_MODEL,
   type TestServer,
@@ -216,7 +216,10 @@ describe.skipIf(!onPostgres)('training on workers through PostgreSQL', () => {
         throw new Error(`${error.message}: the store holds ${storedNames(t.home, job.id).join()} (models: ${kept.join()}); left in scratch: ${scratchLeft(job.id).join()}`);
       },
     );
-    expect(await metricsSteps(t.client, job.id)).toEqual(Array.from({ length: (await metricsSteps(t.client, job.id)).length }, (_, i) => i + 1));
+    // Steps up to the pause, each recorded once.
+    const steps = await metricsSteps(t.client, job.id);
+    expect(steps.length).toBeGreaterThan(0);
+    expect(steps).toEqual(Array.from({ length: steps.length }, (_, i) => i + 1));
   }, 300_000);
 
   it('a worker stalled past its lease (SIGSTOP) and woken (SIGCONT) writes nothing more for the job it lost, in the database or in storage', async () => {

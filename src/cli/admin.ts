@@ -2,7 +2,6 @@ import fs from 'node:fs';
 import type { Command } from 'commander';
 import { homeLayout, resolveHome } from '../config.js';
 import { writePrivateFile } from '../files/durable.js';
-import { BaseModelRegistry } from '../models/base-models.js';
 import type { KeyRole, OrgService } from '../orgs/orgs.js';
 import { isoTime, printJson, printTable } from './output.js';
 

@@ -3,7 +3,6 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { Command } from 'commander';
-import { resolveHome } from '../config.js';
 import type { ModelExport } from '../export/exports.js';
 import { connect } from './client.js';
 import { UsageError } from './dataset-commands.js';

@@ -96,8 +96,8 @@ export class ExportService {
   private queue: Promise<void> = Promise.resolve();
   private stopping = false;
   private readonly unpacking = new Map<string, Promise<void>>();
-  /** `servingGguf`'s answers, by organization, model and quantization. */
-  private readonly servingGgufs = new Map<string, Promise<{ path: string; quantization: string } | null>>();
+  /** Kept GGUF lookups: by organization and model, then by the quantization asked (null: any). */
+  private readonly servingGgufs = new Map<string, Map<string | null, Promise<{ path: string; quantization: string } | null>>>();
 
   constructor(private readonly deps: Dependencies) {
     fs.mkdirSync(deps.home.exports, { recursive: true });
@@ -183,12 +183,15 @@ export class ExportService {
    * model is refused before its GGUF is looked up).
    */
   servingGguf(orgId: string, model: string, quantization: string | null): Promise<{ path: string; quantization: string } | null> {
-    const key = JSON.stringify([orgId, model, quantization]);
-    let found = this.servingGgufs.get(key);
+    const modelKey = JSON.stringify([orgId, model]);
+    let kept = this.servingGgufs.get(modelKey);
+    if (!kept) this.servingGgufs.set(modelKey, (kept = new Map()));
+    let found = kept.get(quantization);
     if (!found) {
-      found = this.findServingGguf(orgId, model, quantization);
-      this.servingGgufs.set(key, found);
-      found.catch(() => this.servingGgufs.get(key) === found && this.servingGgufs.delete(key));
+      const asked = this.findServingGguf(orgId, model, quantization);
+      kept.set(quantization, asked);
+      asked.catch(() => kept.get(quantization) === asked && kept.delete(quantization));
+      found = asked;
     }
     return found;
   }
@@ -218,11 +221,9 @@ export class ExportService {
 
   /** Drops the kept GGUF lookups of a model whose exports changed. */
   private forgetServingGgufs(orgId: string, model: string): void {
-    for (const key of this.servingGgufs.keys()) {
-      const [org, name] = JSON.parse(key) as [string, string];
-      if (org === orgId && name === model) this.servingGgufs.delete(key);
-    }
+    this.servingGgufs.delete(JSON.stringify([orgId, model]));
   }
+
 
   /** After a restart: exports it cut short failed; queued ones run. */
   async recover(): Promise<void> {

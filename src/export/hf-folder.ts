@@ -30,6 +30,8 @@ const MODEL_FILES = [
   'merges.txt',
   'added_tokens.json',
 ];
+/** A model folder's file: one of MODEL_FILES, or its weights (whole or sharded). */
+const isModelFile = (name: string) => MODEL_FILES.includes(name) || /^model(-\d+-of-\d+)?\.safetensors$/.test(name);
 const TOKENIZER_FILES = MODEL_FILES.filter((name) => name !== 'config.json' && !name.startsWith('model.') && name !== 'generation_config.json');
 const ADAPTER_FILES = ['adapter_config.json', 'adapter_model.safetensors'];
 
@@ -91,7 +93,7 @@ export async function writeMergedFolder(source: ExportSource, out: string, scrat
     }
   }
   // The merge wrote its weights into scratch: they move rather than being written a second time.
-  await copyFiles(from, out, (name) => MODEL_FILES.includes(name) || /^model(-\d+-of-\d+)?\.safetensors$/.test(name), source.adapter !== null);
+  await copyFiles(from, out, isModelFile, source.adapter !== null);
   await nameArchitecture(out);
   await writeGenerationConfig(out);
 }
@@ -104,7 +106,7 @@ export async function writeMergedFolder(source: ExportSource, out: string, scrat
 export async function writeBaseFolder(source: ExportSource, out: string): Promise<void> {
   await fsp.mkdir(out, { recursive: true });
   for (const name of await fsp.readdir(source.baseFolder)) {
-    if (MODEL_FILES.includes(name) || /^model(-\d+-of-\d+)?\.safetensors$/.test(name)) {
+    if (isModelFile(name)) {
       if (name === 'config.json') await fsp.copyFile(path.join(source.baseFolder, name), path.join(out, name));
       else await fsp.symlink(path.join(source.baseFolder, name), path.join(out, name));
     }
