@@ -3,8 +3,6 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { Readable, Transform } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import {
   HubApiError,
   downloadFile,
@@ -288,16 +286,20 @@ class CacheWriter {
         return downloadFile({ ...where, downloadInfo: info });
       });
       if (!file) throw new Error(`The hub lost ${entry.path} between listing and download`);
-      const body = Readable.fromWeb((offset > 0 ? file.slice(offset) : file).stream() as never, { highWaterMark: 1 << 20 });
-      const counter = new Transform({
-        transform: (chunk: Buffer, _encoding, done) => {
+      // Each chunk is on disk before the next is read, so a cut connection leaves all it delivered
+      // for the next pull to resume from (a pipeline would drop the writes still queued).
+      const body = (offset > 0 ? file.slice(offset) : file).stream();
+      const out = await fsp.open(partial, 'a');
+      try {
+        for await (const chunk of body) {
           hash.update(chunk);
           this.downloadedBytes += chunk.length;
           this.count(entry, chunk.length);
-          done(null, chunk);
-        },
-      });
-      await pipeline(body, counter, fs.createWriteStream(partial, { flags: 'a', highWaterMark: 1 << 20 }));
+          await out.write(chunk);
+        }
+      } finally {
+        await out.close();
+      }
     }
     const size = fs.statSync(partial).size;
     const digest = hash.digest('hex');

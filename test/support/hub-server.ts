@@ -122,7 +122,8 @@ export async function startHub(repos: HubRepo[]): Promise<LoopbackHub> {
         res.once('drain', () => stream.resume());
       }
     });
-    stream.on('end', () => (last < end ? res.destroy() : res.end()));
+    // A cut ends the socket, which sends what was written first; destroy() would drop it.
+    stream.on('end', () => (last < end ? res.socket?.end() : res.end()));
   };
 
   let cdnUrl = '';
