@@ -20,6 +20,8 @@ const REFEREE = path.resolve(import.meta.dirname, 'support/transformers_greedy.p
 let t: TestServer;
 let client: OpenAI;
 let model: string;
+/** A base model registered by the last test, served by llama.cpp only. */
+const WEATHER_BASE = 'weather-base';
 const cliEnv = () => ({ ...process.env, TUNELAB_HOME: t.home, TUNELAB_BASE_URL: t.server.baseURL, TUNELAB_API_KEY: t.apiKey });
 
 /** The weather file's conversations up to each answer: the ten trained questions. */
@@ -58,7 +60,12 @@ async function unpack(job: ModelExport, dir: string): Promise<string[]> {
 }
 
 beforeAll(async () => {
-  t = await startTestServer({ engineSlots: 1, builtinModels: true });
+  // One base model is answered by llama.cpp alone, so its GGUF export is what makes it answer.
+  t = await startTestServer({
+    engineSlots: 1,
+    builtinModels: true,
+    serving: { backends: { backend: 'engine', quantization: null, models: { [WEATHER_BASE]: { backend: 'llamacpp', quantization: null } }, threads: 1 } },
+  });
   client = t.client;
   // llama.cpp's converter, as `tunelab setup --export` installs it from PyPI.
   const setup = await runCli(['setup', '--export', '--home', t.home], { env: cliEnv() });
@@ -139,7 +146,10 @@ describe('the weather fine-tune of tunelab-tiny (a full fine-tune)', () => {
       status: 400,
       error: expect.objectContaining({ param: 'format', message: expect.stringContaining('full fine-tune') }),
     });
-    await expect(client.post('/exports', { body: { model: TINY_MODEL_NAME, format: 'merged' } })).rejects.toMatchObject({ status: 400 });
+    await expect(client.post('/exports', { body: { model: TINY_MODEL_NAME, format: 'peft' } })).rejects.toMatchObject({
+      status: 400,
+      error: expect.objectContaining({ param: 'format', message: expect.stringContaining('is a base model: it has no adapter') }),
+    });
     await expect(client.post('/exports', { body: { model, format: 'gguf', quantization: 'q2_k' } })).rejects.toMatchObject({
       status: 400,
       error: expect.objectContaining({ param: 'quantization' }),
@@ -229,5 +239,29 @@ describe('a LoRA fine-tune of tunelab-tiny', () => {
     expect(fs.readFileSync(path.join(dir, name, 'README.md'), 'utf8')).toContain(`llama-cli -m ${TINY_MODEL_NAME}-f16.gguf --lora ${name}-lora-f16.gguf --jinja`);
     const adapter = await readGgufFileInfo(path.join(dir, name, `${name}-lora-f16.gguf`));
     expect((adapter.metadata.general as Record<string, unknown>).type).toBe('adapter');
+  }, 300_000);
+});
+
+describe('a base model', () => {
+  it('exports as a GGUF checked on general prompts, after which llama.cpp answers it', async () => {
+    // tunelab-tiny's random weights meet near-ties in their answers that any other arithmetic breaks
+    // either way, so the base here is the weather fine-tune's merged weights, registered as a base.
+    const folder = path.join(t.home, 'weather-base');
+    expect((await runCli(['export', model, '--format', 'merged', '--out', folder], { env: cliEnv() })).code).toBe(0);
+    new BaseModelRegistry(t.server.home.models).add(folder, WEATHER_BASE);
+    const ask = () => client.chat.completions.create({ model: WEATHER_BASE, messages: [{ role: 'user', content: 'Hello' }], max_completion_tokens: 8 });
+    await expect(ask()).rejects.toMatchObject({ status: 503, code: 'gguf_export_missing', message: expect.stringContaining(`tunelab export ${WEATHER_BASE} --format gguf`) });
+
+    const job = await exported({ model: WEATHER_BASE, format: 'gguf', quantization: 'f32' });
+    expect(job.error).toBeNull();
+    expect(job.checks!.required).toBe('tokens');
+    expect(job.checks!.prompts).toHaveLength(6);
+    expect(job.checks!.prompts.every((p) => p.equal_tokens === p.tokens && p.tokens > 0)).toBe(true);
+
+    const answered = await ask();
+    expect(answered.system_fingerprint).toBe('fp_tunelab_llamacpp_f32');
+    const dir = fs.mkdtempSync(path.join(t.home, 'download-'));
+    expect(await unpack(job, dir)).toEqual(['Modelfile', 'README.md', 'checks.json', `${WEATHER_BASE}-f32.gguf`].sort());
+    expect(fs.readFileSync(path.join(dir, WEATHER_BASE, 'README.md'), 'utf8')).toContain("6 of tunelab's general prompts");
   }, 300_000);
 });

@@ -26,8 +26,8 @@ interface ExportOptions {
 export function exportCommands(program: Command): void {
   program
     .command('export')
-    .argument('<model>', 'a fine-tune (ft:...) or one of its checkpoints (ft:...:ckpt-step-N)')
-    .description('export a fine-tune: a PEFT adapter, merged Hugging Face weights, or a GGUF for llama.cpp and Ollama')
+    .argument('<model>', 'a fine-tune (ft:...), one of its checkpoints (ft:...:ckpt-step-N), or a base model (merged or gguf)')
+    .description('export a fine-tune or a base model: a PEFT adapter, merged Hugging Face weights, or a GGUF for llama.cpp and Ollama')
     .requiredOption('--format <format>', 'peft, merged, gguf or gguf_lora (the base as GGUF and the adapter as a GGUF LoRA adapter)')
     .option('--quantization <q>', 'gguf only: f16 (default), bf16, q8_0, q4_k_m or f32')
     .option('--out <dir>', 'where to unpack it (default: a folder named after the model, here)')

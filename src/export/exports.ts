@@ -20,7 +20,7 @@ import { installedQuantizer, quantize } from './quantizer.js';
 import { type ExportSource, writeBaseFolder, writeMergedFolder, writePeftFolder } from './hf-folder.js';
 import { type ExportChecks, type ServedGreedy, askTunelab, checkGguf } from './llama-check.js';
 import { modelfile, readme } from './ollama.js';
-import { type TrainingPrompts, trainingPrompts } from './training-prompts.js';
+import { type CheckPrompts, GENERAL_PROMPTS, trainingPrompts } from './check-prompts.js';
 
 export const EXPORT_FORMATS = ['peft', 'merged', 'gguf', 'gguf_lora'] as const;
 export type ExportFormat = (typeof EXPORT_FORMATS)[number];
@@ -110,10 +110,8 @@ export class ExportService {
     }
     const source = await this.source(orgId, request.model);
     if ((request.format === 'peft' || request.format === 'gguf_lora') && !source.adapter) {
-      throw invalidRequest(
-        `\`${request.model}\` is a full fine-tune: it has no adapter to export as ${request.format}. Export it as merged or gguf.`,
-        'format',
-      );
+      const what = source.id === source.baseName ? 'a base model' : 'a full fine-tune';
+      throw invalidRequest(`\`${request.model}\` is ${what}: it has no adapter to export as ${request.format}. Export it as merged or gguf.`, 'format');
     }
     if (gguf) {
       installedConverter(this.deps.home.tools);
@@ -262,7 +260,7 @@ export class ExportService {
       let checks: ExportChecks | null = null;
       if (row.format === 'peft') await writePeftFolder(source, out);
       else if (row.format === 'merged') {
-        await this.progress(id, 0.05, 'merging');
+        await this.progress(id, 0.05, source.adapter ? 'merging' : 'copying the weights');
         await writeMergedFolder(source, out, scratch);
       } else checks = await this.gguf(row, source, out, scratch, row.format === 'gguf_lora');
       await this.progress(id, 0.97, 'archiving');
@@ -308,10 +306,11 @@ export class ExportService {
       });
       const run = { name: exportName(row.model).toLowerCase(), ggufFile, adapterFile, tokenizer, chatTemplate: tokenizer.chatTemplate ?? '', system: prompts.system };
       const equal = `${(checks.equal_token_share * 100).toFixed(1)}%`;
+      const asked = prompts.fromTrainingFile ? 'prompts of the training file' : "of tunelab's general prompts (a base model has no training file)";
       const what = lora ? `its base as GGUF (${quantization}) and its adapter as a GGUF LoRA adapter` : `GGUF (${quantization})`;
       const summary =
         `Exported by tunelab from \`${row.model}\` as ${what} with llama.cpp's converter. Checked before ` +
-        `handing over: llama.cpp answered ${checks.prompts.length} prompts of the training file greedily, ${equal} of tunelab's ` +
+        `handing over: llama.cpp answered ${checks.prompts.length} ${asked} greedily, ${equal} of tunelab's ` +
         `own greedy tokens equal${checks.required === 'first_sentence' ? ', every first sentence the same' : ''}.`;
       await fsp.writeFile(path.join(out, 'Modelfile'), modelfile(run));
       await fsp.writeFile(path.join(out, 'README.md'), readme(run, summary));
@@ -340,7 +339,7 @@ export class ExportService {
       adapterFile = `${name}-lora-${adapterType}.gguf`;
       await this.engineStep(['gguf-lora', '--adapter', peft, '--base', model, '--out', path.join(out, adapterFile), '--outtype', adapterType, '--converter', converter]);
     } else {
-      await this.progress(row.id, 0.05, 'merging');
+      await this.progress(row.id, 0.05, source.adapter ? 'merging' : 'copying the weights');
       model = path.join(scratch, 'merged-model');
       await writeMergedFolder(source, model, scratch);
     }
@@ -400,9 +399,10 @@ export class ExportService {
     };
   }
 
-  private async prompts(orgId: string, model: string): Promise<TrainingPrompts> {
-    const { job_id } = await this.fineTuned(orgId, model);
-    const job = await this.deps.jobs.get(orgId, job_id);
+  private async prompts(orgId: string, model: string): Promise<CheckPrompts> {
+    const fineTune = await this.fineTuned(orgId, model);
+    if (!fineTune) return GENERAL_PROMPTS;
+    const job = await this.deps.jobs.get(orgId, fineTune.job_id);
     let bytes: AsyncIterable<Buffer>;
     try {
       bytes = (await this.deps.files.content(orgId, job.training_file)).stream;
@@ -416,6 +416,7 @@ export class ExportService {
     return trainingPrompts(bytes, CHECKED_PROMPTS);
   }
 
+  /** The organization's fine-tune (or checkpoint) `model`; null for a base model of this server. */
   private async fineTuned(orgId: string, model: string) {
     const row = await this.deps.db
       .selectFrom('fine_tuned_models')
@@ -424,17 +425,15 @@ export class ExportService {
       .where('id', '=', model)
       .executeTakeFirst();
     if (row) return row;
-    if (this.deps.baseModels.get(model)) {
-      throw invalidRequest(`\`${model}\` is a base model; export a fine-tune (ft:...) or one of its checkpoints.`, 'model');
-    }
+    if (this.deps.baseModels.get(model)) return null;
     throw modelNotFound(model);
   }
 
   private async source(orgId: string, model: string): Promise<ExportSource> {
-    const row = await this.fineTuned(orgId, model);
+    const baseName = (await this.fineTuned(orgId, model))?.base_model ?? model;
     const servable = await this.deps.models.servable(orgId, model);
-    const base = this.deps.baseModels.get(row.base_model);
-    return { id: model, weights: servable.weights, adapter: servable.adapter, baseName: row.base_model, baseFolder: base?.path ?? servable.weights };
+    const base = this.deps.baseModels.get(baseName);
+    return { id: model, weights: servable.weights, adapter: servable.adapter, baseName, baseFolder: base?.path ?? servable.weights };
   }
 
   private async row(orgId: string, id: string): Promise<ExportRow> {

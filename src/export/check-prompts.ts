@@ -1,11 +1,35 @@
 import type { TemplateMessage } from '../tokenizer/model-tokenizer.js';
 
-export interface TrainingPrompts {
+/** The conversations a GGUF export is checked on. */
+export interface CheckPrompts {
   /** Conversations up to each example's last assistant turn: what the fine-tune was trained to answer. */
   conversations: TemplateMessage[][];
   /** The system message every example began with, when all began with the same one. */
   system: string | null;
+  /** False for a base model's export, which has no training file: GENERAL_PROMPTS. */
+  fromTrainingFile: boolean;
 }
+
+/** What a base model's GGUF is checked on: everyday questions, a system message, a second turn. */
+export const GENERAL_PROMPTS: CheckPrompts = {
+  conversations: [
+    [{ role: 'user', content: 'What is the capital of France?' }],
+    [{ role: 'user', content: 'Write a haiku about the sea.' }],
+    [{ role: 'user', content: 'Explain in two sentences what a compiler does.' }],
+    [
+      { role: 'system', content: 'You are a helpful assistant who answers briefly.' },
+      { role: 'user', content: 'How many days are there in a leap year?' },
+    ],
+    [{ role: 'user', content: 'Translate "good morning" into Spanish.' }],
+    [
+      { role: 'user', content: 'Name a primary colour.' },
+      { role: 'assistant', content: 'Red.' },
+      { role: 'user', content: 'And another one?' },
+    ],
+  ],
+  system: null,
+  fromTrainingFile: false,
+};
 
 interface ChatLine {
   messages?: Array<{ role?: unknown; content?: unknown }>;
@@ -15,7 +39,7 @@ interface ChatLine {
  * The first `limit` distinct prompts of a chat-format training file (JSON lines of
  * `{"messages": [...]}`, already validated when the job ran), and its constant system message.
  */
-export async function trainingPrompts(bytes: AsyncIterable<Buffer>, limit: number): Promise<TrainingPrompts> {
+export async function trainingPrompts(bytes: AsyncIterable<Buffer>, limit: number): Promise<CheckPrompts> {
   let text = '';
   for await (const chunk of bytes) text += chunk.toString('utf8');
   const conversations: TemplateMessage[][] = [];
@@ -36,5 +60,5 @@ export async function trainingPrompts(bytes: AsyncIterable<Buffer>, limit: numbe
     conversations.push(prompt);
   }
   const [only] = systems;
-  return { conversations, system: systems.size === 1 && only !== undefined ? only : null };
+  return { conversations, system: systems.size === 1 && only !== undefined ? only : null, fromTrainingFile: true };
 }
