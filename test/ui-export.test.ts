@@ -51,6 +51,17 @@ it("exports a job's fine-tune from its page and downloads the archive; a refused
   await expect.poll(() => page.getByRole('alert').textContent()).toContain('full fine-tune');
 }, 400_000);
 
+it('offers a base model GGUF exports only, on the models page', async () => {
+  const page = await openDashboard(browser, t, '#/models');
+  const formats = page.getByLabel(`Export format of ${TINY_MODEL_NAME}`);
+  await formats.waitFor();
+  expect(await formats.locator('option').allTextContents()).toEqual([
+    'GGUF f16 (llama.cpp, Ollama)',
+    'GGUF q8_0 (llama.cpp, Ollama)',
+    'GGUF q4_k_m (llama.cpp, Ollama)',
+  ]);
+});
+
 it('says in the playground which backend answered: the engine, then llama.cpp once a GGUF export has succeeded', async () => {
   const fineTune = job.fine_tuned_model!;
   const answeredBy = async () => {

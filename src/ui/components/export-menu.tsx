@@ -14,8 +14,12 @@ const CHOICES = [
 
 const POLL_MS = 1000;
 
-/** Export a fine-tune (`POST /v1/exports`), follow its progress, and download the archive. */
-export function ExportMenu({ model }: { model: string }) {
+/** What a base model exports as: it has no adapter, and its folder already is a Hugging Face one. */
+const BASE_CHOICES = CHOICES.filter((c) => c.body.format === 'gguf');
+
+/** Export a fine-tune or, with `base`, a base model (`POST /v1/exports`), follow its progress, and download the archive. */
+export function ExportMenu({ model, base = false }: { model: string; base?: boolean }) {
+  const choices = base ? BASE_CHOICES : CHOICES;
   const [choice, setChoice] = useState(0);
   const [current, setCurrent] = useState<ModelExport>();
   const [error, setError] = useState<Error>();
@@ -29,12 +33,12 @@ export function ExportMenu({ model }: { model: string }) {
 
   const start = () => {
     setError(undefined);
-    post<ModelExport>('/exports', { model, ...CHOICES[choice]!.body }).then(setCurrent, setError);
+    post<ModelExport>('/exports', { model, ...choices[choice]!.body }).then(setCurrent, setError);
   };
   return (
     <div class="export-menu">
-      <select aria-label="Export format" value={choice} disabled={running} onChange={(event) => setChoice(Number(event.currentTarget.value))}>
-        {CHOICES.map((c, i) => (
+      <select aria-label={`Export format of ${model}`} value={choice} disabled={running} onChange={(event) => setChoice(Number(event.currentTarget.value))}>
+        {choices.map((c, i) => (
           <option key={c.label} value={i}>
             {c.label}
           </option>

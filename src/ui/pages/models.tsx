@@ -1,6 +1,7 @@
 import { useEffect, useState } from 'preact/hooks';
 import { del, get, listAll, post, type FineTuningJob, type List, type Model, type ModelDeleted } from '../api.js';
 import { ErrorMessage, Loading, PageHeader } from '../components/common.js';
+import { ExportMenu } from '../components/export-menu.js';
 import { type Column, ListTable } from '../components/list-table.js';
 import { useLoad } from '../components/use-load.js';
 import { bytes, dateTime } from '../format.js';
@@ -79,6 +80,7 @@ const BASE_COLUMNS: Array<Column<Model>> = [
       </a>
     ),
   },
+  { label: 'Export', cell: (model) => <ExportMenu model={model.id} base /> },
 ];
 
 /** `mayPull`: the key's organization may add base models (it administers the server). */
