@@ -125,7 +125,7 @@ class SupervisedTest(DistributedTest):
 
 
 class PreferenceTest(DistributedTest):
-    def test_dpo_in_two_processes_trains_the_curve_of_one_with_twice_the_accumulation(self):
+    def test_dpo_in_two_processes_trains_and_evaluates_as_one_with_twice_the_accumulation(self):
         keys = ("train_loss", "train_reward_accuracy", "train_reward_margin", "train_chosen_reward", "train_mean_token_accuracy")
         for training, lr in (("lora", 2e-2), ("full", 1e-3)):
             with self.subTest(training=training):
@@ -136,10 +136,18 @@ class PreferenceTest(DistributedTest):
                     # seq_len 20: a pair (at most 19 tokens) is a row of its own; 9 pairs make each epoch's
                     # last step one row, which rank 1 only stands in for.
                     pair_arrays(self.path(f"train-{name}"), learnable_pairs(9, seed=1))
+                    # 5 validation pairs: an evaluation window of 4 is one micro-batch, which rank 1
+                    # stands in for; the whole set at the end is two, one a rank.
+                    pair_arrays(self.path(f"valid-{name}"), learnable_pairs(5, seed=2))
                     runs[processes] = self.run_spec(processes, self.spec(name, training=training, method="dpo", dpo={"beta": 0.1},
-                                                                         train_data=self.path(f"train-{name}"), n_epochs=2, seq_len=20,
-                                                                         learning_rate=lr, gradient_accumulation_steps=accumulation))
+                                                                         train_data=self.path(f"train-{name}"), valid_data=self.path(f"valid-{name}"),
+                                                                         n_epochs=2, seq_len=20, learning_rate=lr,
+                                                                         gradient_accumulation_steps=accumulation))
                     runs[processes, "reference"] = np.load(self.path(f"train-{name}", dpo.REFERENCE))
                 np.testing.assert_allclose(runs[2, "reference"], runs[1, "reference"], rtol=0, atol=1e-5)
                 self.assertEqual(len(of_type(runs[2], "step")), 6)
                 self.assertSameCurve(of_type(runs[2], "step"), of_type(runs[1], "step"), keys)
+                evals = [of_type(runs[p], "eval") for p in (2, 1)]
+                self.assertEqual([e["step"] for e in evals[1]], [3, 6])
+                self.assertSameCurve(*evals, [key.replace("train_", "valid_") for key in keys])
+                self.assertSameCurve(evals[0][-1:], evals[1][-1:], ("full_valid_loss", "full_valid_reward_accuracy", "full_valid_reward_margin"))

@@ -34,6 +34,34 @@ class LossTest(TempDirTest):
         self.assertLess((hidden.grad - 0.5 * ref_h).abs().max().item(), 1e-5)
         self.assertLess((weight.grad - 0.5 * ref_w).abs().max().item(), 1e-5)
 
+    def test_chunked_token_log_probs_and_their_gradients_match_log_softmax(self):
+        # DPO weighs each token's log-probability by its own factor (its pair's), which the
+        # gradients must carry through the chunks, for the hidden states and the output weight.
+        import tunelab_engine.loss as loss_mod
+        g = torch.Generator().manual_seed(1)
+        hidden = torch.randn(37, 16, generator=g, requires_grad=True)
+        weight = torch.randn(50, 16, generator=g, requires_grad=True)
+        labels = torch.randint(0, 50, (37,), generator=g)
+        factors = torch.randn(37, generator=g)
+        ref = (hidden @ weight.t()).log_softmax(-1).gather(1, labels[:, None]).squeeze(1)
+        (ref * factors).sum().backward()
+        ref_h, ref_w = hidden.grad.clone(), weight.grad.clone()
+        hidden.grad = weight.grad = None
+        saved = loss_mod.CHUNK_ELEMENTS, loss_mod.SLICE_ELEMENTS, loss_mod.VOCAB_SLICE
+        loss_mod.CHUNK_ELEMENTS, loss_mod.SLICE_ELEMENTS, loss_mod.VOCAB_SLICE = 50 * 8, 50 * 3, 16
+        try:
+            logps, correct = loss_mod.token_log_probs(hidden, weight, labels)
+            (logps * factors).sum().backward()
+            with torch.no_grad():
+                logps_no_grad, _ = loss_mod.token_log_probs(hidden, weight, labels)
+        finally:
+            loss_mod.CHUNK_ELEMENTS, loss_mod.SLICE_ELEMENTS, loss_mod.VOCAB_SLICE = saved
+        self.assertLess((logps - ref).abs().max().item(), 1e-5)
+        self.assertTrue(torch.equal(logps_no_grad, logps.detach()))
+        self.assertTrue(torch.equal(correct, (hidden @ weight.t()).argmax(-1) == labels))
+        self.assertLess((hidden.grad - ref_h).abs().max().item(), 1e-5)
+        self.assertLess((weight.grad - ref_w).abs().max().item(), 1e-5)
+
 
 class LoRATest(TempDirTest):
     def test_starts_as_the_base_model_and_trains_only_a_and_b(self):

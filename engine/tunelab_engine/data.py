@@ -98,8 +98,7 @@ class Batch:
 
     Tokens go in unpadded as one [1, N] sequence (`attend` tells attention where each example
     is); when every row has the same length they go in as [rows, width].
-    `positions` index the N hidden states whose next token is trained; `labels` are those tokens;
-    `owners` are the examples (their indices in the arrays) the labels belong to.
+    `positions` index the N hidden states whose next token is trained; `labels` are those tokens.
 
     N and the row width are rounded up (see SHAPE_MULTIPLE): the extra tokens form one untrained
     filler example of their own, which attention keeps apart like any other example.
@@ -107,7 +106,6 @@ class Batch:
 
     def __init__(self, arrays, rows, seq_len, device):
         pieces = [[arrays.example(i, seq_len) for i in row] for row in rows]
-        example_ids = [list(row) for row in rows]
         real = sum(len(tokens) for row in pieces for tokens, _ in row)
         filler = rounded(real) - real
         if filler:
@@ -117,14 +115,12 @@ class Batch:
             piece = (np.zeros(filler, dtype=np.int32), np.zeros(filler, dtype=np.uint8))
             if width - used[r] >= filler:
                 pieces[r] = pieces[r] + [piece]
-                example_ids[r] = example_ids[r] + [-1]
             else:
                 pieces.append([piece])
-                example_ids.append([-1])
         width = max(sum(len(tokens) for tokens, _ in row) for row in pieces)
         dense = all(sum(len(tokens) for tokens, _ in row) == width for row in pieces)
         width = width if dense else rounded(width)
-        ids, pos, index, positions, labels, owners = [], [], [], [], [], []
+        ids, pos, index, positions, labels = [], [], [], [], []
         seq = np.full((len(pieces), width), -1, dtype=np.int64)
         n = 0
         for r, row in enumerate(pieces):
@@ -138,7 +134,6 @@ class Batch:
                 trained = np.nonzero(mask[1:])[0]
                 positions.append(n + trained)
                 labels.append(tokens[1:][trained])
-                owners.append(np.full(len(trained), example_ids[r][k], dtype=np.int64))
                 col += count
                 n += count
         self.tokens = real
@@ -159,7 +154,6 @@ class Batch:
             self.attend = Rows(torch.from_numpy(seq).to(device), torch.from_numpy(np.concatenate(index)).to(device))
         self.positions = torch.from_numpy(np.concatenate(positions).astype(np.int64)).to(device)
         self.labels = torch.from_numpy(np.concatenate(labels).astype(np.int64)).to(device)
-        self.owners = torch.from_numpy(np.concatenate(owners)).to(device)
 
 
 def split(rows, parts):

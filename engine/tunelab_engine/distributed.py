@@ -19,7 +19,9 @@ Both wrappers average gradients over the ranks where the loss here is a sum over
 tokens: the loss is scaled by N before the backward to undo the division. Both also need every
 rank to run as many forward and backward passes as the others (DDP one synchronized backward,
 FSDP a gather per layer per pass), so a rank with fewer parts than rank 0 in a small step runs
-stand-ins, copies of the first part whose loss counts zero.
+stand-ins, copies of the first part whose loss counts zero. Evaluation shares out the micro-batches
+one process makes of the validation set the same way and adds up their sums, so its figures are
+one process's.
 
 Rank 0 alone speaks the event protocol and writes checkpoints and the output. A checkpoint holds
 the whole model and the whole optimizer state, keyed as one process keys them (FSDP's shards are

@@ -47,9 +47,13 @@ class SharedPrefixRows(Rows):
 
 class PairBatch:
     """The same fields as data.Batch (`input_ids`, `position_ids`, `attend`, `positions`,
-    `labels`, `owners`, `tokens`, `padded_tokens`) for rows of pair indices."""
+    `labels`, `tokens`, `padded_tokens`) for rows of pair indices, and `pairs`, the batch's pair
+    indices in increasing order; `owners` tells each label's answer: 2k for the chosen answer of
+    `pairs[k]`, 2k + 1 for its rejected one."""
 
     def __init__(self, arrays, rows, seq_len, device):
+        self.pairs = np.array(sorted(pair for row in rows for pair in row), dtype=np.int64)
+        slot = {int(pair): k for k, pair in enumerate(self.pairs)}
         ids, pos, index, positions, labels, owners = [], [], [], [], [], []
         layouts, n = [], 0
         for row in rows:
@@ -65,12 +69,12 @@ class PairBatch:
                 trained = np.nonzero(chosen_mask[1:])[0]
                 positions.append(start + trained)
                 labels.append(chosen[1:][trained])
-                owners.append(np.full(len(trained), 2 * pair, dtype=np.int64))
+                owners.append(np.full(len(trained), 2 * slot[pair], dtype=np.int64))
                 trained = np.nonzero(rejected_mask[1:])[0]
                 # The hidden state before token t + 1: in the prefix (the chosen copy) or in the tail.
                 positions.append(np.where(trained < shared, start + trained, tail_start + trained - shared))
                 labels.append(rejected[1:][trained])
-                owners.append(np.full(len(trained), 2 * pair + 1, dtype=np.int64))
+                owners.append(np.full(len(trained), 2 * slot[pair] + 1, dtype=np.int64))
                 layout.append((len(chosen), shared, len(tail), col))
                 col += len(chosen) + len(tail)
                 n += len(chosen) + len(tail)

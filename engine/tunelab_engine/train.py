@@ -7,11 +7,13 @@ the rows are split, so accumulation changes memory use, not results.
 """
 
 import contextlib
+import dataclasses
 import math
 import os
 import signal
 import time
 
+import numpy as np
 import torch
 
 from . import checkpoint, config, data, distributed, events, kernels, lora, runtime, safetensors
@@ -54,19 +56,49 @@ def make_optimizer(params, spec):
     return torch.optim.AdamW(params, fused=True, **kwargs)
 
 
-def scored(model, batch, dtype, autocast, forward=None):
-    """(loss sum, correct count) over a batch's trained tokens. `autocast`: fp32 weights computed
-    in bf16 (full fine-tuning); otherwise the weights are already held in `dtype`. `forward`: what
-    runs the model's forward when it is not the model itself (DistributedDataParallel's wrapper)."""
+def trained_hidden(model, batch, dtype, autocast, forward=None):
+    """The hidden states from which a batch's trained tokens are predicted, [labels, hidden] in
+    `dtype`. `autocast`: fp32 weights computed in bf16 (full fine-tuning); otherwise the weights
+    are already held in `dtype`. `forward`: what runs the model's forward when it is not the model
+    itself (DistributedDataParallel's wrapper)."""
     device = batch.input_ids.device
     context = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
     with context:
         hidden = (forward or model)(batch.input_ids, batch.position_ids, batch.attend)
-        hidden = hidden.reshape(-1, hidden.shape[-1])[batch.positions]
-        return linear_cross_entropy(hidden.to(dtype), model.lm_head.weight, batch.labels)
+    return hidden.reshape(-1, hidden.shape[-1])[batch.positions].to(dtype)
+
+
+def scored(model, batch, dtype, autocast, forward=None):
+    """(loss sum, correct count) over a batch's trained tokens; the arguments as in trained_hidden."""
+    return linear_cross_entropy(trained_hidden(model, batch, dtype, autocast, forward), model.lm_head.weight, batch.labels)
+
+
+@dataclasses.dataclass
+class TokenTotals:
+    """A step's (or an evaluation's) sums over trained tokens, added up micro-batch by micro-batch
+    and then over the group's processes."""
+    loss: float = 0.0
+    correct: int = 0
+    tokens: int = 0
+
+    def __add__(self, other):
+        return type(self)(*(a + b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(other))))
+
+    def across(self, group, *extra):
+        """(these totals summed over the group's processes, `extra` values summed with them): one all-reduce."""
+        n = len(dataclasses.fields(self))
+        values = group.total(*dataclasses.astuple(self), *extra)
+        return type(self)(*values[:n]), values[n:]
+
+    def metrics(self):
+        nan = float("nan")
+        return dict(loss=self.loss / self.tokens if self.tokens else nan,
+                    mean_token_accuracy=self.correct / self.tokens if self.tokens else nan)
 
 
 class Trainer:
+    Totals = TokenTotals  # what a step and an evaluation add up and report (dpo.py: per pair)
+
     def __init__(self, spec):
         self.spec = spec
         self.cancel = Cancellation()
@@ -94,6 +126,7 @@ class Trainer:
         # the frozen weights in bf16 already, so nothing is recast per step.
         self.autocast = spec.training == "full" and self.dtype == torch.bfloat16
         self.steps_per_epoch = math.ceil(self.units(self.train_data) / spec.batch_size)
+        self.lengths = {id(arrays): self.unit_lengths(arrays) for arrays in (self.train_data, self.valid_data) if arrays is not None}
         self.total_steps = spec.n_epochs * self.steps_per_epoch
         self.step = 0
         self.trained_tokens = 0
@@ -132,10 +165,17 @@ class Trainer:
         """What a batch counts and an epoch goes through: examples here, pairs for DPO (dpo.py)."""
         return arrays.n_examples
 
+    def unit_lengths(self, arrays):
+        """The tokens each unit puts through the model, which packing fills rows with."""
+        return np.minimum(arrays.lengths, self.spec.seq_len)
+
+    def rows(self, arrays, units):
+        """Rows of unit indices, packed first-fit-decreasing."""
+        return data.pack(units, self.lengths[id(arrays)], self.spec.seq_len)
+
     def step_rows(self, epoch, index):
-        order = data.epoch_order(self.train_data.n_examples, self.spec.seed, epoch)
-        chosen = order[index * self.spec.batch_size:(index + 1) * self.spec.batch_size]
-        return data.pack(chosen, self.train_data.lengths, self.spec.seq_len)
+        order = data.epoch_order(self.units(self.train_data), self.spec.seed, epoch)
+        return self.rows(self.train_data, order[index * self.spec.batch_size:(index + 1) * self.spec.batch_size])
 
     def batches(self, arrays, parts):
         batches = [data.Batch(arrays, part, self.spec.seq_len, self.device) for part in parts]
@@ -144,27 +184,30 @@ class Trainer:
                 batch.attend = kernels.attention(batch.attend)
         return batches
 
-    def scored(self, batch, training=False):
-        return scored(self.model, batch, self.dtype, self.autocast, self.forward if training else None)
+    def score(self, arrays, batch, training=False):
+        """(the batch's loss summed over what the step's loss averages, its Totals)."""
+        loss, correct = scored(self.model, batch, self.dtype, self.autocast, self.forward if training else None)
+        return loss, TokenTotals(loss.item(), int(correct), len(batch.labels))
 
-    def backward(self, parts, batches, counted):
+    def loss_units(self, rows, batches):
+        """What the step's loss averages over, all processes together: its trained tokens. `rows`:
+        the step's; `batches`: this process's counted micro-batches."""
+        return self.group.total(sum(len(b.labels) for b in batches))[0]
+
+    def backward(self, batches, counted, count):
         """This process's gradients for its micro-batches (the first `counted` of them; the others
-        stand in so that every process runs as many passes), and the step's metrics over all
-        processes; False when nothing was trained."""
-        (count,) = self.group.total(sum(len(b.labels) for b in batches[:counted]))
-        loss_total, correct_total = 0.0, 0
+        stand in so that every process runs as many passes), each loss divided by the step's
+        `count`, and the Totals of the counted ones."""
+        totals = self.Totals()
         for i, batch in enumerate(batches):
             with self.group.accumulating(self.forward, last=i == len(batches) - 1):
-                loss, correct = self.scored(batch, training=True)
+                loss, measured = self.score(self.train_data, batch, training=True)
                 if count:
                     # The group's wrappers average gradients over its processes; the sum is wanted.
                     (loss * (self.group.size / count if i < counted else 0.0)).backward()
             if i < counted:
-                loss_total += loss.item()
-                correct_total += int(correct)
-        loss_total, correct_total = self.group.total(loss_total, correct_total)
-        nan = float("nan")
-        return dict(loss=loss_total / count if count else nan, mean_token_accuracy=correct_total / count if count else nan), count > 0
+                totals += measured
+        return totals
 
     def my_parts(self, rows):
         """This process's micro-batches of a step's rows, and how many of them count (the rest are stand-ins)."""
@@ -175,37 +218,43 @@ class Trainer:
         self.model.train()
         parts, counted = self.my_parts(rows)
         batches = self.batches(self.train_data, parts)
-        metrics, trained = self.backward(parts, batches, counted)
+        count = self.loss_units(rows, batches[:counted])
+        totals = self.backward(batches, counted, count)
         if self.spec.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(self.params, self.spec.max_grad_norm)
         lr = lr_at(self.spec, self.step, self.total_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        if trained:
+        if count:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        tokens, padded = self.group.total(sum(b.tokens for b in batches[:counted]), sum(b.padded_tokens for b in batches[:counted]))
+        totals, (tokens, padded) = totals.across(self.group, sum(b.tokens for b in batches[:counted]),
+                                                 sum(b.padded_tokens for b in batches[:counted]))
         tokens = int(tokens)
         self.real_tokens += tokens
         self.padded_tokens += int(padded)
-        return metrics, lr, tokens
+        return totals.metrics(), lr, tokens
 
     @torch.no_grad()
     def evaluate(self, indices):
+        """Metrics over the validation units `indices`, in the micro-batches one process makes of
+        them; under torchrun each process scores its share of those and the sums are added up.
+        None when cancelled."""
         self.model.eval()
-        loss_total, correct_total, count = 0.0, 0, 0
-        for start in range(0, len(indices), self.spec.batch_size):
-            if self.cancel.requested:
+        size = self.spec.batch_size
+        parts = [part for start in range(0, len(indices), size)
+                 for part in data.split(self.rows(self.valid_data, indices[start:start + size]), self.spec.gradient_accumulation_steps)]
+        mine, counted = self.group.share(parts, -(-len(parts) // self.group.size))
+        totals = self.Totals()
+        for i, part in enumerate(mine):
+            # Together: a process that stopped alone would leave the others waiting in a collective.
+            if self.group.any(self.cancel.requested):
                 return None
-            rows = data.pack(indices[start:start + self.spec.batch_size], self.valid_data.lengths, self.spec.seq_len)
-            for batch in self.batches(self.valid_data, data.split(rows, self.spec.gradient_accumulation_steps)):
-                loss, correct = self.scored(batch)
-                loss_total += loss.item()
-                correct_total += int(correct)
-                count += len(batch.labels)
-        if not count:
-            return dict(loss=float("nan"), mean_token_accuracy=float("nan"))
-        return dict(loss=loss_total / count, mean_token_accuracy=correct_total / count)
+            (batch,) = self.batches(self.valid_data, [part])
+            _, measured = self.score(self.valid_data, batch)
+            if i < counted:
+                totals += measured
+        return totals.across(self.group)[0].metrics()
 
     def periodic_eval(self, epoch, final):
         if self.valid_data is None:
@@ -239,12 +288,13 @@ class Trainer:
         return folder
 
     def packing_efficiency(self, epoch):
+        lengths = self.lengths[id(self.train_data)]
         real = padded = 0
         for index in range(self.steps_per_epoch):
             for part in data.split(self.step_rows(epoch, index), self.spec.gradient_accumulation_steps):
-                width = max(sum(min(int(self.train_data.lengths[i]), self.spec.seq_len) for i in row) for row in part)
-                real += sum(min(int(self.train_data.lengths[i]), self.spec.seq_len) for row in part for i in row)
-                padded += width * len(part)
+                used = [int(lengths[row].sum()) for row in part]
+                real += sum(used)
+                padded += max(used) * len(part)
         return real / padded
 
     def run(self):
