@@ -94,9 +94,7 @@ def tokens_per_second(steps, warmup_steps):
 
 def tokens_per_cpu_second(steps, warmup_steps):
     """Real tokens over the child's CPU seconds (all its threads) from the end of the last warmup
-    step to the end of the last step: what the load of other processes moves least."""
-    if warmup_steps < 1:
-        raise SystemExit("--warmup-steps: at least 1, the CPU time is counted from the end of a step")
+    step (so `warmup_steps` >= 1) to the end of the last step: what the load of other processes moves least."""
     timed = steps[warmup_steps:]
     return round(sum(e["tokens"] for e in timed) / (steps[-1]["cpu_s"] - steps[warmup_steps - 1]["cpu_s"]), 1)
 

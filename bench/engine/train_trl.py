@@ -123,6 +123,8 @@ def main():
     args = ap.parse_args()
     if args.trl_child:
         return trl_child(*args.trl_child, args)
+    if args.warmup_steps < 1:
+        ap.error("--warmup-steps: at least 1 (each side's CPU time is counted from the end of a step)")
     args.method, args.dtype = "lora", "bfloat16"
     # Both children inherit these: the same torch threads (the engine reads TUNELAB_THREADS, TRL's
     # child --threads) and idle threads that sleep, so CPU time is work, not spinning.
