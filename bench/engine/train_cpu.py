@@ -50,6 +50,25 @@ def prepare(tmp, shape, n_examples, seq_len):
     return model_dir, os.path.join(tmp, "train")
 
 
+def process_cpu_seconds(pid):
+    """User + system CPU seconds of process `pid` so far, all its threads (fields 14 and 15 of /proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_child(cmd, env):
+    """`cmd` as a child process: (its JSON-line events, each with `cpu_s`, the child's process CPU
+    seconds when the line arrived; its return code). Read here, not reported by the child, so every
+    child is measured the same way, the engine's events unchanged."""
+    events = []
+    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True) as child:
+        for line in child.stdout:
+            if line.startswith('{"'):  # JSON lines; a trainer's printed dicts (single quotes) are not events
+                events.append(dict(json.loads(line), cpu_s=process_cpu_seconds(child.pid)))
+    return events, child.returncode
+
+
 def run_engine(tmp, model_dir, train_dir, args):
     """The engine's `train` as a child process: (started event, step events, wall seconds)."""
     env = dict(os.environ, PYTHONPATH=ENGINE)
@@ -60,12 +79,10 @@ def run_engine(tmp, model_dir, train_dir, args):
     with open(os.path.join(tmp, "spec.json"), "w") as f:
         json.dump(spec, f)
     t0 = time.time()
-    proc = subprocess.run([sys.executable, "-m", "tunelab_engine", "train", "--spec", os.path.join(tmp, "spec.json")],
-                          env=env, stdout=subprocess.PIPE, text=True)
+    evs, returncode = run_child([sys.executable, "-m", "tunelab_engine", "train", "--spec", os.path.join(tmp, "spec.json")], env)
     wall = time.time() - t0
-    evs = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0:
-        sys.exit(f"train failed: {evs[-1] if evs else proc.returncode}")
+    if returncode != 0:
+        sys.exit(f"train failed: {evs[-1] if evs else returncode}")
     return next(e for e in evs if e["type"] == "started"), [e for e in evs if e["type"] == "step"], wall
 
 
@@ -73,6 +90,13 @@ def tokens_per_second(steps, warmup_steps):
     """Real tokens over the seconds of the steps after the first `warmup_steps`."""
     timed = steps[warmup_steps:]
     return round(sum(e["tokens"] for e in timed) / sum(e["tokens"] / e["tokens_per_second"] for e in timed), 1)
+
+
+def tokens_per_cpu_second(steps, warmup_steps):
+    """Real tokens over the child's CPU seconds (all its threads) from the end of the last warmup
+    step (so `warmup_steps` >= 1) to the end of the last step: what the load of other processes moves least."""
+    timed = steps[warmup_steps:]
+    return round(sum(e["tokens"] for e in timed) / (steps[-1]["cpu_s"] - steps[warmup_steps - 1]["cpu_s"]), 1)
 
 
 def main():
