@@ -19,7 +19,7 @@ export interface Room {
 
 /** A lease lasts this long without a heartbeat: a lost worker's jobs wait about this long for another. */
 export const DEFAULT_LEASE_MS = 30_000;
-/** How often a runner looks at the queue, besides when its own process queues a job. */
+/** How often a runner looks at the queue (a read; it claims only what the look found), besides when its own process queues a job. */
 export const QUEUE_POLL_MS = 1000;
 
 /** What a lease's holder writes through. */
