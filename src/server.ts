@@ -22,10 +22,9 @@ import { ResponseService } from './responses/responses.js';
 import { sweepEndedJobs } from './jobs/clean-up.js';
 import { FileValidation } from './jobs/file-validation.js';
 import { JobService } from './jobs/jobs.js';
-import { JobRunner } from './jobs/runner.js';
+import { setUpRunner } from './jobs/runner-setup.js';
 import { StoredFolders } from './jobs/stored-folders.js';
-import { detectCapabilities, memoryForOneJob, processesPerJob } from './jobs/capabilities.js';
-import { DEFAULT_LEASE_MS, JobLeases, QUEUE_POLL_MS } from './jobs/leases.js';
+import { DEFAULT_LEASE_MS } from './jobs/leases.js';
 import { WorkerRegistry, serverWorkerId } from './jobs/workers.js';
 import { FileReports } from './datasets/file-reports.js';
 import { ModelTokenizers } from './datasets/model-tokenizers.js';
@@ -159,19 +158,17 @@ async function serve(store: Store, home: HomeLayout, options: ServerOptions): Pr
   // Jobs a restart interrupted while their files were being checked are checked again.
   jobs.onChange((job) => validation.jobChanged(job));
   validation.kick();
-  const capabilities = detectCapabilities();
-  const slots = options.engineSlots ?? 1;
-  const leases = new JobLeases(store.db, options.leaseMs ?? DEFAULT_LEASE_MS);
-  const runner = new JobRunner({ jobs, models: services.models, files, orgs, disk, folders, stored }, home, {
-    slots,
-    scratch: home.work,
-    worker: { id: serverWorkerId(home.root), capabilities, memory: memoryForOneJob(capabilities), processes: processesPerJob(capabilities, slots) },
-    leases,
+  const { runner } = setUpRunner({
+    db: store.db,
+    services: { jobs, models, files, orgs, disk, folders, stored },
+    home,
+    workerId: serverWorkerId(home.root),
     workers,
-    pollMs: QUEUE_POLL_MS,
-    log: (message, error) => app.log.error({ err: error }, message),
+    slots: options.engineSlots ?? 1,
+    scratch: home.work,
+    leaseMs: options.leaseMs ?? DEFAULT_LEASE_MS,
+    log: logError,
   });
-  jobs.onChange((job) => runner.jobChanged(job));
   // Finished jobs are announced and charged once; the sweeps catch what a restart came between.
   jobs.onChange((job) => {
     notifications.jobChanged(job);

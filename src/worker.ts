@@ -7,10 +7,10 @@ import { LocalBlobStore } from './files/blob-store.js';
 import { DiskSpace } from './files/disk.js';
 import { FileService } from './files/files.js';
 import { LocalFolderStore } from './files/folder-store.js';
-import { type Capabilities, detectCapabilities, memoryForOneJob, processesPerJob } from './jobs/capabilities.js';
+import type { Capabilities } from './jobs/capabilities.js';
 import { JobService } from './jobs/jobs.js';
-import { DEFAULT_LEASE_MS, JobLeases, QUEUE_POLL_MS } from './jobs/leases.js';
-import { JobRunner } from './jobs/runner.js';
+import { DEFAULT_LEASE_MS } from './jobs/leases.js';
+import { setUpRunner } from './jobs/runner-setup.js';
 import { StoredFolders } from './jobs/stored-folders.js';
 import { WorkerRegistry, newWorkerId } from './jobs/workers.js';
 import { BaseModelRegistry } from './models/base-models.js';
@@ -68,27 +68,19 @@ export async function startWorker(options: WorkerOptions): Promise<RunningWorker
   const models = new ModelService(store.db, baseModels, { folders, fetched: path.join(scratch, 'models') });
   const jobs = new JobService(store.db, files, baseModels, models);
   const disk = new DiskSpace(home.root, home.diskReserve);
-  const capabilities = detectCapabilities();
-  const slots = options.slots ?? 1;
-  const runner = new JobRunner(
-    { jobs, models, files, orgs: new OrgService(store.db), disk, folders, stored },
+  const { runner, capabilities } = setUpRunner({
+    db: store.db,
+    services: { jobs, models, files, orgs: new OrgService(store.db), disk, folders, stored },
     home,
-    {
-      slots,
-      scratch,
-      worker: {
-        id,
-        capabilities,
-        memory: Math.min(options.memory ?? Infinity, memoryForOneJob(capabilities)),
-        processes: processesPerJob(capabilities, slots),
-      },
-      leases: new JobLeases(store.db, leaseMs),
-      workers: new WorkerRegistry(store.db, leaseMs),
-      pollMs: options.pollMs ?? QUEUE_POLL_MS,
-      log,
-    },
-  );
-  jobs.onChange((job) => runner.jobChanged(job));
+    workerId: id,
+    workers: new WorkerRegistry(store.db, leaseMs),
+    slots: options.slots ?? 1,
+    scratch,
+    leaseMs,
+    pollMs: options.pollMs,
+    memoryCap: options.memory,
+    log,
+  });
   try {
     await disk.setAside();
     await runner.start();

@@ -1,7 +1,10 @@
 import fs from 'node:fs';
 import path from 'node:path';
+import SqliteDatabase from 'better-sqlite3';
 import OpenAI, { toFile } from 'openai';
 import { afterAll, beforeAll, expect, it } from 'vitest';
+import { trainingMemory } from '../src/jobs/memory-need.js';
+import { BaseModelRegistry } from '../src/models/base-models.js';
 import { TINY_MODEL_NAME } from '../src/models/tiny-model.js';
 import { weatherFineTune } from './support/fine-tune.js';
 import { type TestServer, finished, metricsSteps, startTestServer, untilStep } from './support/server.js';
@@ -160,6 +163,15 @@ it("continues a LoRA fine-tune's checkpoint with DPO: its adapter, rank and alph
   const job = await finished(client, (await dpo({ n_epochs: 2, batch_size: 4 })).id, 300_000);
   expect(job.status, JSON.stringify(job.error)).toBe('succeeded');
   expect(job.method?.dpo?.hyperparameters).toMatchObject({ full: false, lora_rank: 4, lora_alpha: 8, beta: 0.1 });
+  // Its memory need, which decides the workers that may take it, is that of the adapter it continues
+  // (rank 4), not of tunelab-tiny's own default (a full fine-tune) nor of the default rank 8.
+  const tiny = new BaseModelRegistry(t.server.home.models).get(TINY_MODEL_NAME)!.path;
+  const rank4 = trainingMemory(tiny, { full: false, loraRank: 4 });
+  expect(rank4.bytes).not.toBe(trainingMemory(tiny, { full: false, loraRank: 8 }).bytes);
+  const db = new SqliteDatabase(t.server.home.database, { readonly: true });
+  const need = db.prepare('select memory_needed, memory_sharded from jobs where id = ?').get(job.id);
+  db.close();
+  expect(need).toEqual({ memory_needed: rank4.bytes, memory_sharded: 0 });
   const metrics = await client.get<{ data: Array<Record<string, number>> }>(`/fine_tuning/jobs/${job.id}/metrics`);
   // The reference is the checkpoint itself: the first step starts at log 2, then the pairs are learned.
   expect(metrics.data[0]!.train_loss).toBeCloseTo(Math.log(2), 4);

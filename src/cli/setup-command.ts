@@ -44,14 +44,17 @@ async function installExportTools(tools: string): Promise<void> {
  */
 export async function ensureEngineEnvironment(
   home: string,
-  options: { venv?: string; python?: string; tests?: boolean } = {},
+  options: { venv?: string; python?: string; tests?: boolean; export?: boolean } = {},
   always = false,
 ): Promise<void> {
   if (!always && locateEnginePython(home)) return;
   const started = Date.now();
   if (!always) console.log("No engine environment yet: setting one up (once; `tunelab setup` does the same).");
+  const { converterDir } = await import('../export/converter.js');
+  // An environment made again (a moved home, new requirements) keeps what `setup --export` put in it.
+  const exportTools = options.export || fs.existsSync(converterDir(homeLayout(home).tools));
   try {
-    const env = await setupEngine({ home, ...options, say: (line) => console.log(line) });
+    const env = await setupEngine({ home, ...options, export: exportTools, say: (line) => console.log(line) });
     // What setup --export installs goes into this environment.
     useEnginePython(env.python);
     for (const line of describeEnvironment(env)) console.log(line);

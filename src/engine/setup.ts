@@ -16,6 +16,8 @@ import { ENGINE_DIR } from './python.js';
 export const REQUIREMENTS = path.join(ENGINE_DIR, 'requirements.txt');
 /** The referees and SDKs the tests add (transformers, PEFT, TRL, openai). */
 export const TEST_REQUIREMENTS = path.join(ENGINE_DIR, 'requirements-test.txt');
+/** What llama.cpp's GGUF converter imports (`tunelab setup --export`). */
+export const EXPORT_REQUIREMENTS = path.join(ENGINE_DIR, 'requirements-export.txt');
 
 /** The oldest torch whose APIs the engine uses (SDPA's enable_gqa, torch.get_autocast_dtype, fused AdamW on CPU). */
 const MIN_TORCH: [number, number] = [2, 5];
@@ -45,6 +47,8 @@ export interface SetupOptions {
   python?: string;
   /** Add the tests' packages (`requirements-test.txt`). */
   tests?: boolean;
+  /** Add what llama.cpp's converter imports (`requirements-export.txt`). */
+  export?: boolean;
   /** Where setup says what it does; pip's own output goes to the same terminal. */
   say?: (line: string) => void;
 }
@@ -73,7 +77,7 @@ export async function setupEngine(options: SetupOptions & { home: string }): Pro
   if (python) return checkGivenPython(python);
 
   const venv = path.resolve(options.venv ?? defaultVenv(options.home));
-  const files = options.tests ? [REQUIREMENTS, TEST_REQUIREMENTS] : [REQUIREMENTS];
+  const files = [REQUIREMENTS, ...(options.tests ? [TEST_REQUIREMENTS] : []), ...(options.export ? [EXPORT_REQUIREMENTS] : [])];
   const wanted = requirementsHash(files);
   if (readStamp(venv) === wanted) {
     const found = await probe(venvPython(venv));

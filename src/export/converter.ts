@@ -5,6 +5,7 @@ import path from 'node:path';
 import * as tar from 'tar';
 import { ServiceError } from '../errors.js';
 import { ENGINE_DIR, enginePython } from '../engine/python.js';
+import { EXPORT_REQUIREMENTS } from '../engine/setup.js';
 
 /**
  * llama.cpp's GGUF converters (convert_hf_to_gguf.py, convert_lora_to_gguf.py, conversion/, gguf-py/).
@@ -13,10 +14,10 @@ import { ENGINE_DIR, enginePython } from '../engine/python.js';
  * package that carries the converter together with the gguf-py of the same llama.cpp commit (the
  * `gguf` package alone has no converter, and a converter and gguf-py of different commits
  * disagree), and unpacks only those files into the home folder's tools. The same step installs
- * what the converter imports (engine/requirements-export.txt) into the engine's Python.
+ * what the converter imports (engine/requirements-export.txt) into the engine's Python, and
+ * setting the environment up again later keeps it while the converter is there.
  */
 export const CONVERTER_PIN = path.join(ENGINE_DIR, 'export-converter.txt');
-export const EXPORT_REQUIREMENTS = path.join(ENGINE_DIR, 'requirements-export.txt');
 
 const SDIST_LLAMA_CPP = 'vendor/llama.cpp/';
 const CONVERTER_FILES = ['convert_hf_to_gguf.py', 'convert_lora_to_gguf.py', 'conversion/', 'gguf-py/', 'LICENSE'];

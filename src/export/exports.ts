@@ -361,9 +361,17 @@ export class ExportService {
     const converted = await runEngineCommand(args);
     const error = converted.events.find((event) => event.type === 'error');
     if (converted.code !== 0 || error) {
-      throw new ServiceError('server', `llama.cpp's converter failed: ${String(error?.message ?? converted.stderr.trim().split('\n').at(-1))}`, {
-        code: String(error?.code ?? 'conversion_failed'),
-      });
+      const said = String(error?.message ?? converted.stderr.trim().split('\n').at(-1));
+      // The converter's imports are installed with it: an environment made again without them lacks them.
+      const missing = /No module named '([^']+)'/.exec(said);
+      if (missing) {
+        throw new ServiceError(
+          'server',
+          `llama.cpp's converter failed: ${said}. The engine's Python lacks ${missing[1]}, which the converter imports: run \`tunelab setup --export\` on this server.`,
+          { code: 'converter_dependency_missing' },
+        );
+      }
+      throw new ServiceError('server', `llama.cpp's converter failed: ${said}`, { code: String(error?.code ?? 'conversion_failed') });
     }
   }
 

@@ -40,6 +40,8 @@ export class JobClaims {
       const lease = await this.leases.adopt(job.id, this.worker.id);
       if (!lease) continue;
       const fence = this.leases.fence(lease);
+      // Put back in the queue, the job may start on another host: an engine left on this one stops now.
+      await stopOrphan(jobFolders(this.scratch, job.id).pid);
       await this.requeue(fence, (step) =>
         step === null
           ? 'The server restarted while the job was running; it starts again'
@@ -49,9 +51,13 @@ export class JobClaims {
     }
   }
 
-  /** Leases the next job to train: a running one whose worker was lost (put back in the queue first), or the oldest queued one. */
+  /**
+   * Leases the next job to train: a running one whose worker was lost (put back in the queue
+   * first), or the oldest queued one. The runner starts the job, stopping an engine of it left here.
+   */
   async next(): Promise<Fence | null> {
-    const lost = await this.leases.takeOverExpired(this.worker.id, this.worker);
+    const waiting = await this.leases.waiting(this.worker);
+    const lost = waiting.lost ? await this.leases.takeOverExpired(this.worker.id, this.worker) : null;
     if (lost) {
       const fence = this.leases.fence(lost);
       await this.requeue(fence, (step) =>
@@ -61,7 +67,7 @@ export class JobClaims {
       );
       return fence;
     }
-    const lease = await this.leases.claimQueued(this.worker.id, this.worker);
+    const lease = waiting.queued ? await this.leases.claimQueued(this.worker.id, this.worker) : null;
     return lease ? this.leases.fence(lease) : null;
   }
 
@@ -72,7 +78,6 @@ export class JobClaims {
 
   private async requeue(fence: Fence, message: (step: number | null) => string): Promise<void> {
     const jobId = fence.lease.jobId;
-    await stopOrphan(jobFolders(this.scratch, jobId).pid);
     const checkpoint = await this.stored.resumePoint(jobId);
     await this.jobs.move(jobId, 'running', 'queued', { message: message(checkpoint?.step ?? null) }, {}, fence.check);
   }

@@ -19,7 +19,7 @@ export interface Room {
 
 /** A lease lasts this long without a heartbeat: a lost worker's jobs wait about this long for another. */
 export const DEFAULT_LEASE_MS = 30_000;
-/** How often a runner looks at the queue, besides when its own process queues a job. */
+/** How often a runner looks at the queue (a read; it claims only what the look found), besides when its own process queues a job. */
 export const QUEUE_POLL_MS = 1000;
 
 /** What a lease's holder writes through. */
@@ -51,7 +51,7 @@ export class JobLeases {
     readonly ttlMs: number,
   ) {}
 
-  /** Leases the oldest queued job that nobody holds and that fits the worker (see `claim`). */
+  /** Leases the oldest queued job that nobody holds and that fits the worker (see `free`). */
   async claimQueued(workerId: string, room: Room): Promise<Lease | null> {
     return this.claim(workerId, 'queued', room);
   }
@@ -62,25 +62,19 @@ export class JobLeases {
   }
 
   /**
-   * A job fits when each of the worker's processes for it can hold its share: what splits across
-   * them (memory_sharded) divided by their number, and all the rest of memory_needed. In integers:
-   * needed * N - sharded * (N - 1) <= memory * N.
+   * What a claim would find, by one read: a runner looks at the queue every second, and an idle
+   * one then writes nothing (a claim is an UPDATE even when it leases no job).
    */
-  private async claim(workerId: string, status: 'queued' | 'running', { memory, processes }: Room): Promise<Lease | null> {
-    const now = databaseNow(this.db);
-    let free = this.db
-      .selectFrom('jobs')
-      .select('id')
-      .where('status', '=', status)
-      .where((eb) => eb.or([eb('lease_expires_at', 'is', null), eb('lease_expires_at', '<', now)]))
-      .where((eb) =>
-        eb.or([
-          eb('memory_needed', 'is', null),
-          eb(sql<number>`memory_needed * ${processes} - coalesce(memory_sharded, 0) * ${processes - 1}`, '<=', Math.floor(memory) * processes),
-        ]),
-      )
-      .orderBy('seq', 'asc')
-      .limit(1);
+  async waiting(room: Room): Promise<{ queued: boolean; lost: boolean }> {
+    const row = await this.db
+      .selectNoFrom((eb) => [eb.exists(this.free('queued', room)).as('queued'), eb.exists(this.free('running', room)).as('lost')])
+      .executeTakeFirstOrThrow();
+    // SQLite answers 0 or 1, PostgreSQL a boolean.
+    return { queued: Boolean(row.queued), lost: Boolean(row.lost) };
+  }
+
+  private async claim(workerId: string, status: 'queued' | 'running', room: Room): Promise<Lease | null> {
+    let free = this.free(status, room).orderBy('seq', 'asc').limit(1);
     if (isPostgres(this.db)) free = free.forUpdate().skipLocked();
     const token = randomUUID();
     const row = await this.db
@@ -90,6 +84,26 @@ export class JobLeases {
       .returning('id')
       .executeTakeFirst();
     return row ? { jobId: row.id, workerId, token } : null;
+  }
+
+  /**
+   * Jobs in `status` that nobody holds and that fit the worker: each of its processes for a job can
+   * hold its share, what splits across them (memory_sharded) divided by their number, and all the
+   * rest of memory_needed. In integers: needed * N - sharded * (N - 1) <= memory * N.
+   */
+  private free(status: 'queued' | 'running', { memory, processes }: Room) {
+    const now = databaseNow(this.db);
+    return this.db
+      .selectFrom('jobs')
+      .select('id')
+      .where('status', '=', status)
+      .where((eb) => eb.or([eb('lease_expires_at', 'is', null), eb('lease_expires_at', '<', now)]))
+      .where((eb) =>
+        eb.or([
+          eb('memory_needed', 'is', null),
+          eb(sql<number>`memory_needed * ${processes} - coalesce(memory_sharded, 0) * ${processes - 1}`, '<=', Math.floor(memory) * processes),
+        ]),
+      );
   }
 
   /**

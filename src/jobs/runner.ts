@@ -215,8 +215,8 @@ export class JobRunner {
     // the job staged in the store: under this lease nobody else writes for the job.
     await clearScratch(folders);
     await fsp.mkdir(folders.work, { recursive: true });
-    await store.sweep(job.id, await stored.named(job.id));
-    const arrays = await stored.arrays(job.id);
+    const { arrays, resumePoint: resumeFrom, named } = await stored.ofJob(job.id);
+    await store.sweep(job.id, named);
     if (!arrays) throw new Error(`job ${job.id} has no training arrays in the store: its files were never validated`);
     const start = await this.services.jobs.startingPoint(job.organization_id, job.model);
     const model = start.root;
@@ -224,7 +224,6 @@ export class JobRunner {
     const report = await this.services.jobs.trainingReport(job.id);
     const plan = planTraining(method, start, report);
     const last = await this.services.jobs.lastStep(job.id);
-    const resumeFrom = await stored.resumePoint(job.id);
     const space = checkpointSpace(model.path, {
       full: plan.resolved.full,
       loraRank: plan.resolved.lora_rank ?? 0,

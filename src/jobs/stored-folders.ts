@@ -20,11 +20,6 @@ export class StoredFolders {
     await db.updateTable('jobs').set({ train_arrays: arrays.train, valid_arrays: arrays.valid }).where('id', '=', jobId).execute();
   }
 
-  async arrays(jobId: string): Promise<TrainingArrays | null> {
-    const row = await this.db.selectFrom('jobs').select(['train_arrays', 'valid_arrays']).where('id', '=', jobId).executeTakeFirst();
-    return row?.train_arrays ? { train: row.train_arrays, valid: row.valid_arrays } : null;
-  }
-
   async recordResumePoint(jobId: string, point: ResumePoint | null, db: Db = this.db): Promise<void> {
     await db
       .updateTable('jobs')
@@ -49,8 +44,21 @@ export class StoredFolders {
 
   /** Every location a record names for the job: what a sweep of its prefix keeps. */
   async named(jobId: string, db: Db = this.db): Promise<Set<string>> {
-    const job = await db.selectFrom('jobs').select(['train_arrays', 'valid_arrays', 'resume_location']).where('id', '=', jobId).executeTakeFirst();
+    return (await this.ofJob(jobId, db)).named;
+  }
+
+  /** All the job's records at once (a run's start needs each): its arrays, its resume point, and every location they and its models name. */
+  async ofJob(jobId: string, db: Db = this.db): Promise<{ arrays: TrainingArrays | null; resumePoint: ResumePoint | null; named: Set<string> }> {
+    const job = await db
+      .selectFrom('jobs')
+      .select(['train_arrays', 'valid_arrays', 'resume_step', 'resume_location'])
+      .where('id', '=', jobId)
+      .executeTakeFirst();
     const models = await db.selectFrom('fine_tuned_models').select('path').where('job_id', '=', jobId).execute();
-    return new Set([job?.train_arrays, job?.valid_arrays, job?.resume_location, ...models.map((m) => m.path)].filter((l): l is string => !!l));
+    return {
+      arrays: job?.train_arrays ? { train: job.train_arrays, valid: job.valid_arrays } : null,
+      resumePoint: job?.resume_location && job.resume_step !== null ? { step: job.resume_step, location: job.resume_location } : null,
+      named: new Set([job?.train_arrays, job?.valid_arrays, job?.resume_location, ...models.map((m) => m.path)].filter((l): l is string => !!l)),
+    };
   }
 }
