@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .adapters import apply_lora
-from .kernels import frozen_linear
+from .kernels import frozen_linear, native_modules
 from .kv_cache import KVCache
 
 PREFILL_CHUNK = 512  # prompt tokens a prefill forward takes at once
@@ -88,11 +88,12 @@ class Decoder:
             p.requires_grad_(False)
         self.rows = Rows()
         fuse(model, self.rows)
+        lib = native_modules(model)
         # On CPU the cache and cached attention are fp32 (tiny bf16 attention products are slow
         # there; the cache of a model small enough for CPU decoding is small); on CUDA the model's dtype.
         cache_dtype = torch.float32 if self.device.type == "cpu" else self.dtype
         self.cache = KVCache(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, cache_dtype, self.device,
-                             max_batch, self.context_length)
+                             max_batch, self.context_length, lib)
 
     def prefill(self, row, prompt, adapter):
         """Runs `prompt` alone, storing its keys and values in cache row `row`; its last logits [vocab] (fp32)."""
