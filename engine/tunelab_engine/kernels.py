@@ -307,19 +307,23 @@ def decode_attention(q, keys, values, bias):
 
 
 class NativeRMSNorm(model_mod.RMSNorm):
-    """model.RMSNorm in one C call (native/decode_ops.c) for bf16 rows; serving's (`native_modules`)."""
+    """model.RMSNorm in one C call (native/decode_ops.c) for bf16 rows; serving's (`native_modules`),
+    whose weights never change."""
 
     def forward(self, x):
         dim = x.shape[-1]
-        if x.dtype != torch.bfloat16 or self.weight.dtype != torch.bfloat16 or x.stride(-1) != 1:
+        if x.dtype != torch.bfloat16 or self.weight_ptr is None:
             return super().forward(x)
-        try:
-            flat = x.view(-1, dim)
-        except RuntimeError:  # rows not evenly spaced (a strided view of several heads and rows)
-            return super().forward(x)
+        if x.is_contiguous():
+            rows, stride = x.numel() // dim, dim
+        else:
+            try:
+                flat = x.view(-1, dim)
+            except RuntimeError:  # rows not evenly spaced (a strided view of several heads and rows)
+                return super().forward(x)
+            rows, stride = flat.shape[0], flat.stride(0)
         y = torch.empty(x.shape, dtype=torch.bfloat16)
-        self.lib.tl_rms_norm(flat.data_ptr(), flat.shape[0], flat.stride(0), self.weight.data_ptr(), dim, self.eps,
-                             y.data_ptr())
+        self.lib.tl_rms_norm(x.data_ptr(), rows, stride, self.weight_ptr, dim, self.eps, y.data_ptr())
         return y
 
 
@@ -356,23 +360,23 @@ def use_native(modules, lib):
         if type(module) in swaps:
             module.__class__ = swaps[type(module)]
             module.lib = lib
+            if isinstance(module, NativeRMSNorm):
+                weight = module.weight.detach()
+                module.weight_ptr = weight.data_ptr() if weight.dtype == torch.bfloat16 and weight.is_contiguous() else None
 
 
 def cached_attention(lib, q, k, v, keys, values, positions, window):
     """kv_cache's step for one new token per row in one C call: k, v [B, 1, kv_heads, D] written to
     the fp32 cache `keys`, `values` ([rows, kv_heads, capacity, D], one layer's) at `positions`
-    [B], and q [B, 1, heads, D] attending to each row's own positions (within `window`); out
-    [B, 1, heads, D] in bf16. None where the kernel does not take these tensors."""
+    [B] (int64), and q [B, 1, heads, D] attending to each row's own positions (within `window`);
+    out [B, 1, heads, D] in bf16. None where the kernel does not take these tensors."""
     b, _, heads, d = q.shape
-    kv_heads = k.shape[2]
-    if not (q.dtype == k.dtype == v.dtype == torch.bfloat16 and keys.dtype == values.dtype == torch.float32
-            and q.stride(-1) == k.stride(-1) == v.stride(-1) == 1 and q.stride(-2) == k.stride(-2) == v.stride(-2) == d
-            and keys.is_contiguous() and values.is_contiguous() and positions.dtype == torch.int64
-            and positions.is_contiguous()):
+    if q.dtype != torch.bfloat16 or k.dtype != torch.bfloat16 or v.dtype != torch.bfloat16 \
+            or q.stride()[2:] != (d, 1) or k.stride()[2:] != (d, 1) or v.stride()[2:] != (d, 1):
         return None
     out = torch.empty(b, 1, heads, d, dtype=torch.bfloat16)
     if lib.tl_decode_attention(q.data_ptr(), q.stride(0), k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0), b, heads,
-                               kv_heads, d, keys.data_ptr(), values.data_ptr(), keys.stride(0), keys.stride(1),
+                               k.shape[2], d, keys.data_ptr(), values.data_ptr(), keys.stride(0), keys.stride(1),
                                positions.data_ptr(), window or 0, out.data_ptr()) != 0:
         return None
     return out
