@@ -149,7 +149,8 @@ def decode_ops():
         yield (f"rope on q and k, {rows} rows (model.Rotary / C, in place)", lambda: rope(rotary),
                lambda: rope(native_rotary), 200)
 
-        caches = [kv_cache.KVCache(1, kv, d, torch.float32, torch.device("cpu"), rows, 256, chosen) for chosen in (None, lib)]
+        caches = [kv_cache.KVCache(1, kv, d, dtype, torch.device("cpu"), rows, 256, chosen)
+                  for dtype, chosen in ((torch.float32, None), (torch.bfloat16, lib))]  # as decode.Decoder makes them
         attends = []
         for cache in caches:
             cache.reserve(rows, 256)

@@ -120,9 +120,10 @@ class NativeTest(unittest.TestCase):
         # sliding window shorter than some rows and none.
         heads, kv_heads, d = 6, 2, 40
         for window in (None, 5):
-            caches = [kv_cache.KVCache(1, kv_heads, d, torch.float32, torch.device("cpu"), 4, 64, lib)
-                      for lib in (None, native.library())]
-            history = torch.randn(1, 3, kv_heads, 64, d, generator=g)
+            # torch's path over an fp32 cache, the kernel over a bf16 one (as decode.Decoder makes them).
+            caches = [kv_cache.KVCache(1, kv_heads, d, dtype, torch.device("cpu"), 4, 64, lib)
+                      for dtype, lib in ((torch.float32, None), (torch.bfloat16, native.library()))]
+            history = torch.randn(1, 3, kv_heads, 64, d, generator=g).to(torch.bfloat16)
             for cache in caches:
                 cache.reserve(3, 64)
                 cache.k.copy_(history)
@@ -135,8 +136,8 @@ class NativeTest(unittest.TestCase):
                 self.assertEqual(got.dtype, torch.bfloat16)
                 self.assertEqual(got.shape, want.shape)
                 self.assertLessEqual((got.float() - want.float()).abs().max().item(), 1e-2 * want.float().abs().max().item())
-                self.assertTrue(torch.equal(caches[0].k, caches[1].k))
-                self.assertTrue(torch.equal(caches[0].v, caches[1].v))
+                self.assertTrue(torch.equal(caches[0].k, caches[1].k.float()))  # bf16 keys and values, held exactly
+                self.assertTrue(torch.equal(caches[0].v, caches[1].v.float()))
 
     def test_without_the_library_products_are_torch_s(self):
         # Nothing built in this cache: the engine takes torch's products, with no error.
@@ -176,6 +177,7 @@ class NativeTest(unittest.TestCase):
                     decoder = decode.Decoder(model, 4)
                 self.assertEqual(model.lm_head.product.__name__ == "rows_linear", built)
                 self.assertEqual(decoder.cache.native is not None, built)
+                self.assertEqual(decoder.cache.dtype, torch.bfloat16 if built else torch.float32)
                 self.assertEqual(type(model.model.norm) is kernels.NativeRMSNorm, built)
                 tokens, logits = [], []
                 with torch.inference_mode():

@@ -374,11 +374,12 @@ def use_native(modules, lib):
 
 def cached_attention(lib, q, k, v, keys, values, positions, window):
     """kv_cache's step for one new token per row in one C call: k, v [B, 1, kv_heads, D] written to
-    the fp32 cache `keys`, `values` ([rows, kv_heads, capacity, D], one layer's) at `positions`
-    [B] (int64), and q [B, 1, heads, D] attending to each row's own positions (within `window`);
-    out [B, 1, heads, D] in bf16. None where the kernel does not take these tensors."""
+    the bf16 cache `keys`, `values` ([rows, kv_heads, capacity, D], one layer's, contiguous) at
+    `positions` [B] (int64), and q [B, 1, heads, D] attending to each row's own positions (within
+    `window`) in fp32; out [B, 1, heads, D] in bf16. None where the kernel does not take these tensors."""
     b, _, heads, d = q.shape
     if q.dtype != torch.bfloat16 or k.dtype != torch.bfloat16 or v.dtype != torch.bfloat16 \
+            or keys.dtype != torch.bfloat16 \
             or q.stride()[2:] != (d, 1) or k.stride()[2:] != (d, 1) or v.stride()[2:] != (d, 1):
         return None
     out = torch.empty(b, 1, heads, d, dtype=torch.bfloat16)

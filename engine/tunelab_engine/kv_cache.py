@@ -23,7 +23,7 @@ class KVCache:
     def __init__(self, layers, kv_heads, head_dim, dtype, device, max_rows, max_length, native=None):
         """native: the C kernels' library (kernels.native_modules), for a step's attention in one call."""
         self.layers, self.kv_heads, self.head_dim = layers, kv_heads, head_dim
-        self.native = native if dtype == torch.float32 else None
+        self.native = native
         self.dtype, self.device = dtype, device
         self.max_rows, self.max_length = max_rows, max_length
         self.k = self.v = self.layer_k = self.layer_v = None

@@ -11,6 +11,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 typedef uint16_t bf16;
 
@@ -81,11 +82,11 @@ void tl_rope_qk(bf16 *q, long q_stride, long q_heads, bf16 *k, long k_stride, lo
     rope(k, rows, k_stride, k_heads, cos, sin, d);
 }
 
-static inline float dot(const float *a, const float *b, long d) {
+static inline float dot(const float *a, const bf16 *b, long d) {
     __m512 acc = _mm512_setzero_ps();
     for (long k = 0; k < d; k += 16) {
         __mmask16 m = tail(d - k);
-        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + k), _mm512_maskz_loadu_ps(m, b + k), acc);
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + k), load16(b + k, m), acc);
     }
     return _mm512_reduce_add_ps(acc);
 }
@@ -110,14 +111,16 @@ static inline __m512 exp16(__m512 x) {
 
 
 /* One new token per row, rows 0..rows-1: its k and v (bf16, row r's kv head g at
- * k + r * k_stride + g * d) are written to the fp32 cache at positions[r] (row r's head g at
- * cache_k + r * cache_row + g * cache_head, one position every d floats), then each of its query
+ * k + r * k_stride + g * d) are written to the bf16 cache at positions[r] (row r's head g at
+ * cache_k + r * cache_row + g * cache_head, one position every d values), then each of its query
  * heads (q + r * q_stride + h * d; heads / kv_heads query heads share a kv head, in transformers'
  * repeat_kv order) attends to the row's positions p <= positions[r] (and positions[r] - p < window
- * where window > 0), in fp32; out [rows, heads, d] in bf16. As kv_cache's torch path: q widened to
- * fp32 and scaled by d^-0.5, softmax, the weighted sum of the values, rounded to bf16 once. */
+ * where window > 0), in fp32; out [rows, heads, d] in bf16. As kv_cache's torch path over an fp32
+ * cache (k and v are bf16 products, so a bf16 cache holds them exactly, in half the bytes a step
+ * reads): q widened to fp32 and scaled by d^-0.5, softmax, the weighted sum of the values, rounded
+ * to bf16 once. */
 int tl_decode_attention(const bf16 *q, long q_stride, const bf16 *k, long k_stride, const bf16 *v, long v_stride,
-                        long rows, long heads, long kv_heads, long d, float *cache_k, float *cache_v,
+                        long rows, long heads, long kv_heads, long d, bf16 *cache_k, bf16 *cache_v,
                         long cache_row, long cache_head, const int64_t *positions, long window, bf16 *out) {
     long groups = heads / kv_heads, span = 0;
     for (long r = 0; r < rows; r++)
@@ -131,13 +134,9 @@ int tl_decode_attention(const bf16 *q, long q_stride, const bf16 *k, long k_stri
         long pos = positions[r];
         long first = window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0, n = pos + 1 - first;
         for (long g = 0; g < kv_heads; g++) {
-            float *keys = cache_k + r * cache_row + g * cache_head, *values = cache_v + r * cache_row + g * cache_head;
-            const bf16 *kr = k + r * k_stride + g * d, *vr = v + r * v_stride + g * d;
-            for (long i = 0; i < d; i += 16) {
-                __mmask16 m = tail(d - i);
-                _mm512_mask_storeu_ps(keys + pos * d + i, m, load16(kr + i, m));
-                _mm512_mask_storeu_ps(values + pos * d + i, m, load16(vr + i, m));
-            }
+            bf16 *keys = cache_k + r * cache_row + g * cache_head, *values = cache_v + r * cache_row + g * cache_head;
+            memcpy(keys + pos * d, k + r * k_stride + g * d, d * sizeof(bf16));
+            memcpy(values + pos * d, v + r * v_stride + g * d, d * sizeof(bf16));
             keys += first * d;
             values += first * d;
             for (long j = 0; j < groups; j++) {
@@ -169,11 +168,11 @@ int tl_decode_attention(const bf16 *q, long q_stride, const bf16 *k, long k_stri
                     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
                     for (long p = 0; p < n; p++) {
                         __m512 w = _mm512_set1_ps(sj[p]);
-                        const float *vp = values + p * d + c;
-                        a0 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m0, vp), a0);
-                        a1 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m1, vp + 16), a1);
-                        a2 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m2, vp + 32), a2);
-                        a3 = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(m3, vp + 48), a3);
+                        const bf16 *vp = values + p * d + c;
+                        a0 = _mm512_fmadd_ps(w, load16(vp, m0), a0);
+                        a1 = _mm512_fmadd_ps(w, load16(vp + 16, m1), a1);
+                        a2 = _mm512_fmadd_ps(w, load16(vp + 32, m2), a2);
+                        a3 = _mm512_fmadd_ps(w, load16(vp + 48, m3), a3);
                     }
                     store16(o + c, a0, m0);
                     store16(o + c + 16, a1, m1);
