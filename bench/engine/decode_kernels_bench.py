@@ -8,9 +8,13 @@ wait policy (runtime.py), bf16, SmolLM2-135M's shapes unless named:
   cache, as in a decode step), 1, 2, 4 and 8 rows;
 - the grammar mask (`grammar.Constraint.mask`, numpy) against torch's `masked_fill_` of the
   bytes llguidance gives, over Qwen's 151,936-token vocabulary, 97%, 50% and 1% of it allowed;
+- the C kernels of the small ops (`native/decode_ops.c`, `kernels.native_modules` and
+  `kernels.cached_attention`) against model.py's modules and kv_cache's torch path: RMSNorm, rope on
+  q and k, a step's cached attention with its cache write (128 cached positions), 1 and 8 rows;
 - a whole decode step (`decode.Decoder.step`, 128 cached positions), 1 and 8 rows, with the
-  engine's products against F.linear ones; and 1 and 4 rows with the C kernel against oneDNN's
-  packed products alone (the engine before the kernel).
+  engine's products against F.linear ones; 1 and 4 rows with the C kernel against oneDNN's
+  packed products alone (the engine before the kernel); 1 and 8 rows with the small ops' C
+  kernels against torch's ops (the engine before them).
 
     PYTHONPATH=engine python bench/engine/decode_kernels_bench.py [--threads N] [--out FILE]
 
@@ -37,7 +41,7 @@ sys.path.insert(0, HERE)
 
 from shapes import SHAPES  # noqa: E402
 from result_file import write_result  # noqa: E402
-from tunelab_engine import config as config_mod, decode, grammar, kernels, model, native  # noqa: E402
+from tunelab_engine import config as config_mod, decode, grammar, kernels, kv_cache, model, native  # noqa: E402
 
 SMOL = SHAPES["smollm2-135m"]
 
@@ -118,6 +122,45 @@ def mask_case(share):
     yield f"grammar mask, 151,936 tokens, {share:.0%} allowed (masked_fill_ / numpy)", masked_fill, lambda: constraint.mask(logits), 200
 
 
+def decode_ops():
+    lib = native.library()
+    if lib is None:
+        print("no C kernels here (not built, or no AVX512-BF16): skipping the small ops", flush=True)
+        return
+    h, heads, kv, d = SMOL["hidden_size"], SMOL["num_attention_heads"], SMOL["num_key_value_heads"], 64
+    for rows in (1, 8):
+        plain = model.RMSNorm(h, 1e-5).to(torch.bfloat16)
+        fast = model.RMSNorm(h, 1e-5).to(torch.bfloat16)
+        kernels.use_native([fast], lib)
+        x = torch.randn(rows, 1, h).to(torch.bfloat16)
+        yield f"RMSNorm, hidden {h}, {rows} rows (model.RMSNorm / C)", lambda: plain(x), lambda: fast(x), 200
+
+        qkv = torch.randn(rows, 1, (heads + 2 * kv) * d).to(torch.bfloat16)
+        q, k, v = (z.unflatten(-1, (-1, d)) for z in qkv.split([heads * d, kv * d, kv * d], dim=-1))
+        angles = torch.randn(rows, 1, 1, d)
+        cos, sin = angles.cos().to(torch.bfloat16), angles.sin().to(torch.bfloat16)
+        rotary, native_rotary = model.Rotary(), model.Rotary()
+        kernels.use_native([native_rotary], lib)
+
+        def rope(module, q=q, k=k, cos=cos, sin=sin):
+            with torch.inference_mode():  # as serving runs it (the kernel rotates in place only there)
+                module(q, k, cos, sin)
+
+        yield (f"rope on q and k, {rows} rows (model.Rotary / C, in place)", lambda: rope(rotary),
+               lambda: rope(native_rotary), 200)
+
+        caches = [kv_cache.KVCache(1, kv, d, dtype, torch.device("cpu"), rows, 256, chosen)
+                  for dtype, chosen in ((torch.float32, None), (torch.bfloat16, lib))]  # as decode.Decoder makes them
+        attends = []
+        for cache in caches:
+            cache.reserve(rows, 256)
+            cache.k.normal_()
+            cache.v.normal_()
+            attends.append(cache.step(torch.full((rows,), 128)))
+        yield (f"cached attention and its cache write, 128 positions, {rows} rows (torch / C)",
+               lambda: attends[0](0, q, k, v, None), lambda: attends[1](0, q, k, v, None), 200)
+
+
 def decode_step():
     cfg = config_mod.from_dict(SMOL)
     m = model.Transformer(cfg)
@@ -137,10 +180,7 @@ def decode_step():
     if native.library() is not None:
         cases += [(1, "oneDNN packed / with the C kernel", packed), (4, "oneDNN packed / with the C kernel", packed)]
     for rows, what, baseline in cases:
-        with torch.inference_mode():
-            decoder.cache.reserve(rows, 200)
-            for row in range(rows):
-                decoder.prefill(row, list(range(1, 129)), None)
+        prefill(decoder, rows)
 
         def step(chosen, rows=rows):
             use(chosen)
@@ -149,17 +189,49 @@ def decode_step():
 
         yield f"decode step, {rows} rows ({what})", lambda b=baseline: step(b), lambda: step(engine), 5
     use(engine)
+    if native.library() is None:
+        return
+    # The engine before the small ops' kernels: the same model and products, torch's norms, rope and attention.
+    same = model.Transformer(cfg)
+    model.init_weights(same, 0)
+    real = decode.native_modules
+    decode.native_modules = lambda model: None
+    try:
+        torch_ops = decode.Decoder(same.to(torch.bfloat16).eval(), 8)
+    finally:
+        decode.native_modules = real
+    for rows in (1, 8):
+        for d in (decoder, torch_ops):
+            prefill(d, rows)
+        yield (f"decode step, {rows} rows (torch's small ops / their C kernels)",
+               lambda rows=rows: one_step(torch_ops, rows), lambda rows=rows: one_step(decoder, rows), 5)
+
+
+def prefill(decoder, rows):
+    with torch.inference_mode():
+        decoder.cache.reserve(rows, 200)
+        for row in range(rows):
+            decoder.prefill(row, list(range(1, 129)), None)
+
+
+def one_step(decoder, rows):
+    with torch.inference_mode():
+        decoder.step([5] * rows, [128] * rows, None)
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--only", default="products,native_products,mask,decode_ops,decode_step",
+                    help="which groups of cases to run (comma-separated)")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "decode_kernels.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     results = []
-    for group in (products, native_products, mask, decode_step):
+    groups = {"products": products, "native_products": native_products, "mask": mask, "decode_ops": decode_ops,
+              "decode_step": decode_step}
+    for group in (groups[name] for name in args.only.split(",")):
         for name, plain, fast, calls in group():
             plain(), fast()
             a = b = (float("inf"), float("inf"))

@@ -6,7 +6,7 @@ from unittest import mock
 import torch
 import torch.nn.functional as F
 
-from tunelab_engine import decode, kernels, native, runtime
+from tunelab_engine import decode, kernels, kv_cache, model as model_mod, native, runtime
 
 from .helpers import random_model
 
@@ -14,8 +14,8 @@ RUNS_HERE = set(native.CPU_FLAGS) <= runtime.cpu_flags()
 
 
 class NativeTest(unittest.TestCase):
-    """The C kernel (native/bf16_rows.c) against F.linear, built into a cache of the test's own;
-    and the engine's products without it."""
+    """The C kernels (native/) against the torch code they stand in for (F.linear, model.py's
+    modules, kv_cache's torch path), built into a cache of the test's own; and the engine without them."""
 
     def setUp(self):
         folder = tempfile.TemporaryDirectory()
@@ -69,6 +69,76 @@ class NativeTest(unittest.TestCase):
         finally:
             torch.set_num_threads(threads)
 
+    @unittest.skipUnless(RUNS_HERE, "this CPU lacks AVX512-BF16")
+    def test_rms_norm_against_the_module(self):
+        native.build()
+        g = torch.Generator().manual_seed(6)
+        for dim in (64, 45, 576):
+            plain = model_mod.RMSNorm(dim, 1e-5)
+            with torch.no_grad():
+                plain.weight.copy_(torch.randn(dim, generator=g))
+            plain = plain.to(torch.bfloat16)
+            fast = model_mod.RMSNorm(dim, 1e-5).to(torch.bfloat16)
+            fast.load_state_dict(plain.state_dict())
+            kernels.use_native([fast], native.library())
+            self.assertIs(type(fast), kernels.NativeRMSNorm)
+            wide = (torch.randn(5, 1, dim + 7, generator=g) * 3).to(torch.bfloat16)
+            # Rows of a [B, 1, dim] decode input, a strided view, and per-head rows (qwen3's q norm).
+            for x in (wide[:, :, :dim].contiguous(), wide[:, :, 3:3 + dim], wide[:1, :, :dim].contiguous().view(1, 1, -1, dim)):
+                with self.subTest(dim=dim, shape=tuple(x.shape), stride=x.stride()), torch.inference_mode():
+                    got, want = fast(x), plain(x)
+                    # The mean of squares is summed in another order: at most one bf16 step apart.
+                    self.assertEqual(got.shape, want.shape)
+                    self.assertLessEqual(((got.float() - want.float()).abs() / want.float().abs().clamp_min(1e-3)).max().item(), 2 ** -7)
+                    self.assertGreater((got == want).float().mean().item(), 0.95)
+
+    @unittest.skipUnless(RUNS_HERE, "this CPU lacks AVX512-BF16")
+    def test_rope_in_place_against_the_module(self):
+        native.build()
+        g = torch.Generator().manual_seed(7)
+        fast = model_mod.Rotary()
+        kernels.use_native([fast], native.library())
+        d = 64
+        for b, t in ((3, 1), (1, 5)):  # a decode step's rows; a prefill's tokens
+            # q and k as views of one fused q|k|v output, as the model takes them.
+            qkv = torch.randn(b, t, (4 + 2 + 2) * d, generator=g).to(torch.bfloat16)
+            q, k, _ = (z.unflatten(-1, (-1, d)) for z in qkv.split([4 * d, 2 * d, 2 * d], dim=-1))
+            angles = torch.randn(b, t, 1, d, generator=g)
+            cos, sin = angles.cos().to(torch.bfloat16), angles.sin().to(torch.bfloat16)
+            with self.subTest(b=b, t=t), torch.inference_mode():
+                want_q, want_k = model_mod.Rotary()(q, k, cos, sin)
+                got_q, got_k = fast(q, k, cos, sin)
+                self.assertEqual(got_q.data_ptr(), q.data_ptr())  # in place
+                self.assertTrue(torch.equal(got_q, want_q))  # the same roundings: bit for bit
+                self.assertTrue(torch.equal(got_k, want_k))
+
+    @unittest.skipUnless(RUNS_HERE, "this CPU lacks AVX512-BF16")
+    def test_cached_attention_against_the_torch_path(self):
+        native.build()
+        g = torch.Generator().manual_seed(8)
+        # GQA groups of 3, a head size off the vector width, rows at different positions, a
+        # sliding window shorter than some rows and none.
+        heads, kv_heads, d = 6, 2, 40
+        for window in (None, 5):
+            # torch's path over an fp32 cache, the kernel over a bf16 one (as decode.Decoder makes them).
+            caches = [kv_cache.KVCache(1, kv_heads, d, dtype, torch.device("cpu"), 4, 64, lib)
+                      for dtype, lib in ((torch.float32, None), (torch.bfloat16, native.library()))]
+            history = torch.randn(1, 3, kv_heads, 64, d, generator=g).to(torch.bfloat16)
+            for cache in caches:
+                cache.reserve(3, 64)
+                cache.k.copy_(history)
+                cache.v.copy_(history.flip(-1))
+            positions = torch.tensor([9, 0, 30])
+            qkv = torch.randn(3, 1, (heads + 2 * kv_heads) * d, generator=g).to(torch.bfloat16)
+            q, k, v = (z.unflatten(-1, (-1, d)) for z in qkv.split([heads * d, kv_heads * d, kv_heads * d], dim=-1))
+            with self.subTest(window=window), torch.inference_mode():
+                want, got = (cache.step(positions)(0, q, k, v, window) for cache in caches)
+                self.assertEqual(got.dtype, torch.bfloat16)
+                self.assertEqual(got.shape, want.shape)
+                self.assertLessEqual((got.float() - want.float()).abs().max().item(), 1e-2 * want.float().abs().max().item())
+                self.assertTrue(torch.equal(caches[0].k, caches[1].k.float()))  # bf16 keys and values, held exactly
+                self.assertTrue(torch.equal(caches[0].v, caches[1].v.float()))
+
     def test_without_the_library_products_are_torch_s(self):
         # Nothing built in this cache: the engine takes torch's products, with no error.
         self.assertIsNone(native.library())
@@ -79,6 +149,10 @@ class NativeTest(unittest.TestCase):
         self.assertNotEqual(product.__name__, "rows_linear")
         x = torch.randn(3, 1, 45, generator=g).to(torch.bfloat16)
         self.assert_close(product(x), F.linear(x, weight, b))
+        served = random_model("llama").to(torch.bfloat16)
+        decoder = decode.Decoder(served, 2)
+        self.assertIsNone(decoder.cache.native)
+        self.assertEqual({type(m) for m in served.modules()} & {kernels.NativeRMSNorm, kernels.NativeRotary}, set())
 
     @unittest.skipUnless(RUNS_HERE, "this CPU lacks AVX512-BF16 (the library is never loaded on it)")
     def test_a_cpu_without_avx512_bf16_does_not_load_it(self):
@@ -89,32 +163,39 @@ class NativeTest(unittest.TestCase):
             self.assertNotEqual(kernels.frozen_linear(torch.ones(8, 8, dtype=torch.bfloat16), None).__name__, "rows_linear")
 
     @unittest.skipUnless(RUNS_HERE, "this CPU lacks AVX512-BF16")
-    def test_decoding_with_the_kernel_matches_torch_s_products(self):
-        # A bf16 model's greedy tokens and logits through serving's decode, with the kernel and without.
-        runs = []
-        for built in (False, True):
-            if built:
-                native.build()
-            model = random_model("qwen2").to(torch.bfloat16).eval()  # q/k/v biases too
-            decoder = decode.Decoder(model, 4)
-            self.assertEqual(model.lm_head.product.__name__ == "rows_linear", built)
-            tokens, logits = [], []
-            with torch.inference_mode():
-                decoder.cache.reserve(2, 64)
-                for row, prompt in enumerate(([3, 17, 5, 40, 2], [9, 1])):
-                    decoder.prefill(row, prompt, None)
-                rows_tokens, lengths = [7, 8], [5, 2]
-                for _ in range(12):
-                    out = decoder.step(rows_tokens, lengths, None)
-                    logits.append(out)
-                    rows_tokens = out.argmax(-1).tolist()
-                    tokens.append(rows_tokens)
-                    lengths = [n + 1 for n in lengths]
-            runs.append((tokens, torch.stack(logits)))
-        self.assertEqual(runs[0][0], runs[1][0])
-        scale = runs[0][1].abs().max().item()
-        self.assertLessEqual((runs[0][1] - runs[1][1]).abs().max().item(), 0.05 * scale)
-
+    def test_decoding_with_the_kernels_matches_torch(self):
+        # A bf16 model's greedy tokens and logits through serving's decode, with the kernels and
+        # without: qwen2's q/k/v biases, qwen3's per-head q/k norms and own head size, mistral's
+        # sliding window (8, passed by the rows' positions).
+        for family in ("qwen2", "qwen3", "mistral"):
+            runs = []
+            for built in (False, True):
+                with mock.patch.object(native, "library", native.library if built else lambda path=None: None):
+                    if built:
+                        native.build()
+                    model = random_model(family).to(torch.bfloat16).eval()
+                    decoder = decode.Decoder(model, 4)
+                self.assertEqual(model.lm_head.product.__name__ == "rows_linear", built)
+                self.assertEqual(decoder.cache.native is not None, built)
+                self.assertEqual(decoder.cache.dtype, torch.bfloat16 if built else torch.float32)
+                self.assertEqual(type(model.model.norm) is kernels.NativeRMSNorm, built)
+                tokens, logits = [], []
+                with torch.inference_mode():
+                    decoder.cache.reserve(2, 64)
+                    for row, prompt in enumerate(([3, 17, 5, 40, 2], [9, 1])):
+                        decoder.prefill(row, prompt, None)
+                    rows_tokens, lengths = [7, 8], [5, 2]
+                    for _ in range(12):
+                        out = decoder.step(rows_tokens, lengths, None)
+                        logits.append(out)
+                        rows_tokens = out.argmax(-1).tolist()
+                        tokens.append(rows_tokens)
+                        lengths = [n + 1 for n in lengths]
+                runs.append((tokens, torch.stack(logits)))
+            with self.subTest(family=family):
+                self.assertEqual(runs[0][0], runs[1][0])
+                scale = runs[0][1].abs().max().item()
+                self.assertLessEqual((runs[0][1] - runs[1][1]).abs().max().item(), 0.05 * scale)
 
 if __name__ == "__main__":
     unittest.main()

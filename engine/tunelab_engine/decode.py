@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .adapters import apply_lora
-from .kernels import frozen_linear
+from .kernels import frozen_linear, native_modules
 from .kv_cache import KVCache
 
 PREFILL_CHUNK = 512  # prompt tokens a prefill forward takes at once
@@ -88,11 +88,16 @@ class Decoder:
             p.requires_grad_(False)
         self.rows = Rows()
         fuse(model, self.rows)
-        # On CPU the cache and cached attention are fp32 (tiny bf16 attention products are slow
-        # there; the cache of a model small enough for CPU decoding is small); on CUDA the model's dtype.
-        cache_dtype = torch.float32 if self.device.type == "cpu" else self.dtype
+        lib = native_modules(model)
+        # On CUDA the cache is in the model's dtype. On CPU torch's cached attention is fp32 (tiny
+        # bf16 attention products are slow there), and so is its cache; the C kernel's attention
+        # computes in fp32 from a bf16 cache, which holds a bf16 model's keys and values exactly.
+        if self.device.type != "cpu":
+            cache_dtype = self.dtype
+        else:
+            cache_dtype = torch.bfloat16 if lib is not None and self.dtype == torch.bfloat16 else torch.float32
         self.cache = KVCache(c.num_hidden_layers, c.num_key_value_heads, c.head_dim, cache_dtype, self.device,
-                             max_batch, self.context_length)
+                             max_batch, self.context_length, lib)
 
     def prefill(self, row, prompt, adapter):
         """Runs `prompt` alone, storing its keys and values in cache row `row`; its last logits [vocab] (fp32)."""

@@ -1,7 +1,8 @@
 """Hand-written kernels for the CPU, where they beat torch 2.13's own ops (measured in
 bench/engine/README.md, "Kernels" and "Serving"); each is tested against the plain module or
-autograd through it (engine/tests/test_kernels.py). Training's come first; serving's decode
-pieces (`frozen_linear`, `decode_attention`) last.
+autograd through it (engine/tests/test_kernels.py, test_native.py). Training's come first; serving's
+decode pieces (`frozen_linear`, `decode_attention`, and the C kernels' `native_modules` and
+`cached_attention`) last.
 
 `apply(model)` swaps a model's RMSNorm and LoRA modules for the subclasses below (same parameters,
 same names, another forward), and `attention(attend)` swaps packed examples' attention; the model
@@ -277,6 +278,13 @@ def _rows_linear(lib, weight, bias, many):
     keep = (weight, bias)  # the pointers' owners live as long as the product
 
     def rows_linear(x, keep=keep):
+        if x.is_contiguous():  # a decode step's input: no reshaping (a call is a few microseconds, 121 a step)
+            rows = x.numel() // in_features
+            if rows > ROWS or x.dtype != torch.bfloat16:
+                return many(x)
+            y = torch.empty(*x.shape[:-1], out_features, dtype=torch.bfloat16)
+            product(x.data_ptr(), rows, in_features, w, in_features, out_features, b, y.data_ptr(), torch.get_num_threads())
+            return y
         flat = x.reshape(-1, in_features)
         rows = flat.shape[0]
         if rows > ROWS or x.dtype != torch.bfloat16:
@@ -303,6 +311,83 @@ def decode_attention(q, keys, values, bias):
     scores = torch.bmm(qg, keys.reshape(b * kv_heads, span, d).transpose(1, 2)).view(b, kv_heads, groups, span) + bias
     probs = torch.softmax(scores, dim=-1).view(b * kv_heads, groups, span)
     return torch.bmm(probs, values.reshape(b * kv_heads, span, d)).view(b, 1, h, d)
+
+
+class NativeRMSNorm(model_mod.RMSNorm):
+    """model.RMSNorm in one C call (native/decode_ops.c) for bf16 rows; serving's (`native_modules`),
+    whose weights never change."""
+
+    def forward(self, x):
+        dim = x.shape[-1]
+        if x.dtype != torch.bfloat16 or self.weight_ptr is None:
+            return super().forward(x)
+        if x.is_contiguous():
+            rows, stride = x.numel() // dim, dim
+        else:
+            try:
+                flat = x.view(-1, dim)
+            except RuntimeError:  # rows not evenly spaced (a strided view of several heads and rows)
+                return super().forward(x)
+            rows, stride = flat.shape[0], flat.stride(0)
+        y = torch.empty(x.shape, dtype=torch.bfloat16)
+        self.lib.tl_rms_norm(x.data_ptr(), rows, stride, self.weight_ptr, dim, self.eps, y.data_ptr())
+        return y
+
+
+class NativeRotary(model_mod.Rotary):
+    """model.Rotary in one C call, rotating q and k in place (no gradients are taken through a
+    served forward), for bf16 q and k of one token per row or one row of tokens."""
+
+    def forward(self, q, k, cos, sin):
+        b, t, heads, d = q.shape
+        if t == 1 or b == 1:
+            row = 0 if t == 1 else 1
+            if (q.dtype == k.dtype == cos.dtype == sin.dtype == torch.bfloat16 and not torch.is_grad_enabled()
+                    and q.stride(-1) == k.stride(-1) == 1 and q.stride(-2) == k.stride(-2) == d
+                    and cos.is_contiguous() and sin.is_contiguous()):
+                self.lib.tl_rope_qk(q.data_ptr(), q.stride(row), heads, k.data_ptr(), k.stride(row), k.shape[2], b * t,
+                                    cos.data_ptr(), sin.data_ptr(), d)
+                return q, k
+        return super().forward(q, k, cos, sin)
+
+
+def native_modules(model):
+    """Serving's: swaps `model`'s RMSNorm and Rotary modules for the C kernels' versions, where the
+    library is built and runs on this CPU (a CPU model); the library, or None."""
+    lib = native.library()
+    if lib is None or model.lm_head.weight.device.type != "cpu":
+        return None
+    use_native(model.modules(), lib)
+    return lib
+
+
+def use_native(modules, lib):
+    swaps = {model_mod.RMSNorm: NativeRMSNorm, model_mod.Rotary: NativeRotary}
+    for module in modules:
+        if type(module) in swaps:
+            module.__class__ = swaps[type(module)]
+            module.lib = lib
+            if isinstance(module, NativeRMSNorm):
+                weight = module.weight.detach()
+                module.weight_ptr = weight.data_ptr() if weight.dtype == torch.bfloat16 and weight.is_contiguous() else None
+
+
+def cached_attention(lib, q, k, v, keys, values, positions, window):
+    """kv_cache's step for one new token per row in one C call: k, v [B, 1, kv_heads, D] written to
+    the bf16 cache `keys`, `values` ([rows, kv_heads, capacity, D], one layer's, contiguous) at
+    `positions` [B] (int64), and q [B, 1, heads, D] attending to each row's own positions (within
+    `window`) in fp32; out [B, 1, heads, D] in bf16. None where the kernel does not take these tensors."""
+    b, _, heads, d = q.shape
+    if q.dtype != torch.bfloat16 or k.dtype != torch.bfloat16 or v.dtype != torch.bfloat16 \
+            or keys.dtype != torch.bfloat16 \
+            or q.stride()[2:] != (d, 1) or k.stride()[2:] != (d, 1) or v.stride()[2:] != (d, 1):
+        return None
+    out = torch.empty(b, 1, heads, d, dtype=torch.bfloat16)
+    if lib.tl_decode_attention(q.data_ptr(), q.stride(0), k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0), b, heads,
+                               k.shape[2], d, keys.data_ptr(), values.data_ptr(), keys.stride(0), keys.stride(1),
+                               positions.data_ptr(), window or 0, out.data_ptr()) != 0:
+        return None
+    return out
 
 
 def apply(model):

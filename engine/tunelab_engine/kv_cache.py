@@ -14,17 +14,19 @@ values here and attends to what the cache holds.
 import torch
 
 from .attention import allowed, causal_mask, sdpa
-from .kernels import decode_attention
+from .kernels import cached_attention, decode_attention
 
 GROW = 256
 
 
 class KVCache:
-    def __init__(self, layers, kv_heads, head_dim, dtype, device, max_rows, max_length):
+    def __init__(self, layers, kv_heads, head_dim, dtype, device, max_rows, max_length, native=None):
+        """native: the C kernels' library (kernels.native_modules), for a step's attention in one call."""
         self.layers, self.kv_heads, self.head_dim = layers, kv_heads, head_dim
+        self.native = native
         self.dtype, self.device = dtype, device
         self.max_rows, self.max_length = max_rows, max_length
-        self.k = self.v = None
+        self.k = self.v = self.layer_k = self.layer_v = None
         self.rows = self.capacity = 0
 
     def bytes(self):
@@ -48,9 +50,10 @@ class KVCache:
             k[:, :self.rows, :, :self.capacity] = self.k
             v[:, :self.rows, :, :self.capacity] = self.v
         self.k, self.v, self.rows, self.capacity = k, v, new_rows, new_cap
+        self.layer_k, self.layer_v = k.unbind(0), v.unbind(0)  # views made once, not per layer and step
 
     def release(self):
-        self.k = self.v = None
+        self.k = self.v = self.layer_k = self.layer_v = None
         self.rows = self.capacity = 0
 
     def write_prefix(self, layer, row, start, k, v):
@@ -66,7 +69,7 @@ class KVCache:
     def write_step(self, layer, rows, positions, k, v, span):
         """k, v: [B, kv_heads, head_dim] for rows 0..B-1 at `positions` [B]; returns the rows'
         keys and values [B, kv_heads, span, head_dim] (views)."""
-        keys, values = self.k[layer], self.v[layer]
+        keys, values = self.layer_k[layer], self.layer_v[layer]
         keys[rows, :, positions] = k
         values[rows, :, positions] = v
         b = k.shape[0]
@@ -107,6 +110,10 @@ class KVCache:
         cpu = positions.device.type == "cpu"
 
         def attend(layer, q, k, v, window):
+            if self.native is not None:
+                out = cached_attention(self.native, q, k, v, self.layer_k[layer], self.layer_v[layer], positions, window)
+                if out is not None:
+                    return out
             if window not in masks:  # [B, 1, 1, span], the same for every layer
                 mask = allowed(positions[:, None], keys_pos[None, :], window)[:, None, None]
                 if cpu:  # kernels.decode_attention takes it additive

@@ -45,6 +45,13 @@ def rope(x, cos, sin):
     return x * cos + rotate_half(x) * sin
 
 
+class Rotary(nn.Module):
+    """Rope on q and k; a module (holding no weights) so that serving can put a kernel in its place."""
+
+    def forward(self, q, k, cos, sin):
+        return rope(q, cos, sin), rope(k, cos, sin)
+
+
 class Attention(nn.Module):
     def __init__(self, c, index, device=None):
         super().__init__()
@@ -54,6 +61,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(c.hidden_size, kv, bias=c.attention_bias, device=device)
         self.v_proj = nn.Linear(c.hidden_size, kv, bias=c.attention_bias, device=device)
         self.o_proj = nn.Linear(heads, c.hidden_size, bias=c.o_bias, device=device)
+        self.rotary = Rotary()
         if c.qk_norm:  # qwen3 normalizes each head before rope
             self.q_norm = RMSNorm(c.head_dim, c.rms_norm_eps, device)
             self.k_norm = RMSNorm(c.head_dim, c.rms_norm_eps, device)
@@ -66,7 +74,8 @@ class Attention(nn.Module):
         q, k, v = (z.unflatten(-1, (-1, self.head_dim)) for z in (q, k, v))
         if hasattr(self, "q_norm"):
             q, k = self.q_norm(q), self.k_norm(k)
-        out = attend(self.index, rope(q, cos, sin), rope(k, cos, sin), v, self.window)
+        q, k = self.rotary(q, k, cos, sin)
+        out = attend(self.index, q, k, v, self.window)
         return self.o_proj(out.flatten(-2))
 
 

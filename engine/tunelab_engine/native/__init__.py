@@ -1,7 +1,7 @@
-"""The engine's C kernels (bf16_rows.c beside this file): built on the machine that runs them, by
+"""The engine's C kernels (bf16_rows.c and decode_ops.c beside this file, one library): built on the machine that runs them, by
 `python -m tunelab_engine build-native` (`tunelab setup` runs it), and loaded with ctypes.
 
-The library goes to a cache folder under a name holding a hash of the source and the compiler
+The library goes to a cache folder under a name holding a hash of the sources and the compiler
 flags, so an engine only ever loads the library built from its own source. `library()` is None,
 and the engine keeps torch's own ops, wherever the library cannot run: not built (no compiler at
 setup), or a CPU without AVX512-BF16.
@@ -16,7 +16,7 @@ import tempfile
 
 from .. import runtime
 
-SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bf16_rows.c")
+SOURCES = [os.path.join(os.path.dirname(os.path.abspath(__file__)), name) for name in ("bf16_rows.c", "decode_ops.c")]
 # Target flags rather than -march=native: the build is the same on every machine, and
 # `library()` checks the CPU it runs on.
 FLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512bf16", "-fPIC", "-shared", "-pthread"]
@@ -30,18 +30,19 @@ def cache_dir():
     return os.path.join(base, "tunelab", "native")
 
 
-# Cached: a model's load asks `library()` once per weight, and the source does not change under a running engine.
+# Cached: a model's load asks `library()` once per weight, and the sources do not change under a running engine.
 @functools.cache
 def _source_digest():
     digest = hashlib.sha256()
-    with open(SOURCE, "rb") as f:
-        digest.update(f.read())
+    for source in SOURCES:
+        with open(source, "rb") as f:
+            digest.update(f.read())
     digest.update(" ".join(FLAGS).encode())
     return digest.hexdigest()[:16]
 
 
 def library_path(folder=None):
-    return os.path.join(folder or cache_dir(), f"bf16_rows-{_source_digest()}.so")
+    return os.path.join(folder or cache_dir(), f"tunelab-native-{_source_digest()}.so")
 
 
 def build(folder=None, compiler=None):
@@ -55,7 +56,7 @@ def build(folder=None, compiler=None):
     os.close(fd)
     try:
         compiler = compiler or os.environ.get("CC") or "cc"
-        subprocess.run([compiler, *FLAGS, "-o", partial, SOURCE], check=True, capture_output=True, text=True)
+        subprocess.run([compiler, *FLAGS, "-o", partial, *SOURCES], check=True, capture_output=True, text=True)
         os.replace(partial, path)  # whole or not at all, for an engine starting beside the build
     finally:
         if os.path.exists(partial):
@@ -84,6 +85,17 @@ def _load(path):
     lib.tl_bf16_rows_linear.restype = ctypes.c_int
     lib.tl_bf16_rows_linear.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_long,
                                         ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    lib.tl_rms_norm.restype = None
+    lib.tl_rms_norm.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_long,
+                                ctypes.c_float, ctypes.c_void_p]
+    lib.tl_rope_qk.restype = None
+    lib.tl_rope_qk.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_long,
+                               ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long]
+    lib.tl_decode_attention.restype = ctypes.c_int
+    lib.tl_decode_attention.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p, ctypes.c_long, ctypes.c_void_p,
+                                        ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_long,
+                                        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_long, ctypes.c_long, ctypes.c_void_p,
+                                        ctypes.c_long, ctypes.c_void_p]
     lib.tl_set_spin.argtypes = [ctypes.c_long]
     lib.tl_set_spin(SPIN if runtime.threads_spin() else 0)
     return lib
