@@ -263,28 +263,38 @@ def bench_shape(shape, args, env, tmp):
     def prompts(n):
         return [rng.integers(0, vocab, size=args.prompt_tokens).tolist() for _ in range(n)]
 
-    engines = {}
-    started = time.perf_counter()
-    engines["tunelab"] = Serve(model_dir, dict(env, TUNELAB_THREADS=str(args.threads)),
-                               ["--dtype", args.dtype] if args.dtype != "auto" else [])
-    startup_s = time.perf_counter() - started
-    if args.baseline_engine:
-        engines["tunelab_baseline"] = Serve(model_dir, dict(env, PYTHONPATH=os.path.abspath(args.baseline_engine),
-                                                            TUNELAB_THREADS=str(args.threads)), [])
-    if not args.no_llama_cpp:
-        gguf = gguf_file(model_dir, args.converter, env)
-        engines["llama_cpp"] = LlamaCpp(gguf, args.threads, args.streams, dict(env, OMP_WAIT_POLICY="PASSIVE"))
-    for engine in engines.values():  # warm-up
-        engine.run(prompts(1), 8)
-    rounds = {name: [] for name in engines}
+    def start(name):
+        if name == "tunelab":
+            return Serve(model_dir, dict(env, TUNELAB_THREADS=str(args.threads)), ["--dtype", args.dtype] if args.dtype != "auto" else [])
+        if name == "tunelab_baseline":
+            return Serve(model_dir, dict(env, PYTHONPATH=os.path.abspath(args.baseline_engine), TUNELAB_THREADS=str(args.threads)), [])
+        return LlamaCpp(gguf, args.threads, args.streams, dict(env, OMP_WAIT_POLICY="PASSIVE"))
+
+    names = ["tunelab"] + (["tunelab_baseline"] if args.baseline_engine else []) + ([] if args.no_llama_cpp else ["llama_cpp"])
+    gguf = None if args.no_llama_cpp else gguf_file(model_dir, args.converter, env)
+    rounds = {name: [] for name in names}
     loads = [load_average()]
-    for _ in range(args.repeats):
+    startup_s = ready = None
+    for repeat in range(args.repeats):
+        # Every round starts its engines afresh, each engine first in turn (so --repeats a multiple
+        # of the engines' count balances them): the same engine started first and started second
+        # measured 0.76x apart (Qwen2.5 shape, one thread), so a fixed order would measure where a
+        # process's memory landed, not its code.
+        engines = {}
+        shift = repeat % len(names)
+        for name in names[shift:] + names[:shift]:
+            started = time.perf_counter()
+            engines[name] = start(name)
+            if name == "tunelab" and startup_s is None:
+                startup_s, ready = time.perf_counter() - started, engines[name].ready
+        for engine in engines.values():  # warm-up
+            engine.run(prompts(1), 8)
         for name, engine in engines.items():
             rounds[name].append(measure(engine, prompts, args))
             loads.append(load_average())
-    for engine in engines.values():
-        engine.close()
-    result = {"shape": shape, "dtype": engines["tunelab"].ready["dtype"], "device": engines["tunelab"].ready["device"],
+        for engine in engines.values():
+            engine.close()
+    result = {"shape": shape, "dtype": ready["dtype"], "device": ready["device"],
               "threads": args.threads, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens,
               "streams": args.streams, "startup_s": round(startup_s, 2), "load_averages": loads}
     result.update({name: summary(r) for name, r in rounds.items()})
