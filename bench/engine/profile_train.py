@@ -54,7 +54,8 @@ def main():
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for r in rows[args.warmup_steps:]:
                 t0 = time.perf_counter()
-                tokens += trainer.train_step(r)[3]
+                _, _, step_tokens = trainer.train_step(r)
+                tokens += step_tokens
                 seconds.append(round(time.perf_counter() - t0, 3))
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=40))
     print(f"{args.shape}, {cpu_model()}, torch {torch.__version__}, {torch.get_num_threads()} threads: "
