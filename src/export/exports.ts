@@ -260,7 +260,7 @@ export class ExportService {
       let checks: ExportChecks | null = null;
       if (row.format === 'peft') await writePeftFolder(source, out);
       else if (row.format === 'merged') {
-        await this.progress(id, 0.05, source.adapter ? 'merging' : 'copying the weights');
+        await this.progress(id, 0.05, preparing(source));
         await writeMergedFolder(source, out, scratch);
       } else checks = await this.gguf(row, source, out, scratch, row.format === 'gguf_lora');
       await this.progress(id, 0.97, 'archiving');
@@ -339,7 +339,7 @@ export class ExportService {
       adapterFile = `${name}-lora-${adapterType}.gguf`;
       await this.engineStep(['gguf-lora', '--adapter', peft, '--base', model, '--out', path.join(out, adapterFile), '--outtype', adapterType, '--converter', converter]);
     } else {
-      await this.progress(row.id, 0.05, source.adapter ? 'merging' : 'copying the weights');
+      await this.progress(row.id, 0.05, preparing(source));
       model = path.join(scratch, 'merged-model');
       await writeMergedFolder(source, model, scratch);
     }
@@ -495,6 +495,9 @@ export class ExportService {
 const NEXT_FROM = Object.fromEntries(
   (Object.keys(NEXT) as ExportStatus[]).map((to) => [to, (Object.keys(NEXT) as ExportStatus[]).filter((from) => NEXT[from].includes(to))]),
 ) as Record<ExportStatus, ExportStatus[]>;
+
+/** The stage of writing the model folder an export starts from. */
+const preparing = (source: ExportSource) => (source.adapter ? 'merging' : 'copying the weights');
 
 /** A file-name-safe name for the model: `ft:tunelab-tiny:personal:weather:abc` -> `tunelab-tiny-personal-weather-abc`. */
 export const exportName = (model: string) => model.replace(/^ft:/, '').replace(/[^A-Za-z0-9._-]+/g, '-');
